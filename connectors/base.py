@@ -1,0 +1,90 @@
+"""The small protocol every connector implements, and the account shape they exchange."""
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Optional, Protocol
+
+# The attributes we manage on a remote account; reconciliation compares only these.
+MANAGED = ("user_name", "given_name", "family_name", "display_name", "email", "active", "external_id")
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user account as we manage it, whatever the target calls its fields."""
+
+    user_name: str
+    external_id: Optional[str] = None
+    given_name: Optional[str] = None
+    family_name: Optional[str] = None
+    display_name: Optional[str] = None
+    email: Optional[str] = None
+    active: bool = True
+    id: Optional[str] = None  # the target's id
+    extra: dict[str, Any] = field(default_factory=dict)  # connector-specific managed fields
+
+    def managed(self) -> dict[str, Any]:
+        values = {k: getattr(self, k) for k in MANAGED}
+        values.update({f"extra.{k}": v for k, v in sorted(self.extra.items())})
+        return values
+
+    def with_id(self, remote_id: str) -> "Account":
+        return replace(self, id=remote_id)
+
+
+@dataclass(frozen=True)
+class RemoteGroup:
+    name: str
+    id: Optional[str] = None
+    member_ids: frozenset[str] = frozenset()
+    external_id: Optional[str] = None
+
+
+class Connector(Protocol):
+    """One remote system. Returns remote ids; never touches the store, sleeps or retries."""
+
+    name: str
+    supports_groups: bool
+
+    def create_user(self, account: Account) -> Account: ...
+    def get_user(self, remote_id: str) -> Account: ...
+    def find_user(self, *, external_id: Optional[str] = None, user_name: Optional[str] = None) -> Optional[Account]: ...
+    def update_user(self, remote_id: str, changes: dict[str, Any], current: Account) -> Account: ...
+    def disable_user(self, remote_id: str) -> None: ...
+    def enable_user(self, remote_id: str) -> None: ...
+    def delete_user(self, remote_id: str) -> None: ...
+    def iter_users(self) -> Iterator[Account]: ...
+
+    def create_group(self, name: str, member_ids: list[str], external_id: Optional[str] = None) -> RemoteGroup: ...
+    def get_group(self, remote_id: str) -> RemoteGroup: ...
+    def find_group(self, name: str) -> Optional[RemoteGroup]: ...
+    def add_members(self, group_id: str, member_ids: list[str]) -> None: ...
+    def remove_members(self, group_id: str, member_ids: list[str]) -> None: ...
+    def delete_group(self, remote_id: str) -> None: ...
+    def iter_groups(self) -> Iterator[RemoteGroup]: ...
+
+
+def canonical(value: Any) -> Any:
+    """Compare as a target would: emails case-insensitively, absent equal to empty."""
+    if value == "" or value == [] or value == {}:
+        return None
+    if isinstance(value, str):
+        return value.strip()
+    return value
+
+
+def differences(desired: Account, current: Account) -> dict[str, Any]:
+    """The managed attributes whose desired value differs from the current one.
+
+    A desired value of None means "we hold nothing here": the target's value is left alone.
+    """
+    changes = {}
+    have = current.managed()
+    for key, want in desired.managed().items():
+        if want is None:
+            continue
+        got = have.get(key)
+        a, b = canonical(want), canonical(got)
+        if key == "email" and isinstance(a, str) and isinstance(b, str):
+            a, b = a.lower(), b.lower()
+        if a != b:
+            changes[key] = want
+    return changes

@@ -1,0 +1,76 @@
+"""The error tree every connector translates its failures into, at its edge.
+
+    ProvisioningError
+    ├── ConfigError              the configuration cannot work (bad secret, unknown profile): stop
+    └── ConnectorError           a remote call failed
+        ├── TransientError       worth retrying later (5xx, timeouts, dropped connections)
+        │   └── RateLimited      the target asked us to slow down (429, quota); `retry_after` seconds
+        ├── NotFound             the account is not there: re-create or treat as gone
+        ├── AlreadyExists        a uniqueness conflict: find the account and adopt it
+        ├── Rejected             the target refused the request (bad field): record, do not retry
+        └── AuthFailed           credentials refused even after one refresh: stop, do not retry
+
+Messages name the field and the target's own detail, never a credential.
+"""
+
+
+class ProvisioningError(Exception):
+    code = "error"
+
+
+class ConfigError(ProvisioningError):
+    code = "config"
+
+
+class ConnectorError(ProvisioningError):
+    code = "connector"
+
+    def __init__(self, message: str, *, status: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+
+class TransientError(ConnectorError):
+    code = "transient"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class RateLimited(TransientError):
+    code = "rate_limited"
+
+
+class NotFound(ConnectorError):
+    code = "not_found"
+
+
+class AlreadyExists(ConnectorError):
+    code = "already_exists"
+
+
+class Rejected(ConnectorError):
+    code = "rejected"
+
+
+class AuthFailed(ConnectorError):
+    code = "auth_failed"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse a Retry-After header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,308 @@
+"""SCIM 2.0 (RFC 7643/7644) connector: payloads with scim2-models, HTTP with requests."""
+
+import json
+import logging
+from typing import Any, Iterator, Optional
+
+import requests
+from pydantic import ValidationError
+from scim2_models import Email, Group, GroupMember, ListResponse, Name, PatchOp, PatchOperation, User
+
+from connectors.base import Account, RemoteGroup
+from connectors.errors import (AlreadyExists, AuthFailed, NotFound, Rejected, RateLimited,
+                               TransientError, retry_after_seconds)
+from models.config import Scim2Settings
+
+log = logging.getLogger(__name__)
+SCIM_JSON = "application/scim+json"
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def filter_eq(attribute: str, value: str) -> str:
+    """A SCIM `eq` filter whose value is a properly escaped JSON string (RFC 7644 §3.4.2.2)."""
+    return f"{attribute} eq {json.dumps(value, ensure_ascii=False)}"
+
+
+class Scim2Connector:
+    supports_groups = True
+
+    def __init__(self, name: str, settings: Scim2Settings, session: requests.Session, dry_run: bool = False):
+        self.name = name
+        self.settings = settings
+        self.session = session
+        self.base_url = settings.base_url
+        self.dry_run = dry_run
+        self._patch_supported: Optional[bool] = None
+        self.requests_sent = 0
+
+    # --- the one choke point -------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
+                 _refreshed: bool = False) -> requests.Response | None:
+        if self.dry_run and method in MUTATING:
+            log.info("dry-run: %s %s not sent connector=%s", method, path, self.name)
+            return None
+        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        headers = {"Accept": SCIM_JSON}
+        data = None
+        if json_body is not None:
+            headers["Content-Type"] = SCIM_JSON
+            data = json.dumps(json_body, ensure_ascii=False).encode()
+        try:
+            self.requests_sent += 1
+            response = self.session.request(method, url, data=data, params=params, headers=headers)
+        except requests.Timeout as exc:
+            raise TransientError(f"{method} {path}: timed out") from exc
+        except requests.ConnectionError as exc:
+            raise TransientError(f"{method} {path}: connection failed ({type(exc).__name__})") from exc
+        if response.status_code == 401 and not _refreshed and hasattr(self.session.auth, "refresh"):
+            self.session.auth.refresh()  # one token refresh, then it is an auth failure
+            return self._request(method, path, json_body=json_body, params=params, _refreshed=True)
+        if response.status_code >= 400:
+            raise self._error(method, path, response)
+        return response
+
+    def _error(self, method: str, path: str, response: requests.Response) -> Exception:
+        status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        detail = body.get("detail") if isinstance(body, dict) else None
+        scim_type = body.get("scimType") if isinstance(body, dict) else None
+        text = f"{method} {path}: HTTP {status}" + (f" {scim_type}" if scim_type else "") + (f": {detail}" if detail else "")
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        if status == 429:
+            return RateLimited(text, status=status, retry_after=retry_after)
+        if status in (401, 403):
+            return AuthFailed(text, status=status)
+        if status == 404:
+            return NotFound(text, status=status)
+        if status == 409:
+            return AlreadyExists(text, status=status)
+        if status == 412 or status >= 500 or status == 408:
+            return TransientError(text, status=status, retry_after=retry_after)
+        return Rejected(text, status=status, field=_field_in(detail))
+
+    def _json(self, response: requests.Response | None) -> dict:
+        if response is None or response.status_code == 204 or not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise TransientError(f"{response.request.method} {response.url}: the answer is not JSON") from exc
+
+    # --- users --------------------------------------------------------------------------
+
+    def _to_scim(self, account: Account) -> dict:
+        user = User(
+            user_name=account.user_name,
+            external_id=account.external_id,
+            name=Name(given_name=account.given_name, family_name=account.family_name)
+            if (account.given_name or account.family_name) else None,
+            display_name=account.display_name,
+            emails=[Email(value=account.email, primary=True, type="work")] if account.email else None,
+            active=account.active,
+        )
+        return user.model_dump()
+
+    def _from_scim(self, payload: dict) -> Account:
+        try:
+            user = User.model_validate(payload)
+        except ValidationError as exc:
+            raise TransientError(f"the target answered a User that is not valid SCIM: {exc.error_count()} errors") from exc
+        emails = user.emails or []
+        primary = next((e for e in emails if e.primary), emails[0] if emails else None)
+        return Account(
+            id=user.id, user_name=user.user_name or "", external_id=user.external_id,
+            given_name=user.name.given_name if user.name else None,
+            family_name=user.name.family_name if user.name else None,
+            display_name=user.display_name, email=primary.value if primary else None,
+            active=True if user.active is None else bool(user.active),
+        )
+
+    def create_user(self, account: Account) -> Account:
+        """Create the user in the target."""
+        response = self._request("POST", "/Users", json_body=self._to_scim(account))
+        return self._from_scim(self._json(response)) if response is not None else account
+
+    def get_user(self, remote_id: str) -> Account:
+        return self._from_scim(self._json(self._request("GET", f"/Users/{remote_id}")))
+
+    def _search(self, resource: str, filter_: str, count: int = 2) -> list[dict]:
+        body = self._json(self._request("GET", f"/{resource}", params={"filter": filter_, "count": count}))
+        return body.get("Resources") or []
+
+    def find_user(self, *, external_id: Optional[str] = None, user_name: Optional[str] = None) -> Optional[Account]:
+        """Find the user by externalId, then by userName."""
+        if external_id:
+            try:
+                found = self._search("Users", filter_eq("externalId", external_id))
+            except Rejected:  # some servers do not filter on externalId
+                found = []
+            if found:
+                return self._from_scim(found[0])
+        if user_name:
+            found = self._search("Users", filter_eq("userName", user_name))
+            # userName is case-insensitive in SCIM, so an exact match is not guaranteed.
+            for item in found:
+                if str(item.get("userName", "")).lower() == user_name.lower():
+                    return self._from_scim(item)
+        return None
+
+    def patch_supported(self) -> bool:
+        if self.settings.update_method != "auto":
+            return self.settings.update_method == "patch"
+        if self._patch_supported is None:
+            try:
+                spc = self._json(self._request("GET", "/ServiceProviderConfig"))
+                self._patch_supported = bool((spc.get("patch") or {}).get("supported"))
+            except (NotFound, Rejected):
+                self._patch_supported = False
+        return self._patch_supported
+
+    def update_user(self, remote_id: str, changes: dict[str, Any], current: Account) -> Account:
+        """Change only the given managed attributes (PATCH when supported, else PUT)."""
+        if not changes:
+            return current
+        if self.patch_supported():
+            ops = [PatchOperation[User](op="replace", path=path, value=value)
+                   for path, value in _patch_paths(changes).items()]
+            response = self._request("PATCH", f"/Users/{remote_id}", json_body=PatchOp[User](operations=ops).model_dump())
+        else:
+            # PUT replaces the resource: start from what the target holds so nothing else is reset.
+            raw = self._json(self._request("GET", f"/Users/{remote_id}"))
+            raw.pop("meta", None)
+            for path, value in _patch_paths(changes).items():
+                _set_path(raw, path, value)
+            response = self._request("PUT", f"/Users/{remote_id}", json_body=raw)
+        body = self._json(response)
+        return self._from_scim(body) if body else self.get_user(remote_id) if not self.dry_run else current
+
+    def disable_user(self, remote_id: str) -> None:
+        self._set_active(remote_id, False)
+
+    def enable_user(self, remote_id: str) -> None:
+        self._set_active(remote_id, True)
+
+    def _set_active(self, remote_id: str, active: bool) -> None:
+        if self.patch_supported():
+            op = PatchOp[User](operations=[PatchOperation[User](op="replace", path="active", value=active)])
+            self._request("PATCH", f"/Users/{remote_id}", json_body=op.model_dump())
+        else:
+            self.update_user(remote_id, {"active": active}, self.get_user(remote_id))
+
+    def delete_user(self, remote_id: str) -> None:
+        self._request("DELETE", f"/Users/{remote_id}")
+
+    def _iter(self, resource: str) -> Iterator[dict]:
+        start, size = 1, self.settings.page_size
+        while True:
+            body = self._json(self._request("GET", f"/{resource}", params={"startIndex": start, "count": size}))
+            items = body.get("Resources") or []
+            yield from items
+            total = int(body.get("totalResults") or 0)
+            start += len(items)
+            if not items or start > total:
+                return
+
+    def iter_users(self) -> Iterator[Account]:
+        """Every user in the target, page by page (startIndex/count)."""
+        for item in self._iter("Users"):
+            yield self._from_scim(item)
+
+    # --- groups -------------------------------------------------------------------------
+
+    def _group(self, payload: dict) -> RemoteGroup:
+        group = Group.model_validate(payload)
+        return RemoteGroup(id=group.id, name=group.display_name or "", external_id=group.external_id,
+                           member_ids=frozenset(m.value for m in group.members or [] if m.value))
+
+    def create_group(self, name: str, member_ids: list[str], external_id: Optional[str] = None) -> RemoteGroup:
+        group = Group(display_name=name, external_id=external_id,
+                      members=[GroupMember(value=m) for m in member_ids] or None)
+        response = self._request("POST", "/Groups", json_body=group.model_dump())
+        return self._group(self._json(response)) if response is not None else RemoteGroup(name=name)
+
+    def get_group(self, remote_id: str) -> RemoteGroup:
+        return self._group(self._json(self._request("GET", f"/Groups/{remote_id}")))
+
+    def find_group(self, name: str) -> Optional[RemoteGroup]:
+        for item in self._search("Groups", filter_eq("displayName", name)):
+            if item.get("displayName") == name:
+                return self._group(item)
+        return None
+
+    def _members_patch(self, group_id: str, op: str, member_ids: list[str]) -> None:
+        if not member_ids:
+            return
+        if op == "add":
+            ops = [{"op": "add", "path": "members", "value": [{"value": m} for m in member_ids]}]
+        else:
+            ops = [{"op": "remove", "path": f"members[value eq {json.dumps(m)}]"} for m in member_ids]
+        body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops}
+        self._request("PATCH", f"/Groups/{group_id}", json_body=body)
+
+    def add_members(self, group_id: str, member_ids: list[str]) -> None:
+        self._members_patch(group_id, "add", member_ids)
+
+    def remove_members(self, group_id: str, member_ids: list[str]) -> None:
+        self._members_patch(group_id, "remove", member_ids)
+
+    def delete_group(self, remote_id: str) -> None:
+        self._request("DELETE", f"/Groups/{remote_id}")
+
+    def iter_groups(self) -> Iterator[RemoteGroup]:
+        for item in self._iter("Groups"):
+            yield self._group(item)
+
+
+_PATHS = {"user_name": "userName", "given_name": "name.givenName", "family_name": "name.familyName",
+          "display_name": "displayName", "active": "active", "external_id": "externalId"}
+
+
+def _patch_paths(changes: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in changes.items():
+        if key == "email":
+            out["emails"] = [{"value": value, "primary": True, "type": "work"}]
+        elif key in _PATHS:
+            out[_PATHS[key]] = value
+    return out
+
+
+def _set_path(resource: dict, path: str, value: Any) -> None:
+    head, _, tail = path.partition(".")
+    if tail:
+        resource.setdefault(head, {})[tail] = value
+    else:
+        resource[head] = value
+
+
+def _field_in(detail: Optional[str]) -> Optional[str]:
+    """The attribute a SCIM error detail names, when it quotes one ('userName' ...)."""
+    if detail and "'" in detail:
+        parts = detail.split("'")
+        if len(parts) >= 3:
+            return parts[1]
+    return None
+
+
+def build(cfg, dry_run: bool = False) -> Scim2Connector:
+    """Build the connector for a configuration entry; the only place its secrets are resolved."""
+    from connectors.auth import BearerToken, ClientCredentials
+    from connectors.http import build_session
+    from models.config import BasicAuth, BearerAuth
+    from models.secrets import resolve
+
+    settings: Scim2Settings = cfg.scim2
+    session = build_session(settings)
+    auth = settings.auth
+    if isinstance(auth, BearerAuth):
+        session.auth = BearerToken(resolve(auth.token))
+    elif isinstance(auth, BasicAuth):
+        session.auth = (auth.username, resolve(auth.password))
+    else:
+        session.auth = ClientCredentials(auth.token_url, auth.client_id, resolve(auth.client_secret),
+                                         auth.scope, build_session(settings))
+    return Scim2Connector(cfg.name, settings, session, dry_run=dry_run)

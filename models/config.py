@@ -1,0 +1,253 @@
+"""The configuration file (YAML), validated by pydantic.
+
+Looked up as `--config PATH`, else `$OUTBOUND_CONFIG`, else `./outbound.yaml`. Secrets inside are
+references (see `models.secrets`), resolved only when a connector is built.
+"""
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.secrets import SecretRef
+from models.validation import InvalidInput, invalid
+
+ORG_TRIGGERS = ("api", "console", "self_signup", "jit")
+DEFAULT_CONFIG_FILE = "outbound.yaml"
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, allow_insecure_http: bool) -> str:
+    """Accept https everywhere, http only on loopback unless explicitly allowed."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an http(s) URL")
+    if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.hostname):
+        raise ValueError("plain http:// is only accepted for loopback addresses "
+                         "(set allow_insecure_http: true to override)")
+    return url.rstrip("/")
+
+
+# --- SCIM 2.0 ---------------------------------------------------------------------------
+
+class BasicAuth(Strict):
+    type: Literal["basic"]
+    username: str
+    password: SecretRef
+
+
+class BearerAuth(Strict):
+    type: Literal["bearer"]
+    token: SecretRef
+
+
+class OAuth2Auth(Strict):
+    """OAuth 2.0 client credentials grant."""
+
+    type: Literal["oauth2"]
+    token_url: str
+    client_id: str
+    client_secret: SecretRef
+    scope: Optional[str] = None
+
+
+ScimAuth = Annotated[Union[BasicAuth, BearerAuth, OAuth2Auth], Field(discriminator="type")]
+
+
+class HttpSettings(Strict):
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    ca_bundle: Optional[str] = None  # a CA file to trust instead of the system's
+    verify_tls: bool = True
+    allow_insecure_http: bool = False
+
+
+class Scim2Settings(HttpSettings):
+    base_url: str
+    auth: ScimAuth
+    page_size: int = Field(default=100, ge=1, le=1000)
+    update_method: Literal["auto", "patch", "put"] = "auto"
+
+    @model_validator(mode="after")
+    def _urls(self):
+        self.base_url = check_url(self.base_url, self.allow_insecure_http)
+        if isinstance(self.auth, OAuth2Auth):
+            self.auth.token_url = check_url(self.auth.token_url, self.allow_insecure_http)
+        return self
+
+
+# --- Google Workspace and Salesforce (fleshed out by their connectors) ---------------------
+
+class GoogleSettings(HttpSettings):
+    service_account_key: SecretRef
+    admin_email: str
+    customer: str = "my_customer"
+    api_base_url: str = "https://admin.googleapis.com"
+    default_given_name: str = "-"
+    default_family_name: str = "-"
+
+    @model_validator(mode="after")
+    def _urls(self):
+        self.api_base_url = check_url(self.api_base_url, self.allow_insecure_http)
+        return self
+
+
+class SalesforceAuth(Strict):
+    type: Literal["jwt", "password", "client_credentials"]
+    client_id: SecretRef | str
+    client_secret: Optional[SecretRef] = None
+    username: Optional[str] = None
+    password: Optional[SecretRef] = None
+    security_token: Optional[SecretRef] = None
+    private_key: Optional[SecretRef] = None
+
+
+class SalesforceSettings(HttpSettings):
+    login_url: str = "https://login.salesforce.com"
+    api_version: str = "62.0"
+    auth: SalesforceAuth
+    profile: str = "Standard User"
+    defaults: dict[str, str] = Field(default_factory=lambda: {
+        "TimeZoneSidKey": "America/Los_Angeles", "LocaleSidKey": "en_US",
+        "EmailEncodingKey": "UTF-8", "LanguageLocaleKey": "en_US"})
+    field_map: dict[str, str] = Field(default_factory=dict)
+    free_username_on_deprovision: bool = False
+
+    @model_validator(mode="after")
+    def _urls(self):
+        self.login_url = check_url(self.login_url, self.allow_insecure_http)
+        return self
+
+
+# --- Connectors and policy ----------------------------------------------------------------
+
+class RetryPolicy(Strict):
+    """Exponential backoff with jitter, for transient errors only."""
+
+    attempts: int = Field(default=5, ge=1, le=20)
+    base_delay: float = Field(default=1.0, ge=0, le=300)
+    max_delay: float = Field(default=60.0, ge=0, le=3600)
+    jitter: float = Field(default=0.5, ge=0, le=1)
+
+
+class ConnectorConfig(Strict):
+    name: Name
+    type: Literal["scim2", "google", "salesforce"]
+    enabled: bool = True
+    organization_level: bool = True
+    roles: list[str] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)
+    user_store_domain: Optional[str] = None
+    pattern: Optional[str] = None
+    separator: str = "_"
+    domain: Optional[str] = None
+    # None: the target's own default (delete for SCIM, suspend for Google, disable for Salesforce).
+    deprovision: Optional[Literal["delete", "disable", "suspend", "none"]] = None
+    on_collision: Literal["fail", "suffix"] = "fail"
+    max_concurrency: Optional[int] = Field(default=None, ge=1, le=1000)
+    requests_per_second: Optional[float] = Field(default=None, gt=0)
+    scim2: Optional[Scim2Settings] = None
+    google: Optional[GoogleSettings] = None
+    salesforce: Optional[SalesforceSettings] = None
+
+    @model_validator(mode="after")
+    def _settings_match_type(self):
+        for kind in ("scim2", "google", "salesforce"):
+            present = getattr(self, kind) is not None
+            if kind == self.type and not present:
+                raise ValueError(f"a connector of type {kind} needs a '{kind}:' section")
+            if kind != self.type and present:
+                raise ValueError(f"a '{kind}:' section does not belong on a {self.type} connector")
+        return self
+
+    @property
+    def settings(self) -> HttpSettings:
+        return getattr(self, self.type)
+
+    @property
+    def deprovision_mode(self) -> str:
+        """delete | disable | none; Google's `suspend` is its name for disable."""
+        mode = self.deprovision or {"scim2": "delete", "google": "suspend", "salesforce": "disable"}[self.type]
+        return "disable" if mode == "suspend" else mode
+
+
+class IdentityProvider(Strict):
+    name: Name
+    jit_provisioning: bool = False
+    connectors: list[str] = Field(default_factory=list)
+
+
+class Config(Strict):
+    tenant_domain: str = Field(min_length=1, max_length=255)
+    connectors: list[ConnectorConfig] = Field(default_factory=list)
+    identity_providers: list[IdentityProvider] = Field(default_factory=list)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    @model_validator(mode="after")
+    def _references(self):
+        names = [c.name for c in self.connectors]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"connector names must be unique: {', '.join(dupes)}")
+        for idp in self.identity_providers:
+            unknown = [c for c in idp.connectors if c not in names]
+            if unknown:
+                raise ValueError(f"identity provider {idp.name!r} names unknown connectors: {', '.join(unknown)}")
+        return self
+
+    def connector(self, name: str) -> ConnectorConfig:
+        for c in self.connectors:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def idp(self, name: str) -> Optional[IdentityProvider]:
+        return next((i for i in self.identity_providers if i.name == name), None)
+
+
+def config_path(explicit: str | os.PathLike | None = None) -> Path:
+    return Path(explicit or os.environ.get("OUTBOUND_CONFIG") or DEFAULT_CONFIG_FILE)
+
+
+def parse_config(data: object, source: str = "configuration") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(f"configuration {source}", exc) from None
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate the configuration file; raise InvalidInput naming every bad field."""
+    path = config_path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"configuration {path}", [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise InvalidInput(f"configuration {path}", [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"configuration {path}", ["(root): must be a mapping with tenant_domain and connectors"])
+    return parse_config(data, str(path))

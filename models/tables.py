@@ -1,0 +1,158 @@
+"""The state store: identity data (desired state) and run state (mappings, operations, events).
+
+Schema changes go through Alembic migrations in `models/migrations/`; never `create_all`.
+"""
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+from uuid import uuid4
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid4().hex
+
+
+class User(SQLModel, table=True):
+    """A local user: the desired state every connector is driven towards."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenant", "user_store", "username", name="uq_users_name"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    username: str = Field(max_length=255, index=True)
+    user_store: str = Field(default="PRIMARY", max_length=64)
+    tenant: str = Field(max_length=255)
+    email: Optional[str] = Field(default=None, max_length=320)
+    given_name: Optional[str] = Field(default=None, max_length=255)
+    family_name: Optional[str] = Field(default=None, max_length=255)
+    display_name: Optional[str] = Field(default=None, max_length=255)
+    active: bool = True
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # How the user arrived (api, console, self_signup, jit, federated_login, import) and
+    # every IdP the user has come through: the policy's level rules read both.
+    source: str = Field(max_length=32)
+    idps: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    deleted_at: Optional[datetime] = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.username}@{self.user_store}"
+
+
+class Role(SQLModel, table=True):
+    __tablename__ = "roles"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    name: str = Field(max_length=255, unique=True)
+
+
+class UserRole(SQLModel, table=True):
+    __tablename__ = "user_roles"
+    user_id: str = Field(foreign_key="users.id", primary_key=True, max_length=64)
+    role_id: str = Field(foreign_key="roles.id", primary_key=True, max_length=64)
+
+
+class Group(SQLModel, table=True):
+    __tablename__ = "groups"
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    name: str = Field(max_length=255, unique=True)
+
+
+class GroupMember(SQLModel, table=True):
+    __tablename__ = "group_members"
+    group_id: str = Field(foreign_key="groups.id", primary_key=True, max_length=64)
+    user_id: str = Field(foreign_key="users.id", primary_key=True, max_length=64)
+
+
+class Mapping(SQLModel, table=True):
+    """A local entity linked to its account in one connector's target."""
+
+    __tablename__ = "mappings"
+    __table_args__ = (
+        UniqueConstraint("connector", "entity_type", "local_id", name="uq_mappings_local"),
+        UniqueConstraint("connector", "entity_type", "remote_id", name="uq_mappings_remote"),
+        UniqueConstraint("connector", "entity_type", "remote_name", name="uq_mappings_remote_name"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    connector: str = Field(max_length=64)
+    entity_type: str = Field(max_length=16)  # user | group
+    local_id: str = Field(max_length=64)
+    remote_id: str = Field(max_length=255)
+    remote_name: str = Field(max_length=255)
+    # Hash of the managed attributes last pushed: a cheap "has anything changed?" check.
+    pushed_hash: Optional[str] = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    """The outbox: an identity event, stored before it is acknowledged."""
+
+    __tablename__ = "events"
+
+    id: str = Field(primary_key=True, max_length=128)
+    type: str = Field(max_length=32)
+    trigger: str = Field(max_length=32)
+    idp: Optional[str] = Field(default=None, max_length=255)
+    user_id: Optional[str] = Field(default=None, max_length=64, index=True)
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="accepted", max_length=16, index=True)  # accepted|running|succeeded|failed
+    received_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+
+
+class Operation(SQLModel, table=True):
+    """One thing done (or decided) for one entity on one connector."""
+
+    __tablename__ = "operations"
+    __table_args__ = (
+        Index("ix_operations_event_connector", "event_id", "connector", "entity_id"),
+        Index("ix_operations_status", "status"),
+    )
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    event_id: Optional[str] = Field(default=None, max_length=128)
+    connector: str = Field(max_length=64)
+    entity_type: str = Field(default="user", max_length=16)
+    entity_id: str = Field(max_length=64)
+    entity_name: str = Field(max_length=320)
+    action: str = Field(max_length=16)  # provision | deprovision | skip
+    operation: Optional[str] = Field(default=None, max_length=16)  # create|update|link|relink|noop|delete|disable|...
+    status: str = Field(default="running", max_length=16)  # running|retrying|succeeded|failed|skipped|abandoned
+    attempts: int = 0
+    reason: Optional[str] = Field(default=None, sa_column=Column(Text))
+    error_code: Optional[str] = Field(default=None, max_length=64)
+    error_message: Optional[str] = Field(default=None, sa_column=Column(Text))
+    remote_id: Optional[str] = Field(default=None, max_length=255)
+    remote_name: Optional[str] = Field(default=None, max_length=255)
+    drift: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
+    flow_run_id: Optional[str] = Field(default=None, max_length=64)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None
+
+
+class OperationAttempt(SQLModel, table=True):
+    """Every try of an operation, so retries are visible after the fact."""
+
+    __tablename__ = "operation_attempts"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    operation_id: int = Field(foreign_key="operations.id", index=True)
+    number: int
+    status: str = Field(default="running", max_length=16)
+    error_code: Optional[str] = Field(default=None, max_length=64)
+    error_message: Optional[str] = Field(default=None, sa_column=Column(Text))
+    flow_run_id: Optional[str] = Field(default=None, max_length=64)
+    task_run_id: Optional[str] = Field(default=None, max_length=64)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None

@@ -1,0 +1,69 @@
+"""A real SCIM 2.0 server (scim2-server, in memory) on a free 127.0.0.1 port, with a bearer token."""
+
+import secrets
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from scim2_models import ScimProvider
+from scim2_server.memory import InMemoryStorage
+from scim2_server.service import ScimService
+from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
+from scim2_server.testserver.cli import ThreadingWSGIServer
+from scim2_server.utils import (load_default_resource_types, load_default_schemas,
+                                load_default_service_provider_config)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):  # the sandbox is not the thing being debugged
+        pass
+
+
+class ScimSandbox:
+    """Serve SCIM on http://127.0.0.1:<port>/v2 from a thread; `stop()` ends it."""
+
+    def __init__(self, token: str | None = None, host: str = "127.0.0.1", port: int = 0,
+                 patch_supported: bool = True):
+        self.token = token or secrets.token_urlsafe(24)
+        config = load_default_service_provider_config()
+        config.authentication_schemes = [BEARER_TOKEN_SCHEME]
+        config.patch.supported = patch_supported
+        provider = ScimProvider.from_discovery(load_default_schemas().values(),
+                                               load_default_resource_types().values(), config=config)
+        self.storage = InMemoryStorage()
+        self.app = BearerTokenApplication(self.storage, provider, service=ScimService(provider, secret=secrets.token_urlsafe(16)),
+                                          bearer_tokens=[self.token])
+        self.requests: list[tuple[str, str]] = []
+        self._server = make_server(host, port, self._wsgi, server_class=ThreadingWSGIServer,
+                                   handler_class=_QuietHandler)
+        self._thread: threading.Thread | None = None
+
+    def _wsgi(self, environ, start_response):
+        self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+        return self.app(environ, start_response)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v2"
+
+    def start(self) -> "ScimSandbox":
+        self._thread = threading.Thread(target=self._server.serve_forever, name="scim-sandbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "ScimSandbox":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def users(self) -> list[dict]:
+        """Every user the server holds, as SCIM JSON (for checks and the demo's summary)."""
+        return [r.model_dump() for r in self.storage.resources if r.meta and r.meta.resource_type == "User"]
+
+    def groups(self) -> list[dict]:
+        return [r.model_dump() for r in self.storage.resources if r.meta and r.meta.resource_type == "Group"]
