@@ -38,11 +38,24 @@ class RemoteGroup:
     external_id: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class BatchOp:
+    """One call in a batch: create (account), update (remote_id, changes), disable/enable/delete (remote_id)."""
+
+    kind: str
+    account: Optional[Account] = None
+    remote_id: Optional[str] = None
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
 class Connector(Protocol):
     """One remote system. Returns remote ids; never touches the store, sleeps or retries."""
 
     name: str
     supports_groups: bool
+
+    def check_user_name(self, user_name: str) -> None:
+        """Raise Rejected (naming the rule) when the target would refuse this username."""
 
     def create_user(self, account: Account) -> Account: ...
     def get_user(self, remote_id: str) -> Account: ...
@@ -60,6 +73,10 @@ class Connector(Protocol):
     def remove_members(self, group_id: str, member_ids: list[str]) -> None: ...
     def delete_group(self, remote_id: str) -> None: ...
     def iter_groups(self) -> Iterator[RemoteGroup]: ...
+
+    # Where the target has a batch API: results align with `ops`; each is the resulting Account
+    # (create/update), None (done), or the ConnectorError that call met. Never raises for one op.
+    def apply_batch(self, ops: list[BatchOp]) -> list[Any]: ...
 
 
 def canonical(value: Any) -> Any:

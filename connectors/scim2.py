@@ -121,6 +121,10 @@ class Scim2Connector:
             active=True if user.active is None else bool(user.active),
         )
 
+    def check_user_name(self, user_name: str) -> None:
+        if not user_name.strip():
+            raise Rejected("userName: must not be empty", field="userName")
+
     def create_user(self, account: Account) -> Account:
         """Create the user in the target."""
         response = self._request("POST", "/Users", json_body=self._to_scim(account))

@@ -9,6 +9,7 @@ from scim2_server.memory import InMemoryStorage
 from scim2_server.service import ScimService
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
 from scim2_server.testserver.cli import ThreadingWSGIServer
+from sandbox.faults import FaultInjector, FaultPlan
 from scim2_server.utils import (load_default_resource_types, load_default_schemas,
                                 load_default_service_provider_config)
 
@@ -22,7 +23,7 @@ class ScimSandbox:
     """Serve SCIM on http://127.0.0.1:<port>/v2 from a thread; `stop()` ends it."""
 
     def __init__(self, token: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 patch_supported: bool = True):
+                 patch_supported: bool = True, faults: FaultPlan | None = None):
         self.token = token or secrets.token_urlsafe(24)
         config = load_default_service_provider_config()
         config.authentication_schemes = [BEARER_TOKEN_SCHEME]
@@ -33,13 +34,14 @@ class ScimSandbox:
         self.app = BearerTokenApplication(self.storage, provider, service=ScimService(provider, secret=secrets.token_urlsafe(16)),
                                           bearer_tokens=[self.token])
         self.requests: list[tuple[str, str]] = []
+        self.faults = FaultInjector(self.app, faults)
         self._server = make_server(host, port, self._wsgi, server_class=ThreadingWSGIServer,
                                    handler_class=_QuietHandler)
         self._thread: threading.Thread | None = None
 
     def _wsgi(self, environ, start_response):
         self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
-        return self.app(environ, start_response)
+        return self.faults(environ, start_response)
 
     @property
     def url(self) -> str:

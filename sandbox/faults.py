@@ -1,0 +1,80 @@
+"""Fault injection for the sandbox servers: a WSGI middleware every sandbox wraps its app in.
+
+A `FaultPlan` says how often a request fails and how: `5xx` (503), `429` (with Retry-After),
+`latency` (added delay, then served), `timeout` (held longer than a client timeout, then 504),
+`drop` (the connection ends mid-response). The choice is random per request at `rate`, seeded
+for repeatability; `only_methods` limits faults to, say, mutating requests.
+"""
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FaultPlan:
+    rate: float = 0.0
+    kinds: tuple[str, ...] = ("5xx", "429", "drop")
+    latency: float = 0.2
+    timeout: float = 5.0
+    retry_after: float = 0.05
+    only_methods: tuple[str, ...] = ()
+    seed: int | None = None
+    injected: dict[str, int] = field(default_factory=dict)
+    served: int = 0
+
+    def __post_init__(self):
+        self._random = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def draw(self, method: str) -> str | None:
+        with self._lock:
+            self.served += 1
+            if self.rate <= 0 or (self.only_methods and method not in self.only_methods):
+                return None
+            if self._random.random() >= self.rate:
+                return None
+            kind = self._random.choice(self.kinds)
+            self.injected[kind] = self.injected.get(kind, 0) + 1
+            return kind
+
+
+class FaultInjector:
+    """WSGI middleware: serve through `app`, failing some requests as `plan` says."""
+
+    def __init__(self, app, plan: FaultPlan | None = None):
+        self.app = app
+        self.plan = plan or FaultPlan()
+
+    def __call__(self, environ, start_response):
+        kind = self.plan.draw(environ["REQUEST_METHOD"])
+        if kind == "latency":
+            time.sleep(self.plan.latency)
+        elif kind == "timeout":
+            time.sleep(self.plan.timeout)
+            return _reply(start_response, "504 Gateway Timeout", b'{"error": "timeout"}')
+        elif kind == "5xx":
+            return _reply(start_response, "503 Service Unavailable", b'{"error": "injected fault"}')
+        elif kind == "429":
+            return _reply(start_response, "429 Too Many Requests", b'{"error": "slow down"}',
+                          [("Retry-After", str(self.plan.retry_after))])
+        elif kind == "drop":
+            return _dropped(start_response)
+        return self.app(environ, start_response)
+
+
+def _reply(start_response, status: str, body: bytes, headers=()):
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
+    return [body]
+
+
+def _dropped(start_response):
+    # Promise a body, send a little of it, then fail: the server closes the connection mid-response.
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "4096")])
+
+    def body():
+        yield b'{"partial":'
+        raise ConnectionAbortedError("injected dropped connection")
+
+    return body()
