@@ -112,6 +112,15 @@ class GoogleSettings(HttpSettings):
 
 
 class SalesforceAuth(Strict):
+    """How the connector gets a Salesforce access token (OAuth 2.0).
+
+    jwt: client_id, username, private_key (the connected app's certificate key; `audience`
+    defaults to the login_url). password: client_id, client_secret, username, password,
+    security_token (optional when the login IP is trusted). client_credentials: client_id,
+    client_secret (the connected app's run-as user acts). client_id may be a plain consumer key
+    or a secret reference.
+    """
+
     type: Literal["jwt", "password", "client_credentials"]
     client_id: SecretRef | str
     client_secret: Optional[SecretRef] = None
@@ -119,16 +128,28 @@ class SalesforceAuth(Strict):
     password: Optional[SecretRef] = None
     security_token: Optional[SecretRef] = None
     private_key: Optional[SecretRef] = None
+    audience: Optional[str] = None  # jwt only: the `aud` claim when it is not the login_url
+
+    @model_validator(mode="after")
+    def _fields_for_type(self):
+        needed = {"jwt": ("username", "private_key"), "password": ("client_secret", "username", "password"),
+                  "client_credentials": ("client_secret",)}[self.type]
+        missing = [f for f in needed if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"auth type {self.type} needs {', '.join(missing)}")
+        return self
 
 
 class SalesforceSettings(HttpSettings):
     login_url: str = "https://login.salesforce.com"
-    api_version: str = "62.0"
+    api_version: str = Field(default="62.0", pattern=r"^\d{2,3}\.0$")
     auth: SalesforceAuth
     profile: str = "Standard User"
     defaults: dict[str, str] = Field(default_factory=lambda: {
         "TimeZoneSidKey": "America/Los_Angeles", "LocaleSidKey": "en_US",
         "EmailEncodingKey": "UTF-8", "LanguageLocaleKey": "en_US"})
+    # Salesforce User field -> local attribute; the flow puts the values in Account.extra keyed by
+    # the Salesforce field name.
     field_map: dict[str, str] = Field(default_factory=dict)
     free_username_on_deprovision: bool = False
 

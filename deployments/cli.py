@@ -1,0 +1,176 @@
+"""The operator's command line: `outbound …`.
+
+Exit codes: 0 everything succeeded or was skipped by policy; 1 an operation failed; 2 bad input
+(a clear message naming the field; nothing stored).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+# Before Prefect is imported: no phoning home, and the CLI's own output stays readable.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Outbound provisioning: push users from the identity store to Google, Salesforce and SCIM 2.0.")
+db_app = typer.Typer(no_args_is_help=True, help="The state store.")
+app.add_typer(db_app, name="db")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="Configuration file (default: $OUTBOUND_CONFIG or ./outbound.yaml).")
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+
+
+def _load(config: Optional[Path]):
+    from models.config import load_config
+    from models.validation import InvalidInput
+
+    try:
+        return load_config(config)
+    except InvalidInput as exc:
+        fail(str(exc))
+
+
+def print_outcomes(outcomes: list[dict]) -> None:
+    for o in outcomes:
+        line = (f"{o['connector']:<16} {o['action']:<11} {o['operation']:<7} {o['status']:<9} "
+                f"remote_id={o.get('remote_id') or '-'}")
+        if o.get("remote_name"):
+            line += f" username={o['remote_name']}"
+        if o.get("error"):
+            line += f" error={o['error']}"
+        else:
+            line += f" ({o['reason']})"
+        typer.echo(line)
+
+
+def run_flow(event_id: str, config: Optional[Path]) -> list[dict]:
+    import asyncio
+
+    from flows.provision import provision_user
+
+    return asyncio.run(provision_user(event_id=event_id, config_path=str(config) if config else None))
+
+
+def stored_outcomes(event_id: str) -> list[dict]:
+    from models.db import session_scope
+    from models.runstate import operations_of_event
+
+    with session_scope() as session:
+        ops = [op for op in operations_of_event(session, event_id) if op.action != "verify"]
+        latest = {op.connector: op for op in ops}  # the last operation per connector
+        return [{"connector": op.connector, "action": op.action, "operation": op.operation or "none",
+                 "status": op.status, "remote_id": op.remote_id, "remote_name": op.remote_name,
+                 "reason": op.reason or "", "error": f"{op.error_code}: {op.error_message}" if op.error_code else None}
+                for op in latest.values()]
+
+
+@app.command()
+def event(file: str = typer.Argument(..., help="Event JSON file, or - for standard input."),
+          config: Optional[Path] = ConfigOption,
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs.")) -> None:
+    """Store an identity event, apply it to the identity store and provision it."""
+    _quiet_prefect(verbose)
+    cfg = _load(config)
+    try:
+        raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    from deployments.ingest import accept
+    from models.validation import InvalidInput
+
+    try:
+        accepted = accept(raw, cfg)
+    except InvalidInput as exc:
+        fail(str(exc))
+    if not accepted.new and accepted.status in ("succeeded", "failed"):
+        typer.echo(f"event {accepted.event_id} was already processed ({accepted.status}); not applied again")
+        outcomes = stored_outcomes(accepted.event_id)
+    else:
+        outcomes = run_flow(accepted.event_id, config)
+    print_outcomes(outcomes)
+    raise typer.Exit(1 if any(o["status"] == "failed" for o in outcomes) else 0)
+
+
+@app.command()
+def runs(status: Optional[str] = typer.Option(None, help="Only operations with this status (e.g. failed)."),
+         connector: Optional[str] = typer.Option(None, help="Only this connector."),
+         limit: int = typer.Option(50, help="How many, newest first."),
+         as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
+    """List recorded operations."""
+    from sqlmodel import select
+
+    from models.db import session_scope
+    from models.tables import Operation
+
+    with session_scope() as session:
+        query = select(Operation).order_by(Operation.id.desc()).limit(limit)
+        if status:
+            query = query.where(Operation.status == status)
+        if connector:
+            query = query.where(Operation.connector == connector)
+        rows = [op.model_dump(mode="json") for op in session.exec(query)]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "when", "event", "connector", "user", "action", "operation", "status", "tries", "error")
+    for r in rows:
+        table.add_row(str(r["id"]), (r["started_at"] or "")[:19], r["event_id"] or "-", r["connector"],
+                      r["entity_name"], r["action"], r["operation"] or "-", r["status"], str(r["attempts"]),
+                      f"{r['error_code']}: {r['error_message']}" if r["error_code"] else "")
+    Console().print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head")) -> None:
+    """Apply the schema migrations (also done automatically on first use)."""
+    from models.db import current_revision, database_url, redacted, upgrade
+
+    upgrade(revision=revision)
+    typer.echo(f"{redacted(database_url())}: schema at revision {current_revision()}")
+
+
+@app.command()
+def sandbox(port: int = typer.Option(0, help="Port for the SCIM server (0: any free port).")) -> None:
+    """Start the sandbox targets and print their URLs, for manual trials (Ctrl-C stops)."""
+    from sandbox.servers import run_forever
+
+    run_forever(scim_port=port)
+
+
+@app.command()
+def demo(users: int = typer.Option(50, help="How many sample users to provision."),
+         database: str = typer.Option("sqlite:///outbound-demo.db", help="Where the run state goes."),
+         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Provision sample users into the sandbox targets, then update, disable and delete some."""
+    _quiet_prefect(verbose)
+    from sandbox.demo import run_demo
+
+    raise typer.Exit(run_demo(users, database))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Apply identity events to the identity store, and read a user back with roles and groups."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from sqlmodel import Session, delete, select
+
+from models.events import EventUser, IdentityEvent
+from models.tables import Group, GroupMember, Role, User, UserRole, utcnow
+from models.validation import InvalidInput
+
+_PROFILE = ("email", "given_name", "family_name", "display_name")
+
+
+@dataclass(frozen=True)
+class UserView:
+    """A user as the policy sees it: plain values, safe to pass between threads and tasks."""
+
+    id: str
+    username: str
+    user_store: str
+    tenant: str
+    email: Optional[str]
+    given_name: Optional[str]
+    family_name: Optional[str]
+    display_name: Optional[str]
+    active: bool
+    deleted: bool
+    source: str
+    idps: tuple[str, ...] = ()
+    roles: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+    attributes: dict = field(default_factory=dict)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.username}@{self.user_store}"
+
+
+def find_user(session: Session, tenant: str, user_store: str, username: str) -> Optional[User]:
+    return session.exec(select(User).where(User.tenant == tenant, User.user_store == user_store,
+                                           User.username == username)).first()
+
+
+def _named(session: Session, model, name: str):
+    row = session.exec(select(model).where(model.name == name)).first()
+    if row is None:
+        row = model(name=name)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def set_roles(session: Session, user: User, roles: list[str]) -> None:
+    session.exec(delete(UserRole).where(UserRole.user_id == user.id))
+    for name in sorted(set(roles)):
+        session.add(UserRole(user_id=user.id, role_id=_named(session, Role, name).id))
+
+
+def set_groups(session: Session, user: User, groups: list[str]) -> None:
+    session.exec(delete(GroupMember).where(GroupMember.user_id == user.id))
+    for name in sorted(set(groups)):
+        session.add(GroupMember(user_id=user.id, group_id=_named(session, Group, name).id))
+
+
+def upsert_user(session: Session, data: EventUser, tenant: str, source: str, idp: Optional[str] = None,
+                replace_profile: bool = False) -> User:
+    """Create or update a user from event data; fields the event leaves out are kept."""
+    user = find_user(session, tenant, data.user_store, data.username)
+    if user is None:
+        user = User(username=data.username, user_store=data.user_store, tenant=tenant, source=source)
+        session.add(user)
+    elif user.deleted_at is not None:  # a deleted user created again starts afresh
+        user.deleted_at, user.source, user.active = None, source, True
+    for name in _PROFILE:
+        value = getattr(data, name)
+        if value is not None or replace_profile:
+            setattr(user, name, value)
+    if data.active is not None:
+        user.active = data.active
+    if data.attributes is not None:
+        user.attributes = {**user.attributes, **data.attributes}
+    if idp and idp not in user.idps:
+        user.idps = [*user.idps, idp]
+    user.updated_at = utcnow()
+    session.flush()
+    if data.roles is not None:
+        set_roles(session, user, data.roles)
+    if data.groups is not None:
+        set_groups(session, user, data.groups)
+    return user
+
+
+def apply_event(session: Session, event: IdentityEvent, tenant: str) -> User:
+    """Bring the identity store to the state the event describes; return the user."""
+    data = event.user
+    if event.type in ("user.created", "user.updated", "user.federated_login"):
+        return upsert_user(session, data, tenant, source=event.trigger, idp=event.idp)
+    user = find_user(session, tenant, data.user_store, data.username)
+    if user is None:
+        raise InvalidInput("event", [f"user.username: no user {data.username!r} in user store "
+                                     f"{data.user_store!r} (a {event.type} event needs an existing user)"])
+    if event.type == "user.deleted":
+        user.deleted_at = utcnow()
+    elif event.type in ("user.disabled", "user.enabled"):
+        user.active = event.type == "user.enabled"
+    elif event.type == "user.roles_changed":
+        if data.roles is None:
+            raise InvalidInput("event", ["user.roles: a user.roles_changed event needs the full list of roles"])
+        set_roles(session, user, data.roles)
+    user.updated_at = utcnow()
+    if event.idp and event.idp not in user.idps:
+        user.idps = [*user.idps, event.idp]
+    session.flush()
+    return user
+
+
+def roles_of(session: Session, user_id: str) -> frozenset[str]:
+    rows = session.exec(select(Role.name).join(UserRole, UserRole.role_id == Role.id).where(UserRole.user_id == user_id))
+    return frozenset(rows)
+
+
+def groups_of(session: Session, user_id: str) -> frozenset[str]:
+    rows = session.exec(select(Group.name).join(GroupMember, GroupMember.group_id == Group.id)
+                        .where(GroupMember.user_id == user_id))
+    return frozenset(rows)
+
+
+def view(session: Session, user: User) -> UserView:
+    return UserView(
+        id=user.id, username=user.username, user_store=user.user_store, tenant=user.tenant,
+        email=user.email, given_name=user.given_name, family_name=user.family_name,
+        display_name=user.display_name, active=user.active, deleted=user.deleted_at is not None,
+        source=user.source, idps=tuple(user.idps), roles=roles_of(session, user.id),
+        groups=groups_of(session, user.id), attributes=dict(user.attributes),
+    )
+
+
+def load_view(session: Session, user_id: str) -> UserView:
+    user = session.get(User, user_id)
+    if user is None:
+        raise KeyError(user_id)
+    return view(session, user)

@@ -1,0 +1,116 @@
+"""`make demo`: provision sample users into the sandbox targets through the Prefect flow.
+
+Loads the users of `sandbox/users.json` as identity events, runs the provisioning flow for each
+(several at a time, in this process, on Prefect's ephemeral API), then updates some, disables one
+and deletes one, and prints a summary read from the state store.
+"""
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+USERS_FILE = Path(__file__).with_name("users.json")
+
+
+def sample_events(count: int) -> tuple[list[dict], list[dict]]:
+    users = json.loads(USERS_FILE.read_text())[:count]
+    created = [{"id": f"demo-create-{u['username']}", "type": "user.created", "trigger": u["trigger"],
+                "user": {k: v for k, v in u.items() if k != "trigger"}} for u in users]
+    later = []
+    for u in users[:5]:
+        later.append({"id": f"demo-update-{u['username']}", "type": "user.updated", "trigger": "console",
+                      "user": {"username": u["username"], "family_name": u["family_name"] + "-Jones",
+                               "display_name": f"{u['given_name']} {u['family_name']}-Jones"}})
+    if len(users) > 7:
+        later.append({"id": f"demo-disable-{users[6]['username']}", "type": "user.disabled", "trigger": "console",
+                      "user": {"username": users[6]["username"]}})
+        later.append({"id": f"demo-delete-{users[7]['username']}", "type": "user.deleted", "trigger": "console",
+                      "user": {"username": users[7]["username"]}})
+    return created, later
+
+
+async def _run_all(event_ids: list[str], config_path: str, concurrency: int = 6) -> list[float]:
+    from flows.provision import provision_user
+
+    gate = asyncio.Semaphore(concurrency)
+    timings: list[float] = []
+
+    async def one(event_id: str) -> None:
+        async with gate:
+            start = time.perf_counter()
+            await provision_user(event_id=event_id, config_path=config_path)
+            timings.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(one(e) for e in event_ids))
+    return timings
+
+
+def summary(database: str) -> list[dict]:
+    from sqlmodel import select
+
+    from models.db import session_scope
+    from models.tables import Operation
+
+    counts: dict[str, Counter] = {}
+    with session_scope(database) as session:
+        for op in session.exec(select(Operation).where(Operation.action != "verify")):
+            c = counts.setdefault(op.connector, Counter())
+            if op.status == "failed":
+                c["failed"] += 1
+            elif op.operation in ("create", "relink"):
+                c["created"] += 1
+            elif op.operation in ("update", "link", "disable"):
+                c["updated"] += 1
+            elif op.operation in ("delete", "gone"):
+                c["deleted"] += 1
+    return [{"connector": name, **{k: c[k] for k in ("created", "updated", "deleted", "failed")}}
+            for name, c in sorted(counts.items())]
+
+
+def run_demo(count: int, database: str) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from deployments.ingest import accept
+    from models.config import load_config
+    from models.db import redacted
+    from sandbox.servers import started
+
+    console = Console()
+    if database.startswith("sqlite:///"):
+        path = Path(database.removeprefix("sqlite:///"))
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)  # each demo starts from an empty store
+    os.environ["OUTBOUND_DATABASE_URL"] = database
+    started_at = time.perf_counter()
+    with started() as boxes, tempfile.TemporaryDirectory() as tmp:
+        for line in boxes.describe():
+            console.print(f"sandbox: {line.split('(')[0].strip()}")
+        os.environ["SANDBOX_SCIM_TOKEN"] = boxes.scim.token
+        config_path = Path(tmp, "outbound.yaml")
+        config_path.write_text(boxes.config_yaml())
+        config = load_config(config_path)
+
+        created, later = sample_events(count)
+        for phase, events in (("create", created), ("update, disable and delete", later)):
+            ids = [accept(e, config).event_id for e in events]
+            console.print(f"[bold]{phase}[/]: {len(ids)} events accepted, provisioning through Prefect…")
+            timings = asyncio.run(_run_all(ids, str(config_path)))
+            timings.sort()
+            console.print(f"  {len(timings)} flow runs, median {timings[len(timings) // 2]:.2f} s each "
+                          f"(6 at a time)")
+
+        rows = summary(database)
+        table = Table("connector", "created", "updated", "deleted", "failed", title="Demo summary")
+        for r in rows:
+            table.add_row(r["connector"], *(str(r[k]) for k in ("created", "updated", "deleted", "failed")))
+        console.print(table)
+        console.print(f"accounts now in the SCIM sandbox: {len(boxes.scim.users())} "
+                      f"({sum(1 for u in boxes.scim.users() if u.get('active') is False)} disabled)")
+    console.print(f"run state: {redacted(database)}  (try: OUTBOUND_DATABASE_URL={database} outbound runs)")
+    console.print(f"wall time: {time.perf_counter() - started_at:.1f} s")
+    return 1 if any(r["failed"] for r in rows) else 0
