@@ -99,6 +99,11 @@ def authorized_session(credentials, settings: GoogleSettings) -> google.auth.tra
     """
     from connectors.http import build_session
 
+    # At DEBUG, google-auth's transport logs whole bodies and headers: our generated password,
+    # the signed assertion, the bearer token. Those are never logged.
+    transport_log = logging.getLogger("google.auth.transport.requests")
+    if transport_log.level < logging.INFO:
+        transport_log.setLevel(logging.INFO)
     base = build_session(settings)
     session = google.auth.transport.requests.AuthorizedSession(
         credentials, refresh_status_codes=(401,), max_refresh_attempts=1, auth_request=_TokenRequest(base))

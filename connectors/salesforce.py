@@ -252,7 +252,7 @@ class SalesforceConnector:
                     yield record
             except SalesforceExpiredSession as exc:
                 if renewed:
-                    raise AuthFailed(f"query: the session was refused again after a new login", status=401) from exc
+                    raise AuthFailed("query: the session was refused again after a new login", status=401) from exc
                 renewed = True
                 self._renew(sf)  # and start over, skipping what was already yielded
             except SalesforceError as exc:

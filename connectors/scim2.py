@@ -53,7 +53,7 @@ class Scim2Connector:
             response = self.session.request(method, url, data=data, params=params, headers=headers)
         except requests.Timeout as exc:
             raise TransientError(f"{method} {path}: timed out") from exc
-        except requests.ConnectionError as exc:
+        except requests.RequestException as exc:  # refused, reset, or dropped mid-response
             raise TransientError(f"{method} {path}: connection failed ({type(exc).__name__})") from exc
         if response.status_code == 401 and not _refreshed and hasattr(self.session.auth, "refresh"):
             self.session.auth.refresh()  # one token refresh, then it is an auth failure

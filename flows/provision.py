@@ -70,7 +70,7 @@ def run_event(event_id: str, config: Config) -> list[Outcome]:
             continue
         name = username_task.submit(user, decision.connector, config) if decision.action == "provision" else None
         done = provision_task.submit(decision, user, config, event_id, name)
-        pending.append((decision, name, done, reconcile_task.submit(done, user, config, event_id)))
+        pending.append((decision, name, done, reconcile_task.submit(decision.connector, done, user, config, event_id)))
 
     for decision, name, done, verified in pending:
         try:

@@ -196,7 +196,7 @@ class GoogleSandbox:
         self.token_lifetime, self.reported_lifetime = token_lifetime, reported_lifetime
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self.customer_id = "C0" + secrets.token_hex(4)
-        self.client_email = f"outbound@sandbox-project.iam.gserviceaccount.com"
+        self.client_email = "outbound@sandbox-project.iam.gserviceaccount.com"
         self.client_id = str(100000000000000000000 + secrets.randbelow(10 ** 20))
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.private_key_id = secrets.token_hex(20)
@@ -234,7 +234,9 @@ class GoogleSandbox:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread = None
         self._server.server_close()
 
     def __enter__(self) -> "GoogleSandbox":

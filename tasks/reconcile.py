@@ -37,7 +37,8 @@ def verify_one(outcome: Outcome, user: UserView, config: Config, event_id: Optio
     return drift or None
 
 
-@task(name="reconcile", task_run_name="reconcile {outcome.connector}", cache_policy=NO_CACHE)
-def reconcile(outcome: Outcome, user: UserView, config: Config, event_id: Optional[str]) -> Optional[dict]:
+@task(name="reconcile", task_run_name="reconcile {connector_name}", cache_policy=NO_CACHE)
+def reconcile(connector_name: str, outcome: Outcome, user: UserView, config: Config,
+              event_id: Optional[str]) -> Optional[dict]:
     """Read the account back and record any difference from the desired state."""
     return verify_one(outcome, user, config, event_id)

@@ -361,3 +361,20 @@ def test_raw_sandbox_speaks_oauth_errors_like_salesforce(sandbox):
     answer = session.get(f"{sandbox.url}/services/data/v62.0/query", params={"q": "SELECT Id FROM User"},
                          headers={"Authorization": "Bearer expired"})
     assert answer.status_code == 401 and answer.json()[0]["errorCode"] == "INVALID_SESSION_ID"
+
+
+def test_session_expiring_between_pages_renews_and_lists_each_user_once(sandbox, sf):
+    for _ in range(60 - len(sandbox.users) if len(sandbox.users) < 60 else 0):
+        sf.create_user(account())
+    listing = sf.iter_users()
+    first = next(listing)
+    sandbox.expire_tokens()  # the next page (nextRecordsUrl) meets INVALID_SESSION_ID
+    rest = list(listing)
+    ids = [first.id, *(a.id for a in rest)]
+    assert len(ids) == len(set(ids)) == len([u for u in sandbox.users.values() if u["UserType"] == "Standard"])
+
+
+def test_the_sandbox_would_expose_an_unescaped_injection(sf):
+    # The hostile-value test above means something only if the sandbox evaluates LIKE and OR.
+    rows = list(sf._query("SELECT Id FROM User WHERE Username = 'nobody' OR Username LIKE '%'"))
+    assert len(rows) > 2
