@@ -165,6 +165,10 @@ def demo(users: int = typer.Option(50, help="How many sample users to provision.
     raise typer.Exit(run_demo(users, database))
 
 
+# Commands that live in their own modules register themselves on `app` when imported.
+from deployments import commands_policy, commands_reconcile, commands_service  # noqa: E402,F401
+
+
 def main() -> None:
     try:
         app()
