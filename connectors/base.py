@@ -88,15 +88,16 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def differences(desired: Account, current: Account) -> dict[str, Any]:
+def differences(desired: Account, current: Account, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     """The managed attributes whose desired value differs from the current one.
 
     A desired value of None means "we hold nothing here": the target's value is left alone.
+    `ignore` names attributes the target derives itself (a connector's `read_only_attributes`).
     """
     changes = {}
     have = current.managed()
     for key, want in desired.managed().items():
-        if want is None:
+        if want is None or key in ignore:
             continue
         got = have.get(key)
         a, b = canonical(want), canonical(got)

@@ -116,6 +116,8 @@ def authorized_session(credentials, settings: GoogleSettings) -> google.auth.tra
 
 class GoogleConnector:
     supports_groups = True
+    # Google's address is the username (primaryEmail): there is no separate email to manage.
+    read_only_attributes = ("email",)
     batch_size = 1000  # Google's limit of calls in one batch request
 
     def __init__(self, name: str, settings: GoogleSettings, session: requests.Session, *,

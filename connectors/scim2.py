@@ -8,8 +8,8 @@ import requests
 from pydantic import ValidationError
 from scim2_models import Email, Group, GroupMember, ListResponse, Name, PatchOp, PatchOperation, User
 
-from connectors.base import Account, RemoteGroup
-from connectors.errors import (AlreadyExists, AuthFailed, NotFound, Rejected, RateLimited,
+from connectors.base import Account, BatchOp, RemoteGroup
+from connectors.errors import (AlreadyExists, AuthFailed, ConnectorError, NotFound, Rejected, RateLimited,
                                TransientError, retry_after_seconds)
 from models.config import Scim2Settings
 
@@ -214,6 +214,138 @@ class Scim2Connector:
         """Every user in the target, page by page (startIndex/count)."""
         for item in self._iter("Users"):
             yield self._from_scim(item)
+
+    # --- batches: /Bulk (RFC 7644 §3.7) -------------------------------------------------
+
+    def bulk_limits(self) -> Optional[tuple[int, int]]:
+        """(maxOperations, maxPayloadSize) when the server supports /Bulk, else None."""
+        if not hasattr(self, "_bulk"):
+            try:
+                spc = self._json(self._request("GET", "/ServiceProviderConfig"))
+            except (NotFound, Rejected):
+                spc = {}
+            bulk = spc.get("bulk") or {}
+            self._bulk = ((int(bulk.get("maxOperations") or 1000), int(bulk.get("maxPayloadSize") or 1_048_576))
+                          if bulk.get("supported") and (bulk.get("maxOperations") or 0) > 0 else None)
+        return self._bulk
+
+    def apply_batch(self, ops: list[BatchOp], max_workers: int = 1) -> list[Any]:
+        """Apply user operations through /Bulk when the server has it, else one call each over a thread pool.
+
+        Results align with `ops`: an Account (create/update), None (done), or the ConnectorError
+        that call met (a delete that found nothing is done). Never raises for one op.
+        """
+        limits = self.bulk_limits()
+        if limits is None or (not self.patch_supported() and any(o.kind != "create" and o.kind != "delete"
+                                                                 for o in ops)):
+            return self._one_by_one(ops, max_workers)
+        max_ops, max_bytes = limits
+        results: list[Any] = [None] * len(ops)
+        chunk: list[tuple[int, dict]] = []
+        size = 0
+        for index, op in enumerate(ops):
+            try:
+                item = self._bulk_item(index, op)
+            except ConnectorError as exc:
+                results[index] = exc
+                continue
+            item_size = len(json.dumps(item, ensure_ascii=False).encode())
+            if chunk and (len(chunk) >= max_ops or size + item_size + 200 > max_bytes):
+                self._send_bulk(ops, chunk, results)
+                chunk, size = [], 0
+            chunk.append((index, item))
+            size += item_size + 1
+        if chunk:
+            self._send_bulk(ops, chunk, results)
+        return results
+
+    def _bulk_item(self, index: int, op: BatchOp) -> dict:
+        item: dict[str, Any] = {"bulkId": f"op{index}"}
+        if op.kind == "create":
+            item.update(method="POST", path="/Users", data=self._to_scim(op.account))
+        elif op.kind == "delete":
+            item.update(method="DELETE", path=f"/Users/{op.remote_id}")
+        elif op.kind in ("update", "disable", "enable"):
+            changes = op.changes if op.kind == "update" else {"active": op.kind == "enable"}
+            patch = PatchOp[User](operations=[PatchOperation[User](op="replace", path=path, value=value)
+                                              for path, value in _patch_paths(changes).items()])
+            item.update(method="PATCH", path=f"/Users/{op.remote_id}", data=patch.model_dump())
+        else:
+            raise Rejected(f"unknown batch operation {op.kind!r}")
+        return item
+
+    def _send_bulk(self, ops: list[BatchOp], chunk: list[tuple[int, dict]], results: list[Any]) -> None:
+        body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
+                "Operations": [item for _, item in chunk]}
+        try:
+            response = self._request("POST", "/Bulk", json_body=body)
+        except ConnectorError as exc:  # the whole request failed: so did each of its operations
+            for index, _ in chunk:
+                results[index] = exc
+            return
+        if response is None:  # dry-run
+            for index, _ in chunk:
+                results[index] = ops[index].account if ops[index].kind == "create" else None
+            return
+        answers = {a.get("bulkId"): a for a in self._json(response).get("Operations") or []}
+        for index, item in chunk:
+            op, answer = ops[index], answers.get(item["bulkId"])
+            if answer is None:
+                results[index] = TransientError(f"{item['method']} {item['path']}: no answer in the bulk response")
+                continue
+            status = int(answer.get("status") or 0)
+            if status >= 400:
+                error = self._bulk_error(item, status, answer.get("response") or {})
+                results[index] = None if isinstance(error, NotFound) and op.kind == "delete" else error
+            elif op.kind == "create":
+                location = answer.get("location") or ""
+                results[index] = op.account.with_id(location.rstrip("/").rsplit("/", 1)[-1] or None)
+            else:
+                results[index] = None
+
+    def _bulk_error(self, item: dict, status: int, body: dict) -> Exception:
+        detail, scim_type = body.get("detail"), body.get("scimType")
+        text = (f"{item['method']} {item['path']}: HTTP {status}" + (f" {scim_type}" if scim_type else "")
+                + (f": {detail}" if detail else ""))
+        if status == 429:
+            return RateLimited(text, status=status)
+        if status == 404:
+            return NotFound(text, status=status)
+        if status == 409:
+            return AlreadyExists(text, status=status)
+        if status in (401, 403):
+            return AuthFailed(text, status=status)
+        if status in (408, 412) or status >= 500:
+            return TransientError(text, status=status)
+        return Rejected(text, status=status, field=_field_in(detail))
+
+    def _one_by_one(self, ops: list[BatchOp], max_workers: int) -> list[Any]:
+        """The fallback without /Bulk: one call per op, at most `max_workers` at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def run(op: BatchOp) -> Any:
+            try:
+                if op.kind == "create":
+                    return self.create_user(op.account)
+                if op.kind == "update":
+                    return self.update_user(op.remote_id, op.changes, op.account or Account(user_name=""))
+                if op.kind in ("disable", "enable"):
+                    self._set_active(op.remote_id, op.kind == "enable")
+                elif op.kind == "delete":
+                    try:
+                        self.delete_user(op.remote_id)
+                    except NotFound:
+                        pass
+                else:
+                    raise Rejected(f"unknown batch operation {op.kind!r}")
+                return None
+            except ConnectorError as exc:
+                return exc
+
+        if max_workers <= 1:
+            return [run(op) for op in ops]
+        with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"scim-{self.name}") as pool:
+            return list(pool.map(run, ops))
 
     # --- groups -------------------------------------------------------------------------
 

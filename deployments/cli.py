@@ -69,7 +69,8 @@ def stored_outcomes(event_id: str) -> list[dict]:
     from models.runstate import operations_of_event
 
     with session_scope() as session:
-        ops = [op for op in operations_of_event(session, event_id) if op.action != "verify"]
+        ops = [op for op in operations_of_event(session, event_id)
+               if op.action != "verify" and op.entity_type == "user"]
         latest = {op.connector: op for op in ops}  # the last operation per connector
         return [{"connector": op.connector, "action": op.action, "operation": op.operation or "none",
                  "status": op.status, "remote_id": op.remote_id, "remote_name": op.remote_name,
@@ -160,6 +161,11 @@ def demo(users: int = typer.Option(50, help="How many sample users to provision.
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Provision sample users into the sandbox targets, then update, disable and delete some."""
     _quiet_prefect(verbose)
+    if not os.environ.get("PREFECT_API_URL"):
+        # Prefect's ephemeral API keeps its runs here, so `PREFECT_HOME=.prefect-demo prefect server start`
+        # shows them in the UI afterwards; its SQLite answers 503 under bursts, so the client retries more.
+        os.environ.setdefault("PREFECT_HOME", str(Path(".prefect-demo").resolve()))
+        os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "10")
     from sandbox.demo import run_demo
 
     raise typer.Exit(run_demo(users, database))

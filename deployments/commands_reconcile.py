@@ -1,3 +1,131 @@
-"""CLI commands: reconcile. Registered on deployments.cli.app when that module loads."""
+"""CLI commands: import, reconcile. Registered on deployments.cli.app when that module loads.
 
-from deployments.cli import app  # noqa: F401
+Exit codes (reconcile): 0 done; 1 some rows failed; 2 bad input; 3 the plan needs --yes (it deletes or
+disables more than the connector's max_deletions).
+"""
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from deployments.cli import ConfigOption, _load, _quiet_prefect, app, fail
+
+IMPORT_COLUMNS = ("username", "user_store", "email", "given_name", "family_name", "display_name", "active",
+                  "roles", "groups")
+_TRUE, _FALSE = {"true", "yes", "1", "y"}, {"false", "no", "0", "n"}
+
+
+def parse_rows(frame) -> tuple[list, list[str]]:
+    """Validate each CSV row as an event's user; return (good EventUsers, error lines)."""
+    from pydantic import ValidationError
+
+    from models.events import EventUser
+
+    good, errors = [], []
+    for number, row in enumerate(frame.to_dict(orient="records"), start=2):  # line 1 is the header
+        data = {k: v.strip() for k, v in row.items() if isinstance(v, str) and v.strip() != ""}
+        for key in ("roles", "groups"):
+            if key in data:
+                data[key] = [p.strip() for p in data[key].split(";") if p.strip()]
+        if "active" in data:
+            flag = data["active"].lower()
+            if flag not in _TRUE | _FALSE:
+                errors.append(f"row {number}: active: {row['active']!r}: must be true or false")
+                continue
+            data["active"] = flag in _TRUE
+        try:
+            good.append((number, EventUser.model_validate(data)))
+        except ValidationError as exc:
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"]) or "(row)"
+                name = str(err["loc"][0]) if err["loc"] else ""
+                errors.append(f"row {number}: {where}: {row.get(name, '')!r}: {err['msg']}")
+    return good, errors
+
+
+@app.command("import")
+def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", ".join(IMPORT_COLUMNS) +
+                                             " (roles and groups separated by ';')."),
+                 config: Optional[Path] = ConfigOption) -> None:
+    """Upsert users from a CSV file into the identity store (trigger `import`); bad rows are reported."""
+    import pandas as pd
+
+    from models.db import session_scope
+    from models.identity import upsert_user
+
+    cfg = _load(config)
+    try:
+        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read {file}: {exc}")
+    unknown = [c for c in frame.columns if c not in IMPORT_COLUMNS]
+    if unknown or "username" not in frame.columns:
+        fail(f"{file}: unknown columns {', '.join(unknown) or '-'}; expected {', '.join(IMPORT_COLUMNS)} "
+             f"(username is required)")
+    good, errors = parse_rows(frame)
+    with session_scope() as session:
+        for _, user in good:
+            upsert_user(session, user, cfg.tenant_domain, source="import")
+    typer.echo(f"imported {len(good)} users from {file}; {len(frame) - len(good)} rows rejected")
+    for line in errors:
+        typer.echo(line, err=True)
+    raise typer.Exit(2 if errors else 0)
+
+
+def _print_result(result: dict) -> None:
+    typer.echo(("[dry-run] " if result["dry_run"] else "") + result["summary"])
+    o = result["outcomes"]
+    typer.echo(f"{result['connector']}: {result['status']}: succeeded {o['succeeded']}, failed {o['failed']}, "
+               f"skipped {o['skipped']}")
+    for f in result.get("failures", [])[:20]:
+        typer.echo(f"  failed {f['action']} {f['user']}: {f['error']}")
+    if result["status"] == "awaiting-approval":
+        typer.echo(f"{result['message']}: nothing applied; review the plan (--dry-run --report FILE.csv) and "
+                   f"run again with --yes to apply it", err=True)
+
+
+@app.command()
+def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help="Only this connector (default: all)."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan; change nothing."),
+              yes: bool = typer.Option(False, "--yes", help="Apply even when the plan deletes or disables more "
+                                                            "than max_deletions."),
+              report: Optional[Path] = typer.Option(None, "--report", help="Write the plan rows to this CSV."),
+              config: Optional[Path] = ConfigOption,
+              verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs.")) -> None:
+    """Compare each target with the desired state and apply the difference, in-process."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from flows.reconcile import reconcile_connector
+    from tasks.apply import progress_listeners
+
+    _quiet_prefect(verbose)
+    cfg = _load(config)
+    names = [connector] if connector else [c.name for c in cfg.connectors if c.enabled]
+    if connector and connector not in [c.name for c in cfg.connectors]:
+        fail(f"no connector {connector!r} in the configuration")
+    results = []
+    with Progress(transient=True) as progress:
+        for name in names:
+            bar = progress.add_task(f"{'dry-run ' if dry_run else ''}{name}", total=None)
+
+            def listener(done: int, total: int, bar=bar) -> None:
+                progress.update(bar, completed=done, total=total or 1)
+
+            progress_listeners.append(listener)
+            try:
+                path = None
+                if report:
+                    path = str(report) if len(names) == 1 else str(report.with_stem(f"{report.stem}-{name}"))
+                results.append(asyncio.run(reconcile_connector(connector=name, dry_run=dry_run,
+                                                               config_path=str(config) if config else None,
+                                                               yes=yes, report=path)))
+            finally:
+                progress_listeners.remove(listener)
+    for result in results:
+        _print_result(result)
+    if any(r["status"] == "awaiting-approval" for r in results):
+        raise typer.Exit(3)
+    raise typer.Exit(1 if any(r["outcomes"]["failed"] for r in results) else 0)

@@ -1,3 +1,158 @@
-"""CLI commands: service. Registered on deployments.cli.app when that module loads."""
+"""CLI commands: service (`api`, `serve`, `setup`, `status`). Registered on deployments.cli.app when that module loads."""
 
-from deployments.cli import app  # noqa: F401
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from deployments.cli import ConfigOption, _load, app, fail
+
+
+@app.command()
+def api(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+        port: int = typer.Option(8080, help="Port to listen on."),
+        config: Optional[Path] = ConfigOption,
+        dispatch: str = typer.Option("auto", help="auto (Prefect event when a server is reachable, else "
+                                                  "in-process) | prefect | in-process."),
+        workers: int = typer.Option(4, help="In-process: events provisioned at once.")) -> None:
+    """Serve the HTTP event API (POST /v1/events, GET /v1/events/{id}, GET /healthz)."""
+    import uvicorn
+
+    from deployments.api import create_app
+    from models.secrets import SecretError
+    from models.validation import InvalidInput
+
+    if dispatch not in ("auto", "prefect", "in-process"):
+        fail(f"--dispatch: expected auto, prefect or in-process, got {dispatch!r}")
+    cfg = _load(config)
+    try:
+        application = create_app(cfg, str(config) if config else None, dispatch=dispatch, workers=workers)
+    except (InvalidInput, SecretError) as exc:
+        fail(str(exc))
+    uvicorn.run(application, host=host, port=port, log_level="info")
+
+
+@app.command()
+def serve(config: Optional[Path] = ConfigOption,
+          reconcile_cron: str = typer.Option("0 2 * * *", help="When reconcile-all runs."),
+          sweep_after: float = typer.Option(300, help="sweep-events re-dispatches events unfinished this long (s)."),
+          limit: Optional[int] = typer.Option(None, help="At most this many flow runs at once.")) -> None:
+    """Serve every deployment (provision-user, reconcile-all, reconcile-connector, sweep-events) from this process."""
+    from deployments.serve import serve_all
+
+    _load(config)  # refuse a bad configuration now rather than at the first run
+    serve_all(str(config.resolve()) if config else None, limit=limit, reconcile_cron=reconcile_cron,
+              sweep_after_seconds=sweep_after)
+
+
+@app.command()
+def setup(config: Optional[Path] = ConfigOption) -> None:
+    """Create or update the Prefect global concurrency and rate limits `outbound:<connector>`."""
+    from tasks.limits import apply_limits
+
+    cfg = _load(config)
+    done = apply_limits(cfg)
+    for name, slots, decay in done:
+        kind = f"rate limit, {decay:g} slots/s" if decay else "concurrency limit"
+        typer.echo(f"{name:<32} {slots:>5} slots ({kind})")
+    if not done:
+        typer.echo("no connector sets max_concurrency or requests_per_second: no limits to create")
+
+
+# --- status ----------------------------------------------------------------------------------
+
+def _reconciliations(session) -> dict[str, dict]:
+    """The last reconciliation per connector, if the reconciliation_runs table exists."""
+    from sqlalchemy import MetaData, Table, inspect
+
+    bind = session.get_bind()
+    if not inspect(bind).has_table("reconciliation_runs"):
+        return {}
+    runs = Table("reconciliation_runs", MetaData(), autoload_with=bind)
+    last: dict[str, dict] = {}
+    for row in session.execute(runs.select().order_by(runs.c.started_at.desc()).limit(1000)).mappings():
+        if row["connector"] not in last:
+            last[row["connector"]] = dict(row)
+    return last
+
+
+def _as_dict(value) -> dict:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _when(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value[:19]
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value.tzinfo else str(value)[:19]
+
+
+def status_summary(names: list[str]) -> dict:
+    """Per connector: last reconciliation, operations failed in the last day; and the oldest unfinished event."""
+    from sqlmodel import func, select
+
+    from models.db import session_scope
+    from models.tables import Event, Operation
+
+    since = datetime.now(timezone.utc) - timedelta(days=1)
+    with session_scope() as session:
+        last = _reconciliations(session)
+        failed = dict(session.exec(select(Operation.connector, func.count()).where(
+            Operation.status == "failed", Operation.started_at >= since).group_by(Operation.connector)).all())
+        oldest = session.exec(select(Event).where(Event.status.in_(("accepted", "running")))
+                              .order_by(Event.received_at).limit(1)).first()
+        unfinished = session.exec(select(func.count()).select_from(Event)
+                                  .where(Event.status.in_(("accepted", "running")))).one()
+    connectors = []
+    for name in dict.fromkeys([*names, *last, *failed]):
+        run = last.get(name)
+        connectors.append({
+            "connector": name,
+            "last_reconciliation": None if run is None else {
+                "status": run.get("status"), "dry_run": run.get("dry_run"), "started_at": _when(run.get("started_at")),
+                "finished_at": _when(run.get("finished_at")), "counts": _as_dict(run.get("counts")),
+                "outcomes": _as_dict(run.get("outcomes"))},
+            "failed_last_day": failed.get(name, 0)})
+    return {"connectors": connectors, "unfinished_events": unfinished,
+            "oldest_unfinished_event": None if oldest is None else {
+                "id": oldest.id, "type": oldest.type, "status": oldest.status,
+                "received_at": _when(oldest.received_at)}}
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOption,
+           as_json: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
+    """Summarise per connector: last reconciliation and its counts, failures in the last day, the oldest unfinished event."""
+    names: list[str] = []
+    if config is not None or Path("outbound.yaml").exists():
+        names = [c.name for c in _load(config).connectors]
+    summary = status_summary(names)
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("connector", "last reconciliation", "status", "counts", "failed (24 h)")
+    for c in summary["connectors"]:
+        run = c["last_reconciliation"]
+        counts = ", ".join(f"{k}={v}" for k, v in (run or {}).get("counts", {}).items()) if run else ""
+        table.add_row(c["connector"], run["started_at"] if run else "never",
+                      (f"{run['status']}{' (dry run)' if run['dry_run'] else ''}" if run else "-"),
+                      counts or "-", str(c["failed_last_day"]))
+    console = Console()
+    console.print(table)
+    oldest = summary["oldest_unfinished_event"]
+    if oldest:
+        console.print(f"unfinished events: {summary['unfinished_events']}; oldest {oldest['id']} ({oldest['type']}, "
+                      f"{oldest['status']}) received {oldest['received_at']} UTC")
+    else:
+        console.print("unfinished events: none")

@@ -10,6 +10,8 @@ from models.config import Config, load_config
 from models.db import session_scope
 from models.identity import load_view
 from models.runstate import connectors_of, get_event, record, set_event_status
+from tasks import groups as group_sync  # issue #3: groups
+from tasks.explain import attach_explanation  # issue #3: the explanation artifact
 from tasks.policy import resolve_policy
 from tasks.provision import Outcome, failed_outcome, provision
 from tasks.reconcile import reconcile
@@ -76,8 +78,12 @@ def run_event(event_id: str, config: Config) -> list[Outcome]:
         try:
             outcome = done.result()
         except Exception as exc:  # provision recorded its own failure; name failures are recorded here
-            if name is not None and name.wait() is None and name.state.is_failed():
-                outcome = _record_failure(decision, user, event_id, name.state.result(raise_on_failure=False))
+            if name is not None:
+                name.wait()
+            if name is not None and name.state.is_failed():
+                # _sync: inside this async flow, State.result would otherwise hand back a coroutine.
+                cause = name.state.result(raise_on_failure=False, _sync=True)
+                outcome = _record_failure(decision, user, event_id, cause)
             else:
                 outcome = failed_outcome(decision, exc)
         else:
@@ -87,11 +93,15 @@ def run_event(event_id: str, config: Config) -> list[Outcome]:
                 logger.warning("user=%s connector=%s read-back failed: %s", user.qualified_name, decision.connector, exc)
         outcomes.append(outcome)
 
+    # Issue #3: keep each group-managing connector's configured groups in step with this user.
+    group_sync.wait_all([group_sync.submit_for(o, user, config, event_id) for o in outcomes], logger)
+
     failed = [o for o in outcomes if o.status == "failed"]
     with session_scope() as session:
         set_event_status(session, event_id, "failed" if failed else "succeeded",
                          "; ".join(f"{o.connector}: {o.error}" for o in failed) or None)
     _artifacts(user.qualified_name, event_id, outcomes)
+    attach_explanation(user.id, config, event_id)  # issue #3: `outbound explain`, attached to the run
     return outcomes
 
 

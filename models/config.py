@@ -186,6 +186,10 @@ class ConnectorConfig(Strict):
     on_collision: Literal["fail", "suffix"] = "fail"
     max_concurrency: Optional[int] = Field(default=None, ge=1, le=1000)
     requests_per_second: Optional[float] = Field(default=None, gt=0)
+    # Reconciliation: what to do with an account we manage that no desired user wants any more,
+    # and how many deletes+disables one run may apply unreviewed (None: min(10% of the target, 50)).
+    orphans: Literal["report", "disable", "delete"] = "report"
+    max_deletions: Optional[int] = Field(default=None, ge=0)
     scim2: Optional[Scim2Settings] = None
     google: Optional[GoogleSettings] = None
     salesforce: Optional[SalesforceSettings] = None
@@ -217,11 +221,20 @@ class IdentityProvider(Strict):
     connectors: list[str] = Field(default_factory=list)
 
 
+class ApiSettings(Strict):
+    """The event API (`outbound api`): how senders authenticate, and how large an event may be."""
+
+    hmac_secret: Optional[SecretRef] = None  # HMAC-SHA256 of the raw body, header X-Outbound-Signature
+    token: Optional[SecretRef] = None  # Authorization: Bearer <token>
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+
+
 class Config(Strict):
     tenant_domain: str = Field(min_length=1, max_length=255)
     connectors: list[ConnectorConfig] = Field(default_factory=list)
     identity_providers: list[IdentityProvider] = Field(default_factory=list)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    api: Optional[ApiSettings] = None
 
     @model_validator(mode="after")
     def _references(self):

@@ -156,3 +156,21 @@ class OperationAttempt(SQLModel, table=True):
     task_run_id: Optional[str] = Field(default=None, max_length=64)
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
+
+
+class ReconciliationRun(SQLModel, table=True):
+    """One reconciliation of one connector: when, dry-run or not, the plan's counts and the outcome."""
+
+    __tablename__ = "reconciliation_runs"
+    __table_args__ = (Index("ix_reconciliation_runs_connector", "connector", "started_at"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    connector: str = Field(max_length=64)
+    flow_run_id: Optional[str] = Field(default=None, max_length=64)
+    dry_run: bool = False
+    status: str = Field(default="running", max_length=16)  # running|succeeded|failed|partial|awaiting-approval|rejected
+    counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # per plan action
+    outcomes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # succeeded/failed/skipped
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: Optional[datetime] = None

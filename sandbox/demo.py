@@ -33,7 +33,7 @@ def sample_events(count: int) -> tuple[list[dict], list[dict]]:
     return created, later
 
 
-async def _run_all(event_ids: list[str], config_path: str, concurrency: int = 6) -> list[float]:
+async def _run_all(event_ids: list[str], config_path: str, concurrency: int = 2) -> list[float]:
     from flows.provision import provision_user
 
     gate = asyncio.Semaphore(concurrency)
@@ -90,7 +90,7 @@ def run_demo(count: int, database: str) -> int:
     with started() as boxes, tempfile.TemporaryDirectory() as tmp:
         for line in boxes.describe():
             console.print(f"sandbox: {line.split('(')[0].strip()}")
-        os.environ["SANDBOX_SCIM_TOKEN"] = boxes.scim.token
+        boxes.export_secrets()
         config_path = Path(tmp, "outbound.yaml")
         config_path.write_text(boxes.config_yaml())
         config = load_config(config_path)
@@ -102,15 +102,18 @@ def run_demo(count: int, database: str) -> int:
             timings = asyncio.run(_run_all(ids, str(config_path)))
             timings.sort()
             console.print(f"  {len(timings)} flow runs, median {timings[len(timings) // 2]:.2f} s each "
-                          f"(6 at a time)")
+                          f"(2 at a time)")
 
         rows = summary(database)
         table = Table("connector", "created", "updated", "deleted", "failed", title="Demo summary")
         for r in rows:
             table.add_row(r["connector"], *(str(r[k]) for k in ("created", "updated", "deleted", "failed")))
         console.print(table)
-        console.print(f"accounts now in the SCIM sandbox: {len(boxes.scim.users())} "
-                      f"({sum(1 for u in boxes.scim.users() if u.get('active') is False)} disabled)")
+        scim_users = boxes.scim.users()
+        console.print(f"accounts now in the sandboxes: SCIM {len(scim_users)} "
+                      f"({sum(1 for u in scim_users if u.get('active') is False)} disabled), "
+                      f"Google {len(boxes.google.users())}, "
+                      f"Salesforce {sum(1 for u in boxes.salesforce.users.values() if u.get('UserType', 'Standard') == 'Standard' and u['Username'] != boxes.salesforce.username)}")
     console.print(f"run state: {redacted(database)}  (try: OUTBOUND_DATABASE_URL={database} outbound runs)")
     console.print(f"wall time: {time.perf_counter() - started_at:.1f} s")
     return 1 if any(r["failed"] for r in rows) else 0

@@ -23,6 +23,7 @@ from models.runstate import (begin_attempt, completed_operation, delete_mapping,
                              mapping_by_remote_id, mapping_by_remote_name, pushed_hash, save_mapping)
 from models.tables import User
 from tasks.policy import Decision
+from tasks.limits import connector_slot
 from tasks.username import GeneratedName, user_name_for, with_suffix
 
 log = logging.getLogger("outbound.provision")
@@ -106,7 +107,7 @@ def _adopt(connector: Connector, cfg: ConnectorConfig, user: UserView, user_name
 
 
 def _apply_changes(connector: Connector, current: Account, desired: Account) -> tuple[Account, dict]:
-    changes = differences(desired, current)
+    changes = differences(desired, current, getattr(connector, "read_only_attributes", ()))
     active = changes.pop("active", None)
     if changes:
         current = connector.update_user(current.id, changes, current)
@@ -195,10 +196,12 @@ def provision_one(decision: Decision, user: UserView, config: Config, event_id: 
         connector = get_connector(cfg, dry_run=dry_run)
         if decision.action == "provision":
             name = name or remote_name_for(user, cfg, config, connector)
-            operation, account = ensure_user(connector, cfg, config, user, name)
+            with connector_slot(cfg.name, config):  # the target's global quota, shared by all workers
+                operation, account = ensure_user(connector, cfg, config, user, name)
             remote_id, remote_name = account.id, name.user_name
         else:
-            operation, remote_id = remove_user(connector, cfg, user, decision.mode or cfg.deprovision_mode)
+            with connector_slot(cfg.name, config):
+                operation, remote_id = remove_user(connector, cfg, user, decision.mode or cfg.deprovision_mode)
             remote_name = None
     except Exception as exc:  # record every failure, expected or not, before Prefect sees it
         transient = isinstance(exc, TransientError) and run_count < config.retry.attempts

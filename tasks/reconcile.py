@@ -22,7 +22,7 @@ def verify_one(outcome: Outcome, user: UserView, config: Config, event_id: Optio
     connector = get_connector(cfg)
     desired = desired_account(user, outcome.remote_name, cfg)
     current = connector.get_user(outcome.remote_id)
-    drift = differences(desired, current)
+    drift = differences(desired, current, getattr(connector, "read_only_attributes", ()))
     if drift:
         changes = {k: v for k, v in drift.items() if k != "active"}
         if changes:

@@ -1,0 +1,50 @@
+"""The sweeper: re-dispatch events that were accepted but did not finish in time.
+
+An event is stored before it is acknowledged; if Prefect, a worker or the API process was down
+when it should have run, it stays `accepted` (or `running`, when a run died half-way). Every
+minute `sweep-events` runs each such event older than the threshold again, in-process, as a
+`provision-user` subflow (so it is named and tagged like any other provisioning run). Running an
+event again is safe: operations already applied for (event, connector) are not repeated.
+"""
+
+from datetime import timedelta
+from typing import Optional
+
+from prefect import flow, get_run_logger, tags
+from sqlmodel import select
+
+from models.db import session_scope
+from models.tables import Event, utcnow
+
+UNFINISHED = ("accepted", "running")
+
+
+def stuck_events(older_than_seconds: float, limit: int = 100) -> list[tuple[str, str]]:
+    """(id, trigger) of unfinished events received more than `older_than_seconds` ago, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    with session_scope() as session:
+        rows = session.exec(select(Event.id, Event.trigger).where(Event.status.in_(UNFINISHED),
+                                                                  Event.received_at <= cutoff)
+                            .order_by(Event.received_at).limit(limit))
+        return [(r[0], r[1]) for r in rows]
+
+
+@flow(name="sweep-events", flow_run_name="sweep events older than {older_than_seconds}s", retries=0)
+async def sweep_events(older_than_seconds: float = 300, config_path: Optional[str] = None,
+                       limit: int = 100) -> dict:
+    """Run again every event accepted or running for longer than `older_than_seconds`."""
+    from flows.provision import provision_user
+
+    logger = get_run_logger()
+    stuck = stuck_events(older_than_seconds, limit)
+    done, failed = [], []
+    for event_id, trigger in stuck:
+        logger.info("event=%s unfinished for more than %ss: dispatching again", event_id, older_than_seconds)
+        try:
+            with tags("trigger:sweep", f"trigger:{trigger}"):
+                await provision_user(event_id=event_id, config_path=config_path)
+            done.append(event_id)
+        except Exception as exc:  # one bad event must not stop the sweep; it stays unfinished
+            logger.warning("event=%s re-dispatch failed: %s: %s", event_id, type(exc).__name__, exc)
+            failed.append(event_id)
+    return {"redispatched": done, "failed": failed}

@@ -1,0 +1,192 @@
+"""apply: carry out a plan in chunks through the connector's batch method, recording every outcome.
+
+Never one Prefect task per user: a chunk (hundreds of rows) is one task. A failed row does not stop
+the others. Each chunk's operations and the mappings of its creates and links are written in one
+transaction with bulk inserts, so a crash between the remote call and that write heals on the next
+run: the plan finds the account by its externalId and links it.
+"""
+
+import inspect
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import delete, insert
+
+from connectors.base import Account, BatchOp
+from connectors.errors import AlreadyExists, ConnectorError, TransientError
+from models.config import ConnectorConfig, RetryPolicy
+from models.db import session_scope
+from models.runstate import pushed_hash
+from models.tables import Mapping, Operation, utcnow
+from tasks.retry import delays
+
+log = logging.getLogger("outbound.apply")
+
+DEFAULT_CHUNK = 500
+MAPPED = ("create", "relink", "link")  # successes that write a mapping
+UNMAPPED = ("delete",)  # successes that remove one (by remote id)
+
+# Listeners told (done, total) as chunks finish: the CLI's progress bar registers here.
+progress_listeners: list[Callable[[int, int], None]] = []
+
+
+@dataclass
+class Counts:
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[dict] = field(default_factory=list)
+
+    def add(self, other: "Counts") -> None:
+        self.succeeded += other.succeeded
+        self.failed += other.failed
+        self.skipped += other.skipped
+        self.failures.extend(other.failures)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"succeeded": self.succeeded, "failed": self.failed, "skipped": self.skipped}
+
+
+def _batch_op(row: dict, accounts: dict[str, Account]) -> Optional[BatchOp]:
+    kind = row["op"]
+    if kind == "create":
+        return BatchOp("create", account=accounts[row["local_id"]])
+    if kind == "update":
+        changes = {f: c["want"] for f, c in (row["changes"] or {}).items()}
+        return BatchOp("update", remote_id=row["remote_id"], changes=changes)
+    if kind in ("disable", "enable", "delete"):
+        return BatchOp(kind, remote_id=row["remote_id"])
+    return None
+
+
+def _send(connector, ops: list[BatchOp], workers: int) -> list[Any]:
+    batch = getattr(connector, "apply_batch", None)
+    if batch is None:
+        raise TypeError(f"connector {connector.name} has no apply_batch")
+    if "max_workers" in inspect.signature(batch).parameters:
+        return batch(ops, max_workers=workers)
+    return batch(ops)
+
+
+def _with_retries(connector, ops: list[BatchOp], workers: int, policy: RetryPolicy) -> tuple[list[Any], list[int]]:
+    """Send ops; re-send the transiently failed ones by the retry policy. Return results and attempts."""
+    results = _send(connector, ops, workers)
+    attempts = [1] * len(ops)
+    for delay in delays(policy)[:policy.attempts - 1]:
+        again = [i for i, r in enumerate(results) if isinstance(r, TransientError)]
+        if not again:
+            break
+        wait = max([delay * (1 - policy.jitter * random.random())] +
+                   [min(results[i].retry_after or 0, policy.max_delay) for i in again])
+        time.sleep(wait)
+        for i, result in zip(again, _send(connector, [ops[i] for i in again], workers)):
+            results[i] = result
+            attempts[i] += 1
+    return results, attempts
+
+
+def _adopt(connector, row: dict, account: Account) -> Optional[Account]:
+    """After a create met AlreadyExists: the account, when it is ours to link (no one else's externalId)."""
+    try:
+        found = connector.find_user(external_id=row["local_id"], user_name=row["user_name"])
+    except ConnectorError:
+        return None
+    if found is None or (found.external_id and found.external_id != row["local_id"]):
+        return None
+    return found
+
+
+def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorConfig, connector, *,
+               run_id: str, policy: RetryPolicy, dry_run: bool = False,
+               flow_run_id: Optional[str] = None) -> Counts:
+    """Apply one chunk of plan rows and record each outcome; never raises for one row."""
+    counts = Counts()
+    todo = [(i, op) for i, row in enumerate(rows) if (op := _batch_op(row, accounts)) is not None]
+    outcomes: list[Any] = [None] * len(rows)
+    attempts = [0] * len(rows)
+    if todo:
+        try:
+            results, tries = _with_retries(connector, [op for _, op in todo],
+                                           cfg.max_concurrency or 4, policy)
+        except ConnectorError as exc:  # e.g. the capability probe failed: every row of the chunk fails
+            results, tries = [exc] * len(todo), [1] * len(todo)
+        for (i, _), result, n in zip(todo, results, tries):
+            outcomes[i], attempts[i] = result, n
+    now = utcnow()
+    op_rows, new_maps, gone_remote = [], [], []
+    for row, result, n in zip(rows, outcomes, attempts):
+        action, kind = row["action"], row["op"]
+        remote_id = row["remote_id"]
+        if isinstance(result, AlreadyExists) and kind == "create" and not dry_run:
+            adopted = _adopt(connector, row, accounts[row["local_id"]])
+            if adopted is not None:
+                result, action = adopted, "link"
+        if isinstance(result, BaseException):
+            status = "failed"
+            counts.failed += 1
+            counts.failures.append({"action": action, "user": row["entity_name"], "error": str(result)})
+        elif kind == "none" and action != "link":
+            status = "skipped"
+            counts.skipped += 1
+        else:
+            status = "succeeded"
+            counts.succeeded += 1
+            if isinstance(result, Account) and result.id:
+                remote_id = result.id
+            if action in MAPPED and row["local_id"] and remote_id:
+                account = accounts[row["local_id"]]
+                new_maps.append({"connector": cfg.name, "entity_type": "user", "local_id": row["local_id"],
+                                 "remote_id": remote_id, "remote_name": account.user_name,
+                                 "pushed_hash": pushed_hash(account.managed()), "created_at": now,
+                                 "updated_at": now})
+            elif kind in UNMAPPED and remote_id:
+                gone_remote.append(remote_id)
+        error = result if isinstance(result, BaseException) else None
+        op_rows.append({
+            "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "user",
+            "entity_id": row["local_id"] or remote_id or "-", "entity_name": row["entity_name"],
+            "action": "skip" if status == "skipped" else "deprovision" if kind in ("delete",) or action == "orphan"
+            else "provision",
+            "operation": action, "status": status, "attempts": n, "reason": row["reason"],
+            "error_code": getattr(error, "code", type(error).__name__) if error else None,
+            "error_message": str(error) if error else None, "remote_id": remote_id,
+            "remote_name": row["user_name"], "drift": row["changes"], "flow_run_id": flow_run_id,
+            "started_at": now, "finished_at": now})
+    if dry_run:
+        return counts
+    with session_scope() as session:  # operations and mappings in one transaction
+        if new_maps:
+            ids = [m["local_id"] for m in new_maps]
+            remotes = [m["remote_id"] for m in new_maps]
+            session.exec(delete(Mapping).where(Mapping.connector == cfg.name, Mapping.entity_type == "user",
+                                               Mapping.local_id.in_(ids) | Mapping.remote_id.in_(remotes)))
+            session.exec(insert(Mapping), params=new_maps)
+        if gone_remote:
+            session.exec(delete(Mapping).where(Mapping.connector == cfg.name, Mapping.entity_type == "user",
+                                               Mapping.remote_id.in_(gone_remote)))
+        session.exec(insert(Operation), params=op_rows)
+    return counts
+
+
+@task(name="apply-chunk", task_run_name="apply {connector_name} rows {first}-{last}", cache_policy=NO_CACHE)
+def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Account], cfg: ConnectorConfig,
+                run_id: str, policy: RetryPolicy, dry_run: bool, first: int, last: int) -> Counts:
+    """Apply rows first..last of the plan through the connector's batch method."""
+    from connectors.factory import get_connector
+    from prefect.runtime import flow_run
+
+    connector = get_connector(cfg, dry_run=dry_run)
+    counts = apply_rows(rows, accounts, cfg, connector, run_id=run_id, policy=policy, dry_run=dry_run,
+                        flow_run_id=str(flow_run.id) if flow_run.id else None)
+    log.info("connector=%s rows=%d-%d succeeded=%d failed=%d skipped=%d", connector_name, first, last,
+             counts.succeeded, counts.failed, counts.skipped)
+    return counts
+
+
+def chunks(rows: list[dict], size: int) -> list[tuple[int, list[dict]]]:
+    return [(start, rows[start:start + size]) for start in range(0, len(rows), size)]

@@ -1,0 +1,348 @@
+"""plan: what one connector's target should hold, what it does hold, and the difference as a typed plan.
+
+The desired state comes from the store through the same policy (`tasks.policy.decide`) and the same
+username rules (`tasks.username.user_name_for`) as the event flow; the target's state from the
+connector's paged listing. The diff is vectorised pandas (merges on keys), so a million accounts
+plan in seconds.
+
+A plan is a DataFrame with one row per action (`PLAN_COLUMNS`):
+
+  action       create | update | disable | enable | delete | link | relink | orphan
+  op           what apply sends: create | update | disable | enable | delete | none
+  local_id     the local user (None for an orphan)
+  entity_name  user@STORE, or the remote username of an orphan
+  user_name    the remote username the account should have
+  remote_id    the target's id (None for create/relink)
+  changes      {field: {"had": …, "want": …}} for update and link, else None
+  reason       why (the policy's reason, or what matched)
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlmodel import Session, select
+
+from connectors.base import MANAGED, Account
+from models.config import Config, ConnectorConfig
+from models.identity import UserView
+from models.tables import Group, GroupMember, Mapping, Role, User, UserRole
+from tasks.policy import decide
+from tasks.provision import desired_account
+from tasks.username import user_name_for, with_suffix
+
+ACTIONS = ("create", "update", "disable", "enable", "delete", "link", "relink", "orphan")
+PLAN_COLUMNS = ("action", "op", "local_id", "entity_name", "user_name", "remote_id", "changes", "reason")
+# Compared as text; `active` is compared as a flag and planned as enable/disable.
+TEXT_FIELDS = tuple(f for f in MANAGED if f != "active")
+DESTRUCTIVE = ("delete", "disable")
+# Compared case-insensitively: emails, and usernames (SCIM userName is caseExact=false; Google and
+# Salesforce usernames are addresses), so a server that changes their case shows no drift.
+CASELESS = ("email", "user_name")
+
+
+@dataclass
+class Plan:
+    """The plan for one connector, and what the guard needs to know about it."""
+
+    connector: str
+    rows: pd.DataFrame
+    target_count: int
+    desired_count: int
+    unmanaged: int = 0
+    max_deletions: Optional[int] = None
+    desired: dict[str, Account] = field(default_factory=dict)  # local_id -> account, for create/relink/link
+
+    def counts(self) -> dict[str, int]:
+        counts = {a: 0 for a in ACTIONS}
+        counts.update(self.rows["action"].value_counts().to_dict())
+        return {k: int(v) for k, v in counts.items()}
+
+    @property
+    def deletions(self) -> int:
+        """Deletes and disables this plan would send (what the guard counts)."""
+        return int(self.rows["op"].isin(DESTRUCTIVE).sum())
+
+    @property
+    def threshold(self) -> int:
+        if self.max_deletions is not None:
+            return self.max_deletions
+        return min(math.floor(self.target_count * 0.10), 50)
+
+    @property
+    def guard_tripped(self) -> bool:
+        return self.deletions > self.threshold
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts().items() if v)
+        return (f"{self.connector}: {self.desired_count} desired, {self.target_count} in the target "
+                f"({self.unmanaged} unmanaged); plan: {counts or 'nothing to do'}; "
+                f"deletes+disables {self.deletions} (limit {self.threshold})")
+
+
+# --- frames --------------------------------------------------------------------------------
+
+ACCOUNT_COLUMNS = ("remote_id", *TEXT_FIELDS, "active")
+
+
+def target_frame(accounts: Iterable[Account]) -> pd.DataFrame:
+    """The target's accounts as a frame (remote_id, the managed fields, active)."""
+    rows = [(a.id, *(getattr(a, f) for f in TEXT_FIELDS), bool(a.active)) for a in accounts]
+    frame = pd.DataFrame.from_records(rows, columns=list(ACCOUNT_COLUMNS))
+    return _typed(frame)
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    for col in frame.columns:
+        if col == "active":
+            frame[col] = frame[col].astype(bool)
+        elif col != "changes":
+            frame[col] = frame[col].astype("str") if len(frame) else frame[col].astype(object)
+    return frame
+
+
+@dataclass
+class DesiredState:
+    """The store's side: desired accounts, users to deprovision, the mappings and every known local id."""
+
+    desired: pd.DataFrame  # local_id, entity_name, reason, the managed fields, active
+    deprovision: pd.DataFrame  # local_id, entity_name, mode, reason (mapped users out of scope)
+    mappings: pd.DataFrame  # local_id, remote_id, remote_name
+    known_ids: pd.Series  # every local user id (an externalId among them is ours)
+    accounts: dict[str, Account]
+
+
+def load_views(session: Session, tenant: str) -> list[UserView]:
+    """Every user of the tenant as the policy sees it, in three queries (not three per user)."""
+    roles: dict[str, set] = {}
+    for user_id, name in session.exec(select(UserRole.user_id, Role.name).join(Role, Role.id == UserRole.role_id)):
+        roles.setdefault(user_id, set()).add(name)
+    groups: dict[str, set] = {}
+    for user_id, name in session.exec(select(GroupMember.user_id, Group.name)
+                                      .join(Group, Group.id == GroupMember.group_id)):
+        groups.setdefault(user_id, set()).add(name)
+    return [UserView(id=u.id, username=u.username, user_store=u.user_store, tenant=u.tenant, email=u.email,
+                     given_name=u.given_name, family_name=u.family_name, display_name=u.display_name,
+                     active=u.active, deleted=u.deleted_at is not None, source=u.source, idps=tuple(u.idps),
+                     roles=frozenset(roles.get(u.id, ())), groups=frozenset(groups.get(u.id, ())),
+                     attributes=dict(u.attributes))
+            for u in session.exec(select(User).where(User.tenant == tenant))]
+
+
+def _kept_name(generated: str, mapped: Optional[str], cfg: ConnectorConfig) -> str:
+    """The mapped name when it is the generated one with a collision suffix (as the event path keeps it)."""
+    if mapped and mapped != generated and cfg.on_collision == "suffix" and any(
+            mapped == with_suffix(generated, n) for n in range(2, 100)):
+        return mapped
+    return generated
+
+
+def desired_state(session: Session, config: Config, cfg: ConnectorConfig) -> DesiredState:
+    """Read the desired state of connector `cfg` from the store: the event path's policy and usernames."""
+    mappings = pd.DataFrame.from_records(
+        list(session.exec(select(Mapping.local_id, Mapping.remote_id, Mapping.remote_name)
+                          .where(Mapping.connector == cfg.name, Mapping.entity_type == "user"))),
+        columns=["local_id", "remote_id", "remote_name"])
+    mapped = dict(zip(mappings["local_id"], mappings["remote_name"]))
+    desired, deprovision, accounts, known = [], [], {}, []
+    for user in load_views(session, config.tenant_domain):
+        known.append(user.id)
+        decision = decide(user, cfg, config, provisioned=user.id in mapped)
+        if decision.action == "provision":
+            name = _kept_name(user_name_for(user, cfg, config).user_name, mapped.get(user.id), cfg)
+            account = desired_account(user, name, cfg)
+            accounts[user.id] = account
+            values = account.managed()
+            desired.append((user.id, user.qualified_name, decision.reason,
+                            *(values[f] for f in TEXT_FIELDS), bool(account.active)))
+        elif decision.action == "deprovision":
+            deprovision.append((user.id, user.qualified_name, decision.mode or cfg.deprovision_mode, decision.reason))
+    return DesiredState(
+        desired=_typed(pd.DataFrame.from_records(desired, columns=["local_id", "entity_name", "reason", *TEXT_FIELDS,
+                                                                   "active"])),
+        deprovision=pd.DataFrame.from_records(deprovision, columns=["local_id", "entity_name", "mode", "reason"]),
+        mappings=mappings, known_ids=pd.Series(known, dtype=object), accounts=accounts)
+
+
+# --- the diff ------------------------------------------------------------------------------
+
+def _canon(values: pd.Series, lower: bool = False) -> pd.Series:
+    """Canonical text: trimmed, empty as absent, case-folded when `lower` (see CASELESS)."""
+    text = values.astype("str").str.strip()
+    if lower:
+        text = text.str.lower()
+    return text.where(text.ne("") & values.notna())
+
+
+def _differs(want: pd.Series, have: pd.Series, lower: bool = False) -> np.ndarray:
+    """Where a desired value is set and the target's differs once both are canonical.
+
+    Raw equality implies canonical equality, so only the rows that differ raw are canonicalised:
+    at 1% drift that is a small fraction of the work.
+    """
+    w, h = want.to_numpy(dtype=object, na_value=None), have.to_numpy(dtype=object, na_value=None)
+    out = want.notna().to_numpy() & (w != h)
+    pos = np.flatnonzero(out)
+    if len(pos):
+        cw = _canon(want.iloc[pos], lower).to_numpy(dtype=object, na_value=None)
+        ch = _canon(have.iloc[pos], lower).to_numpy(dtype=object, na_value=None)
+        out[pos] = pd.notna(cw) & (pd.isna(ch) | (cw != ch))
+    return out
+
+
+def _rows(frame: pd.DataFrame, **values) -> pd.DataFrame:
+    out = pd.DataFrame(index=range(len(frame)))
+    for col in PLAN_COLUMNS:
+        value = values.get(col, frame[col] if col in frame else None)
+        out[col] = value.to_numpy(dtype=object) if isinstance(value, pd.Series) else value
+    return out
+
+
+def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
+         deprovision: Optional[pd.DataFrame] = None, known_ids: Optional[pd.Series] = None, *,
+         read_only: tuple[str, ...] = (), orphans: str = "report") -> tuple[pd.DataFrame, int]:
+    """The plan rows for `desired` against `target`, given our `mappings`; and the unmanaged count."""
+    deprovision = deprovision if deprovision is not None else pd.DataFrame(columns=["local_id", "entity_name",
+                                                                                    "mode", "reason"])
+    compared = [f for f in TEXT_FIELDS if f not in read_only]
+    parts: list[pd.DataFrame] = []
+
+    # 1. Where our mapping points: present (compare) or gone (relink, unless a match is found below).
+    d = desired.merge(mappings[["local_id", "remote_id"]], on="local_id", how="left")
+    present = d["remote_id"].isin(target["remote_id"]).to_numpy()
+    unresolved = d.loc[~present]
+
+    # 2. Unlinked accounts matching a desired user: externalId, then username, then email (adopt).
+    free = target.loc[~target["remote_id"].isin(mappings["remote_id"]),
+                      ["remote_id", "external_id", "user_name", "email"]]
+    found = []
+    for key, how in (("external_id", "externalId"), ("user_name", "username"), ("email", "email")):
+        if unresolved.empty or free.empty:
+            break
+        want_key = unresolved["local_id"] if key == "external_id" else _canon(unresolved[key], lower=True)
+        have_key = free[key] if key == "external_id" else _canon(free[key], lower=True)
+        left = pd.DataFrame({"local_id": unresolved["local_id"].to_numpy(), "k": want_key.to_numpy()}).dropna()
+        right = pd.DataFrame({"remote_id": free["remote_id"].to_numpy(), "k": have_key.to_numpy(),
+                              "ext": free["external_id"].to_numpy()}).dropna(subset=["k"])
+        # An ambiguous key matches nothing: two accounts (or two users) with one email is not an adoption.
+        right = right.drop_duplicates("k", keep=False)
+        left = left.drop_duplicates("k", keep=False)
+        m = left.merge(right, on="k")
+        if key != "external_id":  # never adopt an account that carries someone else's externalId
+            m = m[m["ext"].isna() | (m["ext"] == m["local_id"])]
+        if m.empty:
+            continue
+        found.append(m[["local_id", "remote_id"]].assign(how=how))
+        unresolved = unresolved[~unresolved["local_id"].isin(m["local_id"])]
+        free = free[~free["remote_id"].isin(m["remote_id"])]
+    links = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=["local_id", "remote_id", "how"])
+    was_mapped = set(d.loc[~present & d["remote_id"].notna(), "local_id"])
+
+    # 3. Nothing to link: create (or re-create, when the mapping pointed at an account that is gone).
+    missing = unresolved
+    relink = missing["remote_id"].notna().to_numpy()
+    if len(missing):
+        parts.append(_rows(missing, action=np.where(relink, "relink", "create"), op="create", remote_id=None,
+                           changes=None, reason=np.where(relink, "the mapped account is gone: create it again",
+                                                         missing["reason"].to_numpy(dtype=object))))
+
+    # 4. Compare every matched pair, field by field, canonicalised.
+    cmp = pd.concat([d.loc[present].assign(how="mapped").merge(target, on="remote_id", suffixes=("", "_t")),
+                     links.merge(desired, on="local_id").merge(target, on="remote_id", suffixes=("", "_t"))],
+                    ignore_index=True)
+    diffs = {f: _differs(cmp[f], cmp[f + "_t"], lower=f in CASELESS) for f in compared}
+    any_diff = np.zeros(len(cmp), dtype=bool)
+    for mask in diffs.values():
+        any_diff |= mask
+    changes = np.full(len(cmp), None, dtype=object)
+    for f, mask in diffs.items():
+        pos = np.flatnonzero(mask)
+        if not len(pos):
+            continue
+        wants, hads = cmp[f].to_numpy(dtype=object)[pos], cmp[f + "_t"].to_numpy(dtype=object)[pos]
+        for p, w, h in zip(pos, wants, hads):
+            if changes[p] is None:
+                changes[p] = {}
+            changes[p][f] = {"had": None if _isna(h) else h, "want": w}
+    is_link = (cmp["how"] != "mapped").to_numpy()
+    rows = is_link | any_diff
+    if rows.any():
+        sel = cmp.loc[rows]
+        link_sel = is_link[rows]
+        how = sel["how"].to_numpy(dtype=object)
+        relinked = sel["local_id"].isin(was_mapped).to_numpy()
+        reason = np.where(link_sel, np.where(relinked, "the mapped account is gone; adopt the account matching by ",
+                                             "adopt the unlinked account matching by ") + how.astype(str),
+                          "drift in managed attributes")
+        parts.append(_rows(sel, action=np.where(link_sel, "link", "update"),
+                           op=np.where(any_diff[rows], "update", "none"), changes=changes[rows], reason=reason))
+    want_active, have_active = cmp["active"].to_numpy(dtype=bool), cmp["active_t"].to_numpy(dtype=bool)
+    for action, mask in (("disable", ~want_active & have_active), ("enable", want_active & ~have_active)):
+        if mask.any():
+            parts.append(_rows(cmp.loc[mask], action=action, op=action, changes=None,
+                               reason=f"the user is {'inactive' if action == 'disable' else 'active'} in the store"))
+
+    # 5. Mapped users the policy no longer wants here: deprovision as the event path would.
+    claimed = [cmp["remote_id"]]
+    if len(deprovision):
+        dep = deprovision.merge(mappings[["local_id", "remote_id"]], on="local_id").merge(
+            target[["remote_id", "user_name", "active"]], on="remote_id")
+        dep = dep[~dep["remote_id"].isin(cmp["remote_id"])]
+        claimed.append(dep["remote_id"])
+        delete = dep[dep["mode"] == "delete"]
+        disable = dep[(dep["mode"] == "disable") & dep["active"].astype(bool)]
+        for action, frame in (("delete", delete), ("disable", disable)):
+            if len(frame):
+                parts.append(_rows(frame, action=action, op=action, changes=None))
+
+    # 6. Accounts we manage (mapped, or carrying an externalId of ours) that no desired user wants.
+    rest = target[~target["remote_id"].isin(pd.concat(claimed, ignore_index=True))]
+    ours = rest["remote_id"].isin(mappings["remote_id"])
+    if known_ids is not None:
+        ours |= rest["external_id"].isin(known_ids)
+    orphan = rest[ours.to_numpy()]
+    unmanaged = len(rest) - len(orphan)
+    if len(orphan):
+        if orphans == "delete":
+            op = "delete"
+        elif orphans == "disable":
+            op = np.where(orphan["active"].to_numpy(dtype=bool), "disable", "none")
+        else:
+            op = "none"
+        owner = orphan[["remote_id"]].merge(mappings[["local_id", "remote_id"]], on="remote_id", how="left")
+        parts.append(_rows(orphan, action="orphan", op=op, local_id=owner["local_id"].to_numpy(dtype=object),
+                           entity_name=orphan["user_name"], changes=None,
+                           reason=f"managed by us, wanted by no user (orphans: {orphans})"))
+
+    plan = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(PLAN_COLUMNS))
+    plan = plan.astype({c: object for c in PLAN_COLUMNS})
+    return plan.where(plan.notna(), None), unmanaged
+
+
+def _isna(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session) -> Plan:
+    """Snapshot the target and the store, and diff them."""
+    state = desired_state(session, config, cfg)
+    target = target_frame(connector.iter_users())
+    rows, unmanaged = diff(state.desired, target, state.mappings, state.deprovision, state.known_ids,
+                           read_only=tuple(getattr(connector, "read_only_attributes", ())), orphans=cfg.orphans)
+    return Plan(cfg.name, rows, target_count=len(target), desired_count=len(state.desired), unmanaged=unmanaged,
+                max_deletions=cfg.max_deletions, desired=state.accounts)
+
+
+@task(name="plan", task_run_name="plan {connector_name}", cache_policy=NO_CACHE)
+def plan_task(connector_name: str, config: Config, dry_run: bool = False) -> Plan:
+    """Snapshot the target and the desired state, and diff them into a plan."""
+    from connectors.factory import get_connector
+    from models.db import session_scope
+
+    cfg = config.connector(connector_name)
+    with session_scope() as session:
+        return make_plan(config, cfg, get_connector(cfg, dry_run=dry_run), session)

@@ -1,0 +1,45 @@
+"""`outbound import FILE.csv`: good rows are upserted (trigger import), bad rows are reported by row and field."""
+
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from deployments.cli import app
+from models.db import session_scope
+from models.identity import find_user, groups_of, roles_of
+from models.tables import User
+
+runner = CliRunner()
+
+
+def test_import_keeps_good_rows_and_reports_bad_ones(tmp_path, sqlite_url):
+    config = tmp_path / "outbound.yaml"
+    config.write_text("tenant_domain: example.com\nconnectors: []\n")
+    csv = tmp_path / "users.csv"
+    csv.write_text(
+        "username,user_store,email,given_name,family_name,display_name,active,roles,groups\n"
+        "alice,PRIMARY,alice@example.com,Alice,Liddell,Alice L,true,sales;admin,staff\n"
+        "bob,,not-an-email,Bob,,,true,,\n"
+        "carol,SECONDARY,carol@example.com,Carol,,,maybe,,\n"
+        ",PRIMARY,nobody@example.com,,,,,,\n"
+        "dave,PRIMARY,dave@example.com,,,,false,,staff; ops\n")
+    result = runner.invoke(app, ["import", str(csv), "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "imported 2 users" in result.output and "3 rows rejected" in result.output
+    assert "row 3: email: 'not-an-email'" in result.output
+    assert "row 4: active: 'maybe'" in result.output
+    assert "row 5: username: ''" in result.output
+    with session_scope() as session:
+        alice = find_user(session, "example.com", "PRIMARY", "alice")
+        assert alice.source == "import" and alice.email == "alice@example.com" and alice.active
+        assert roles_of(session, alice.id) == {"sales", "admin"} and groups_of(session, alice.id) == {"staff"}
+        dave = find_user(session, "example.com", "PRIMARY", "dave")
+        assert dave.active is False and groups_of(session, dave.id) == {"staff", "ops"}
+        assert {u.username for u in session.exec(select(User))} == {"alice", "dave"}
+
+    # Importing again updates in place: no duplicates.
+    csv.write_text("username,email\nalice,alice.l@example.com\n")
+    result = runner.invoke(app, ["import", str(csv), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    with session_scope() as session:
+        assert find_user(session, "example.com", "PRIMARY", "alice").email == "alice.l@example.com"
+        assert len(session.exec(select(User)).all()) == 2

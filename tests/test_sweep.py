@@ -1,0 +1,72 @@
+"""The sweeper: an event accepted but never run (Prefect or a worker was down) is run again."""
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from deployments.ingest import accept
+from flows.sweep import stuck_events, sweep_events
+from helpers import event, write_config
+from models.config import load_config
+from models.db import session_scope
+from models.tables import Event, utcnow
+from sandbox.scim import ScimSandbox
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def test_a_stuck_event_is_redispatched_and_a_fresh_one_left_alone(tmp_path, sqlite_url):
+    with ScimSandbox() as scim:
+        path = write_config(tmp_path, scim)
+        config = load_config(path)
+        stuck, crashed, fresh = event(username="stuck"), event(username="crashed"), event(username="fresh")
+        for ev in (stuck, crashed, fresh):
+            accept(ev, config)
+        with session_scope() as session:  # as if stored 10 minutes ago and never (or half) run
+            for ev, status in ((stuck, "accepted"), (crashed, "running")):
+                row = session.get(Event, ev["id"])
+                row.received_at, row.status = utcnow() - timedelta(minutes=10), status
+        assert [i for i, _ in stuck_events(300)] == [stuck["id"], crashed["id"]]
+
+        result = asyncio.run(sweep_events(older_than_seconds=300, config_path=str(path)))
+
+        assert sorted(result["redispatched"]) == sorted([stuck["id"], crashed["id"]]) and result["failed"] == []
+        assert sorted(u["userName"] for u in scim.users()) == ["crashed", "stuck"]
+        with session_scope() as session:
+            assert session.get(Event, stuck["id"]).status == "succeeded"
+            assert session.get(Event, crashed["id"]).status == "succeeded"
+            assert session.get(Event, fresh["id"]).status == "accepted"
+        assert stuck_events(300) == []
+        # A second sweep finds nothing and applies nothing twice.
+        requests_before = len(scim.requests)
+        assert asyncio.run(sweep_events(older_than_seconds=300, config_path=str(path)))["redispatched"] == []
+        assert len(scim.requests) == requests_before
+
+
+def test_status_shows_failures_reconciliations_and_the_oldest_unfinished_event(tmp_path, sqlite_url):
+    import json
+
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+    from models.runstate import record
+
+    with ScimSandbox() as scim:
+        path = write_config(tmp_path, scim)
+        config = load_config(path)
+        old, new = event(username="old"), event(username="new")
+        accept(old, config)
+        accept(new, config)
+    with session_scope() as session:
+        session.get(Event, old["id"]).received_at = utcnow() - timedelta(hours=2)
+        record(session, event_id=new["id"], connector="app", entity_id="x", entity_name="x@PRIMARY",
+               action="provision", operation="create", status="failed", error_code="rejected", attempts=1)
+    result = CliRunner().invoke(app, ["status", "--config", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["oldest_unfinished_event"]["id"] == old["id"] and summary["unfinished_events"] == 2
+    (app_row,) = summary["connectors"]
+    assert app_row["connector"] == "app" and app_row["failed_last_day"] == 1
+    table = CliRunner().invoke(app, ["status", "--config", str(path)])
+    assert table.exit_code == 0 and old["id"] in table.output
