@@ -174,3 +174,14 @@ class ReconciliationRun(SQLModel, table=True):
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
+
+
+class Lease(SQLModel, table=True):
+    """A named lock held by one process until it releases it or the lease expires."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=255)
+    owner: str = Field(max_length=255)
+    acquired_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime

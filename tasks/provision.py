@@ -18,11 +18,12 @@ from connectors.errors import AlreadyExists, ConnectorError, NotFound, Provision
 from connectors.factory import get_connector
 from models.config import Config, ConnectorConfig
 from models.db import session_scope
-from models.identity import UserView
+from models.identity import UserView, load_view
+from models.locks import LockTimeout, lease
 from models.runstate import (begin_attempt, completed_operation, delete_mapping, finish, get_mapping,
                              mapping_by_remote_id, mapping_by_remote_name, pushed_hash, save_mapping)
 from models.tables import User
-from tasks.policy import Decision
+from tasks.policy import Decision, decide
 from tasks.limits import connector_slot
 from tasks.username import GeneratedName, user_name_for, with_suffix
 
@@ -177,9 +178,23 @@ def _runtime_ids() -> tuple[Optional[str], Optional[str], int]:
             task_run.run_count or 1)
 
 
+def _fresh_decision(decision: Decision, user_id: str, config: Config) -> tuple[Decision, UserView]:
+    """Decide again on the user's latest state: another worker may have changed it since the flow began."""
+    with session_scope() as session:
+        user = load_view(session, user_id)
+        provisioned = get_mapping(session, decision.connector, user_id) is not None
+    fresh = decide(user, config.connector(decision.connector), config, provisioned)
+    return (fresh if fresh.action != decision.action else decision), user
+
+
 def provision_one(decision: Decision, user: UserView, config: Config, event_id: Optional[str],
                   name: Optional[GeneratedName] = None, dry_run: bool = False) -> Outcome:
-    """Carry out one decision on one connector, recording the attempt and its outcome."""
+    """Carry out one decision on one connector, recording the attempt and its outcome.
+
+    The work runs under a lease per (connector, user), so that two workers handling events for the
+    same user take turns, and each acts on the user's state in the store at that moment: the last
+    one to run leaves the target matching the user's latest state.
+    """
     cfg = config.connector(decision.connector)
     with session_scope() as session:
         done = completed_operation(session, event_id, cfg.name, user.id)
@@ -193,36 +208,42 @@ def provision_one(decision: Decision, user: UserView, config: Config, event_id: 
                                           reason=decision.reason, flow_run_id=flow_run_id, task_run_id=task_run_id)
     ctx = f"user={user.qualified_name} connector={cfg.name} action={decision.action} attempt={run_count}"
     try:
-        connector = get_connector(cfg, dry_run=dry_run)
-        if decision.action == "provision":
-            name = name or remote_name_for(user, cfg, config, connector)
-            with connector_slot(cfg.name, config):  # the target's global quota, shared by all workers
-                operation, account = ensure_user(connector, cfg, config, user, name)
-            remote_id, remote_name = account.id, name.user_name
-        else:
-            with connector_slot(cfg.name, config):
-                operation, remote_id = remove_user(connector, cfg, user, decision.mode or cfg.deprovision_mode)
+        with lease(f"user:{cfg.name}:{user.id}", ttl=600, wait=300):
+            decision, user = _fresh_decision(decision, user.id, config)
+            connector = get_connector(cfg, dry_run=dry_run)
             remote_name = None
+            if decision.action == "provision":
+                if name is None or name.user_name != user_name_for(user, cfg, config).user_name:
+                    name = remote_name_for(user, cfg, config, connector)
+                with connector_slot(cfg.name, config):  # the target's global quota, shared by all workers
+                    operation, account = ensure_user(connector, cfg, config, user, name)
+                remote_id, remote_name = account.id, name.user_name
+            elif decision.action == "deprovision":
+                with connector_slot(cfg.name, config):
+                    operation, remote_id = remove_user(connector, cfg, user, decision.mode or cfg.deprovision_mode)
+            else:
+                operation, remote_id = "none", None
+            with session_scope() as session:  # the mapping and the operation's success in one transaction
+                if dry_run:
+                    pass
+                elif decision.action == "provision":
+                    desired = desired_account(user, remote_name, cfg)
+                    save_mapping(session, cfg.name, user.id, remote_id, remote_name, pushed_hash(desired.managed()))
+                elif operation in ("delete", "gone"):
+                    delete_mapping(session, cfg.name, user.id)
+                finish(session, op_id, attempt_id, status="skipped" if decision.action == "skip" else "succeeded",
+                       operation=operation, remote_id=remote_id, remote_name=remote_name)
     except Exception as exc:  # record every failure, expected or not, before Prefect sees it
-        transient = isinstance(exc, TransientError) and run_count < config.retry.attempts
-        code = exc.code if isinstance(exc, ProvisioningError) else "internal"
+        transient = isinstance(exc, (TransientError, LockTimeout)) and run_count < config.retry.attempts
+        code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
         with session_scope() as session:
             finish(session, op_id, attempt_id, status="retrying" if transient else "failed",
                    error_code=code, error_message=str(exc))
         log.warning("%s failed: %s (%s)%s", ctx, code, exc, "; will retry" if transient else "")
         raise
-    with session_scope() as session:  # the mapping and the operation's success in one transaction
-        if dry_run:
-            pass
-        elif decision.action == "provision":
-            desired = desired_account(user, remote_name, cfg)
-            save_mapping(session, cfg.name, user.id, remote_id, remote_name, pushed_hash(desired.managed()))
-        elif operation in ("delete", "gone"):
-            delete_mapping(session, cfg.name, user.id)
-        finish(session, op_id, attempt_id, status="succeeded", operation=operation, remote_id=remote_id,
-               remote_name=remote_name)
     log.info("%s done: %s remote_id=%s", ctx, operation, remote_id)
-    return Outcome(cfg.name, decision.action, operation, "succeeded", decision.reason, remote_id, remote_name)
+    status = "skipped" if decision.action == "skip" else "succeeded"
+    return Outcome(cfg.name, decision.action, operation, status, decision.reason, remote_id, remote_name)
 
 
 @task(name="provision", task_run_name="provision {decision.connector}", cache_policy=NO_CACHE)

@@ -3,6 +3,7 @@
 import time
 
 from connectors.errors import TransientError
+from models.locks import LockTimeout
 from models.config import RetryPolicy
 
 
@@ -24,6 +25,8 @@ def retry_condition(policy: RetryPolicy):
 
     def should_retry(task, task_run, state) -> bool:
         exc = _exception(state)
+        if isinstance(exc, LockTimeout):  # another worker holds this user: try again later
+            return True
         if not isinstance(exc, TransientError):
             return False
         if exc.retry_after:

@@ -1,0 +1,80 @@
+"""Leases in the state store: mutual exclusion across processes and machines, on SQLite or PostgreSQL.
+
+A lease is a row keyed by name; taking it is an INSERT that the primary key makes exclusive. A
+lease carries an expiry, so one left by a killed process is taken over once it runs out.
+"""
+
+import os
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Iterator, Optional
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import delete
+
+from models.db import session_scope
+from models.tables import Lease, utcnow
+
+
+class LockTimeout(TimeoutError):
+    pass
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether `owner` was a process on this machine that no longer runs (killed or crashed)."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def try_acquire(name: str, ttl: float, owner: str) -> Optional[Lease]:
+    """Take the lease if it is free, expired or left by a dead local process; else return its holder."""
+    now = utcnow()
+    with session_scope() as session:
+        session.exec(delete(Lease).where(Lease.name == name, Lease.expires_at < now))
+        held = session.get(Lease, name)
+        if held is not None and _dead_here(held.owner):
+            session.delete(held)
+    try:
+        with session_scope() as session:
+            session.add(Lease(name=name, owner=owner, acquired_at=now, expires_at=now + timedelta(seconds=ttl)))
+        return None
+    except IntegrityError:
+        with session_scope() as session:
+            return session.get(Lease, name) or Lease(name=name, owner="?", acquired_at=now, expires_at=now)
+
+
+def release(name: str, owner: str) -> None:
+    with session_scope() as session:
+        session.exec(delete(Lease).where(Lease.name == name, Lease.owner == owner))
+
+
+@contextmanager
+def lease(name: str, ttl: float = 600.0, wait: float = 120.0, poll: float = 0.05) -> Iterator[str]:
+    """Hold the lease `name` for the block; wait up to `wait` seconds for it (0: do not wait)."""
+    owner = _owner()
+    deadline = time.monotonic() + wait
+    while (holder := try_acquire(name, ttl, owner)) is not None:
+        if time.monotonic() >= deadline:
+            raise LockTimeout(f"{name} is held by {holder.owner} since {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC")
+        time.sleep(poll)
+        poll = min(poll * 1.5, 1.0)
+    try:
+        yield owner
+    finally:
+        release(name, owner)
