@@ -17,7 +17,7 @@ _ADVISORY_LOCK_KEY = 0x0B0D_2026
 
 _engines: dict[str, Engine] = {}
 _migrated: set[str] = set()
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: the first use migrates under it
 
 
 def database_url() -> str:
@@ -90,9 +90,9 @@ def get_engine(url: str | None = None, migrate: bool = True) -> Engine:
         engine = _engines.get(url)
         if engine is None:
             engine = _engines[url] = _make_engine(url)
-    if migrate and url not in _migrated:
-        upgrade(url)
-        _migrated.add(url)
+        if migrate and url not in _migrated:
+            upgrade(url)
+            _migrated.add(url)
     return engine
 
 

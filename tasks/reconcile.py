@@ -11,6 +11,7 @@ from models.config import Config
 from models.db import session_scope
 from models.identity import UserView
 from models.runstate import record
+from tasks.limits import connector_slot
 from tasks.provision import Outcome, desired_account
 
 
@@ -21,14 +22,15 @@ def verify_one(outcome: Outcome, user: UserView, config: Config, event_id: Optio
     cfg = config.connector(outcome.connector)
     connector = get_connector(cfg)
     desired = desired_account(user, outcome.remote_name, cfg)
-    current = connector.get_user(outcome.remote_id)
-    drift = differences(desired, current, getattr(connector, "read_only_attributes", ()))
-    if drift:
-        changes = {k: v for k, v in drift.items() if k != "active"}
-        if changes:
-            connector.update_user(current.id, changes, current)
-        if "active" in drift:
-            (connector.enable_user if desired.active else connector.disable_user)(current.id)
+    with connector_slot(cfg.name, config):  # read-backs count against the target's quota too
+        current = connector.get_user(outcome.remote_id)
+        drift = differences(desired, current, getattr(connector, "read_only_attributes", ()))
+        if drift:
+            changes = {k: v for k, v in drift.items() if k != "active"}
+            if changes:
+                connector.update_user(current.id, changes, current)
+            if "active" in drift:
+                (connector.enable_user if desired.active else connector.disable_user)(current.id)
     with session_scope() as session:
         record(session, event_id=event_id, connector=cfg.name, entity_id=user.id, entity_name=user.qualified_name,
                action="verify", operation="fix" if drift else "verify", status="succeeded",

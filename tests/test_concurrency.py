@@ -1,0 +1,102 @@
+"""Two workers on the same user at once, and the store's leases that make them take turns."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from deployments.ingest import accept
+from helpers import event, write_config
+from models.config import load_config
+from models.locks import LockTimeout, lease, try_acquire
+from sandbox.scim import ScimSandbox
+
+WORKER = textwrap.dedent("""
+    import asyncio, sys
+    from flows.provision import provision_user
+    asyncio.run(provision_user(event_id=sys.argv[1], config_path=sys.argv[2]))
+""")
+
+
+def test_lease_excludes_and_is_released(sqlite_url):
+    with lease("thing") as owner:
+        assert try_acquire("thing", 10, "someone-else") .owner == owner
+        with pytest.raises(LockTimeout, match="thing is held by"):
+            with lease("thing", wait=0.2):
+                pass
+    assert try_acquire("thing", 10, "someone-else") is None
+
+
+def test_expired_lease_and_dead_owner_are_taken_over(sqlite_url):
+    assert try_acquire("a", -1, "elsewhere:1:x") is None  # already expired
+    assert try_acquire("a", 10, "me") is None
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    assert try_acquire("b", 600, f"{socket.gethostname()}:{dead.pid}:x") is None
+    assert try_acquire("b", 600, "me") is None  # its owner is gone: taken over at once
+
+
+def test_waiters_take_turns(sqlite_url):
+    inside, overlaps = [], []
+
+    def worker():
+        with lease("turns"):
+            if inside:
+                overlaps.append(1)
+            inside.append(1)
+            time.sleep(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert overlaps == []
+
+
+def _run_workers(tmp_path, config, event_ids):
+    from prefect.settings import PREFECT_API_URL
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or "", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    procs = [subprocess.Popen([sys.executable, str(script), e, str(config)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for e in event_ids]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-2000:]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_create_and_update_processed_at_once_end_with_the_latest_state(tmp_path, sqlite_url):
+    with ScimSandbox() as scim:
+        config = write_config(tmp_path, scim)
+        cfg = load_config(config)
+        first = accept(event(username="zed", given_name="First", family_name="Z", email="zed@example.com"), cfg)
+        second = accept(event("user.updated", username="zed", given_name="Latest"), cfg)
+        _run_workers(tmp_path, config, [second.event_id, first.event_id])
+        users = scim.users()
+        assert len(users) == 1
+        assert users[0]["name"]["givenName"] == "Latest"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_role_removal_and_grant_at_once_follow_the_store(tmp_path, sqlite_url):
+    with ScimSandbox() as scim:
+        config = write_config(tmp_path, scim, extra_connector="", top="")
+        text = config.read_text().replace("    type: scim2\n", "    type: scim2\n    roles: [sales]\n    deprovision: disable\n", 1)
+        config.write_text(text)
+        cfg = load_config(config)
+        created = accept(event(username="yan", roles=["sales"], email="yan@example.com", given_name="Yan"), cfg)
+        _run_workers(tmp_path, config, [created.event_id])
+        removal = accept(event("user.roles_changed", username="yan", roles=[]), cfg)
+        grant = accept(event("user.roles_changed", username="yan", roles=["sales"]), cfg)
+        _run_workers(tmp_path, config, [grant.event_id, removal.event_id])
+        users = scim.users()
+        assert len(users) == 1 and users[0]["active"] is True  # the store says: holds sales
