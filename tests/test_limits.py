@@ -34,9 +34,8 @@ class ConcurrencyCounter:
         self._lock = threading.Lock()
 
     def __call__(self, environ, start_response):
-        # The read-back after provisioning (GET /Users/<id>) is outside the slot in tasks/reconcile.py.
-        path = environ.get("PATH_INFO", "")
-        counted = not (environ["REQUEST_METHOD"] == "GET" and path.rstrip("/").count("/") >= 3)
+        # Every request counts: the read-back after provisioning takes a slot too (tasks/reconcile.py).
+        counted = True
         if counted:
             with self._lock:
                 self.now += 1
@@ -130,7 +129,7 @@ def test_the_concurrency_limit_holds_across_two_concurrent_runs(tmp_path, sqlite
     with ScimSandbox() as scim:
         counter = scim.faults = ConcurrencyCounter(scim.faults, delay=0.25)
         free = config_file(tmp_path, scim, "unlimited")
-        run_concurrently(free, [["u1", "u2", "u3"], ["u4", "u5", "u6"]])
+        run_concurrently(free, [["u1", "u2", "u3", "u7"], ["u4", "u5", "u6", "u8"]])
         unlimited_peak = counter.peak
 
         counter.peak = 0
@@ -138,7 +137,7 @@ def test_the_concurrency_limit_holds_across_two_concurrent_runs(tmp_path, sqlite
         assert runner.invoke(app, ["setup", "--config", str(limited)]).exit_code == 0
         run_concurrently(limited, [["l1", "l2"], ["l3", "l4"]])
         limited_peak = counter.peak
-        assert len(scim.users()) == 10
+        assert len(scim.users()) == 12
     assert unlimited_peak >= 2  # the counter does see overlapping runs...
     assert limited_peak == 1  # ...and the global limit keeps them to one request at a time
 

@@ -143,9 +143,9 @@ def test_the_explanation_is_attached_to_the_run(tmp_path, sqlite_url, scim):
     from prefect.client.orchestration import get_client
 
     config = write_config(tmp_path, scim, extra_connector=options(roles="[sales]"))
-    assert send(tmp_path, config, event(username="erin", roles=["hr"]))[0] == 0
+    assert send(tmp_path, config, event(username="ermintrude", roles=["hr"]))[0] == 0
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts()
-    markdown = [a.data for a in artifacts if a.type == "markdown" and "erin@PRIMARY" in (a.data or "")]
+    markdown = [a.data for a in artifacts if a.type == "markdown" and "ermintrude@PRIMARY" in (a.data or "")]
     assert len(markdown) == 1, artifacts
     assert "needs one of the roles sales" in markdown[0] and "| in scope | no" in markdown[0]
