@@ -6,7 +6,7 @@ from typing import Any, Iterator, Optional
 
 import requests
 from pydantic import ValidationError
-from scim2_models import Email, Group, GroupMember, ListResponse, Name, PatchOp, PatchOperation, User
+from scim2_models import Email, Group, GroupMember, Name, PatchOp, PatchOperation, User
 
 from connectors.base import Account, BatchOp, RemoteGroup
 from connectors.errors import (AlreadyExists, AuthFailed, ConnectorError, NotFound, Rejected, RateLimited,
@@ -95,6 +95,14 @@ class Scim2Connector:
     # --- users --------------------------------------------------------------------------
 
     def _to_scim(self, account: Account) -> dict:
+        try:
+            return self._to_scim_user(account)
+        except ValidationError as exc:  # e.g. an email address scim2-models refuses: the target would too
+            field = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "user"
+            raise Rejected(f"{account.user_name}: the SCIM schema refuses it ({exc.title}: {field})",
+                           field="email" if exc.title == "Email" else field) from None
+
+    def _to_scim_user(self, account: Account) -> dict:
         user = User(
             user_name=account.user_name,
             external_id=account.external_id,

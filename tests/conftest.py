@@ -52,3 +52,12 @@ def pg_url(monkeypatch):
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request):
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def scim():
+    """A real SCIM 2.0 server (scim2-server) on a free loopback port."""
+    from sandbox.scim import ScimSandbox
+
+    with ScimSandbox() as server:
+        yield server

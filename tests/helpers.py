@@ -34,3 +34,17 @@ def event(type_: str = "user.created", username: str = "alice", trigger: str = "
     body.update(user)
     ev = {"id": f"evt-{uuid.uuid4().hex[:12]}", "type": type_, "trigger": trigger, "user": body}
     return ev
+
+
+def send(tmp_path: Path, config: Path, ev: dict) -> tuple[int, str]:
+    """Run `outbound event` on `ev` in-process (under the session's Prefect harness)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+
+    path = tmp_path / f"{ev['id']}.json"
+    path.write_text(json.dumps(ev))
+    result = CliRunner().invoke(app, ["event", str(path), "--config", str(config)])
+    return result.exit_code, result.output

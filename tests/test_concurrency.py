@@ -1,6 +1,5 @@
 """Two workers on the same user at once, and the store's leases that make them take turns."""
 
-import json
 import os
 import subprocess
 import sys

@@ -1,33 +1,15 @@
 """Groups (issue #3, behaviour 4): a connector's `groups` are pushed to the SCIM sandbox and the
 user's membership follows the local state: join, leave, lose scope, deletion."""
 
-import json
 
 import pytest
 from sqlmodel import select
-from typer.testing import CliRunner
 
-from deployments.cli import app
-from helpers import event, write_config
+from helpers import event, send, write_config
 from models.db import session_scope
 from models.tables import Group, Mapping, Operation
-from sandbox.scim import ScimSandbox
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-runner = CliRunner()
-
-
-@pytest.fixture
-def scim():
-    with ScimSandbox() as server:
-        yield server
-
-
-def send(tmp_path, config, ev) -> tuple[int, str]:
-    path = tmp_path / f"{ev['id']}.json"
-    path.write_text(json.dumps(ev))
-    result = runner.invoke(app, ["event", str(path), "--config", str(config)])
-    return result.exit_code, result.output
 
 
 def members(scim) -> dict[str, set[str]]:

@@ -1,0 +1,286 @@
+"""Issue 8, part 4: a target that keeps failing is quarantined, left alone, probed, and recovers by itself."""
+
+import json
+import os
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import inspect
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from connectors.base import Account, BatchOp
+from connectors.errors import NotFound, RateLimited, TransientError
+from connectors.factory import get_connector
+from deployments.cli import app
+from deployments.ingest import accept
+from helpers import event
+from models.config import load_config
+from models.db import get_engine, session_scope, upgrade
+from models.identity import load_view
+from models.runstate import get_event
+from models.tables import Event, Operation, OperationAttempt
+from sandbox.faults import FaultPlan
+from sandbox.scim import ScimSandbox
+from tasks import health
+from tasks.health import Quarantined
+from tasks.policy import decide
+from tasks.provision import provision_one
+
+runner = CliRunner()
+OUTAGE = FaultPlan(rate=1.0, kinds=("5xx",))
+
+
+def write_config(tmp_path, scim, *, after=3, initial=0.3, cap=1.0, attempts=1, max_delay=0.05):
+    env = f"TEST_QUARANTINE_TOKEN_{uuid.uuid4().hex[:8]}"
+    os.environ[env] = scim.token
+    path = tmp_path / f"outbound-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(f"""tenant_domain: example.com
+retry: {{attempts: {attempts}, base_delay: 0.01, max_delay: {max_delay}, jitter: 0.1}}
+connectors:
+  - name: app
+    type: scim2
+    quarantine_after: {after}
+    quarantine_backoff: {{initial: {initial}, max: {cap}}}
+    scim2:
+      base_url: {scim.url}
+      auth: {{type: bearer, token: env:{env}}}
+""")
+    return path
+
+
+def provision_directly(config, username: str):
+    """One attempt of the provision task's body, outside Prefect (one attempt = one guarded call)."""
+    accepted = accept(event(username=username), config)
+    with session_scope() as session:
+        user = load_view(session, get_event(session, accepted.event_id).user_id)
+    decision = decide(user, config.connector("app"), config, False)
+    return provision_one(decision, user, config, accepted.event_id)
+
+
+def wait_until_due(connector: str = "app") -> None:
+    h = health.get(connector)
+    time.sleep(max(0.0, (h.retry_at - health.utcnow()).total_seconds()) + 0.02)
+
+
+def test_consecutive_transient_failures_quarantine_the_target_until_a_probe_succeeds(tmp_path, sqlite_url):
+    plan = FaultPlan(rate=1.0, kinds=("5xx",))
+    with ScimSandbox(faults=plan) as scim:
+        config = load_config(write_config(tmp_path, scim, after=3, initial=0.3, cap=0.5))
+        for i in range(3):  # three failures in a row: the third opens the quarantine
+            assert health.get("app") is None or health.get("app").state == "closed"
+            with pytest.raises(TransientError) as failed:
+                provision_directly(config, "ann")
+            assert not isinstance(failed.value, Quarantined)
+        h = health.get("app")
+        assert (h.state, h.consecutive_failures, h.backoff, h.last_error_code) == ("open", 3, 0.3, "transient")
+        assert "503" in h.last_error
+
+        seen = len(scim.requests)
+        for _ in range(3):  # while open: refused locally, nothing reaches the target, nothing counted
+            with pytest.raises(Quarantined) as refused:
+                provision_directly(config, "ann")
+            assert 0 < refused.value.retry_after <= 0.3 and refused.value.code == "quarantined"
+        assert len(scim.requests) == seen
+        assert health.get("app").consecutive_failures == 3
+
+        wait_until_due()
+        with pytest.raises(TransientError) as probe:  # the probe goes through, and fails
+            provision_directly(config, "ann")
+        assert not isinstance(probe.value, Quarantined) and len(scim.requests) == seen + 1
+        h = health.get("app")
+        assert (h.state, h.consecutive_failures, h.backoff) == ("open", 4, 0.5)  # 0.3 × 2, capped at 0.5
+        assert 0.3 < (h.retry_at - health.utcnow()).total_seconds() <= 0.5  # the back-off grew (capped)
+        with pytest.raises(Quarantined):
+            provision_directly(config, "ann")
+        assert len(scim.requests) == seen + 1
+
+        plan.rate = 0.0  # the target recovers
+        wait_until_due()
+        outcome = provision_directly(config, "ann")  # the probe succeeds and closes the quarantine
+        assert outcome.status == "succeeded" and outcome.operation == "create"
+        h = health.get("app")
+        assert (h.state, h.consecutive_failures, h.retry_at) == ("closed", 0, None)
+        assert [u["userName"] for u in scim.users()] == ["ann"]
+        assert provision_directly(config, "bob").status == "succeeded"  # and the gate stays open
+    with session_scope() as session:
+        codes = [a.error_code for a in session.exec(select(OperationAttempt).order_by(OperationAttempt.id))]
+    assert codes.count("quarantined") == 4 and codes.count("transient") == 4
+
+
+def test_backoff_grows_by_factor_up_to_the_cap(tmp_path, sqlite_url):
+    with ScimSandbox(faults=FaultPlan(rate=1.0, kinds=("5xx",))) as scim:
+        config = load_config(write_config(tmp_path, scim, after=1, initial=0.1, cap=0.35))
+        with pytest.raises(TransientError):
+            provision_directly(config, "cy")
+        backoffs = [health.get("app").backoff]
+        for _ in range(3):
+            wait_until_due()
+            with pytest.raises(TransientError):
+                provision_directly(config, "cy")
+            backoffs.append(health.get("app").backoff)
+    assert backoffs == [0.1, 0.2, 0.35, 0.35]
+
+
+def test_an_answer_resets_the_counter_and_local_failures_do_not_count(tmp_path, sqlite_url):
+    with ScimSandbox() as scim:
+        config = load_config(write_config(tmp_path, scim, after=3))
+    cfg = config.connector("app")
+    for _ in range(2):
+        health.check("app")
+        health.record_failure("app", TransientError("GET /Users: HTTP 503", status=503), cfg)
+    assert health.get("app").consecutive_failures == 2
+    health.check("app")
+    health.record_failure("app", NotFound("GET /Users/x: HTTP 404", status=404), cfg)  # the target answered
+    assert health.get("app").consecutive_failures == 0
+    health.check("app")
+    health.record_failure("app", RateLimited("POST /Users: HTTP 429", status=429, retry_after=1), cfg)  # paced, up
+    health.check("app")
+    health.record_failure("app", Quarantined("elsewhere", retry_after=1), cfg)
+    health.record_failure("app", TransientError("not guarded: no check before it"), cfg)
+    health.check("app")
+    health.record_failure("app", RuntimeError("a bug of ours"), cfg)
+    assert health.get("app").consecutive_failures == 0
+
+
+def test_chunked_apply_is_gated_and_counts_one_failure_per_batch_call(tmp_path, sqlite_url):
+    with ScimSandbox(faults=FaultPlan(rate=1.0, kinds=("5xx",))) as scim:
+        cfg = load_config(write_config(tmp_path, scim, after=2, initial=30, cap=60)).connector("app")
+        guarded = health.guarded(get_connector(cfg), cfg)
+        ops = [BatchOp("create", account=Account(user_name=f"b{i}", external_id=f"x{i}")) for i in range(3)]
+        for _ in range(2):
+            try:
+                results = guarded.apply_batch(ops, max_workers=2)
+            except TransientError:  # the capability probe failed: the whole call
+                results = [TransientError("whole call")] * 3
+            assert all(isinstance(r, TransientError) and not isinstance(r, Quarantined) for r in results)
+        assert health.get("app").state == "open" and health.get("app").consecutive_failures == 2
+        seen = len(scim.requests)
+        with pytest.raises(Quarantined) as refused:
+            guarded.apply_batch(ops, max_workers=2)
+        assert len(scim.requests) == seen and 29 < refused.value.retry_after <= 30
+
+
+def test_migration_and_health_rows_on_sqlite_and_postgresql(db_url):
+    upgrade(db_url, "0003")
+    assert not inspect(get_engine(db_url, migrate=False)).has_table("connector_health")
+    upgrade(db_url)
+    columns = {c["name"] for c in inspect(get_engine(db_url, migrate=False)).get_columns("connector_health")}
+    assert columns == {"connector", "consecutive_failures", "state", "opened_at", "retry_at", "backoff",
+                       "last_error_code", "last_error", "updated_at"}
+    from models.config import ConnectorConfig
+
+    cfg = ConnectorConfig.model_validate({"name": "app", "type": "scim2", "quarantine_after": 2,
+                                          "scim2": {"base_url": "http://127.0.0.1:1/v2",
+                                                    "auth": {"type": "bearer", "token": "env:UNUSED"}}})
+    for _ in range(2):
+        health.check("app")
+        health.record_failure("app", TransientError("POST /Users: HTTP 503", status=503), cfg)
+    h = health.get("app")
+    assert h.state == "open" and h.backoff == 30 and 29 < (h.retry_at - health.utcnow()).total_seconds() <= 30
+    with pytest.raises(Quarantined):
+        health.check("app")
+    with session_scope() as session:  # make it due: exactly one probe is let through
+        h = session.get(health.ConnectorHealth, "app")
+        h.retry_at = health.utcnow()
+        session.add(h)
+    health.check("app")
+    import threading
+
+    refused = []
+
+    def another_worker():
+        try:
+            health.check("app", wait=0.2)
+        except Quarantined as exc:
+            refused.append(exc)
+
+    worker = threading.Thread(target=another_worker)
+    worker.start()
+    worker.join()
+    assert refused and "probe is in flight" in str(refused[0])
+    health.record_success("app")
+    assert health.get("app").state == "closed"
+    health.check("app")  # closed: no probe lease, no wait
+    health.record_success("app")
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_auth_failure_quarantines_at_once_status_shows_it_and_waiting_work_completes(tmp_path, sqlite_url):
+    with ScimSandbox() as scim:
+        config = write_config(tmp_path, scim, after=5, initial=1.0, cap=5, attempts=6, max_delay=3)
+        scim.app.bearer_tokens = {"a-token-that-was-revoked"}  # the target now refuses our credentials
+        first = tmp_path / "first.json"
+        first.write_text(json.dumps(event(username="dora")))
+        result = runner.invoke(app, ["event", str(first), "--config", str(config)])
+        assert result.exit_code == 1 and "auth_failed" in result.output, result.output
+        h = health.get("app")
+        assert (h.state, h.consecutive_failures, h.last_error_code) == ("open", 1, "auth_failed")
+
+        status = runner.invoke(app, ["status", "--config", str(config)])
+        assert status.exit_code == 0, status.output
+        assert "health of app: open since" in status.output and "retry at" in status.output
+        assert "auth_failed" in status.output and scim.token not in status.output
+        as_json = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"]).output)
+        assert as_json["connectors"][0]["health"]["state"] == "open"
+
+        scim.app.bearer_tokens = {scim.token}  # the operator fixes the credentials on the target
+        with session_scope() as session:  # ...while 2.5 s of the back-off are left (whatever the above took)
+            h = session.get(health.ConnectorHealth, "app")
+            h.retry_at = health.utcnow() + timedelta(seconds=2.5)
+            session.add(h)
+        seen = len(scim.requests)
+        waiting = tmp_path / "waiting.json"
+        ev = event(username="eve")
+        waiting.write_text(json.dumps(ev))
+        result = runner.invoke(app, ["event", str(waiting), "--config", str(config)])
+        assert result.exit_code == 0 and "create" in result.output, result.output  # waited, then the probe
+        assert health.get("app").state == "closed"
+        assert "eve" in {u["userName"] for u in scim.users()} and len(scim.requests) > seen
+    with session_scope() as session:
+        op = session.exec(select(Operation).where(Operation.event_id == ev["id"],
+                                                  Operation.action == "provision")).one()
+        tries = session.exec(select(OperationAttempt).where(OperationAttempt.operation_id == op.id)
+                             .order_by(OperationAttempt.number)).all()
+        assert session.get(Event, ev["id"]).status == "succeeded"
+    assert op.status == "succeeded" and tries[0].error_code == "quarantined" and tries[-1].status == "succeeded"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_run_says_quarantined_when_the_wait_outlasts_the_retries(tmp_path, sqlite_url, caplog):
+    with ScimSandbox(faults=FaultPlan(rate=1.0, kinds=("5xx",))) as scim:
+        config = write_config(tmp_path, scim, after=2, initial=60, cap=60, attempts=3)
+        path = tmp_path / "e.json"
+        path.write_text(json.dumps(event(username="finn")))
+        result = runner.invoke(app, ["event", str(path), "--config", str(config)])
+        assert result.exit_code == 1, result.output
+        assert "error=quarantined: connector app is quarantined" in result.output, result.output
+        assert len(scim.requests) == 2  # two failures opened it; the third attempt sent nothing
+    warnings = [(r.name, r.getMessage()) for r in caplog.records if r.levelname == "WARNING"]  # the Prefect run's log
+    assert any(name == "prefect.task_runs" and "app quarantined after 2 failures" in m for name, m in warnings)
+    assert any(name == "prefect.flow_runs" and "the connector is quarantined" in m for name, m in warnings)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_reconciliation_waits_out_the_quarantine_and_its_first_chunk_is_the_probe(tmp_path, sqlite_url):
+    from models.events import EventUser
+    from models.identity import upsert_user
+
+    with ScimSandbox() as scim:
+        path = write_config(tmp_path, scim, after=1, initial=2.5, cap=5, attempts=4, max_delay=4)
+        cfg = load_config(path).connector("app")
+        with session_scope() as session:
+            for i in range(3):
+                upsert_user(session, EventUser(username=f"rec{i}", email=f"rec{i}@example.com"), "example.com",
+                            source="api")
+        health.check("app")  # the target failed a moment ago: quarantined for 2.5 s
+        health.record_failure("app", TransientError("POST /Bulk: HTTP 503", status=503), cfg)
+        assert health.get("app").state == "open"
+        result = runner.invoke(app, ["reconcile", "--config", str(path)])
+        assert result.exit_code == 0 and "succeeded 3, failed 0" in result.output, result.output
+        assert health.get("app").state == "closed"
+        assert sorted(u["userName"] for u in scim.users()) == ["rec0", "rec1", "rec2"]
+    with session_scope() as session:  # the chunk was refused once (nothing sent), then went through as the probe
+        assert [(o.status, o.attempts) for o in session.exec(select(Operation))] == [("succeeded", 2)] * 3
