@@ -1,9 +1,11 @@
 """Identity events: the JSON that the CLI, the HTTP API and Prefect events carry."""
 
 import json
+import math
+import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from models.validation import InvalidInput, invalid
 
@@ -23,6 +25,8 @@ UserStore = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1
                                              pattern=r"^[A-Za-z0-9_.-]+$")]
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 Scalar = Union[str, int, float, bool, None]
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+_STORE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class EventUser(BaseModel):
@@ -39,6 +43,14 @@ class EventUser(BaseModel):
     groups: Optional[list[Text]] = Field(default=None, max_length=500)
     attributes: Optional[dict[Annotated[str, StringConstraints(max_length=128)], Scalar]] = Field(
         default=None, max_length=100)
+
+    @field_validator("username")
+    @classmethod
+    def _store_prefix_is_a_user_store(cls, value: str) -> str:
+        store, slash, name = value.partition("/")
+        if slash and store and name and not _STORE.match(store):
+            raise ValueError(f"the user store prefix {store[:70]!r} must be 1-64 of A-Z a-z 0-9 _ . -")
+        return value
 
     @model_validator(mode="after")
     def _split_store_prefix(self):
@@ -70,28 +82,55 @@ class IdentityEvent(BaseModel):
         return self
 
 
-def _depth(value: Any, level: int = 0) -> int:
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
+def _field(loc: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc)) or "(root)"
+
+
+def _unsafe(value: Any) -> list[str]:
+    """Problems no schema rule catches: nesting deeper than MAX_DEPTH, and strings or numbers the
+    store cannot hold (NUL, unpaired surrogates, NaN/Infinity). Iterative: hostile depth cannot
+    exhaust the stack."""
+    problems: list[str] = []
+    stack: list[tuple[tuple, Any]] = [((), value)]
+    while stack and len(problems) < 20:
+        loc, node = stack.pop()
+        if isinstance(node, (dict, list)):
+            if len(loc) >= MAX_DEPTH:
+                return [f"(root): nested deeper than {MAX_DEPTH} levels"]
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, child in items:
+                if isinstance(key, str) and _BAD_CHARS.search(key):
+                    problems.append(f"{_field(loc)}: a key contains a NUL character or an unpaired surrogate")
+                    continue
+                stack.append(((*loc, key), child))
+        elif isinstance(node, str) and _BAD_CHARS.search(node):
+            problems.append(f"{_field(loc)}: contains a NUL character or an unpaired surrogate")
+        elif isinstance(node, float) and not math.isfinite(node):
+            problems.append(f"{_field(loc)}: must be a finite number")
+    return problems
+
+
+def _no_constants(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse_event(raw: bytes | str | dict) -> IdentityEvent:
     """Validate an event; raise InvalidInput naming every bad field."""
     if isinstance(raw, (bytes, str)):
-        size = len(raw.encode() if isinstance(raw, str) else raw)
+        size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
         if size > MAX_EVENT_BYTES:
             raise InvalidInput("event", [f"(root): the event is {size} bytes, more than the limit of {MAX_EVENT_BYTES}"])
         try:
-            raw = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raw = json.loads(raw, parse_constant=_no_constants)
+        except RecursionError:
+            raise InvalidInput("event", [f"(root): nested deeper than {MAX_DEPTH} levels"]) from None
+        except ValueError as exc:  # also too-long integers, NaN/Infinity, undecodable bytes
             raise InvalidInput("event", [f"(root): not valid JSON ({exc})"]) from None
     if not isinstance(raw, dict):
         raise InvalidInput("event", ["(root): must be a JSON object"])
-    if _depth(raw) > MAX_DEPTH:
-        raise InvalidInput("event", [f"(root): nested deeper than {MAX_DEPTH} levels"])
+    problems = _unsafe(raw)
+    if problems:
+        raise InvalidInput("event", problems)
     try:
         return IdentityEvent.model_validate(raw)
     except ValidationError as exc:

@@ -24,6 +24,8 @@ def field_path(loc: tuple) -> str:
 # Fields that hold secrets (or references to them): their values are never echoed back.
 SECRET_FIELDS = {"token", "password", "secret", "client_secret", "private_key", "hmac_secret",
                  "security_token", "service_account_key", "api_key"}
+# Sections whose wrong values are not echoed either (`auth: "Bearer <token>"`).
+NO_ECHO = {"auth"}
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -41,7 +43,9 @@ def problems_of(exc: ValidationError) -> list[str]:
             problems.append(f"{field_path(loc)}: required field is missing")
         elif err["type"] == "extra_forbidden":
             problems.append(f"{field_path(loc)}: unknown field")
-        elif any(isinstance(p, str) and p in SECRET_FIELDS for p in loc):
+        elif any(isinstance(p, str) and p in SECRET_FIELDS | NO_ECHO for p in loc) or isinstance(
+                err.get("input"), (dict, list, tuple)):
+            # A whole section (or a value under `auth`) may hold a literal secret: name the field only.
             problems.append(f"{field_path(loc)}: {msg}")
         else:
             problems.append(f"{field_path(loc)}: {msg} (got {_short(err.get('input'))})")
