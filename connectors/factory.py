@@ -27,6 +27,14 @@ def get_connector(cfg: ConnectorConfig, dry_run: bool = False) -> Connector:
         return connector
 
 
+def evict(cfg: ConnectorConfig) -> None:
+    """Forget the connector(s) built for `cfg`, so the next use resolves its secrets afresh
+    (after an auth failure, a rotated secret is picked up without restarting the worker)."""
+    with _lock:
+        for key in [k for k in _cache if k[0] == cfg.name]:
+            del _cache[key]
+
+
 def clear_cache() -> None:
     with _lock:
         _cache.clear()

@@ -1,7 +1,11 @@
 """A real SCIM 2.0 server (scim2-server, in memory) on a free 127.0.0.1 port, with a bearer token."""
 
+import base64
+import hmac
+import json
 import secrets
 import threading
+from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from scim2_models import ScimProvider
@@ -23,8 +27,14 @@ class ScimSandbox:
     """Serve SCIM on http://127.0.0.1:<port>/v2 from a thread; `stop()` ends it."""
 
     def __init__(self, token: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 patch_supported: bool = True, faults: FaultPlan | None = None):
+                 patch_supported: bool = True, faults: FaultPlan | None = None,
+                 basic_users: dict[str, str] | None = None, oauth_clients: dict[str, str] | None = None):
         self.token = token or secrets.token_urlsafe(24)
+        # Besides its bearer token, the sandbox can accept HTTP Basic users and OAuth 2.0 clients
+        # (client credentials grant at /oauth/token), so every auth mode is tested over real HTTP.
+        self.basic_users = basic_users or {}
+        self.oauth_clients = oauth_clients or {}
+        self.issued_tokens: list[str] = []
         config = load_default_service_provider_config()
         config.authentication_schemes = [BEARER_TOKEN_SCHEME]
         config.patch.supported = patch_supported
@@ -41,12 +51,51 @@ class ScimSandbox:
 
     def _wsgi(self, environ, start_response):
         self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+        if environ.get("PATH_INFO") == "/oauth/token":
+            return self._token_endpoint(environ, start_response)
+        scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "basic" and self._basic_ok(value, self.basic_users):
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {self.token}"
         return self.faults(environ, start_response)
+
+    @staticmethod
+    def _basic_ok(value: str, accounts: dict[str, str]) -> str | None:
+        try:
+            user, _, password = base64.b64decode(value).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        ok = user in accounts and hmac.compare_digest(accounts[user], password)
+        return user if ok else None
+
+    def _token_endpoint(self, environ, start_response):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        form = dict(parse_qsl(environ["wsgi.input"].read(length).decode()))
+        scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        client = self._basic_ok(value, self.oauth_clients) if scheme.lower() == "basic" else None
+        if environ["REQUEST_METHOD"] != "POST" or form.get("grant_type") != "client_credentials" or not client:
+            body, status = {"error": "invalid_client"}, "401 Unauthorized"
+        else:
+            token = secrets.token_urlsafe(24)
+            self.issued_tokens.append(token)
+            self.app.bearer_tokens.add(token)
+            body, status = {"access_token": token, "token_type": "Bearer", "expires_in": 3600}, "200 OK"
+        data = json.dumps(body).encode()
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def revoke_tokens(self) -> None:
+        """Make every issued OAuth token invalid (the client must fetch a new one)."""
+        for token in self.issued_tokens:
+            self.app.bearer_tokens.discard(token)
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/v2"
+
+    @property
+    def token_url(self) -> str:
+        return self.url.removesuffix("/v2") + "/oauth/token"
 
     def start(self) -> "ScimSandbox":
         self._thread = threading.Thread(target=self._server.serve_forever, name="scim-sandbox", daemon=True)
