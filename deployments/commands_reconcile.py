@@ -1,7 +1,8 @@
 """CLI commands: import, reconcile. Registered on deployments.cli.app when that module loads.
 
 Exit codes (reconcile): 0 done; 1 some rows failed; 2 bad input; 3 the plan needs --yes (it deletes or
-disables more than the connector's max_deletions).
+disables more than the connector's max_deletions); 4 another reconciliation of a connector was running
+(still after --wait seconds): nothing was done to that connector.
 """
 
 from pathlib import Path
@@ -74,6 +75,10 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
 
 
 def _print_result(result: dict) -> None:
+    if result["status"] == "busy":
+        typer.echo(f"{result['connector']}: busy: {result['message']}; nothing done (try again later, or pass "
+                   f"--wait SECONDS)", err=True)
+        return
     typer.echo(("[dry-run] " if result["dry_run"] else "") + result["summary"])
     o = result["outcomes"]
     typer.echo(f"{result['connector']}: {result['status']}: succeeded {o['succeeded']}, failed {o['failed']}, "
@@ -91,6 +96,8 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
               yes: bool = typer.Option(False, "--yes", help="Apply even when the plan deletes or disables more "
                                                             "than max_deletions."),
               report: Optional[Path] = typer.Option(None, "--report", help="Write the plan rows to this CSV."),
+              wait: float = typer.Option(0.0, "--wait", min=0, help="When another reconciliation of the connector "
+                                                                   "is running, wait up to this many seconds for it."),
               config: Optional[Path] = ConfigOption,
               verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs.")) -> None:
     """Compare each target with the desired state and apply the difference, in-process."""
@@ -121,11 +128,13 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
                     path = str(report) if len(names) == 1 else str(report.with_stem(f"{report.stem}-{name}"))
                 results.append(asyncio.run(reconcile_connector(connector=name, dry_run=dry_run,
                                                                config_path=str(config) if config else None,
-                                                               yes=yes, report=path)))
+                                                               yes=yes, report=path, lock_wait=wait)))
             finally:
                 progress_listeners.remove(listener)
     for result in results:
         _print_result(result)
     if any(r["status"] == "awaiting-approval" for r in results):
         raise typer.Exit(3)
+    if any(r["status"] == "busy" for r in results):
+        raise typer.Exit(4)
     raise typer.Exit(1 if any(r["outcomes"]["failed"] for r in results) else 0)

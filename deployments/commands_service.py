@@ -111,8 +111,11 @@ def status_summary(names: list[str]) -> dict:
                               .order_by(Event.received_at).limit(1)).first()
         unfinished = session.exec(select(func.count()).select_from(Event)
                                   .where(Event.status.in_(("accepted", "running")))).one()
+    from tasks.health import all_health, as_dict  # issue 8: quarantine state per connector
+
+    health = all_health()
     connectors = []
-    for name in dict.fromkeys([*names, *last, *failed]):
+    for name in dict.fromkeys([*names, *last, *failed, *health]):
         run = last.get(name)
         connectors.append({
             "connector": name,
@@ -120,7 +123,8 @@ def status_summary(names: list[str]) -> dict:
                 "status": run.get("status"), "dry_run": run.get("dry_run"), "started_at": _when(run.get("started_at")),
                 "finished_at": _when(run.get("finished_at")), "counts": _as_dict(run.get("counts")),
                 "outcomes": _as_dict(run.get("outcomes"))},
-            "failed_last_day": failed.get(name, 0)})
+            "failed_last_day": failed.get(name, 0),
+            "health": as_dict(health.get(name))})
     return {"connectors": connectors, "unfinished_events": unfinished,
             "oldest_unfinished_event": None if oldest is None else {
                 "id": oldest.id, "type": oldest.type, "status": oldest.status,
@@ -130,7 +134,7 @@ def status_summary(names: list[str]) -> dict:
 @app.command()
 def status(config: Optional[Path] = ConfigOption,
            as_json: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
-    """Summarise per connector: last reconciliation and its counts, failures in the last day, the oldest unfinished event."""
+    """Summarise per connector: last reconciliation and its counts, failures in the last day, health (quarantine); the oldest unfinished event."""
     names: list[str] = []
     if config is not None or Path("outbound.yaml").exists():
         names = [c.name for c in _load(config).connectors]
@@ -141,15 +145,18 @@ def status(config: Optional[Path] = ConfigOption,
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("connector", "last reconciliation", "status", "counts", "failed (24 h)")
+    table = Table("connector", "last reconciliation", "status", "counts", "failed (24 h)", "health")
     for c in summary["connectors"]:
         run = c["last_reconciliation"]
         counts = ", ".join(f"{k}={v}" for k, v in (run or {}).get("counts", {}).items()) if run else ""
         table.add_row(c["connector"], run["started_at"] if run else "never",
                       (f"{run['status']}{' (dry run)' if run['dry_run'] else ''}" if run else "-"),
-                      counts or "-", str(c["failed_last_day"]))
+                      counts or "-", str(c["failed_last_day"]), c["health"]["state"])
     console = Console()
     console.print(table)
+    for c in summary["connectors"]:  # issue 8: a quarantine in full, unwrapped
+        if c["health"]["state"] == "open" or c["health"]["consecutive_failures"]:
+            typer.echo(f"health of {c['connector']}: {c['health']['summary']}")
     oldest = summary["oldest_unfinished_event"]
     if oldest:
         console.print(f"unfinished events: {summary['unfinished_events']}; oldest {oldest['id']} ({oldest['type']}, "

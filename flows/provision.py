@@ -86,6 +86,9 @@ def run_event(event_id: str, config: Config) -> list[Outcome]:
                 outcome = _record_failure(decision, user, event_id, cause)
             else:
                 outcome = failed_outcome(decision, exc)
+            if getattr(exc, "code", None) == "quarantined":  # issue 8: show the quarantine in the run
+                logger.warning("user=%s connector=%s not provisioned: the connector is quarantined (%s)",
+                               user.qualified_name, decision.connector, exc)
         else:
             try:
                 verified.result()

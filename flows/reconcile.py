@@ -1,8 +1,19 @@
-"""The reconciliation flows: snapshot → plan → guard → apply in chunks → report, per connector."""
+"""The reconciliation flows: snapshot → plan → guard → apply in chunks → report, per connector.
+
+One reconciliation of a connector at a time: the whole of it (plan and apply) runs under the store
+lease `reconcile:<connector>`, kept alive while it runs. A second one waits up to `lock_wait`
+seconds, then ends with status `busy`, naming who holds the lease and since when. Holding the lease
+also proves that a run of that connector still marked `running` was cut short (a killed process):
+it is marked `abandoned`.
+"""
 
 import json
+import logging
+import threading
 from collections import deque
-from typing import Optional
+from contextlib import ExitStack, contextmanager
+from datetime import timedelta
+from typing import Iterator, Optional
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
@@ -11,14 +22,23 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 
+from sqlalchemy import update
+
 from models.config import Config, load_config
 from models.db import session_scope
-from models.tables import ReconciliationRun, utcnow
+from models.locks import LockTimeout, lease
+from models.tables import Lease, ReconciliationRun, utcnow
 from tasks.apply import Counts, apply_chunk, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
 from tasks.plan import ACTIONS, Plan, plan_task
+from tasks.retry import task_options
 
 DRIFT_ROWS_SHOWN = 1000
+LOCK_TTL = 300.0  # seconds; renewed every third of it while the run lives, so only a dead holder lets it lapse
+
+
+class Busy(Exception):
+    """Another reconciliation of the connector holds its lease."""
 
 
 class Approval(RunInput):
@@ -30,6 +50,51 @@ class Approval(RunInput):
 
 def _run_name() -> str:
     return f"reconcile {flow_run.parameters.get('connector', '?')}"
+
+
+def _keep_alive(name: str, owner: str, stop: threading.Event) -> None:
+    while not stop.wait(LOCK_TTL / 3):
+        with session_scope() as session:
+            renewed = session.exec(update(Lease).where(Lease.name == name, Lease.owner == owner)
+                                   .values(expires_at=utcnow() + timedelta(seconds=LOCK_TTL))).rowcount
+        if not renewed:
+            logging.getLogger("outbound.reconcile").warning("lease=%s lost: expired and taken over", name)
+            return
+
+
+@contextmanager
+def reconcile_lock(connector: str, wait: float) -> Iterator[str]:
+    """Hold `reconcile:<connector>` for the block; wait up to `wait` seconds, else raise Busy saying who holds it."""
+    name = f"reconcile:{connector}"
+    with ExitStack() as stack:
+        try:
+            owner = stack.enter_context(lease(name, ttl=LOCK_TTL, wait=0))
+        except LockTimeout as exc:
+            if wait <= 0:
+                raise Busy(str(exc)) from None
+            get_run_logger().warning("connector=%s another reconciliation is running (%s): waiting up to %gs",
+                                     connector, exc, wait)
+            try:
+                owner = stack.enter_context(lease(name, ttl=LOCK_TTL, wait=wait))
+            except LockTimeout as exc:
+                raise Busy(f"{exc} (waited {wait:g}s)") from None
+        stop = threading.Event()
+        keeper = threading.Thread(target=_keep_alive, args=(name, owner, stop), name=f"lease {name}", daemon=True)
+        keeper.start()
+        try:
+            yield owner
+        finally:
+            stop.set()
+            keeper.join()
+
+
+def _abandon_stale_runs(connector: str) -> int:
+    """Mark runs of `connector` still `running` as abandoned: we hold its lease, so their process is gone."""
+    with session_scope() as session:
+        return session.exec(update(ReconciliationRun)
+                            .where(ReconciliationRun.connector == connector, ReconciliationRun.status == "running")
+                            .values(status="abandoned", finished_at=utcnow(),
+                                    error="interrupted: the process ended before the run finished")).rowcount
 
 
 def _start_run(connector: str, dry_run: bool) -> str:
@@ -103,13 +168,32 @@ def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: i
 
 
 async def run_connector(config: Config, connector: str, dry_run: bool = False, yes: bool = False,
-                        report: Optional[str] = None, chunk_size: int = DEFAULT_CHUNK) -> dict:
-    """Reconcile one connector inside the current flow; return the run's summary."""
+                        report: Optional[str] = None, chunk_size: int = DEFAULT_CHUNK, lock_wait: float = 0) -> dict:
+    """Reconcile one connector inside the current flow, under its lease; return the run's summary."""
+    logger = get_run_logger()
+    cfg = config.connector(connector)
+    try:
+        with reconcile_lock(cfg.name, lock_wait):
+            abandoned = _abandon_stale_runs(cfg.name)
+            if abandoned:
+                logger.warning("connector=%s marked %d interrupted run(s) abandoned", cfg.name, abandoned)
+            return await _run_locked(config, cfg.name, dry_run, yes, report, chunk_size)
+    except Busy as exc:
+        message = f"another reconciliation of {cfg.name} is running: {exc}"
+        logger.warning("connector=%s status=busy %s", cfg.name, message)
+        return {"connector": cfg.name, "run_id": None, "dry_run": dry_run, "status": "busy", "message": message,
+                "summary": f"{cfg.name}: not reconciled", "counts": {}, "deletions": 0, "threshold": None,
+                "outcomes": {"succeeded": 0, "failed": 0, "skipped": 0}, "failures": []}
+
+
+async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, report: Optional[str],
+                      chunk_size: int) -> dict:
     logger = get_run_logger()
     cfg = config.connector(connector)
     run_id = _start_run(cfg.name, dry_run)
     try:
-        plan = plan_task(cfg.name, config, dry_run)
+        # Listing is a read: retried by the one retry policy when the target fails transiently.
+        plan = plan_task.with_options(**task_options(config.retry))(cfg.name, config, dry_run)
     except Exception as exc:
         _finish_run(run_id, "failed", {}, {}, f"{type(exc).__name__}: {exc}")
         raise
@@ -150,17 +234,19 @@ async def run_connector(config: Config, connector: str, dry_run: bool = False, y
 
 @flow(name="reconcile-connector", flow_run_name=_run_name, retries=0, validate_parameters=True)
 async def reconcile_connector(connector: str, dry_run: bool = False, config_path: Optional[str] = None,
-                              yes: bool = False, report: Optional[str] = None) -> dict:
+                              yes: bool = False, report: Optional[str] = None, lock_wait: float = 0,
+                              chunk_size: int = DEFAULT_CHUNK) -> dict:
     """Bring one connector's target to the desired state: plan, guard, apply in chunks, report."""
-    return await run_connector(load_config(config_path), connector, dry_run, yes, report)
+    return await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size, lock_wait)
 
 
 @flow(name="reconcile-all", flow_run_name="reconcile all connectors", retries=0)
-async def reconcile_all(dry_run: bool = False, config_path: Optional[str] = None, yes: bool = False) -> list[dict]:
+async def reconcile_all(dry_run: bool = False, config_path: Optional[str] = None, yes: bool = False,
+                        lock_wait: float = 0) -> list[dict]:
     """Reconcile every enabled connector, one after the other (each a subflow named after it)."""
     config = load_config(config_path)
     results = []
     for cfg in config.connectors:
         if cfg.enabled:
-            results.append(await reconcile_connector(cfg.name, dry_run, config_path, yes))
+            results.append(await reconcile_connector(cfg.name, dry_run, config_path, yes, lock_wait=lock_wait))
     return results

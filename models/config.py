@@ -42,10 +42,20 @@ def check_url(url: str, allow_insecure_http: bool) -> str:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ValueError("must be an http(s) URL")
+    if "@" in parsed.netloc:  # credentials in a URL end up in logs: they belong in `auth`, as references
+        raise ValueError("must not hold credentials (user:password@); use a secret reference instead")
     if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.hostname):
         raise ValueError("plain http:// is only accepted for loopback addresses "
                          "(set allow_insecure_http: true to override)")
     return url.rstrip("/")
+
+
+def _checked(field: str, url: str, allow_insecure_http: bool) -> str:
+    """check_url, with the field's name in the message (the error is raised on the whole section)."""
+    try:
+        return check_url(url, allow_insecure_http)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
 
 
 # --- SCIM 2.0 ---------------------------------------------------------------------------
@@ -89,9 +99,9 @@ class Scim2Settings(HttpSettings):
 
     @model_validator(mode="after")
     def _urls(self):
-        self.base_url = check_url(self.base_url, self.allow_insecure_http)
+        self.base_url = _checked("base_url", self.base_url, self.allow_insecure_http)
         if isinstance(self.auth, OAuth2Auth):
-            self.auth.token_url = check_url(self.auth.token_url, self.allow_insecure_http)
+            self.auth.token_url = _checked("auth.token_url", self.auth.token_url, self.allow_insecure_http)
         return self
 
 
@@ -107,7 +117,7 @@ class GoogleSettings(HttpSettings):
 
     @model_validator(mode="after")
     def _urls(self):
-        self.api_base_url = check_url(self.api_base_url, self.allow_insecure_http)
+        self.api_base_url = _checked("api_base_url", self.api_base_url, self.allow_insecure_http)
         return self
 
 
@@ -155,7 +165,7 @@ class SalesforceSettings(HttpSettings):
 
     @model_validator(mode="after")
     def _urls(self):
-        self.login_url = check_url(self.login_url, self.allow_insecure_http)
+        self.login_url = _checked("login_url", self.login_url, self.allow_insecure_http)
         return self
 
 
@@ -168,6 +178,18 @@ class RetryPolicy(Strict):
     base_delay: float = Field(default=1.0, ge=0, le=300)
     max_delay: float = Field(default=60.0, ge=0, le=3600)
     jitter: float = Field(default=0.5, ge=0, le=1)
+
+
+class QuarantineBackoff(Strict):
+    """How long a quarantined connector waits before the next probe: `initial`, times `factor` per failed probe, capped at `max`."""
+
+    initial: float = Field(default=30.0, ge=0, le=86400)
+    max: float = Field(default=900.0, ge=0, le=86400)
+    factor: float = Field(default=2.0, ge=1, le=100)
+
+    def after(self, current: float) -> float:
+        """The wait after one more failed probe, given the current wait (0 when the quarantine opens)."""
+        return min(self.max, current * self.factor if current else self.initial)
 
 
 class ConnectorConfig(Strict):
@@ -190,6 +212,10 @@ class ConnectorConfig(Strict):
     # and how many deletes+disables one run may apply unreviewed (None: min(10% of the target, 50)).
     orphans: Literal["report", "disable", "delete"] = "report"
     max_deletions: Optional[int] = Field(default=None, ge=0)
+    # Issue 8: quarantine the connector after this many consecutive transient failures (an auth
+    # failure quarantines at once); its operations then wait with growing back-off.
+    quarantine_after: int = Field(default=10, ge=1, le=10000)
+    quarantine_backoff: QuarantineBackoff = Field(default_factory=QuarantineBackoff)
     scim2: Optional[Scim2Settings] = None
     google: Optional[GoogleSettings] = None
     salesforce: Optional[SalesforceSettings] = None

@@ -185,3 +185,19 @@ class Lease(SQLModel, table=True):
     owner: str = Field(max_length=255)
     acquired_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime
+
+
+class ConnectorHealth(SQLModel, table=True):
+    """A connector's health: consecutive failures, and the quarantine they opened (issue 8)."""
+
+    __tablename__ = "connector_health"
+
+    connector: str = Field(primary_key=True, max_length=64)
+    consecutive_failures: int = 0
+    state: str = Field(default="closed", max_length=8)  # closed | open
+    opened_at: Optional[datetime] = None
+    retry_at: Optional[datetime] = None  # when the next probe may go
+    backoff: float = 0.0  # seconds of the current wait; grows with every failed probe
+    last_error_code: Optional[str] = Field(default=None, max_length=64)
+    last_error: Optional[str] = Field(default=None, sa_column=Column(Text))  # the connector's message, never a body
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -3,7 +3,8 @@
 Never one Prefect task per user: a chunk (hundreds of rows) is one task. A failed row does not stop
 the others. Each chunk's operations and the mappings of its creates and links are written in one
 transaction with bulk inserts, so a crash between the remote call and that write heals on the next
-run: the plan finds the account by its externalId and links it.
+run: the plan finds the account by its externalId and links it. Every try of a row is recorded too
+(one OperationAttempt per try, bulk-inserted in the same transaction), so retries stay visible.
 """
 
 import inspect
@@ -22,7 +23,7 @@ from connectors.errors import AlreadyExists, ConnectorError, TransientError
 from models.config import ConnectorConfig, RetryPolicy
 from models.db import session_scope
 from models.runstate import pushed_hash
-from models.tables import Mapping, Operation, utcnow
+from models.tables import Mapping, Operation, OperationAttempt, utcnow
 from tasks.retry import delays
 
 log = logging.getLogger("outbound.apply")
@@ -73,21 +74,66 @@ def _send(connector, ops: list[BatchOp], workers: int) -> list[Any]:
     return batch(ops)
 
 
-def _with_retries(connector, ops: list[BatchOp], workers: int, policy: RetryPolicy) -> tuple[list[Any], list[int]]:
-    """Send ops; re-send the transiently failed ones by the retry policy. Return results and attempts."""
-    results = _send(connector, ops, workers)
-    attempts = [1] * len(ops)
+def _send_all(connector, ops: list[BatchOp], workers: int) -> list[Any]:
+    """Send ops; a failure of the whole call (e.g. the capability probe) is every op's result."""
+    try:
+        return _send(connector, ops, workers)
+    except ConnectorError as exc:
+        return [exc] * len(ops)
+
+
+@dataclass
+class Tries:
+    """What each try of one row met: (started, finished, error or None), in order."""
+
+    history: list[list[tuple]] = field(default_factory=list)
+
+    def count(self, i: int) -> int:
+        return len(self.history[i])
+
+
+def _with_retries(connector, ops: list[BatchOp], workers: int, policy: RetryPolicy) -> tuple[list[Any], Tries]:
+    """Send ops; re-send the transiently failed ones by the retry policy. Return results and every try."""
+    started = utcnow()
+    results = _send_all(connector, ops, workers)
+    finished = utcnow()
+    tries = Tries([[(started, finished, r if isinstance(r, BaseException) else None)] for r in results])
     for delay in delays(policy)[:policy.attempts - 1]:
         again = [i for i, r in enumerate(results) if isinstance(r, TransientError)]
         if not again:
             break
         wait = max([delay * (1 - policy.jitter * random.random())] +
                    [min(results[i].retry_after or 0, policy.max_delay) for i in again])
+        log.info("connector=%s retrying=%d attempt=%d wait=%.2fs first_error=%s", connector.name, len(again),
+                 tries.count(again[0]) + 1, wait, results[again[0]])
         time.sleep(wait)
-        for i, result in zip(again, _send(connector, [ops[i] for i in again], workers)):
+        started = utcnow()
+        answers = _send_all(connector, [ops[i] for i in again], workers)
+        finished = utcnow()
+        for i, result in zip(again, answers):
             results[i] = result
-            attempts[i] += 1
-    return results, attempts
+            tries.history[i].append((started, finished, result if isinstance(result, BaseException) else None))
+    return results, tries
+
+
+def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple]]) -> list[dict]:
+    """One OperationAttempt row per try: the earlier ones failed; the last one ended as its operation did."""
+    out = []
+    for op_id, op, history in zip(op_ids, op_rows, tries):
+        for number, (started, finished, error) in enumerate(history, start=1):
+            last = number == len(history)
+            if last:
+                status, code, message = op["status"], op["error_code"], op["error_message"]
+            else:
+                status, code, message = "failed", _code(error), str(error)
+            out.append({"operation_id": op_id, "number": number, "status": status, "error_code": code,
+                        "error_message": message, "flow_run_id": op["flow_run_id"], "started_at": started,
+                        "finished_at": finished})
+    return out
+
+
+def _code(error: Optional[BaseException]) -> Optional[str]:
+    return getattr(error, "code", type(error).__name__) if error is not None else None
 
 
 def _adopt(connector, row: dict, account: Account) -> Optional[Account]:
@@ -108,18 +154,15 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
     counts = Counts()
     todo = [(i, op) for i, row in enumerate(rows) if (op := _batch_op(row, accounts)) is not None]
     outcomes: list[Any] = [None] * len(rows)
-    attempts = [0] * len(rows)
+    history: list[list[tuple]] = [[] for _ in rows]  # per row: each try (started, finished, error)
     if todo:
-        try:
-            results, tries = _with_retries(connector, [op for _, op in todo],
-                                           cfg.max_concurrency or 4, policy)
-        except ConnectorError as exc:  # e.g. the capability probe failed: every row of the chunk fails
-            results, tries = [exc] * len(todo), [1] * len(todo)
-        for (i, _), result, n in zip(todo, results, tries):
-            outcomes[i], attempts[i] = result, n
+        results, tries = _with_retries(connector, [op for _, op in todo], cfg.max_concurrency or 4, policy)
+        for k, ((i, _), result) in enumerate(zip(todo, results)):
+            outcomes[i], history[i] = result, tries.history[k]
     now = utcnow()
     op_rows, new_maps, gone_remote = [], [], []
-    for row, result, n in zip(rows, outcomes, attempts):
+    for row, result, tried in zip(rows, outcomes, history):
+        n = len(tried)
         action, kind = row["action"], row["op"]
         remote_id = row["remote_id"]
         if isinstance(result, AlreadyExists) and kind == "create" and not dry_run:
@@ -153,10 +196,10 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
             "action": "skip" if status == "skipped" else "deprovision" if kind in ("delete",) or action == "orphan"
             else "provision",
             "operation": action, "status": status, "attempts": n, "reason": row["reason"],
-            "error_code": getattr(error, "code", type(error).__name__) if error else None,
+            "error_code": _code(error),
             "error_message": str(error) if error else None, "remote_id": remote_id,
             "remote_name": row["user_name"], "drift": row["changes"], "flow_run_id": flow_run_id,
-            "started_at": now, "finished_at": now})
+            "started_at": tried[0][0] if tried else now, "finished_at": now})
     if dry_run:
         return counts
     with session_scope() as session:  # operations and mappings in one transaction
@@ -169,7 +212,15 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
         if gone_remote:
             session.exec(delete(Mapping).where(Mapping.connector == cfg.name, Mapping.entity_type == "user",
                                                Mapping.remote_id.in_(gone_remote)))
-        session.exec(insert(Operation), params=op_rows)
+        # Every try of every row, in bulk: the operations' ids come back in the order they were given.
+        sent = [(k, h) for k, h in enumerate(history) if h]
+        if sent:
+            ids = session.exec(insert(Operation).returning(Operation.id, sort_by_parameter_order=True),
+                               params=op_rows).scalars().all()
+            session.exec(insert(OperationAttempt), params=_attempt_rows(
+                [ids[k] for k, _ in sent], [op_rows[k] for k, _ in sent], [h for _, h in sent]))
+        else:
+            session.exec(insert(Operation), params=op_rows)
     return counts
 
 
@@ -179,8 +230,11 @@ def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Accou
     """Apply rows first..last of the plan through the connector's batch method."""
     from connectors.factory import get_connector
     from prefect.runtime import flow_run
+    from tasks import health
 
-    connector = get_connector(cfg, dry_run=dry_run)
+    # Issue 8: each batch call passes the quarantine gate (Quarantined is transient: the retry loop
+    # waits its retry_after) and reports the target's health.
+    connector = health.guarded(get_connector(cfg, dry_run=dry_run), cfg)
     counts = apply_rows(rows, accounts, cfg, connector, run_id=run_id, policy=policy, dry_run=dry_run,
                         flow_run_id=str(flow_run.id) if flow_run.id else None)
     log.info("connector=%s rows=%d-%d succeeded=%d failed=%d skipped=%d", connector_name, first, last,

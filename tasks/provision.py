@@ -14,8 +14,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from connectors.base import Account, Connector, differences
-from connectors.errors import AlreadyExists, ConnectorError, NotFound, ProvisioningError, Rejected, TransientError
-from connectors.factory import get_connector
+from connectors.errors import (AlreadyExists, AuthFailed, ConnectorError, NotFound, ProvisioningError, Rejected,
+                               TransientError)
+from connectors.factory import evict, get_connector
 from models.config import Config, ConnectorConfig
 from models.db import session_scope
 from models.identity import UserView, load_view
@@ -23,6 +24,7 @@ from models.locks import LockTimeout, lease
 from models.runstate import (begin_attempt, completed_operation, delete_mapping, finish, get_mapping,
                              mapping_by_remote_id, mapping_by_remote_name, pushed_hash, save_mapping)
 from models.tables import User
+from tasks import health  # issue 8: quarantine of unhealthy targets
 from tasks.policy import Decision, decide
 from tasks.limits import connector_slot
 from tasks.username import GeneratedName, user_name_for, with_suffix
@@ -210,6 +212,8 @@ def provision_one(decision: Decision, user: UserView, config: Config, event_id: 
     try:
         with lease(f"user:{cfg.name}:{user.id}", ttl=600, wait=300):
             decision, user = _fresh_decision(decision, user.id, config)
+            if decision.action != "skip":  # issue 8: no request while the target is quarantined
+                health.check(cfg.name)  # raises Quarantined (transient: the retry policy waits)
             connector = get_connector(cfg, dry_run=dry_run)
             remote_name = None
             if decision.action == "provision":
@@ -223,6 +227,7 @@ def provision_one(decision: Decision, user: UserView, config: Config, event_id: 
                     operation, remote_id = remove_user(connector, cfg, user, decision.mode or cfg.deprovision_mode)
             else:
                 operation, remote_id = "none", None
+            health.record_success(cfg.name)  # issue 8: the target answered: reset, close any quarantine
             with session_scope() as session:  # the mapping and the operation's success in one transaction
                 if dry_run:
                     pass
@@ -234,6 +239,9 @@ def provision_one(decision: Decision, user: UserView, config: Config, event_id: 
                 finish(session, op_id, attempt_id, status="skipped" if decision.action == "skip" else "succeeded",
                        operation=operation, remote_id=remote_id, remote_name=remote_name)
     except Exception as exc:  # record every failure, expected or not, before Prefect sees it
+        health.record_failure(cfg.name, exc, config)  # issue 8: counts transient/auth failures; may quarantine
+        if isinstance(exc, AuthFailed):
+            evict(cfg)  # the next attempt resolves the secrets again: a rotated credential is picked up
         transient = isinstance(exc, (TransientError, LockTimeout)) and run_count < config.retry.attempts
         code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
         with session_scope() as session:

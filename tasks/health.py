@@ -1,0 +1,287 @@
+"""health: quarantine a connector whose target keeps failing, and let it recover by itself (issue 8).
+
+A circuit breaker kept in the store (`connector_health`), so every worker sees the same state:
+
+    closed ──(quarantine_after consecutive transient failures, or one auth failure)──▶ open
+    open   ──(retry_at passes)──▶ exactly one call goes through: the probe (a lease across workers)
+    probe answered ──▶ closed, counter reset      probe failed ──▶ open, back-off × factor (capped)
+
+`check(connector)` guards a remote call. While the quarantine is open and not yet due it raises
+`Quarantined`, a TransientError whose `retry_after` is the time left, so the one retry policy waits
+and tries again without a request reaching the target; a Quarantined is never counted as a failure
+of the target. After the call, `record_success` or `record_failure` says how it went. Only calls that
+passed `check` in this thread are counted: a failure before the gate (the store, a lock, the
+configuration) says nothing about the target. A 429 is neither a failure nor a success (the target
+is up but pacing us); an answer such as 404/409/400 is a success (the target is up).
+"""
+
+import inspect
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+
+from connectors.errors import AuthFailed, ConnectorError, RateLimited, TransientError
+from models.config import Config, ConnectorConfig
+from models.db import session_scope
+from models.locks import _owner, release, try_acquire
+from models.tables import ConnectorHealth, utcnow
+
+log = logging.getLogger("outbound.health")
+
+PROBE_TTL = 120.0  # a probe that takes longer (or whose worker died) lets another one through
+PROBE_WAIT = 10.0  # how long a call waits in-process for a probe in flight before giving up
+MAX_ERROR_CHARS = 1000
+_MISSING = object()
+_local = threading.local()
+
+
+class Quarantined(TransientError):
+    """The connector is quarantined: no request is sent until its back-off has passed."""
+
+    code = "quarantined"
+
+
+def _guarded() -> dict[str, Optional[str]]:
+    """The connectors this thread's current call passed the gate for, with the probe lease it holds (or None)."""
+    guarded = getattr(_local, "guarded", None)
+    if guarded is None:
+        guarded = _local.guarded = {}
+    return guarded
+
+
+def _probe_name(connector: str) -> str:
+    return f"health-probe:{connector}"
+
+
+def _aware(value: Optional[datetime]) -> Optional[datetime]:
+    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+
+def _seconds_until(when: Optional[datetime]) -> float:
+    return 0.0 if when is None else max(0.0, (_aware(when) - utcnow()).total_seconds())
+
+
+def _stamp(value: Optional[datetime]) -> str:
+    return "-" if value is None else _aware(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _logger():
+    """The Prefect run's logger inside a run (so the quarantine shows in the UI), else ours."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:
+        return log
+
+
+def get(connector: str) -> Optional[ConnectorHealth]:
+    """The connector's health row, or None when it never failed."""
+    with session_scope() as session:
+        return session.get(ConnectorHealth, connector)
+
+
+def all_health() -> dict[str, ConnectorHealth]:
+    """Every connector's health row, by name (for `outbound status`)."""
+    with session_scope() as session:
+        return {h.connector: h for h in session.exec(select(ConnectorHealth))}
+
+
+def describe(h: Optional[ConnectorHealth]) -> str:
+    """One line for humans: `closed`, or `open since …, retry at …, last error …`."""
+    if h is None:
+        return "closed"
+    last = f"last error {h.last_error_code}: {h.last_error}" if h.last_error_code else ""
+    failures = f"{h.consecutive_failures} failure{'' if h.consecutive_failures == 1 else 's'} in a row"
+    if h.state != "open":
+        return "closed" + (f" ({failures}; {last})" if h.consecutive_failures else "")
+    return f"open since {_stamp(h.opened_at)}, retry at {_stamp(h.retry_at)} (back-off {h.backoff:g} s), {failures}; {last}"
+
+
+def as_dict(h: Optional[ConnectorHealth]) -> dict:
+    """The health row as plain values (for `outbound status --json`), `closed` when there is none."""
+    return {"state": h.state if h else "closed", "consecutive_failures": h.consecutive_failures if h else 0,
+            "opened_at": _aware(h.opened_at).isoformat() if h and h.opened_at else None,
+            "retry_at": _aware(h.retry_at).isoformat() if h and h.retry_at else None,
+            "backoff_seconds": h.backoff if h else 0.0,
+            "last_error_code": h.last_error_code if h else None, "last_error": h.last_error if h else None,
+            "summary": describe(h)}
+
+
+def _quarantined(h: ConnectorHealth, retry_after: float, why: str) -> Quarantined:
+    return Quarantined(f"connector {h.connector} is quarantined since {_stamp(h.opened_at)} after "
+                       f"{h.last_error_code or 'failures'}; {why}", retry_after=retry_after)
+
+
+def check(connector: str, wait: float = PROBE_WAIT) -> None:
+    """Guard a remote call: raise Quarantined while the connector is quarantined; let one probe through when due."""
+    guarded = _guarded()
+    stale = guarded.pop(connector, None)
+    if stale:  # a probe lease left by an earlier call of this thread that never reported back
+        release(_probe_name(connector), stale)
+    deadline, poll = time.monotonic() + wait, 0.05
+    while True:
+        h = get(connector)
+        if h is None or h.state != "open":
+            guarded[connector] = None
+            return
+        left = _seconds_until(h.retry_at)
+        if left > 0:
+            _logger().warning("connector=%s quarantined: no request sent; next probe at %s (in %.1f s)",
+                              connector, _stamp(h.retry_at), left)
+            raise _quarantined(h, left, f"next probe at {_stamp(h.retry_at)}")
+        owner = _owner()
+        if try_acquire(_probe_name(connector), PROBE_TTL, owner) is None:
+            h = get(connector)  # a probe that just finished may have closed it or pushed retry_at back
+            if h is None or h.state != "open" or _seconds_until(h.retry_at) > 0:
+                release(_probe_name(connector), owner)
+                continue
+            guarded[connector] = owner
+            _logger().warning("connector=%s quarantine due: probing the target (back-off was %g s)",
+                              connector, h.backoff)
+            return
+        if time.monotonic() >= deadline:  # another worker's probe is still in flight
+            raise _quarantined(h, max(min(h.backoff, wait), 0.05), "a probe is in flight")
+        time.sleep(poll)
+        poll = min(poll * 1.5, 1.0)
+
+
+def _settings(connector: str, config: Config | ConnectorConfig) -> ConnectorConfig:
+    return config if isinstance(config, ConnectorConfig) else config.connector(connector)
+
+
+def _answered(exc: BaseException) -> bool:
+    """Whether the target answered (not found, exists, rejected with an HTTP status): it is up."""
+    return (isinstance(exc, ConnectorError) and not isinstance(exc, (TransientError, AuthFailed))
+            and getattr(exc, "status", None) is not None)
+
+
+def _counts(exc: BaseException) -> bool:
+    """Whether `exc` is a failure of the target. A 429 is not: the target is up and paces us (the
+    retry policy honours its Retry-After); nor is our own Quarantined."""
+    return isinstance(exc, (TransientError, AuthFailed)) and not isinstance(exc, (Quarantined, RateLimited))
+
+
+def _close(connector: str) -> None:
+    """Reset the counter and close the quarantine; a read first, so the healthy path writes nothing."""
+    h = get(connector)
+    if h is None or (h.state == "closed" and not h.consecutive_failures):
+        return
+    with session_scope() as session:
+        session.exec(update(ConnectorHealth).where(ConnectorHealth.connector == connector).values(
+            consecutive_failures=0, state="closed", opened_at=None, retry_at=None, backoff=0.0, updated_at=utcnow()))
+    if h.state == "open":
+        _logger().warning("connector=%s recovered: quarantine closed (was open since %s)", connector,
+                          _stamp(h.opened_at))
+
+
+def _ensure_row(connector: str) -> None:
+    if get(connector) is not None:
+        return
+    try:
+        with session_scope() as session:
+            session.add(ConnectorHealth(connector=connector))
+    except IntegrityError:  # another worker created it first
+        pass
+
+
+def _count_failure(connector: str, exc: BaseException, cfg: ConnectorConfig, probe: bool) -> None:
+    _ensure_row(connector)
+    now, code = utcnow(), getattr(exc, "code", type(exc).__name__)
+    with session_scope() as session:
+        # Write first: the increment is atomic, and it takes the row (PostgreSQL) or the database
+        # (SQLite) for the rest of this transaction, so two workers never open it twice.
+        session.exec(update(ConnectorHealth).where(ConnectorHealth.connector == connector).values(
+            consecutive_failures=ConnectorHealth.consecutive_failures + 1, last_error_code=code,
+            last_error=str(exc)[:MAX_ERROR_CHARS], updated_at=now))
+        h = session.get(ConnectorHealth, connector)
+        opened = False
+        if h.state == "open":
+            if probe:  # the probe failed: wait longer before the next one
+                h.backoff = cfg.quarantine_backoff.after(h.backoff)
+                h.retry_at = now + timedelta(seconds=h.backoff)
+            # else: a call that passed the gate before the quarantine opened; it already covers it
+        elif isinstance(exc, AuthFailed) or h.consecutive_failures >= cfg.quarantine_after:
+            h.state, h.opened_at, opened = "open", now, True
+            h.backoff = cfg.quarantine_backoff.after(0.0)
+            h.retry_at = now + timedelta(seconds=h.backoff)
+        session.add(h)
+        failures, backoff, retry_at = h.consecutive_failures, h.backoff, h.retry_at
+    if opened or probe:
+        _logger().warning("connector=%s quarantined%s after %d failures in a row (%s: %s); next probe at %s (in %g s)",
+                          connector, "" if opened else " again: the probe failed", failures, code, exc,
+                          _stamp(retry_at), backoff)
+
+
+def record_success(connector: str) -> None:
+    """The guarded call got its answer: reset the counter and close any quarantine."""
+    probe = _guarded().pop(connector, _MISSING)
+    if probe is _MISSING:
+        return
+    try:
+        _close(connector)
+    finally:
+        if probe:
+            release(_probe_name(connector), probe)
+
+
+def record_failure(connector: str, exc: BaseException, config: Config | ConnectorConfig) -> None:
+    """The guarded call failed: count a transient or auth failure; open (or extend) the quarantine when due."""
+    probe = _guarded().pop(connector, _MISSING)
+    if probe is _MISSING:
+        return
+    try:
+        if _answered(exc):
+            _close(connector)
+        elif _counts(exc):
+            _count_failure(connector, exc, _settings(connector, config), probe=bool(probe))
+        # anything else (the store, a bug, a local check) says nothing about the target
+    finally:
+        if probe:
+            release(_probe_name(connector), probe)
+
+
+def record_results(connector: str, results: list[Any], config: Config | ConnectorConfig) -> None:
+    """After a batch call: healthy if any op got an answer; else one failure (the batch was one call)."""
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if len(errors) < len(results) or any(_answered(e) for e in errors) or not errors:
+        record_success(connector)
+    else:
+        record_failure(connector, next((e for e in errors if _counts(e)), errors[0]), config)
+
+
+class Guarded:
+    """A connector whose batch calls pass the quarantine gate and report their health (the chunked apply)."""
+
+    def __init__(self, connector, cfg: ConnectorConfig):
+        self._inner, self._cfg = connector, cfg
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def apply_batch(self, ops: list, max_workers: Optional[int] = None) -> list[Any]:
+        batch = self._inner.apply_batch
+        kw = {"max_workers": max_workers} if max_workers and "max_workers" in inspect.signature(batch).parameters else {}
+        check(self._cfg.name)  # raises Quarantined: the apply's retry loop waits its retry_after
+        try:
+            results = batch(ops, **kw)
+        except Exception as exc:
+            record_failure(self._cfg.name, exc, self._cfg)
+            raise
+        record_results(self._cfg.name, results, self._cfg)
+        return results
+
+
+def guarded(connector, cfg: ConnectorConfig) -> Guarded:
+    """Wrap `connector` so its batch calls go through the quarantine gate."""
+    return Guarded(connector, cfg)
+
+
+__all__ = ["Quarantined", "check", "record_success", "record_failure", "record_results", "guarded", "get",
+           "all_health", "as_dict", "describe"]

@@ -1,0 +1,198 @@
+"""Crashes: SIGKILL in the middle of a bulk reconciliation and of an event, at several points; run again.
+
+Each scenario runs the work in a subprocess that patches one function to kill its own process
+(SIGKILL: no cleanup, no finally) at a chosen point. Then the work runs again and the state must
+converge: one account per user, no event lost, no operation, attempt or run left running.
+(Killed between the remote create and the mapping write of an event: tests/test_flow.py.)
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from deployments.cli import app
+from helpers import event, write_config
+from models.db import session_scope
+from models.events import EventUser
+from models.identity import upsert_user
+from models.tables import Event, Mapping, Operation, OperationAttempt, ReconciliationRun
+from sandbox.scim import ScimSandbox
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+runner = CliRunner()
+
+DIE = "os.kill(os.getpid(), signal.SIGKILL)"
+PATCHES = {
+    # --- bulk reconciliation -----------------------------------------------------------
+    "listing": f"""
+        import connectors.scim2 as scim2
+        real = scim2.Scim2Connector.iter_users
+        def listing(self):
+            for n, account in enumerate(real(self)):
+                if n == 3:
+                    {DIE}          # killed mid-listing
+                yield account
+        scim2.Scim2Connector.iter_users = listing
+    """,
+    "batch-returned": f"""
+        import connectors.scim2 as scim2
+        real = scim2.Scim2Connector.apply_batch
+        def batch(self, ops, **kw):
+            results = real(self, ops, **kw)   # the target holds the accounts now...
+            {DIE}                             # ...and the chunk's operations and mappings are never written
+        scim2.Scim2Connector.apply_batch = batch
+    """,
+    "chunk-written": f"""
+        import tasks.apply as apply
+        real = apply.apply_rows
+        def rows(*args, **kwargs):
+            counts = real(*args, **kwargs)    # chunk 1 done and recorded; the others in flight or not started
+            {DIE}
+        apply.apply_rows = rows
+    """,
+    # --- the event flow ----------------------------------------------------------------
+    "attempt-begun": f"""
+        import tasks.provision as provision
+        def ensure_user(*args, **kwargs):     # begin_attempt has recorded a running attempt; no remote call yet
+            {DIE}
+        provision.ensure_user = ensure_user
+    """,
+    "mapping-written": f"""
+        import flows.provision as provision
+        real = provision.set_event_status
+        def status(session, event_id, status, error=None):
+            if status != "running":           # the operation and the mapping are committed; the event is not
+                {DIE}
+            return real(session, event_id, status, error)
+        provision.set_event_status = status
+    """,
+}
+SCRIPT = """
+import asyncio, os, signal, sys
+{patch}
+if sys.argv[1] == "reconcile":
+    from flows.reconcile import reconcile_connector
+    asyncio.run(reconcile_connector(connector="app", config_path=sys.argv[2], chunk_size=4))
+else:
+    from deployments.cli import main
+    sys.argv = ["outbound", "event", sys.argv[2], "--config", sys.argv[3]]
+    main()
+"""
+
+
+def crash(tmp_path, point: str, *args) -> None:
+    """Run the work in a subprocess patched to SIGKILL itself at `point`; it must have died there."""
+    from prefect.settings import PREFECT_API_URL
+
+    script = tmp_path / f"crash-{point}.py"
+    script.write_text(SCRIPT.format(patch=textwrap.dedent(PATCHES[point])))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or "", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    done = subprocess.run([sys.executable, str(script), *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == -9, (done.stdout[-1000:], done.stderr[-3000:])
+
+
+@pytest.fixture
+def scim():
+    with ScimSandbox() as server:
+        yield server
+
+
+def add_users(n: int, start: int = 0) -> list[str]:
+    with session_scope() as session:
+        return [upsert_user(session, EventUser(username=f"u{i}", email=f"u{i}@example.com", given_name=f"G{i}",
+                                               family_name="Crash"), "example.com", source="import").id
+                for i in range(start, start + n)]
+
+
+def reconcile(config) -> tuple[int, str]:
+    result = runner.invoke(app, ["reconcile", "--config", str(config)])
+    return result.exit_code, result.output
+
+
+def assert_converged(scim, ids: list[str]) -> None:
+    """One account per user, its mapping pointing at it, and nothing left running."""
+    users = scim.users()
+    per_ext = {}
+    for u in users:
+        per_ext.setdefault(u.get("externalId"), []).append(u["id"])
+    assert sorted(per_ext) == sorted(ids), (len(users), len(ids))
+    assert all(len(v) == 1 for v in per_ext.values()), "duplicate accounts"
+    with session_scope() as session:
+        maps = {m.local_id: m.remote_id for m in session.exec(select(Mapping))}
+        assert maps == {ext: remote[0] for ext, remote in per_ext.items()}
+        assert session.exec(select(Operation).where(Operation.status.in_(("running", "retrying")))).all() == []
+        assert session.exec(select(OperationAttempt).where(OperationAttempt.status == "running")).all() == []
+        assert session.exec(select(ReconciliationRun).where(ReconciliationRun.status == "running")).all() == []
+        assert {e.status for e in session.exec(select(Event))} <= {"succeeded"}
+
+
+# --- bulk reconciliation ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("point", ["listing", "batch-returned", "chunk-written"])
+def test_reconciliation_killed_then_run_again_converges(point, tmp_path, sqlite_url, scim):
+    config = write_config(tmp_path, scim)
+    ids = add_users(6)
+    if point == "listing":  # something to list: the first six are there already
+        code, out = reconcile(config)
+        assert code == 0, out
+    ids += add_users(14, start=6)
+    crash(tmp_path, point, "reconcile", config)
+    with session_scope() as session:
+        killed = session.exec(select(ReconciliationRun).where(ReconciliationRun.status == "running")).one()
+    if point != "listing":
+        assert scim.users(), "the kill came after the first batch reached the target"
+
+    code, out = reconcile(config)  # the lease of the dead process is taken over at once
+    assert code == 0, out
+    assert_converged(scim, ids)
+    with session_scope() as session:
+        run = session.get(ReconciliationRun, killed.id)
+        assert run.status == "abandoned" and "interrupted" in run.error and run.finished_at
+        ops = session.exec(select(Operation)).all()
+    if point == "batch-returned":  # the accounts created before the kill were adopted, not created again
+        assert "link" in {o.operation for o in ops}
+    code, out = reconcile(config)
+    assert code == 0 and "nothing to do" in out, out
+
+
+# --- the event flow --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("point", ["attempt-begun", "mapping-written"])
+def test_event_killed_then_swept_converges(point, tmp_path, sqlite_url, scim):
+    from flows.sweep import sweep_events
+
+    config = write_config(tmp_path, scim)
+    ev = event(username="kim")
+    path = tmp_path / "kim.json"
+    path.write_text(json.dumps(ev))
+    crash(tmp_path, point, "event", path, config)
+    with session_scope() as session:
+        assert session.get(Event, ev["id"]).status == "running"  # stored, begun, never finished
+        op = session.exec(select(Operation).where(Operation.action == "provision")).one()
+    assert op.status == ("running" if point == "attempt-begun" else "succeeded")
+    assert len(scim.users()) == (0 if point == "attempt-begun" else 1)
+    writes = [r for r in scim.requests if r[0] != "GET"]
+
+    result = asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config)))
+    assert result == {"redispatched": [ev["id"]], "failed": []}
+    with session_scope() as session:
+        user_id = session.get(Event, ev["id"]).user_id
+        op = session.exec(select(Operation).where(Operation.action == "provision")).one()  # the same operation
+        attempts = session.exec(select(OperationAttempt).where(OperationAttempt.operation_id == op.id)
+                                .order_by(OperationAttempt.number)).all()
+    assert_converged(scim, [user_id])
+    assert op.status == "succeeded"
+    if point == "attempt-begun":  # the killed attempt is closed as abandoned; the second one did the work
+        assert [(a.number, a.status) for a in attempts] == [(1, "abandoned"), (2, "succeeded")]
+        assert op.operation == "create"
+    else:  # applied at most once: the re-run found the operation done and sent nothing
+        assert [(a.number, a.status) for a in attempts] == [(1, "succeeded")]
+        assert [r for r in scim.requests if r[0] != "GET"] == writes
