@@ -1,5 +1,6 @@
 """The event flow: resolve-policy → generate-username → provision → reconcile, per connector, concurrently."""
 
+import asyncio
 from typing import Optional
 
 from prefect import flow, get_run_logger
@@ -118,5 +119,7 @@ def _artifacts(who: str, event_id: str, outcomes: list[Outcome]) -> None:
 @flow(name="provision-user", flow_run_name=_run_name, retries=0, log_prints=False, validate_parameters=True)
 async def provision_user(event_id: str, config_path: Optional[str] = None) -> list[dict]:
     """Provision one user after an identity event, to every connector the policy selects."""
-    outcomes = run_event(event_id, load_config(config_path))
+    # The body blocks (store I/O, waiting on task futures): run it in a thread, with this run's
+    # context, so the event loop stays free and several events progress at once in one process.
+    outcomes = await asyncio.to_thread(run_event, event_id, load_config(config_path))
     return [o.__dict__ for o in outcomes]
