@@ -74,3 +74,19 @@ def retry_after_seconds(value: str | None) -> float | None:
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds())
     except (TypeError, ValueError):
         return None
+
+
+def for_status(status: int, text: str, *, retry_after: float | None = None, field: str | None = None,
+               rate_limited: bool = False) -> ConnectorError:
+    """The error an HTTP error status means, for targets that speak plain HTTP semantics."""
+    if status == 429 or rate_limited:
+        return RateLimited(text, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return AuthFailed(text, status=status)
+    if status == 404:
+        return NotFound(text, status=status)
+    if status == 409:
+        return AlreadyExists(text, status=status)
+    if status in (408, 412) or status >= 500:
+        return TransientError(text, status=status, retry_after=retry_after)
+    return Rejected(text, status=status, field=field)

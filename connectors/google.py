@@ -32,8 +32,8 @@ import requests
 from google.oauth2 import service_account
 
 from connectors.base import Account, BatchOp, RemoteGroup
-from connectors.errors import (AlreadyExists, AuthFailed, ConfigError, ConnectorError, NotFound, RateLimited,
-                               Rejected, TransientError, retry_after_seconds)
+from connectors.errors import (AlreadyExists, AuthFailed, ConfigError, ConnectorError, NotFound,
+                               Rejected, TransientError, for_status, retry_after_seconds)
 from models.config import GoogleSettings
 
 log = logging.getLogger(__name__)
@@ -501,17 +501,8 @@ def error_for(what: str, status: int, body: Any, headers) -> ConnectorError:
     reason = next(iter(sorted(r for r in reasons if r)), None)
     text = f"{what}: HTTP {status}" + (f" {reason}" if reason else "") + (f": {message}" if message else "")
     retry_after = retry_after_seconds(headers.get("Retry-After")) if headers else None
-    if status == 429 or (status == 403 and reasons & RATE_REASONS):
-        return RateLimited(text, status=status, retry_after=retry_after)
-    if status in (401, 403):
-        return AuthFailed(text, status=status)
-    if status == 404:
-        return NotFound(text, status=status)
-    if status == 409:
-        return AlreadyExists(text, status=status)
-    if status in (408, 412) or status >= 500:
-        return TransientError(text, status=status, retry_after=retry_after)
-    return Rejected(text, status=status, field=_field_of(items, message))
+    return for_status(status, text, retry_after=retry_after, field=_field_of(items, message),
+                      rate_limited=status == 403 and bool(reasons & RATE_REASONS))
 
 
 def _refresh_detail(exc: Exception) -> str:

@@ -10,7 +10,7 @@ from scim2_models import Email, Group, GroupMember, Name, PatchOp, PatchOperatio
 
 from connectors.base import Account, BatchOp, RemoteGroup
 from connectors.errors import (AlreadyExists, AuthFailed, ConnectorError, NotFound, Rejected, RateLimited,
-                               TransientError, retry_after_seconds)
+                               TransientError, for_status, retry_after_seconds)
 from models.config import Scim2Settings
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,8 @@ class Scim2Connector:
         detail = body.get("detail") if isinstance(body, dict) else None
         scim_type = body.get("scimType") if isinstance(body, dict) else None
         text = f"{method} {path}: HTTP {status}" + (f" {scim_type}" if scim_type else "") + (f": {detail}" if detail else "")
-        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-        if status == 429:
-            return RateLimited(text, status=status, retry_after=retry_after)
-        if status in (401, 403):
-            return AuthFailed(text, status=status)
-        if status == 404:
-            return NotFound(text, status=status)
-        if status == 409:
-            return AlreadyExists(text, status=status)
-        if status == 412 or status >= 500 or status == 408:
-            return TransientError(text, status=status, retry_after=retry_after)
-        return Rejected(text, status=status, field=_field_in(detail))
+        return for_status(status, text, retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+                          field=_field_in(detail))
 
     def _json(self, response: requests.Response | None) -> dict:
         if response is None or response.status_code == 204 or not response.content:
