@@ -179,7 +179,10 @@ class Scim2Connector:
                 _set_path(raw, path, value)
             response = self._request("PUT", f"/Users/{remote_id}", json_body=raw)
         body = self._json(response)
-        return self._from_scim(body) if body else self.get_user(remote_id) if not self.dry_run else current
+        if body:
+            return self._from_scim(body)
+        # 204 No Content (allowed by RFC 7644), or a dry run that sent nothing.
+        return current if self.dry_run else self.get_user(remote_id)
 
     def disable_user(self, remote_id: str) -> None:
         self._set_active(remote_id, False)
