@@ -14,8 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from connectors.base import Account, Connector, differences
-from connectors.errors import (AlreadyExists, AuthFailed, ConnectorError, NotFound, ProvisioningError, Rejected,
-                               TransientError)
+from connectors.errors import AlreadyExists, AuthFailed, NotFound, ProvisioningError, Rejected, TransientError
 from connectors.factory import evict, get_connector
 from models.config import Config, ConnectorConfig
 from models.db import session_scope
@@ -265,5 +264,3 @@ def failed_outcome(decision: Decision, exc: BaseException) -> Outcome:
     code = getattr(exc, "code", type(exc).__name__)
     return Outcome(decision.connector, decision.action, "none", "failed", decision.reason, error=f"{code}: {exc}")
 
-
-__all__ = ["provision", "provision_one", "Outcome", "Collision", "failed_outcome", "ConnectorError"]
