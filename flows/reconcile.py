@@ -28,9 +28,9 @@ from models.config import Config, load_config
 from models.db import session_scope
 from models.locks import LockTimeout, lease
 from models.tables import Lease, ReconciliationRun, utcnow
-from tasks.apply import Counts, apply_chunk, chunks, progress_listeners
+from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
-from tasks.plan import ACTIONS, Plan, plan_task
+from tasks.plan import Plan, plan_task
 from tasks.retry import task_options
 
 DRIFT_ROWS_SHOWN = 1000
@@ -114,7 +114,7 @@ def _finish_run(run_id: str, status: str, counts: dict, outcomes: dict, error: O
 
 def _plan_artifacts(plan: Plan, dry_run: bool) -> None:
     counts = plan.counts()
-    create_table_artifact(table=[{"action": a, "count": counts[a]} for a in ACTIONS],
+    create_table_artifact(table=[{"action": a, "count": n} for a, n in counts.items()],
                           key=f"reconcile-{plan.connector}-counts".lower(),
                           description=f"Plan for {plan.connector}" + (" (dry-run)" if dry_run else ""), _sync=True)
     drift = plan.rows.head(DRIFT_ROWS_SHOWN).copy()
@@ -164,6 +164,8 @@ def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: i
         settle(*in_flight.popleft())
     if not total:
         update_progress_artifact(artifact_id=progress_id, progress=100.0, _sync=True)
+    if len(plan.group_rows):  # after every user row: the accounts the groups add must exist
+        outcome.add(apply_groups(cfg.name, plan.group_rows.to_dict(orient="records"), cfg, run_id, dry_run))
     return outcome
 
 
@@ -220,7 +222,7 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
         if not approved:
             status = "rejected" if deployment.id else "awaiting-approval"
             _finish_run(run_id, status, counts, {}, message)
-            _summary_artifact(plan, status, Counts(skipped=len(plan.rows)), dry_run)
+            _summary_artifact(plan, status, Counts(skipped=len(plan.rows) + len(plan.group_rows)), dry_run)
             return {**result, "status": status, "outcomes": {"succeeded": 0, "failed": 0, "skipped": 0},
                     "message": message, "failures": []}
 

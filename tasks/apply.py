@@ -244,3 +244,104 @@ def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Accou
 
 def chunks(rows: list[dict], size: int) -> list[tuple[int, list[dict]]]:
     return [(start, rows[start:start + size]) for start in range(0, len(rows), size)]
+
+
+# --- groups: after the user rows, so the accounts they add exist ----------------------------
+
+def _group_member_ids(cfg: ConnectorConfig, rows: list[dict]) -> dict[str, Optional[str]]:
+    """Each member row's remote account: the planned one, else the mapping the user apply just wrote."""
+    pending = [r["local_id"] for r in rows if r["remote_id"] is None and r["local_id"]]
+    mapped: dict[str, str] = {}
+    if pending:
+        from sqlmodel import select
+
+        with session_scope() as session:
+            mapped = dict(session.exec(select(Mapping.local_id, Mapping.remote_id).where(
+                Mapping.connector == cfg.name, Mapping.entity_type == "user", Mapping.local_id.in_(pending))).all())
+    return {r["local_id"]: r["remote_id"] or mapped.get(r["local_id"]) for r in rows if r["local_id"]}
+
+
+def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_id: str, dry_run: bool = False,
+                     flow_run_id: Optional[str] = None) -> Counts:
+    """Apply the plan's group rows: create missing groups, then one add and one remove call per group.
+
+    Each row is recorded as an operation (entity_type="group"); a failed call fails its rows only.
+    Dry-run sends nothing and records nothing.
+    """
+    from tasks.groups import _local_group
+
+    counts, op_rows, group_maps = Counts(), [], []
+    by_group: dict[str, list[dict]] = {}
+    for row in rows:
+        by_group.setdefault(row["group"], []).append(row)
+
+    def outcome(row: dict, status: str, group_remote_id: Optional[str], group_id: Optional[str],
+                started, error: Optional[BaseException] = None, reason: Optional[str] = None) -> None:
+        setattr(counts, status, getattr(counts, status) + 1)
+        if error is not None:
+            counts.failures.append({"action": row["action"], "user": row["entity_name"], "error": str(error)})
+        op_rows.append({
+            "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "group",
+            "entity_id": group_id or row["group"], "entity_name": row["entity_name"],
+            "action": "skip" if status == "skipped" else "group", "operation": row["action"], "status": status,
+            "attempts": 0 if status == "skipped" else 1, "reason": reason or row["reason"],
+            "error_code": _code(error), "error_message": str(error) if error else None,
+            "remote_id": group_remote_id, "remote_name": row["group"], "drift": None, "flow_run_id": flow_run_id,
+            "started_at": started, "finished_at": utcnow()})
+
+    for name, group_rows in by_group.items():
+        group_id, group_remote_id = group_rows[0]["group_id"], group_rows[0]["group_remote_id"]
+        creates = [r for r in group_rows if r["action"] == "group_create"]
+        failed: Optional[BaseException] = None
+        for row in creates:
+            started = utcnow()
+            if not dry_run:
+                try:
+                    group_id = _local_group(name)[0]  # a configured group nobody has joined yet
+                    group_remote_id = connector.create_group(name, [], external_id=group_id).id
+                except ConnectorError as exc:
+                    failed = exc
+            outcome(row, "failed" if failed else "succeeded", group_remote_id, group_id, started, failed)
+        if group_remote_id and group_id and not dry_run:
+            group_maps.append((group_id, group_remote_id, name))
+        members = _group_member_ids(cfg, group_rows)
+        for action, call in (("member_add", connector.add_members), ("member_remove", connector.remove_members)):
+            todo = [r for r in group_rows if r["action"] == action]
+            if not dry_run:  # a member whose account was not created (its create failed) is skipped
+                for row in [r for r in todo if not members.get(r["local_id"]) and not r["remote_id"]]:
+                    outcome(row, "skipped", group_remote_id, group_id, utcnow(),
+                            reason=f"{row['reason']}; skipped: the account does not exist on {cfg.name}")
+                    todo.remove(row)
+            if not todo:
+                continue
+            started, error = utcnow(), failed
+            if error is None and not dry_run:
+                try:
+                    call(group_remote_id, [r["remote_id"] or members[r["local_id"]] for r in todo])
+                except ConnectorError as exc:
+                    error = exc
+            for row in todo:
+                outcome(row, "failed" if error else "succeeded", group_remote_id, group_id, started, error)
+    if dry_run:
+        return counts
+    from models.runstate import save_mapping
+
+    with session_scope() as session:
+        for group_id, group_remote_id, name in group_maps:
+            save_mapping(session, cfg.name, group_id, group_remote_id, name, None, entity_type="group")
+        if op_rows:
+            session.exec(insert(Operation), params=op_rows)
+    return counts
+
+
+@task(name="apply-groups", task_run_name="apply {connector_name} groups", cache_policy=NO_CACHE)
+def apply_groups(connector_name: str, rows: list[dict], cfg: ConnectorConfig, run_id: str, dry_run: bool) -> Counts:
+    """Apply the plan's group rows (after its user rows)."""
+    from connectors.factory import get_connector
+    from prefect.runtime import flow_run
+
+    counts = apply_group_rows(rows, cfg, get_connector(cfg, dry_run=dry_run), run_id=run_id, dry_run=dry_run,
+                              flow_run_id=str(flow_run.id) if flow_run.id else None)
+    log.info("connector=%s groups rows=%d succeeded=%d failed=%d skipped=%d", connector_name, len(rows),
+             counts.succeeded, counts.failed, counts.skipped)
+    return counts

@@ -15,6 +15,12 @@ A plan is a DataFrame with one row per action (`PLAN_COLUMNS`):
   remote_id    the target's id (None for create/relink)
   changes      {field: {"had": …, "want": …}} for update and link, else None
   reason       why (the policy's reason, or what matched)
+
+With `groups` configured on a connector that supports them, the plan also holds `group_rows`
+(`GROUP_COLUMNS`), applied after the user rows: group_create (a configured group missing from the
+target), member_add and member_remove, the set differences between the members a group should
+have (its local members desired on the connector) and the members it has that are ours (accounts
+mapped to a user of this connector). Members that are not ours are left alone.
 """
 
 import math
@@ -27,7 +33,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlmodel import Session, select
 
-from connectors.base import MANAGED, Account
+from connectors.base import MANAGED, Account, RemoteGroup
 from models.config import Config, ConnectorConfig
 from models.identity import UserView
 from models.tables import Group, GroupMember, Mapping, Role, User, UserRole
@@ -39,6 +45,11 @@ ACTIONS = ("create", "update", "disable", "enable", "delete", "link", "relink", 
 PLAN_COLUMNS = ("action", "op", "local_id", "entity_name", "user_name", "remote_id", "changes", "reason")
 # Compared as text; `active` is compared as a flag and planned as enable/disable.
 TEXT_FIELDS = tuple(f for f in MANAGED if f != "active")
+GROUP_ACTIONS = ("group_create", "member_add", "member_remove")
+# group: the group's name; group_id: its local id (None until the local group exists); group_remote_id:
+# its id in the target (None before it is created); local_id/remote_id: the member (remote_id None when
+# its account is created by this plan: apply reads it from the mapping the create wrote).
+GROUP_COLUMNS = ("action", "group", "group_id", "group_remote_id", "local_id", "entity_name", "remote_id", "reason")
 DESTRUCTIVE = ("delete", "disable")
 # Compared case-insensitively: emails, and usernames (SCIM userName is caseExact=false; Google and
 # Salesforce usernames are addresses), so a server that changes their case shows no drift.
@@ -56,10 +67,14 @@ class Plan:
     unmanaged: int = 0
     max_deletions: Optional[int] = None
     desired: dict[str, Account] = field(default_factory=dict)  # local_id -> account, for create/relink/link
+    group_rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(GROUP_COLUMNS)))
 
     def counts(self) -> dict[str, int]:
         counts = {a: 0 for a in ACTIONS}
         counts.update(self.rows["action"].value_counts().to_dict())
+        if len(self.group_rows):
+            counts.update({a: 0 for a in GROUP_ACTIONS})
+            counts.update(self.group_rows["action"].value_counts().to_dict())
         return {k: int(v) for k, v in counts.items()}
 
     @property
@@ -327,14 +342,94 @@ def _isna(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+# --- groups --------------------------------------------------------------------------------
+
+def _remote_group(name: str, group_id: Optional[str], group_maps: dict[str, str],
+                  remote: list[RemoteGroup]) -> Optional[RemoteGroup]:
+    """The target's group for configured group `name`: the mapped one, else the one of that name (adopted)."""
+    by_id = {g.id: g for g in remote}
+    if group_id and group_maps.get(group_id) in by_id:
+        return by_id[group_maps[group_id]]
+    return next((g for g in remote if g.name == name), None)
+
+
+def group_diff(names: list[str], local_groups: dict[str, str], local_members: dict[str, set[str]],
+               remote: list[RemoteGroup], group_maps: dict[str, str], members: dict[str, Optional[str]],
+               entity_names: dict[str, str], ours: dict[str, Optional[str]]) -> pd.DataFrame:
+    """The group rows: each configured group's membership as set differences.
+
+    names: the configured groups; local_groups: name -> local group id; local_members: name -> local
+    user ids; remote: the target's groups; group_maps: local group id -> remote id; members: every user
+    desired on the connector -> its account's remote id (None when this plan creates it); ours: remote
+    ids of the accounts we manage -> their local id (only those can be removed from a group).
+    """
+    out = []
+    for name in names:
+        group_id = local_groups.get(name)
+        group = _remote_group(name, group_id, group_maps, remote)
+        have = set(group.member_ids) if group else set()
+        if group is None:
+            out.append(("group_create", name, group_id, None, None, name, None,
+                        f"configured group {name} is missing from the target"))
+        wanted = {u: members[u] for u in sorted(local_members.get(name, ())) if u in members}
+        for local_id, remote_id in wanted.items():
+            if remote_id is None or remote_id not in have:
+                out.append(("member_add", name, group_id, group and group.id, local_id,
+                            f"{name} ({entity_names.get(local_id, local_id)})", remote_id,
+                            f"in group {name} locally and desired on the connector"))
+        keep = {r for r in wanted.values() if r}
+        for remote_id in sorted(have - keep):
+            if remote_id in ours:  # a member we do not manage is left alone
+                local_id = ours[remote_id]
+                out.append(("member_remove", name, group_id, group.id, local_id,
+                            f"{name} ({entity_names.get(local_id, remote_id)})", remote_id,
+                            f"our account is in {name} but should not be"))
+    frame = pd.DataFrame.from_records(out, columns=list(GROUP_COLUMNS)).astype(object)
+    return frame.where(frame.notna(), None)
+
+
+def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: DesiredState,
+                rows: pd.DataFrame) -> pd.DataFrame:
+    """The group rows of connector `cfg`, given the user plan `rows` (creates, links, deletes to come)."""
+    names = list(cfg.groups)
+    local_groups = dict(session.exec(select(Group.name, Group.id).where(Group.name.in_(names))).all())
+    local_members: dict[str, set[str]] = {}
+    for name, user_id in session.exec(select(Group.name, GroupMember.user_id)
+                                      .join(GroupMember, GroupMember.group_id == Group.id)
+                                      .where(Group.name.in_(names))):
+        local_members.setdefault(name, set()).add(user_id)
+    group_maps = dict(session.exec(select(Mapping.local_id, Mapping.remote_id)
+                                   .where(Mapping.connector == cfg.name, Mapping.entity_type == "group")).all())
+    # Each desired user's account: the mapped one, the one this plan links, or None (this plan creates it).
+    mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
+    members: dict[str, Optional[str]] = {u: mapped.get(u) for u in state.desired["local_id"]}
+    for row in rows.itertuples():
+        if row.local_id in members and row.action in ("create", "relink"):
+            members[row.local_id] = None
+        elif row.local_id in members and row.action == "link":
+            members[row.local_id] = row.remote_id
+    ours = {r: u for u, r in mapped.items()}
+    ours.update({row.remote_id: row.local_id for row in rows.itertuples() if row.action == "link"})
+    for row in rows.itertuples():  # a deleted account leaves its groups with it
+        if row.op == "delete":
+            ours.pop(row.remote_id, None)
+    entity_names = dict(zip(state.desired["local_id"], state.desired["entity_name"]))
+    entity_names.update(zip(state.deprovision["local_id"], state.deprovision["entity_name"]))
+    return group_diff(names, local_groups, local_members, list(connector.iter_groups()), group_maps, members,
+                      entity_names, ours)
+
+
 def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session) -> Plan:
     """Snapshot the target and the store, and diff them."""
     state = desired_state(session, config, cfg)
     target = target_frame(connector.iter_users())
     rows, unmanaged = diff(state.desired, target, state.mappings, state.deprovision, state.known_ids,
                            read_only=tuple(getattr(connector, "read_only_attributes", ())), orphans=cfg.orphans)
-    return Plan(cfg.name, rows, target_count=len(target), desired_count=len(state.desired), unmanaged=unmanaged,
+    plan = Plan(cfg.name, rows, target_count=len(target), desired_count=len(state.desired), unmanaged=unmanaged,
                 max_deletions=cfg.max_deletions, desired=state.accounts)
+    if cfg.groups and getattr(connector, "supports_groups", False):
+        plan.group_rows = plan_groups(session, cfg, connector, state, rows)
+    return plan
 
 
 @task(name="plan", task_run_name="plan {connector_name}", cache_policy=NO_CACHE)
