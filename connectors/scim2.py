@@ -32,7 +32,7 @@ class Scim2Connector:
         self.session = session
         self.base_url = settings.base_url
         self.dry_run = dry_run
-        self._patch_supported: Optional[bool] = None
+        self._spc: Optional[dict] = None
         self.requests_sent = 0
 
     # --- the one choke point -------------------------------------------------------------
@@ -152,16 +152,19 @@ class Scim2Connector:
                     return self._from_scim(item)
         return None
 
+    def service_provider_config(self) -> dict:
+        """The server's ServiceProviderConfig, read once ({} when it has none)."""
+        if self._spc is None:
+            try:
+                self._spc = self._json(self._request("GET", "/ServiceProviderConfig"))
+            except (NotFound, Rejected):
+                self._spc = {}
+        return self._spc
+
     def patch_supported(self) -> bool:
         if self.settings.update_method != "auto":
             return self.settings.update_method == "patch"
-        if self._patch_supported is None:
-            try:
-                spc = self._json(self._request("GET", "/ServiceProviderConfig"))
-                self._patch_supported = bool((spc.get("patch") or {}).get("supported"))
-            except (NotFound, Rejected):
-                self._patch_supported = False
-        return self._patch_supported
+        return bool((self.service_provider_config().get("patch") or {}).get("supported"))
 
     def update_user(self, remote_id: str, changes: dict[str, Any], current: Account) -> Account:
         """Change only the given managed attributes (PATCH when supported, else PUT)."""
@@ -220,15 +223,10 @@ class Scim2Connector:
 
     def bulk_limits(self) -> Optional[tuple[int, int]]:
         """(maxOperations, maxPayloadSize) when the server supports /Bulk, else None."""
-        if not hasattr(self, "_bulk"):
-            try:
-                spc = self._json(self._request("GET", "/ServiceProviderConfig"))
-            except (NotFound, Rejected):
-                spc = {}
-            bulk = spc.get("bulk") or {}
-            self._bulk = ((int(bulk.get("maxOperations") or 1000), int(bulk.get("maxPayloadSize") or 1_048_576))
-                          if bulk.get("supported") and (bulk.get("maxOperations") or 0) > 0 else None)
-        return self._bulk
+        bulk = self.service_provider_config().get("bulk") or {}
+        if not bulk.get("supported") or not (bulk.get("maxOperations") or 0) > 0:
+            return None
+        return int(bulk["maxOperations"]), int(bulk.get("maxPayloadSize") or 1_048_576)
 
     def apply_batch(self, ops: list[BatchOp], max_workers: int = 1) -> list[Any]:
         """Apply user operations through /Bulk when the server has it, else one call each over a thread pool.
