@@ -33,6 +33,16 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
 
 
+def prefect_ready() -> None:
+    """Make sure flows have a Prefect API (starting this process's temporary one), or exit 1 saying why."""
+    from deployments.prefect_api import PrefectUnavailable, ensure_prefect_api
+
+    try:
+        ensure_prefect_api(lambda line: typer.echo(line, err=True))
+    except PrefectUnavailable as exc:
+        fail(str(exc), 1)
+
+
 def _load(config: Optional[Path]):
     from models.config import load_config
     from models.validation import InvalidInput
@@ -100,6 +110,7 @@ def event(file: str = typer.Argument(..., help="Event JSON file, or - for standa
         typer.echo(f"event {accepted.event_id} was already processed ({accepted.status}); not applied again")
         outcomes = stored_outcomes(accepted.event_id)
     else:
+        prefect_ready()
         outcomes = run_flow(accepted.event_id, config)
     print_outcomes(outcomes)
     raise typer.Exit(1 if any(o["status"] == "failed" for o in outcomes) else 0)
@@ -172,6 +183,7 @@ def demo(users: int = typer.Option(50, help="How many sample users to provision.
         # shows them in the UI afterwards; its SQLite answers 503 under bursts, so the client retries more.
         os.environ.setdefault("PREFECT_HOME", str(Path(".prefect-demo").resolve()))
         os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "10")
+    prefect_ready()
     from sandbox.demo import run_demo
 
     raise typer.Exit(run_demo(users, database))
@@ -182,6 +194,9 @@ from deployments import commands_policy, commands_reconcile, commands_service  #
 
 
 def main() -> None:
+    from deployments.prefect_api import exit_on_sigterm
+
+    exit_on_sigterm()  # a stopped command still stops the temporary Prefect API it started
     try:
         app()
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from deployments.cli import ConfigOption, _load, _quiet_prefect, app, fail
+from deployments.cli import ConfigOption, _load, _quiet_prefect, app, fail, prefect_ready
 
 IMPORT_COLUMNS = ("username", "user_store", "email", "given_name", "family_name", "display_name", "active",
                   "roles", "groups")
@@ -105,6 +105,7 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
 
     from rich.progress import Progress
 
+    from connectors.errors import ProvisioningError
     from flows.reconcile import reconcile_connector
     from tasks.apply import progress_listeners
 
@@ -113,6 +114,7 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
     names = [connector] if connector else [c.name for c in cfg.connectors if c.enabled]
     if connector and connector not in [c.name for c in cfg.connectors]:
         fail(f"no connector {connector!r} in the configuration")
+    prefect_ready()
     results = []
     with Progress(transient=True) as progress:
         for name in names:
@@ -129,6 +131,10 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
                 results.append(asyncio.run(reconcile_connector(connector=name, dry_run=dry_run,
                                                                config_path=str(config) if config else None,
                                                                yes=yes, report=path, lock_wait=wait)))
+            except ProvisioningError as exc:  # the target refused or could not be reached: say so, no traceback
+                progress.stop()
+                fail(f"{name}: not reconciled: {exc}. Nothing was changed on {name}; check that the target is "
+                     f"reachable and its credentials are valid (outbound status), then run again.", 1)
             finally:
                 progress_listeners.remove(listener)
     for result in results:
