@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test install clean
+.PHONY: demo test fuzz install clean
+
+FUZZ_SECONDS ?= 600
+FUZZ_TESTS ?= tests/test_hostile.py
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +24,14 @@ demo: $(STAMP)
 	$(BIN)/outbound demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Property tests with a fresh random seed each round until FUZZ_SECONDS have passed; a failure stops
+# with the example and its reproduction blob (add it to the test as an @example).
+fuzz: $(STAMP)
+	end=$$(( $$(date +%s) + $(FUZZ_SECONDS) )); round=0; \
+	while [ $$(date +%s) -lt $$end ]; do round=$$((round + 1)); echo "fuzz round $$round"; \
+	  HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider $(FUZZ_TESTS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info outbound-demo.db*

@@ -8,6 +8,14 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# `make test` (and so CI) draws the same examples on every run: a property test that fails does so
+# every time, and a good change is never refused by chance. `make fuzz` explores with fresh seeds;
+# what it finds becomes an @example in the test.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")
