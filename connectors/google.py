@@ -273,8 +273,12 @@ class GoogleConnector:
     def get_user(self, remote_id: str) -> Account:
         return self._account(self._json(self._request("GET", f"users/{_key(remote_id)}")))
 
-    def find_user(self, *, external_id: Optional[str] = None, user_name: Optional[str] = None) -> Optional[Account]:
-        """Find the user by externalId (organization type), then by primary address; None if neither."""
+    def find_user(self, *, external_id: Optional[str] = None, user_name: Optional[str] = None,
+                  email: Optional[str] = None) -> Optional[Account]:
+        """Find the user by externalId (organization type), then by primary address; None if neither.
+
+        `email` adds nothing here: a Google username is the primary address itself.
+        """
         if external_id:
             params = {"customer": self.customer, "query": f"externalId:{query_value(external_id)}", "maxResults": 10}
             for user in self._json(self._request("GET", "users", params=params)).get("users") or []:

@@ -353,9 +353,10 @@ class SalesforceConnector:
         fields = self._select().replace(" ", "")
         return self._account(self._call(f"get user {remote_id}", lambda sf: sf.restful(path, params={"fields": fields})))
 
-    def find_user(self, *, external_id: Optional[str] = None, user_name: Optional[str] = None) -> Optional[Account]:
-        """Find the user (active or not) by FederationIdentifier, then by Username."""
-        for field, value in (("FederationIdentifier", external_id), ("Username", user_name)):
+    def find_user(self, *, external_id: Optional[str] = None, user_name: Optional[str] = None,
+                  email: Optional[str] = None) -> Optional[Account]:
+        """Find the user (active or not) by FederationIdentifier, then by Username, then by Email."""
+        for field, value in (("FederationIdentifier", external_id), ("Username", user_name), ("Email", email)):
             if not value:
                 continue
             for record in self._query(f"SELECT {self._select()} FROM User WHERE {field} = {soql_quote(value)} LIMIT 2"):

@@ -135,8 +135,9 @@ class Scim2Connector:
         body = self._json(self._request("GET", f"/{resource}", params={"filter": filter_, "count": count}))
         return body.get("Resources") or []
 
-    def find_user(self, *, external_id: Optional[str] = None, user_name: Optional[str] = None) -> Optional[Account]:
-        """Find the user by externalId, then by userName."""
+    def find_user(self, *, external_id: Optional[str] = None, user_name: Optional[str] = None,
+                  email: Optional[str] = None) -> Optional[Account]:
+        """Find the user by externalId, then by userName, then (only when asked) by a single matching email."""
         if external_id:
             try:
                 found = self._search("Users", filter_eq("externalId", external_id))
@@ -150,6 +151,13 @@ class Scim2Connector:
             for item in found:
                 if str(item.get("userName", "")).lower() == user_name.lower():
                     return self._from_scim(item)
+        if email:
+            try:
+                found = self._search("Users", filter_eq("emails.value", email))
+            except Rejected:  # a server that cannot filter on emails: no match by email
+                found = []
+            if len(found) == 1:  # an address two accounts share identifies neither
+                return self._from_scim(found[0])
         return None
 
     def service_provider_config(self) -> dict:

@@ -152,31 +152,59 @@ def prefect_server_reachable(timeout: float = 2.0) -> bool:
 
 
 class InProcess:
-    """Run provision_user in this process, a few events at a time, off the server's event loop."""
+    """Drain the outbox in this process: each accepted event wakes a drainer, which provisions
+    everything pending in batches (one flow run per batch, not per event) until nothing is left.
 
-    def __init__(self, config_path: Optional[str], connectors: list[str], workers: int = 4):
+    `workers` drainers run at once; they claim disjoint users, so a burst spreads over them. A
+    wake-up while every drainer is busy is not lost: a drainer looks again before it sleeps.
+    """
+
+    def __init__(self, config_path: Optional[str], connectors: list[str], workers: int = 2):
         self.config_path = config_path
         self.connectors = connectors
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="outbound-flow")
+        self._wake = threading.Condition()
+        self._pending_wakes = 0
+        self._stopped = False
         # The Prefect settings in force where the app was made (e.g. a test server) go with each run.
         self._context = contextvars.copy_context()
+        self._threads = [threading.Thread(target=self._context.copy().run, args=(self._loop,), daemon=True,
+                                          name=f"outbound-drain-{i}") for i in range(max(1, workers))]
+        self._started = False
 
     def __call__(self, event_id: str, event_type: str, trigger: str) -> None:
-        self._pool.submit(self._context.copy().run, self._run, event_id, trigger)
+        with self._wake:
+            if not self._started:
+                self._started = True
+                for thread in self._threads:
+                    thread.start()
+            self._pending_wakes += 1
+            self._wake.notify()
 
-    def _run(self, event_id: str, trigger: str) -> None:
+    def _loop(self) -> None:
         from prefect import tags
 
         from flows.provision import provision_user
 
-        try:
-            with tags(*run_tags(trigger, self.connectors)):
-                asyncio.run(provision_user(event_id=event_id, config_path=self.config_path))
-        except Exception as exc:  # the outbox keeps the event; the sweeper will try again
-            log.warning("event=%s in-process run failed: %s: %s", event_id, type(exc).__name__, exc)
+        while True:
+            with self._wake:
+                while not self._pending_wakes and not self._stopped:
+                    self._wake.wait()
+                if self._stopped:
+                    return
+                self._pending_wakes = 0  # one drain serves every wake-up so far
+            try:
+                with tags("trigger:event", *(f"connector:{c}" for c in self.connectors)):
+                    asyncio.run(provision_user(config_path=self.config_path))
+            except Exception as exc:  # the outbox keeps the events; the sweeper will try again
+                log.warning("in-process drain failed: %s: %s", type(exc).__name__, exc)
 
     def shutdown(self, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait)
+        with self._wake:
+            self._stopped = True
+            self._wake.notify_all()
+        if wait and self._started:
+            for thread in self._threads:
+                thread.join(timeout=60)
 
 
 class AutoDispatch:
@@ -243,7 +271,7 @@ async def _read_limited(request: Request, limit: int) -> Optional[bytes]:
 
 
 def create_app(config: Config, config_path: Optional[str] = None, *,
-               dispatch: DispatchMode | Callable[[str, str, str], object] = "auto", workers: int = 4) -> FastAPI:
+               dispatch: DispatchMode | Callable[[str, str, str], object] = "auto", workers: int = 2) -> FastAPI:
     """The event API for `config`; `dispatch` is a mode or a callable(event_id, event_type, trigger)."""
     from deployments.ingest import accept
 

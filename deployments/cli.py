@@ -67,11 +67,13 @@ def print_outcomes(outcomes: list[dict]) -> None:
 
 
 def run_flow(event_id: str, config: Optional[Path]) -> list[dict]:
+    """Provision the event (with whatever else is pending), then read its outcomes from the store."""
     import asyncio
 
     from flows.provision import provision_user
 
-    return asyncio.run(provision_user(event_id=event_id, config_path=str(config) if config else None))
+    asyncio.run(provision_user(event_id=event_id, config_path=str(config) if config else None))
+    return stored_outcomes(event_id)
 
 
 def stored_outcomes(event_id: str) -> list[dict]:

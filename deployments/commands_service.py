@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from deployments.cli import ConfigOption, _load, app, fail
+from deployments.cli import ConfigOption, _load, app, fail, prefect_ready
 
 
 @app.command()
@@ -16,7 +16,8 @@ def api(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         config: Optional[Path] = ConfigOption,
         dispatch: str = typer.Option("auto", help="auto (Prefect event when a server is reachable, else "
                                                   "in-process) | prefect | in-process."),
-        workers: int = typer.Option(4, help="In-process: events provisioned at once.")) -> None:
+        workers: int = typer.Option(2, help="In-process: drains at once (each provisions a batch of pending "
+                                             "events; 2 suit a 2-core machine).")) -> None:
     """Serve the HTTP event API (POST /v1/events, GET /v1/events/{id}, GET /healthz)."""
     import uvicorn
 
@@ -27,6 +28,8 @@ def api(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     if dispatch not in ("auto", "prefect", "in-process"):
         fail(f"--dispatch: expected auto, prefect or in-process, got {dispatch!r}")
     cfg = _load(config)
+    if dispatch != "prefect":
+        prefect_ready()  # one Prefect API for the process, started before the first request needs it
     try:
         application = create_app(cfg, str(config) if config else None, dispatch=dispatch, workers=workers)
     except (InvalidInput, SecretError) as exc:

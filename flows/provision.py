@@ -1,6 +1,14 @@
-"""The event flow: resolve-policy → generate-username → provision → reconcile, per connector, concurrently."""
+"""The event flow: drain the outbox in batches through resolve-policy → generate-username → provision → reconcile.
+
+One event is a batch of one; a burst is a batch of many (up to `limit` events, coalesced per user:
+the user's state in the store is what gets provisioned, so several events of one user cost one
+plan). Every step is one task per connector over the whole batch, never one per user, and the
+decision and the executor are the reconciliation's own (`tasks.plan`, `tasks.apply`), so an event
+and a nightly run can never disagree about a user. A run drains until nothing it can claim is left.
+"""
 
 import asyncio
+import time
 from typing import Optional
 
 from prefect import flow, get_run_logger
@@ -9,117 +17,174 @@ from prefect.runtime import flow_run
 
 from models.config import Config, load_config
 from models.db import session_scope
-from models.identity import load_view
-from models.runstate import connectors_of, get_event, record, set_event_status
-from tasks import groups as group_sync  # issue #3: groups
-from tasks.explain import attach_explanation  # issue #3: the explanation artifact
+from models.outbox import Batch, claim, finish, release
+from models.runstate import get_event
+from tasks.explain import attach_explanation
 from tasks.policy import resolve_policy
-from tasks.provision import Outcome, failed_outcome, provision
+from tasks.provision import Outcome, provision
 from tasks.reconcile import reconcile
 from tasks.retry import task_options
 from tasks.username import generate_username
 
+ARTIFACT_ROWS = 1000
+WAIT_FOR_USER = 300.0  # seconds an `outbound event` waits while another drain works on its user
+
 
 def _run_name() -> str:
-    event_id = flow_run.parameters.get("event_id", "?")
+    event_id = flow_run.parameters.get("event_id")
+    if not event_id:
+        return "provision pending events"
     with session_scope() as session:
         event = get_event(session, event_id)
         user = event.payload.get("user", {}) if event else {}
     return f"provision {user.get('username', '?')}@{user.get('user_store', 'PRIMARY')} ({event_id})"
 
 
-def _skip(decision, user, event_id) -> Outcome:
-    with session_scope() as session:
-        record(session, event_id=event_id, connector=decision.connector, entity_id=user.id,
-               entity_name=user.qualified_name, action="skip", operation="none", status="skipped",
-               reason=decision.reason, attempts=0)
-    return Outcome(decision.connector, "skip", "none", "skipped", decision.reason)
+def batch_name(batch: Batch) -> str:
+    """`provision alice@PRIMARY (evt-1)` for one event, `provision 340 users (evt-a … evt-z)` for more."""
+    ids = batch.event_ids
+    if len(batch) == 1 and len(ids) == 1:
+        return f"provision {next(iter(batch.names.values()))} ({ids[0]})"
+    span = "" if not ids else f" ({ids[0]})" if len(ids) == 1 else f" ({ids[0]} … {ids[-1]})"
+    return f"provision {len(batch)} user{'s' if len(batch) != 1 else ''}{span}"
 
 
-def _record_failure(decision, user, event_id, exc) -> Outcome:
-    """A failure before the provision task ran (e.g. the username could not be generated)."""
-    outcome = failed_outcome(decision, exc)
-    with session_scope() as session:
-        record(session, event_id=event_id, connector=decision.connector, entity_id=user.id,
-               entity_name=user.qualified_name, action=decision.action, operation="none", status="failed",
-               reason=decision.reason, attempts=1, error_code=getattr(exc, "code", type(exc).__name__),
-               error_message=str(exc), flow_run_id=str(flow_run.id) if flow_run.id else None)
-    return outcome
+def _label(batch: Batch, config: Config) -> None:
+    """Name the run after what it holds and tag it `trigger:<how>`, `connector:<name>`, so the UI filters work."""
+    from prefect.client.orchestration import get_client
+
+    if not flow_run.id:
+        return
+    name = batch_name(batch)
+    tags = sorted({*flow_run.tags, *(f"trigger:{t}" for t in batch.triggers),
+                   *(f"connector:{c.name}" for c in config.connectors if c.enabled)})
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=name, tags=tags)
+    except Exception as exc:  # a name is worth a log line, never a failed batch
+        get_run_logger().warning("could not name the run %r: %s", name, exc)
 
 
-def run_event(event_id: str, config: Config) -> list[Outcome]:
-    """The flow's body, usable from any flow (event, sweeper): returns one outcome per connector."""
+def claim_event(event_id: str, limit: int) -> Batch:
+    """Claim the event's user (waiting while another drain holds it) with whatever else is pending."""
+    deadline = time.monotonic() + WAIT_FOR_USER
+    while True:
+        batch = claim(1, event_ids=[event_id])
+        if len(batch) or time.monotonic() > deadline:
+            break
+        with session_scope() as session:
+            event = get_event(session, event_id)
+            if event is None or event.status not in ("accepted", "running"):
+                return batch  # another drain finished it
+        time.sleep(0.2)
+    if len(batch) and limit > 1:
+        more = claim(limit - 1, owner=batch.owner)
+        for user, ids in more.events.items():
+            batch.events.setdefault(user, []).extend(e for e in ids if e not in batch.events.get(user, []))
+        batch.names.update(more.names)
+        batch.triggers |= more.triggers
+    return batch
+
+
+def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
+    """The DAG over one batch: per connector, concurrently. Returns each user's outcomes."""
     logger = get_run_logger()
-    with session_scope() as session:
-        event = get_event(session, event_id)
-        if event is None:
-            raise ValueError(f"no event {event_id!r} in the outbox")
-        set_event_status(session, event_id, "running")
-        user = load_view(session, event.user_id)
-        provisioned_on = connectors_of(session, user.id)
-
-    decisions = resolve_policy(user, config, provisioned_on)
     options = task_options(config.retry)
-    provision_task, reconcile_task = provision.with_options(**options), reconcile.with_options(**options)
-    username_task = generate_username.with_options(**options)
-
-    outcomes: list[Outcome] = []
+    run_id = f"events:{flow_run.id or 'local'}"
+    label = batch_name(batch).removeprefix("provision ")
+    decisions = resolve_policy(batch.user_ids, config, label)
+    for who, ds in list(decisions.items())[:50]:
+        logger.info("user=%s %s", who, "; ".join(f"{d.connector}: {d.action} ({d.reason})" for d in ds))
     pending = []
-    for decision in decisions:
-        logger.info("user=%s connector=%s decision=%s reason=%s", user.qualified_name, decision.connector,
-                    decision.action, decision.reason)
-        if decision.action == "skip":
-            outcomes.append(_skip(decision, user, event_id))
-            continue
-        name = username_task.submit(user, decision.connector, config) if decision.action == "provision" else None
-        done = provision_task.submit(decision, user, config, event_id, name)
-        pending.append((decision, name, done, reconcile_task.submit(decision.connector, done, user, config, event_id)))
-
-    for decision, name, done, verified in pending:
+    for cfg in config.connectors:
+        state = generate_username.with_options(**options).submit(cfg.name, batch.user_ids, config)
+        done = provision.with_options(**options).submit(cfg.name, state, batch.events, config, run_id)
+        checked = reconcile.with_options(**options).submit(cfg.name, done, batch.events, config, run_id)
+        pending.append((cfg.name, state, done, checked))
+    per_user: dict[str, list[Outcome]] = {u: [] for u in batch.user_ids}
+    for name, state, done, checked in pending:
         try:
-            outcome = done.result()
-        except Exception as exc:  # provision recorded its own failure; name failures are recorded here
-            if name is not None:
-                name.wait()
-            if name is not None and name.state.is_failed():
-                # _sync: inside this async flow, State.result would otherwise hand back a coroutine.
-                cause = name.state.result(raise_on_failure=False, _sync=True)
-                outcome = _record_failure(decision, user, event_id, cause)
+            outcomes = done.result()
+        except Exception as exc:  # the whole connector failed for this batch (e.g. the target is down)
+            code = getattr(exc, "code", type(exc).__name__)
+            if code == "quarantined":
+                logger.warning("connector=%s not provisioned: the connector is quarantined (%s)", name, exc)
             else:
-                outcome = failed_outcome(decision, exc)
-            if getattr(exc, "code", None) == "quarantined":  # issue 8: show the quarantine in the run
-                logger.warning("user=%s connector=%s not provisioned: the connector is quarantined (%s)",
-                               user.qualified_name, decision.connector, exc)
+                logger.warning("connector=%s failed for the batch: %s: %s", name, code, exc)
+            outcomes = [Outcome(name, "provision", "none", "failed", "the connector failed for the batch",
+                                error=f"{code}: {exc}", user_id=u, entity_name=batch.names.get(u))
+                        for u in batch.user_ids]
+            if state.state.is_failed():  # provision never ran, so it recorded nothing
+                _record_failures(outcomes, batch, run_id)
         else:
             try:
-                verified.result()
+                checked.result()
             except Exception as exc:
-                logger.warning("user=%s connector=%s read-back failed: %s", user.qualified_name, decision.connector, exc)
-        outcomes.append(outcome)
+                logger.warning("connector=%s read-back failed: %s", name, exc)
+        for o in outcomes:
+            per_user.setdefault(o.user_id, []).append(o)
+    return per_user
 
-    # Issue #3: keep each group-managing connector's configured groups in step with this user.
-    group_sync.wait_all([group_sync.submit_for(o, user, config, event_id) for o in outcomes], logger)
 
-    failed = [o for o in outcomes if o.status == "failed"]
+def _record_failures(outcomes: list[Outcome], batch: Batch, run_id: str) -> None:
+    from sqlalchemy import insert
+
+    from models.tables import Operation, utcnow
+    from tasks.apply import event_rows
+
+    now = utcnow()
+    rows = [{"connector": o.connector, "entity_type": "user", "entity_id": o.user_id, "entity_name": o.entity_name,
+             "action": o.action, "operation": "none", "status": "failed", "attempts": 0, "reason": o.reason,
+             "error_code": o.error.split(":")[0], "error_message": o.error.partition(": ")[2], "remote_id": None,
+             "remote_name": None, "drift": None, "flow_run_id": str(flow_run.id) if flow_run.id else None,
+             "started_at": now, "finished_at": now} for o in outcomes]
     with session_scope() as session:
-        set_event_status(session, event_id, "failed" if failed else "succeeded",
-                         "; ".join(f"{o.connector}: {o.error}" for o in failed) or None)
-    _artifacts(user.qualified_name, event_id, outcomes)
-    attach_explanation(user.id, config, event_id)  # issue #3: `outbound explain`, attached to the run
-    return outcomes
+        session.exec(insert(Operation), params=event_rows(rows, batch.events, run_id))
 
 
-def _artifacts(who: str, event_id: str, outcomes: list[Outcome]) -> None:
-    rows = [{"connector": o.connector, "action": o.action, "operation": o.operation, "status": o.status,
-             "remote_id": o.remote_id or "", "remote_username": o.remote_name or "", "reason": o.reason,
-             "error": o.error or ""} for o in outcomes]
-    create_table_artifact(table=rows, description=f"Operations for {who} (event {event_id})", _sync=True)
+def _artifact(batch: Batch, per_user: dict[str, list[Outcome]]) -> None:
+    rows = [{"user": o.entity_name or u, "connector": o.connector, "action": o.action, "operation": o.operation,
+             "status": o.status, "remote_id": o.remote_id or "", "remote_username": o.remote_name or "",
+             "reason": o.reason, "error": o.error or ""}
+            for u, outs in per_user.items() for o in outs][:ARTIFACT_ROWS]
+    create_table_artifact(table=rows, description=f"Operations of {batch_name(batch).removeprefix('provision ')}",
+                          _sync=True)
+
+
+def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000) -> int:
+    """Claim and provision batches until nothing claimable is left; return how many events were run."""
+    logger = get_run_logger()
+    total, first = 0, True
+    while True:
+        batch = claim_event(event_id, limit) if (first and event_id) else claim(limit)
+        if not len(batch):
+            return total
+        if first:
+            _label(batch, config)
+        first = False
+        try:
+            per_user = run_batch(batch, config)
+        except BaseException:
+            release(batch)  # the events stay pending: the next drain or the sweeper runs them again
+            raise
+        outcome = {}
+        for user, outs in per_user.items():
+            failed = [o for o in outs if o.status == "failed"]
+            outcome[user] = ("failed" if failed else "succeeded",
+                             "; ".join(f"{o.connector}: {o.error}" for o in failed) or None)
+        finish(batch, outcome)
+        _artifact(batch, per_user)
+        if len(batch) == 1:
+            attach_explanation(batch.user_ids[0], config, batch.event_ids[-1])
+        total += len(batch.event_ids)
+        logger.info("batch of %d events (%d users) done: %d failed", len(batch.event_ids), len(batch),
+                    sum(1 for s, _ in outcome.values() if s == "failed"))
 
 
 @flow(name="provision-user", flow_run_name=_run_name, retries=0, log_prints=False, validate_parameters=True)
-async def provision_user(event_id: str, config_path: Optional[str] = None) -> list[dict]:
-    """Provision one user after an identity event, to every connector the policy selects."""
+async def provision_user(event_id: Optional[str] = None, config_path: Optional[str] = None,
+                         limit: int = 1000) -> int:
+    """Provision the users of pending events (this one first), in batches, to every connector the policy selects."""
     # The body blocks (store I/O, waiting on task futures): run it in a thread, with this run's
-    # context, so the event loop stays free and several events progress at once in one process.
-    outcomes = await asyncio.to_thread(run_event, event_id, load_config(config_path))
-    return [o.__dict__ for o in outcomes]
+    # context, so the event loop stays free and several runs progress at once in one process.
+    return await asyncio.to_thread(drain, load_config(config_path), event_id, limit)

@@ -206,6 +206,10 @@ class ConnectorConfig(Strict):
     # None: the target's own default (delete for SCIM, suspend for Google, disable for Salesforce).
     deprovision: Optional[Literal["delete", "disable", "suspend", "none"]] = None
     on_collision: Literal["fail", "suffix"] = "fail"
+    # How an unlinked account in the target is recognised as a user's, tried in this order. Email is
+    # opt-in: two people can share a mailbox, and an address is reassigned when someone leaves.
+    match: list[Literal["external_id", "user_name", "email"]] = Field(
+        default_factory=lambda: ["external_id", "user_name"], min_length=1)
     max_concurrency: Optional[int] = Field(default=None, ge=1, le=1000)
     requests_per_second: Optional[float] = Field(default=None, gt=0)
     # Reconciliation: what to do with an account we manage that no desired user wants any more,

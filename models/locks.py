@@ -78,3 +78,43 @@ def lease(name: str, ttl: float = 600.0, wait: float = 120.0, poll: float = 0.05
         yield owner
     finally:
         release(name, owner)
+
+
+def acquire_many(names: list[str], ttl: float, owner: str) -> set[str]:
+    """Take every free one of the leases `names` in one transaction; return those now held by `owner`.
+
+    A drain claims the users of a batch this way: a user another drain is working on is left for
+    later instead of being waited for.
+    """
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+    from sqlmodel import select
+
+    if not names:
+        return set()
+    now = utcnow()
+    held: set[str] = set()
+    with session_scope() as session:
+        for start in range(0, len(names), 500):
+            part = names[start:start + 500]
+            session.exec(delete(Lease).where(Lease.name.in_(part), Lease.expires_at < now))
+            for lease_ in session.exec(select(Lease).where(Lease.name.in_(part))).all():
+                if _dead_here(lease_.owner):
+                    session.delete(lease_)
+            session.flush()
+            insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+            session.exec(insert(Lease).values([
+                {"name": n, "owner": owner, "acquired_at": now, "expires_at": now + timedelta(seconds=ttl)}
+                for n in part]).on_conflict_do_nothing(index_elements=["name"]))
+            held |= set(session.exec(select(Lease.name).where(Lease.name.in_(part), Lease.owner == owner)).all())
+    return held
+
+
+def release_many(names: list[str], owner: str) -> None:
+    with session_scope() as session:
+        for start in range(0, len(names), 500):
+            session.exec(delete(Lease).where(Lease.name.in_(names[start:start + 500]), Lease.owner == owner))
+
+
+def new_owner() -> str:
+    return _owner()

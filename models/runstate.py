@@ -39,6 +39,15 @@ def connectors_of(session: Session, local_id: str, entity_type: str = "user") ->
                                                             Mapping.entity_type == entity_type)))
 
 
+def connectors_of_users(session: Session, local_ids: list[str]) -> dict[str, set[str]]:
+    """Per user: the connectors the user has an account on."""
+    out: dict[str, set[str]] = {}
+    for local_id, connector in session.exec(select(Mapping.local_id, Mapping.connector).where(
+            Mapping.local_id.in_(local_ids), Mapping.entity_type == "user")):
+        out.setdefault(local_id, set()).add(connector)
+    return out
+
+
 def save_mapping(session: Session, connector: str, local_id: str, remote_id: str, remote_name: str,
                  values_hash: Optional[str], entity_type: str = "user") -> Mapping:
     mapping = get_mapping(session, connector, local_id, entity_type)

@@ -42,12 +42,16 @@ class Counts:
     failed: int = 0
     skipped: int = 0
     failures: list[dict] = field(default_factory=list)
+    # The operation rows written, kept only for an event batch (its per-user outcomes); a full
+    # reconciliation of a million users does not hold them in memory.
+    operations: list[dict] = field(default_factory=list)
 
     def add(self, other: "Counts") -> None:
         self.succeeded += other.succeeded
         self.failed += other.failed
         self.skipped += other.skipped
         self.failures.extend(other.failures)
+        self.operations.extend(other.operations)
 
     def as_dict(self) -> dict[str, int]:
         return {"succeeded": self.succeeded, "failed": self.failed, "skipped": self.skipped}
@@ -108,12 +112,37 @@ def _with_retries(connector, ops: list[BatchOp], workers: int, policy: RetryPoli
                  tries.count(again[0]) + 1, wait, results[again[0]])
         time.sleep(wait)
         started = utcnow()
+        again = _unless_applied(connector, ops, results, again)
+        if not again:
+            continue
         answers = _send_all(connector, [ops[i] for i in again], workers)
         finished = utcnow()
         for i, result in zip(again, answers):
             results[i] = result
             tries.history[i].append((started, finished, result if isinstance(result, BaseException) else None))
     return results, tries
+
+
+def _unless_applied(connector, ops: list[BatchOp], results: list[Any], again: list[int]) -> list[int]:
+    """Of the creates about to be sent again, those not already in the target.
+
+    A create whose answer was lost (a timeout, a dropped connection, a batch answer missing it) may
+    have been applied: look for the account by its externalId before sending it again, so a lost
+    answer never makes a second account.
+    """
+    still = []
+    for i in again:
+        op = ops[i]
+        if op.kind == "create" and op.account is not None and op.account.external_id:
+            try:
+                found = connector.find_user(external_id=op.account.external_id)
+            except ConnectorError:
+                found = None
+            if found is not None and found.external_id == op.account.external_id:
+                results[i] = found
+                continue
+        still.append(i)
+    return still
 
 
 def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple]]) -> list[dict]:
@@ -136,21 +165,49 @@ def _code(error: Optional[BaseException]) -> Optional[str]:
     return getattr(error, "code", type(error).__name__) if error is not None else None
 
 
-def _adopt(connector, row: dict, account: Account) -> Optional[Account]:
-    """After a create met AlreadyExists: the account, when it is ours to link (no one else's externalId)."""
+def _adopt(connector, cfg: ConnectorConfig, row: dict) -> Optional[Account]:
+    """After a create met AlreadyExists: the account, when it is this user's to link.
+
+    Not when it carries another externalId, nor when it is linked to another local user: the same
+    ownership rule as the plan's matching.
+    """
     try:
         found = connector.find_user(external_id=row["local_id"], user_name=row["user_name"])
     except ConnectorError:
         return None
     if found is None or (found.external_id and found.external_id != row["local_id"]):
         return None
-    return found
+    from sqlmodel import select
+
+    with session_scope() as session:
+        owner = session.exec(select(Mapping.local_id).where(
+            Mapping.connector == cfg.name, Mapping.entity_type == "user", Mapping.remote_id == found.id)).first()
+    return found if owner in (None, row["local_id"]) else None
+
+
+def event_rows(op_rows: list[dict], events: Optional[dict[str, list[str]]], run_id: str) -> list[dict]:
+    """Give each operation row its event: the user's latest event of the batch, or the reconciliation.
+
+    When a batch coalesced several events of one user, the same outcome is recorded for each, so every
+    event can be asked what became of it.
+    """
+    if events is None:
+        return op_rows
+    out = []
+    for row in op_rows:
+        ids = events.get(row["entity_id"]) or events.get(row.get("_member") or "") or [f"reconcile:{run_id}"]
+        for event_id in reversed(ids):
+            out.append({**{k: v for k, v in row.items() if k != "_member"}, "event_id": event_id})
+    return out
 
 
 def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorConfig, connector, *,
                run_id: str, policy: RetryPolicy, dry_run: bool = False,
-               flow_run_id: Optional[str] = None) -> Counts:
-    """Apply one chunk of plan rows and record each outcome; never raises for one row."""
+               flow_run_id: Optional[str] = None, events: Optional[dict[str, list[str]]] = None) -> Counts:
+    """Apply one chunk of plan rows and record each outcome; never raises for one row.
+
+    `events`: for an event batch, local id -> the batch's event ids of that user, oldest first.
+    """
     counts = Counts()
     todo = [(i, op) for i, row in enumerate(rows) if (op := _batch_op(row, accounts)) is not None]
     outcomes: list[Any] = [None] * len(rows)
@@ -166,7 +223,7 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
         action, kind = row["action"], row["op"]
         remote_id = row["remote_id"]
         if isinstance(result, AlreadyExists) and kind == "create" and not dry_run:
-            adopted = _adopt(connector, row, accounts[row["local_id"]])
+            adopted = _adopt(connector, cfg, row)
             if adopted is not None:
                 result, action = adopted, "link"
         if isinstance(result, BaseException):
@@ -189,12 +246,17 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
                                  "updated_at": now})
             elif kind in UNMAPPED and remote_id:
                 gone_remote.append(remote_id)
+            elif kind == "update" and "user_name" in (row["changes"] or {}) and row["local_id"] in accounts:
+                account = accounts[row["local_id"]]  # a rename: the mapping follows the account's new name
+                new_maps.append({"connector": cfg.name, "entity_type": "user", "local_id": row["local_id"],
+                                 "remote_id": remote_id, "remote_name": account.user_name,
+                                 "pushed_hash": pushed_hash(account.managed()), "created_at": now,
+                                 "updated_at": now})
         error = result if isinstance(result, BaseException) else None
         op_rows.append({
             "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "user",
             "entity_id": row["local_id"] or remote_id or "-", "entity_name": row["entity_name"],
-            "action": "skip" if status == "skipped" else "deprovision" if kind in ("delete",) or action == "orphan"
-            else "provision",
+            "action": "skip" if status == "skipped" else row.get("decision") or "provision",
             "operation": action, "status": status, "attempts": n, "reason": row["reason"],
             "error_code": _code(error),
             "error_message": str(error) if error else None, "remote_id": remote_id,
@@ -202,6 +264,10 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
             "started_at": tried[0][0] if tried else now, "finished_at": now})
     if dry_run:
         return counts
+    if events is not None:
+        counts.operations.extend(op_rows)
+        op_rows = event_rows(op_rows, events, run_id)
+        history = _spread(history, rows, events)
     with session_scope() as session:  # operations and mappings in one transaction
         if new_maps:
             ids = [m["local_id"] for m in new_maps]
@@ -226,7 +292,8 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
 
 @task(name="apply-chunk", task_run_name="apply {connector_name} rows {first}-{last}", cache_policy=NO_CACHE)
 def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Account], cfg: ConnectorConfig,
-                run_id: str, policy: RetryPolicy, dry_run: bool, first: int, last: int) -> Counts:
+                run_id: str, policy: RetryPolicy, dry_run: bool, first: int, last: int,
+                events: Optional[dict[str, list[str]]] = None) -> Counts:
     """Apply rows first..last of the plan through the connector's batch method."""
     from connectors.factory import get_connector
     from prefect.runtime import flow_run
@@ -236,10 +303,19 @@ def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Accou
     # waits its retry_after) and reports the target's health.
     connector = health.guarded(get_connector(cfg, dry_run=dry_run), cfg)
     counts = apply_rows(rows, accounts, cfg, connector, run_id=run_id, policy=policy, dry_run=dry_run,
-                        flow_run_id=str(flow_run.id) if flow_run.id else None)
+                        flow_run_id=str(flow_run.id) if flow_run.id else None, events=events)
     log.info("connector=%s rows=%d-%d succeeded=%d failed=%d skipped=%d", connector_name, first, last,
              counts.succeeded, counts.failed, counts.skipped)
     return counts
+
+
+def _spread(history: list[list[tuple]], rows: list[dict], events: dict[str, list[str]]) -> list[list[tuple]]:
+    """The tries of each row, repeated for every event the row is recorded under (see event_rows)."""
+    out = []
+    for row, tried in zip(rows, history):
+        key = row["local_id"] or row["remote_id"] or "-"
+        out += [tried] * max(1, len(events.get(key) or ()))
+    return out
 
 
 def chunks(rows: list[dict], size: int) -> list[tuple[int, list[dict]]]:
@@ -261,15 +337,28 @@ def _group_member_ids(cfg: ConnectorConfig, rows: list[dict]) -> dict[str, Optio
     return {r["local_id"]: r["remote_id"] or mapped.get(r["local_id"]) for r in rows if r["local_id"]}
 
 
+def _local_group(name: str) -> tuple[str, str]:
+    """The local group's (id, name); a configured group nobody has joined yet is created empty."""
+    from sqlmodel import select
+
+    from models.tables import Group
+
+    with session_scope() as session:
+        group = session.exec(select(Group).where(Group.name == name)).first()
+        if group is None:
+            group = Group(name=name)
+            session.add(group)
+            session.flush()
+        return group.id, group.name
+
+
 def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_id: str, dry_run: bool = False,
-                     flow_run_id: Optional[str] = None) -> Counts:
+                     flow_run_id: Optional[str] = None, events: Optional[dict[str, list[str]]] = None) -> Counts:
     """Apply the plan's group rows: create missing groups, then one add and one remove call per group.
 
     Each row is recorded as an operation (entity_type="group"); a failed call fails its rows only.
     Dry-run sends nothing and records nothing.
     """
-    from tasks.groups import _local_group
-
     counts, op_rows, group_maps = Counts(), [], []
     by_group: dict[str, list[dict]] = {}
     for row in rows:
@@ -287,7 +376,7 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
             "attempts": 0 if status == "skipped" else 1, "reason": reason or row["reason"],
             "error_code": _code(error), "error_message": str(error) if error else None,
             "remote_id": group_remote_id, "remote_name": row["group"], "drift": None, "flow_run_id": flow_run_id,
-            "started_at": started, "finished_at": utcnow()})
+            "started_at": started, "finished_at": utcnow(), "_member": row["local_id"]})
 
     for name, group_rows in by_group.items():
         group_id, group_remote_id = group_rows[0]["group_id"], group_rows[0]["group_remote_id"]
@@ -326,6 +415,10 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
         return counts
     from models.runstate import save_mapping
 
+    if events is not None:
+        counts.operations.extend(op_rows)
+    op_rows = event_rows(op_rows, events, run_id) if events is not None else [
+        {k: v for k, v in r.items() if k != "_member"} for r in op_rows]
     with session_scope() as session:
         for group_id, group_remote_id, name in group_maps:
             save_mapping(session, cfg.name, group_id, group_remote_id, name, None, entity_type="group")
@@ -335,13 +428,14 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
 
 
 @task(name="apply-groups", task_run_name="apply {connector_name} groups", cache_policy=NO_CACHE)
-def apply_groups(connector_name: str, rows: list[dict], cfg: ConnectorConfig, run_id: str, dry_run: bool) -> Counts:
+def apply_groups(connector_name: str, rows: list[dict], cfg: ConnectorConfig, run_id: str, dry_run: bool,
+                 events: Optional[dict[str, list[str]]] = None) -> Counts:
     """Apply the plan's group rows (after its user rows)."""
     from connectors.factory import get_connector
     from prefect.runtime import flow_run
 
     counts = apply_group_rows(rows, cfg, get_connector(cfg, dry_run=dry_run), run_id=run_id, dry_run=dry_run,
-                              flow_run_id=str(flow_run.id) if flow_run.id else None)
+                              flow_run_id=str(flow_run.id) if flow_run.id else None, events=events)
     log.info("connector=%s groups rows=%d succeeded=%d failed=%d skipped=%d", connector_name, len(rows),
              counts.succeeded, counts.failed, counts.skipped)
     return counts

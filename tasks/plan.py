@@ -1,9 +1,10 @@
 """plan: what one connector's target should hold, what it does hold, and the difference as a typed plan.
 
-The desired state comes from the store through the same policy (`tasks.policy.decide`) and the same
-username rules (`tasks.username.user_name_for`) as the event flow; the target's state from the
-connector's paged listing. The diff is vectorised pandas (merges on keys), so a million accounts
-plan in seconds.
+This is the one decision engine: an event batch (a few users) and a full reconciliation (every
+user) both plan here. The desired state comes from the store through the policy
+(`tasks.policy.decide`) and the username rule (`tasks.username.assign_names`); the target's state
+from the connector's paged listing (every user) or from lookups of just the batch's accounts
+(`observe`). The diff is vectorised pandas (merges on keys), so a million accounts plan in seconds.
 
 A plan is a DataFrame with one row per action (`PLAN_COLUMNS`):
 
@@ -15,6 +16,7 @@ A plan is a DataFrame with one row per action (`PLAN_COLUMNS`):
   remote_id    the target's id (None for create/relink)
   changes      {field: {"had": …, "want": …}} for update and link, else None
   reason       why (the policy's reason, or what matched)
+  decision     provision (the user is wanted here) | deprovision (out of scope, or an orphan)
 
 With `groups` configured on a connector that supports them, the plan also holds `group_rows`
 (`GROUP_COLUMNS`), applied after the user rows: group_create (a configured group missing from the
@@ -31,18 +33,19 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from connectors.base import MANAGED, Account, RemoteGroup
+from connectors.errors import NotFound, Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView
 from models.tables import Group, GroupMember, Mapping, Role, User, UserRole
-from tasks.policy import decide
-from tasks.provision import desired_account
-from tasks.username import user_name_for, with_suffix
+from tasks.policy import Decision, decide
+from tasks.username import MAX_SUFFIX, GeneratedName, assign_names, user_name_for, with_suffix
 
 ACTIONS = ("create", "update", "disable", "enable", "delete", "link", "relink", "orphan")
-PLAN_COLUMNS = ("action", "op", "local_id", "entity_name", "user_name", "remote_id", "changes", "reason")
+PLAN_COLUMNS = ("action", "op", "local_id", "entity_name", "user_name", "remote_id", "changes", "reason", "decision")
 # Compared as text; `active` is compared as a flag and planned as enable/disable.
 TEXT_FIELDS = tuple(f for f in MANAGED if f != "active")
 GROUP_ACTIONS = ("group_create", "member_add", "member_remove")
@@ -68,9 +71,19 @@ class Plan:
     max_deletions: Optional[int] = None
     desired: dict[str, Account] = field(default_factory=dict)  # local_id -> account, for create/relink/link
     group_rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(GROUP_COLUMNS)))
+    # Users the policy wants here who cannot have an account (a username collision, a name the
+    # target refuses): local_id -> (user@STORE, the error). Each is a failed operation.
+    conflicts: dict[str, tuple[str, Rejected]] = field(default_factory=dict)
+    # Per user of the plan: the decision's action and reason, and the account it has (for the
+    # per-user outcome of an event batch).
+    decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)  # local_id -> (user@STORE, decision)
+    mapped: dict[str, str] = field(default_factory=dict)  # local_id -> remote_id, before the plan
+    present: set[str] = field(default_factory=set)  # a batch's plan: the remote ids found in the target
 
     def counts(self) -> dict[str, int]:
         counts = {a: 0 for a in ACTIONS}
+        if self.conflicts:
+            counts["conflict"] = len(self.conflicts)
         counts.update(self.rows["action"].value_counts().to_dict())
         if len(self.group_rows):
             counts.update({a: 0 for a in GROUP_ACTIONS})
@@ -120,6 +133,17 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig) -> Account:
+    """The account `user` should have on `cfg`, named `user_name`."""
+    display = user.display_name or " ".join(p for p in (user.given_name, user.family_name) if p) or None
+    extra = {}
+    if cfg.salesforce is not None:
+        extra = {field: user.attributes.get(attr) for field, attr in cfg.salesforce.field_map.items()}
+    return Account(user_name=user_name, external_id=user.id, given_name=user.given_name,
+                   family_name=user.family_name, display_name=display, email=user.email,
+                   active=user.active, extra=extra)
+
+
 @dataclass
 class DesiredState:
     """The store's side: desired accounts, users to deprovision, the mappings and every known local id."""
@@ -129,47 +153,78 @@ class DesiredState:
     mappings: pd.DataFrame  # local_id, remote_id, remote_name
     known_ids: pd.Series  # every local user id (an externalId among them is ours)
     accounts: dict[str, Account]
+    conflicts: dict[str, tuple[str, Rejected]] = field(default_factory=dict)
+    decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)
+    user_ids: Optional[list[str]] = None  # the batch, or None for every user
 
 
-def load_views(session: Session, tenant: str) -> list[UserView]:
-    """Every user of the tenant as the policy sees it, in three queries (not three per user)."""
+def load_views(session: Session, tenant: str, user_ids: Optional[list[str]] = None) -> list[UserView]:
+    """Users of the tenant as the policy sees them (all, or `user_ids`), oldest first, in three queries."""
+    users = select(User).where(User.tenant == tenant).order_by(User.created_at, User.id)
+    role_q = select(UserRole.user_id, Role.name).join(Role, Role.id == UserRole.role_id)
+    group_q = select(GroupMember.user_id, Group.name).join(Group, Group.id == GroupMember.group_id)
+    if user_ids is not None:
+        users = users.where(User.id.in_(user_ids))
+        role_q, group_q = role_q.where(UserRole.user_id.in_(user_ids)), group_q.where(GroupMember.user_id.in_(user_ids))
     roles: dict[str, set] = {}
-    for user_id, name in session.exec(select(UserRole.user_id, Role.name).join(Role, Role.id == UserRole.role_id)):
+    for user_id, name in session.exec(role_q):
         roles.setdefault(user_id, set()).add(name)
     groups: dict[str, set] = {}
-    for user_id, name in session.exec(select(GroupMember.user_id, Group.name)
-                                      .join(Group, Group.id == GroupMember.group_id)):
+    for user_id, name in session.exec(group_q):
         groups.setdefault(user_id, set()).add(name)
     return [UserView(id=u.id, username=u.username, user_store=u.user_store, tenant=u.tenant, email=u.email,
                      given_name=u.given_name, family_name=u.family_name, display_name=u.display_name,
                      active=u.active, deleted=u.deleted_at is not None, source=u.source, idps=tuple(u.idps),
                      roles=frozenset(roles.get(u.id, ())), groups=frozenset(groups.get(u.id, ())),
                      attributes=dict(u.attributes))
-            for u in session.exec(select(User).where(User.tenant == tenant))]
+            for u in session.exec(users)]
 
 
-def _kept_name(generated: str, mapped: Optional[str], cfg: ConnectorConfig) -> str:
-    """The mapped name when it is the generated one with a collision suffix (as the event path keeps it)."""
-    if mapped and mapped != generated and cfg.on_collision == "suffix" and any(
-            mapped == with_suffix(generated, n) for n in range(2, 100)):
-        return mapped
-    return generated
+MAPPING_COLUMNS = ["local_id", "remote_id", "remote_name"]
 
 
-def desired_state(session: Session, config: Config, cfg: ConnectorConfig) -> DesiredState:
-    """Read the desired state of connector `cfg` from the store: the event path's policy and usernames."""
-    mappings = pd.DataFrame.from_records(
-        list(session.exec(select(Mapping.local_id, Mapping.remote_id, Mapping.remote_name)
-                          .where(Mapping.connector == cfg.name, Mapping.entity_type == "user"))),
-        columns=["local_id", "remote_id", "remote_name"])
+def _mappings(session: Session, cfg: ConnectorConfig, views: list[UserView], config: Config,
+              user_ids: Optional[list[str]]) -> pd.DataFrame:
+    """The connector's user mappings: all of them, or for a batch its own and those holding a name it may take."""
+    query = select(Mapping.local_id, Mapping.remote_id, Mapping.remote_name).where(
+        Mapping.connector == cfg.name, Mapping.entity_type == "user")
+    if user_ids is not None:
+        generated = {user_name_for(u, cfg, config).user_name for u in views}
+        wanted = {g.lower() for g in generated}
+        if cfg.on_collision == "suffix":
+            wanted |= {with_suffix(g, n).lower() for g in generated for n in range(2, MAX_SUFFIX + 1)}
+        if len(wanted) <= 5000:  # else reading every mapping is cheaper than a huge IN list
+            query = query.where(Mapping.local_id.in_(user_ids) | func.lower(Mapping.remote_name).in_(wanted))
+    return pd.DataFrame.from_records(list(session.exec(query)), columns=MAPPING_COLUMNS)
+
+
+def _qualified_names(session: Session, views: list[UserView], mapped: dict[str, str]) -> dict[str, str]:
+    """user@STORE of the users planned and of every other user holding a name they may collide with."""
+    names = {u.id: u.qualified_name for u in views}
+    others = [i for i in mapped if i not in names]
+    for start in range(0, len(others), 500):
+        for user_id, username, store in session.exec(select(User.id, User.username, User.user_store)
+                                                     .where(User.id.in_(others[start:start + 500]))):
+            names[user_id] = f"{username}@{store}"
+    return names
+
+
+def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_ids: Optional[list[str]] = None,
+                  check_name=lambda _: None) -> DesiredState:
+    """Read the desired state of connector `cfg` from the store, for every user or the batch `user_ids`."""
+    views = load_views(session, config.tenant_domain, user_ids)
+    mappings = _mappings(session, cfg, views, config, user_ids)
     mapped = dict(zip(mappings["local_id"], mappings["remote_name"]))
-    desired, deprovision, accounts, known = [], [], {}, []
-    for user in load_views(session, config.tenant_domain):
-        known.append(user.id)
-        decision = decide(user, cfg, config, provisioned=user.id in mapped)
-        if decision.action == "provision":
-            name = _kept_name(user_name_for(user, cfg, config).user_name, mapped.get(user.id), cfg)
-            account = desired_account(user, name, cfg)
+    decisions = {u.id: decide(u, cfg, config, provisioned=u.id in mapped) for u in views}
+    wanted = [u for u in views if decisions[u.id].action == "provision"]
+    names, errors = assign_names(wanted, cfg, config, mapped,
+                                 taken={n.lower(): i for i, n in mapped.items()},
+                                 names=_qualified_names(session, views, mapped), check=check_name)
+    desired, deprovision, accounts = [], [], {}
+    for user in views:
+        decision = decisions[user.id]
+        if decision.action == "provision" and user.id in names:
+            account = desired_account(user, names[user.id].user_name, cfg)
             accounts[user.id] = account
             values = account.managed()
             desired.append((user.id, user.qualified_name, decision.reason,
@@ -180,7 +235,45 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig) -> Des
         desired=_typed(pd.DataFrame.from_records(desired, columns=["local_id", "entity_name", "reason", *TEXT_FIELDS,
                                                                    "active"])),
         deprovision=pd.DataFrame.from_records(deprovision, columns=["local_id", "entity_name", "mode", "reason"]),
-        mappings=mappings, known_ids=pd.Series(known, dtype=object), accounts=accounts)
+        mappings=mappings, known_ids=pd.Series([u.id for u in views], dtype=object), accounts=accounts,
+        conflicts={i: (next(u.qualified_name for u in views if u.id == i), e) for i, e in errors.items()},
+        decisions={u.id: (u.qualified_name, decisions[u.id]) for u in views}
+        if user_ids is not None else {},  # a batch reports per user; a full run per row
+        user_ids=user_ids)
+
+
+def observe(connector, cfg: ConnectorConfig, state: DesiredState, workers: int = 4) -> list[Account]:
+    """The target's accounts of a batch of users, by lookups instead of a full listing.
+
+    The mapped account (by id), else a search by the connector's match keys: the same candidates a
+    full listing would offer the diff, so both paths decide alike.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
+    batch = set(state.desired["local_id"]) | set(state.deprovision["local_id"])
+    keys = set(cfg.match)
+
+    def look(local_id: str) -> list[Account]:
+        found = []
+        if mapped.get(local_id):
+            try:
+                found.append(connector.get_user(mapped[local_id]))
+                return found
+            except NotFound:
+                pass
+        account = state.accounts.get(local_id)
+        if account is None:
+            return found
+        hit = connector.find_user(external_id=local_id if "external_id" in keys else None,
+                                  user_name=account.user_name if "user_name" in keys else None,
+                                  **({"email": account.email} if "email" in keys and account.email else {}))
+        return found + ([hit] if hit is not None else [])
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(batch) or 1))) as pool:
+        accounts = [a for found in pool.map(look, sorted(batch)) for a in found]
+    unique = {a.id: a for a in accounts}
+    return list(unique.values())
 
 
 # --- the diff ------------------------------------------------------------------------------
@@ -212,15 +305,20 @@ def _differs(want: pd.Series, have: pd.Series, lower: bool = False) -> np.ndarra
 def _rows(frame: pd.DataFrame, **values) -> pd.DataFrame:
     out = pd.DataFrame(index=range(len(frame)))
     for col in PLAN_COLUMNS:
-        value = values.get(col, frame[col] if col in frame else None)
+        value = values.get(col, frame[col] if col in frame else "provision" if col == "decision" else None)
         out[col] = value.to_numpy(dtype=object) if isinstance(value, pd.Series) else value
     return out
 
 
 def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
          deprovision: Optional[pd.DataFrame] = None, known_ids: Optional[pd.Series] = None, *,
-         read_only: tuple[str, ...] = (), orphans: str = "report") -> tuple[pd.DataFrame, int]:
-    """The plan rows for `desired` against `target`, given our `mappings`; and the unmanaged count."""
+         read_only: tuple[str, ...] = (), orphans: str = "report",
+         match: tuple[str, ...] = ("external_id", "user_name"), partial: bool = False) -> tuple[pd.DataFrame, int]:
+    """The plan rows for `desired` against `target`, given our `mappings`; and the unmanaged count.
+
+    `match`: the keys an unlinked account is adopted by, in order. `partial`: `target` holds only
+    the accounts of the users planned (an event batch), so nothing can be called an orphan.
+    """
     deprovision = deprovision if deprovision is not None else pd.DataFrame(columns=["local_id", "entity_name",
                                                                                     "mode", "reason"])
     compared = [f for f in TEXT_FIELDS if f not in read_only]
@@ -236,6 +334,8 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
                       ["remote_id", "external_id", "user_name", "email"]]
     found = []
     for key, how in (("external_id", "externalId"), ("user_name", "username"), ("email", "email")):
+        if key not in match:
+            continue
         if unresolved.empty or free.empty:
             break
         want_key = unresolved["local_id"] if key == "external_id" else _canon(unresolved[key], lower=True)
@@ -312,10 +412,12 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
         disable = dep[(dep["mode"] == "disable") & dep["active"].astype(bool)]
         for action, frame in (("delete", delete), ("disable", disable)):
             if len(frame):
-                parts.append(_rows(frame, action=action, op=action, changes=None))
+                parts.append(_rows(frame, action=action, op=action, changes=None, decision="deprovision"))
 
     # 6. Accounts we manage (mapped, or carrying an externalId of ours) that no desired user wants.
     rest = target[~target["remote_id"].isin(pd.concat(claimed, ignore_index=True))]
+    if partial:
+        rest = rest.iloc[0:0]
     ours = rest["remote_id"].isin(mappings["remote_id"])
     if known_ids is not None:
         ours |= rest["external_id"].isin(known_ids)
@@ -329,7 +431,8 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
         else:
             op = "none"
         owner = orphan[["remote_id"]].merge(mappings[["local_id", "remote_id"]], on="remote_id", how="left")
-        parts.append(_rows(orphan, action="orphan", op=op, local_id=owner["local_id"].to_numpy(dtype=object),
+        parts.append(_rows(orphan, action="orphan", op=op, decision="deprovision",
+                           local_id=owner["local_id"].to_numpy(dtype=object),
                            entity_name=orphan["user_name"], changes=None,
                            reason=f"managed by us, wanted by no user (orphans: {orphans})"))
 
@@ -409,24 +512,54 @@ def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: Desire
         elif row.local_id in members and row.action == "link":
             members[row.local_id] = row.remote_id
     ours = {r: u for u, r in mapped.items()}
+    if state.user_ids is not None:  # a batch: only its own users' memberships are decided here
+        batch = set(state.user_ids)
+        local_members = {n: m & batch for n, m in local_members.items()}
+        ours = {r: u for r, u in ours.items() if u in batch}
     ours.update({row.remote_id: row.local_id for row in rows.itertuples() if row.action == "link"})
-    for row in rows.itertuples():  # a deleted account leaves its groups with it
-        if row.op == "delete":
-            ours.pop(row.remote_id, None)
+    # A deleted account is removed from its groups too: not every target drops the references itself.
     entity_names = dict(zip(state.desired["local_id"], state.desired["entity_name"]))
     entity_names.update(zip(state.deprovision["local_id"], state.deprovision["entity_name"]))
     return group_diff(names, local_groups, local_members, list(connector.iter_groups()), group_maps, members,
                       entity_names, ours)
 
 
-def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session) -> Plan:
-    """Snapshot the target and the store, and diff them."""
-    state = desired_state(session, config, cfg)
-    target = target_frame(connector.iter_users())
+def _mapped_elsewhere(session: Session, cfg: ConnectorConfig, remote_ids: list[str], known: pd.DataFrame) -> pd.DataFrame:
+    """Mappings of accounts a batch's lookups found, beyond those already read: whose are they?"""
+    ids = [r for r in remote_ids if r not in set(known["remote_id"])]
+    if not ids:
+        return known
+    more = pd.DataFrame.from_records(list(session.exec(
+        select(Mapping.local_id, Mapping.remote_id, Mapping.remote_name).where(
+            Mapping.connector == cfg.name, Mapping.entity_type == "user", Mapping.remote_id.in_(ids)))),
+        columns=MAPPING_COLUMNS)
+    return pd.concat([known, more], ignore_index=True) if len(more) else known
+
+
+def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
+              user_ids: Optional[list[str]] = None, state: Optional[DesiredState] = None) -> Plan:
+    """Read the store and the target (all of it, or the accounts of `user_ids`) and diff them.
+
+    `state`: the desired state already read (generate-username's result), else it is read here.
+    """
+    if state is None:
+        state = desired_state(session, config, cfg, user_ids, check_name=connector.check_user_name)
+    user_ids = state.user_ids
+    if user_ids is None:
+        accounts = connector.iter_users()
+    else:
+        accounts = observe(connector, cfg, state, cfg.max_concurrency or 4)
+        state.mappings = _mapped_elsewhere(session, cfg, [a.id for a in accounts], state.mappings)
+    target = target_frame(accounts)
     rows, unmanaged = diff(state.desired, target, state.mappings, state.deprovision, state.known_ids,
-                           read_only=tuple(getattr(connector, "read_only_attributes", ())), orphans=cfg.orphans)
+                           read_only=tuple(getattr(connector, "read_only_attributes", ())), orphans=cfg.orphans,
+                           match=tuple(cfg.match), partial=user_ids is not None)
+    if state.conflicts and len(rows):  # a user who cannot be named keeps the account it has, untouched
+        rows = rows[~rows["local_id"].isin(list(state.conflicts))].reset_index(drop=True)
     plan = Plan(cfg.name, rows, target_count=len(target), desired_count=len(state.desired), unmanaged=unmanaged,
-                max_deletions=cfg.max_deletions, desired=state.accounts)
+                max_deletions=cfg.max_deletions, desired=state.accounts, conflicts=state.conflicts,
+                decisions=state.decisions, mapped=dict(zip(state.mappings["local_id"], state.mappings["remote_id"])),
+                present=set(target["remote_id"]) if user_ids is not None else set())
     if cfg.groups and getattr(connector, "supports_groups", False):
         plan.group_rows = plan_groups(session, cfg, connector, state, rows)
     return plan

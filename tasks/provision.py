@@ -1,266 +1,177 @@
-"""provision: bring one user's account on one connector to the desired state, idempotently.
+"""provision: carry out one connector's plan for a batch of users, and say what became of each.
 
-Before creating, look for the account (stored mapping, then the target's own lookup by externalId
-and username); on a uniqueness conflict, adopt it instead of failing. The mapping is written in the
-same transaction as the operation's success, so a crash between the remote call and that write
-heals on the next attempt: the lookup finds the account and links it.
+A batch is the users of the events a drain claimed: one user at rest, hundreds in a burst. The
+decision is the plan's (`tasks.plan`: the policy, the username rule, matching, the comparison), and
+the executor is the reconciliation's (`tasks.apply`: the connector's batch method, retries, every
+attempt recorded, mappings in the same transaction). Only the target's side is read differently:
+lookups of the batch's accounts instead of a full listing.
 """
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy import delete, insert
 
-from connectors.base import Account, Connector, differences
-from connectors.errors import AlreadyExists, AuthFailed, NotFound, ProvisioningError, Rejected, TransientError
+from connectors.errors import AuthFailed, ProvisioningError
 from connectors.factory import evict, get_connector
-from models.config import Config, ConnectorConfig
+from models.config import Config
 from models.db import session_scope
-from models.identity import UserView, load_view
-from models.locks import LockTimeout, lease
-from models.runstate import (begin_attempt, completed_operation, delete_mapping, finish, get_mapping,
-                             mapping_by_remote_id, mapping_by_remote_name, pushed_hash, save_mapping)
-from models.tables import User
-from tasks import health  # issue 8: quarantine of unhealthy targets
-from tasks.policy import Decision, decide
+from models.locks import LockTimeout
+from models.tables import Mapping, Operation, OperationAttempt, utcnow
+from tasks import health
+from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows
 from tasks.limits import connector_slot
-from tasks.username import GeneratedName, user_name_for, with_suffix
+from tasks.plan import DesiredState, Plan, make_plan
 
 log = logging.getLogger("outbound.provision")
-
-
-class Collision(Rejected):
-    """Two local users would share one remote account or username."""
-
-    code = "collision"
+LOGGED_OUTCOMES = 50  # outcome lines per connector and batch; the rest are in the run's artifact
 
 
 @dataclass(frozen=True)
 class Outcome:
+    """What became of one user on one connector."""
+
     connector: str
-    action: str
+    action: str  # provision | deprovision | skip
     operation: str
     status: str  # succeeded | failed | skipped
     reason: str
     remote_id: Optional[str] = None
     remote_name: Optional[str] = None
     error: Optional[str] = None
+    user_id: Optional[str] = None
+    entity_name: Optional[str] = None
 
 
-def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig) -> Account:
-    display = user.display_name or " ".join(p for p in (user.given_name, user.family_name) if p) or None
-    extra = {}
-    if cfg.salesforce is not None:
-        extra = {field: user.attributes.get(attr) for field, attr in cfg.salesforce.field_map.items()}
-    return Account(user_name=user_name, external_id=user.id, given_name=user.given_name,
-                   family_name=user.family_name, display_name=display, email=user.email,
-                   active=user.active, extra=extra)
-
-
-def _qualified(session, user_id: str) -> str:
-    other = session.get(User, user_id)
-    return other.qualified_name if other else user_id
-
-
-def remote_name_for(user: UserView, cfg: ConnectorConfig, config: Config, connector: Connector) -> GeneratedName:
-    """The username to use: the one already provisioned if it still fits, else the pattern's, collision-checked."""
-    generated = user_name_for(user, cfg, config)
-    with session_scope() as session:
-        mapping = get_mapping(session, cfg.name, user.id)
-        if mapping is not None and mapping.remote_name == generated.user_name:
-            return generated
-        if mapping is not None and cfg.on_collision == "suffix" and any(
-                mapping.remote_name == with_suffix(generated.user_name, n) for n in range(2, 100)):
-            return GeneratedName(mapping.remote_name, generated.how + "; collision suffix kept")
-        candidate, n = generated.user_name, 1
-        while (other := mapping_by_remote_name(session, cfg.name, candidate)) and other.local_id != user.id:
-            if cfg.on_collision != "suffix":
-                raise Collision(f"username {candidate!r} on {cfg.name} is already provisioned for "
-                                f"{_qualified(session, other.local_id)}; {user.qualified_name} would collide "
-                                f"(set on_collision: suffix to add a numeric suffix)", field="user_name")
-            n += 1
-            candidate = with_suffix(generated.user_name, n)
-    connector.check_user_name(candidate)
-    how = generated.how if n == 1 else f"{generated.how}; suffix {n} (collision)"
-    return GeneratedName(candidate, how)
-
-
-def _owned_elsewhere(cfg: ConnectorConfig, user: UserView, found: Account) -> Optional[str]:
-    """Why `found` may not be adopted by `user` (it belongs to someone else), or None."""
-    if found.external_id and found.external_id != user.id:
-        return f"the account {found.user_name!r} carries externalId {found.external_id!r}, not {user.id!r}"
-    with session_scope() as session:
-        mapping = mapping_by_remote_id(session, cfg.name, found.id)
-        if mapping is not None and mapping.local_id != user.id:
-            return f"the account {found.user_name!r} is linked to {_qualified(session, mapping.local_id)}"
-    return None
-
-
-def _adopt(connector: Connector, cfg: ConnectorConfig, user: UserView, user_name: str) -> Optional[Account]:
-    found = connector.find_user(external_id=user.id, user_name=user_name)
-    if found is None:
-        return None
-    why = _owned_elsewhere(cfg, user, found)
-    if why:
-        raise Collision(f"{user.qualified_name} cannot take {user_name!r} on {cfg.name}: {why}", field="user_name")
-    return found
-
-
-def _apply_changes(connector: Connector, current: Account, desired: Account) -> tuple[Account, dict]:
-    changes = differences(desired, current, getattr(connector, "read_only_attributes", ()))
-    active = changes.pop("active", None)
-    if changes:
-        current = connector.update_user(current.id, changes, current)
-    if active is not None:
-        (connector.enable_user if active else connector.disable_user)(current.id)
-        current = replace(current, active=active)
-        changes["active"] = active
-    return current, changes
-
-
-def ensure_user(connector: Connector, cfg: ConnectorConfig, config: Config, user: UserView,
-                name: GeneratedName) -> tuple[str, Account]:
-    """Make the account exist and match; return (what was done, the account)."""
-    desired = desired_account(user, name.user_name, cfg)
-    with session_scope() as session:
-        mapping = get_mapping(session, cfg.name, user.id)
-        remote_id = mapping.remote_id if mapping else None
-    current, operation = None, "create"
-    if remote_id:
-        try:
-            current, operation = connector.get_user(remote_id), "update"
-        except NotFound:
-            operation = "relink"  # our mapping points at an account that is gone: create it again
-    if current is None:
-        current = _adopt(connector, cfg, user, name.user_name)
-        operation = "link" if current is not None else operation
-    if current is None:
-        try:
-            return operation, connector.create_user(desired)
-        except AlreadyExists:
-            current = _adopt(connector, cfg, user, name.user_name)
-            if current is None:
-                raise
-            operation = "link"
-    current, changes = _apply_changes(connector, current, desired)
-    if operation == "update" and not changes:
-        operation = "noop"
-    return operation, current
-
-
-def remove_user(connector: Connector, cfg: ConnectorConfig, user: UserView, mode: str) -> tuple[str, Optional[str]]:
-    """Deprovision by `mode`; return (what was done, remote id)."""
-    with session_scope() as session:
-        mapping = get_mapping(session, cfg.name, user.id)
-        remote_id = mapping.remote_id if mapping else None
-    if remote_id is None:
-        return "noop", None
-    if mode == "none":
-        return "none", remote_id
-    try:
-        if mode == "delete":
-            connector.delete_user(remote_id)
-            return "delete", remote_id
-        current = connector.get_user(remote_id)
-        if not current.active:
-            return "noop", remote_id
-        connector.disable_user(remote_id)
-        return "disable", remote_id
-    except NotFound:
-        return "gone", remote_id
-
-
-def _runtime_ids() -> tuple[Optional[str], Optional[str], int]:
+def _runtime_ids() -> tuple[Optional[str], Optional[str]]:
     from prefect.runtime import flow_run, task_run
 
-    return (str(flow_run.id) if flow_run.id else None, str(task_run.id) if task_run.id else None,
-            task_run.run_count or 1)
+    return (str(flow_run.id) if flow_run.id else None, str(task_run.id) if task_run.id else None)
 
 
-def _fresh_decision(decision: Decision, user_id: str, config: Config) -> tuple[Decision, UserView]:
-    """Decide again on the user's latest state: another worker may have changed it since the flow began."""
+def _quiet_rows(plan: Plan, cfg_name: str, touched: set[str], flow_run_id: Optional[str]) -> list[dict]:
+    """Operations for the batch's users the plan had nothing to send for: skips, no-ops, conflicts."""
+    now = utcnow()
+    rows = []
+    for local_id, (name, decision) in plan.decisions.items():
+        action, reason = decision.action, decision.reason
+        if local_id in touched:
+            continue
+        row = {"connector": cfg_name, "entity_type": "user", "entity_id": local_id, "entity_name": name,
+               "action": action, "operation": "none", "status": "skipped", "attempts": 0, "reason": reason,
+               "error_code": None, "error_message": None, "remote_id": plan.mapped.get(local_id),
+               "remote_name": None, "drift": None, "flow_run_id": flow_run_id, "started_at": now,
+               "finished_at": now}
+        if local_id in plan.conflicts:
+            error = plan.conflicts[local_id][1]
+            row.update(operation="none", status="failed", error_code=error.code, error_message=str(error))
+        elif action == "provision":
+            account = plan.desired.get(local_id)
+            row.update(operation="noop", status="succeeded", remote_name=account.user_name if account else None)
+        elif action == "deprovision":
+            gone = plan.mapped.get(local_id) not in plan.present
+            row.update(operation="gone" if gone else "none" if decision.mode == "none" else "noop",
+                       status="succeeded")
+        rows.append(row)
+    return rows
+
+
+def _record(rows: list[dict], events: dict[str, list[str]], cfg_name: str, run_id: str) -> None:
+    gone = [r["entity_id"] for r in rows if r["operation"] == "gone"]
     with session_scope() as session:
-        user = load_view(session, user_id)
-        provisioned = get_mapping(session, decision.connector, user_id) is not None
-    fresh = decide(user, config.connector(decision.connector), config, provisioned)
-    return (fresh if fresh.action != decision.action else decision), user
+        if gone:  # the account is already gone from the target: so is our link to it
+            session.exec(delete(Mapping).where(Mapping.connector == cfg_name, Mapping.entity_type == "user",
+                                               Mapping.local_id.in_(gone)))
+        if rows:
+            session.exec(insert(Operation), params=event_rows(rows, events, run_id))
 
 
-def provision_one(decision: Decision, user: UserView, config: Config, event_id: Optional[str],
-                  name: Optional[GeneratedName] = None, dry_run: bool = False) -> Outcome:
-    """Carry out one decision on one connector, recording the attempt and its outcome.
-
-    The work runs under a lease per (connector, user), so that two workers handling events for the
-    same user take turns, and each acts on the user's state in the store at that moment: the last
-    one to run leaves the target matching the user's latest state.
-    """
-    cfg = config.connector(decision.connector)
+def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[str]], run_id: str,
+                   exc: BaseException, flow_run_id: Optional[str], task_run_id: Optional[str] = None) -> None:
+    """The batch could not be planned on this connector: a failed operation, and its attempt, per user."""
+    code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
+    now = utcnow()
+    rows = [{"connector": cfg_name, "entity_type": "user", "entity_id": local_id, "entity_name": name,
+             "action": action, "operation": "none", "status": "failed", "attempts": 1, "reason": reason,
+             "error_code": code, "error_message": str(exc), "remote_id": None, "remote_name": None, "drift": None,
+             "flow_run_id": flow_run_id, "started_at": now, "finished_at": now}
+            for local_id, (name, d) in state.decisions.items() if (action := d.action) != "skip"
+            for reason in [d.reason]]
+    if not rows:
+        return
+    rows = event_rows(rows, events, run_id)
     with session_scope() as session:
-        done = completed_operation(session, event_id, cfg.name, user.id)
-        if done is not None:  # this event was already applied here: at most once
-            return Outcome(cfg.name, done.action, done.operation or "noop", done.status, done.reason or "",
-                           done.remote_id, done.remote_name)
-    flow_run_id, task_run_id, run_count = _runtime_ids()
-    with session_scope() as session:
-        op_id, attempt_id = begin_attempt(session, event_id=event_id, connector=cfg.name, entity_id=user.id,
-                                          entity_name=user.qualified_name, action=decision.action,
-                                          reason=decision.reason, flow_run_id=flow_run_id, task_run_id=task_run_id)
-    ctx = f"user={user.qualified_name} connector={cfg.name} action={decision.action} attempt={run_count}"
+        ids = session.exec(insert(Operation).returning(Operation.id, sort_by_parameter_order=True),
+                           params=rows).scalars().all()
+        session.exec(insert(OperationAttempt), params=[
+            {"operation_id": i, "number": 1, "status": "failed", "error_code": code, "error_message": str(exc),
+             "flow_run_id": flow_run_id, "task_run_id": task_run_id, "started_at": now, "finished_at": now}
+            for i in ids])
+
+
+def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
+    """One outcome per user from the batch's operation rows (its account, then its groups)."""
+    out: dict[str, Outcome] = {}
+    for op in operations:
+        user = op.get("_member") if op["entity_type"] == "group" else op["entity_id"]
+        if not user:
+            continue
+        error = f"{op['error_code']}: {op['error_message']}" if op["error_code"] else None
+        have = out.get(user)
+        if op["entity_type"] == "group":
+            if have is not None and op["status"] == "failed" and have.status != "failed":
+                out[user] = Outcome(**{**have.__dict__, "status": "failed",
+                                       "error": f"group {op['remote_name']}: {error}"})
+            continue
+        mine = Outcome(op["connector"], op["action"], op["operation"] or "none", op["status"], op["reason"] or "",
+                       op["remote_id"], op["remote_name"], error, user, op["entity_name"])
+        if have is None or (mine.status == "failed" and have.status != "failed") or have.status == "skipped":
+            out[user] = mine
+    return out
+
+
+def provision_batch(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
+                    run_id: str) -> list[Outcome]:
+    """Plan the batch on one connector, apply the plan, record every outcome; one outcome per user."""
+    cfg = config.connector(connector_name)
+    flow_run_id, task_run_id = _runtime_ids()
     try:
-        with lease(f"user:{cfg.name}:{user.id}", ttl=600, wait=300):
-            decision, user = _fresh_decision(decision, user.id, config)
-            if decision.action != "skip":  # issue 8: no request while the target is quarantined
-                health.check(cfg.name)  # raises Quarantined (transient: the retry policy waits)
-            connector = get_connector(cfg, dry_run=dry_run)
-            remote_name = None
-            if decision.action == "provision":
-                if name is None or name.user_name != user_name_for(user, cfg, config).user_name:
-                    name = remote_name_for(user, cfg, config, connector)
-                with connector_slot(cfg.name, config):  # the target's global quota, shared by all workers
-                    operation, account = ensure_user(connector, cfg, config, user, name)
-                remote_id, remote_name = account.id, name.user_name
-            elif decision.action == "deprovision":
-                with connector_slot(cfg.name, config):
-                    operation, remote_id = remove_user(connector, cfg, user, decision.mode or cfg.deprovision_mode)
-            else:
-                operation, remote_id = "none", None
-            health.record_success(cfg.name)  # issue 8: the target answered: reset, close any quarantine
-            with session_scope() as session:  # the mapping and the operation's success in one transaction
-                if dry_run:
-                    pass
-                elif decision.action == "provision":
-                    desired = desired_account(user, remote_name, cfg)
-                    save_mapping(session, cfg.name, user.id, remote_id, remote_name, pushed_hash(desired.managed()))
-                elif operation in ("delete", "gone"):
-                    delete_mapping(session, cfg.name, user.id)
-                finish(session, op_id, attempt_id, status="skipped" if decision.action == "skip" else "succeeded",
-                       operation=operation, remote_id=remote_id, remote_name=remote_name)
-    except Exception as exc:  # record every failure, expected or not, before Prefect sees it
-        health.record_failure(cfg.name, exc, config)  # issue 8: counts transient/auth failures; may quarantine
+        if any(d.action != "skip" for _, d in state.decisions.values()):
+            health.check(cfg.name)  # raises Quarantined (transient: the retry policy waits), sends nothing
+        connector = health.guarded(get_connector(cfg), cfg)
+        with session_scope() as session:
+            plan = make_plan(config, cfg, connector, session, state.user_ids, state=state)
+    except Exception as exc:  # recorded (one attempt per user) before Prefect decides on a retry
+        health.record_failure(cfg.name, exc, config)
         if isinstance(exc, AuthFailed):
             evict(cfg)  # the next attempt resolves the secrets again: a rotated credential is picked up
-        transient = isinstance(exc, (TransientError, LockTimeout)) and run_count < config.retry.attempts
-        code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
-        with session_scope() as session:
-            finish(session, op_id, attempt_id, status="retrying" if transient else "failed",
-                   error_code=code, error_message=str(exc))
-        log.warning("%s failed: %s (%s)%s", ctx, code, exc, "; will retry" if transient else "")
+        record_failure(state, cfg.name, events, run_id, exc, flow_run_id, task_run_id)
         raise
-    log.info("%s done: %s remote_id=%s", ctx, operation, remote_id)
-    status = "skipped" if decision.action == "skip" else "succeeded"
-    return Outcome(cfg.name, decision.action, operation, status, decision.reason, remote_id, remote_name)
+    health.record_success(cfg.name)
+    counts = Counts()
+    rows = plan.rows.to_dict(orient="records")
+    with connector_slot(cfg.name, config, occupy=1):  # the target's quota, shared by every worker
+        if rows:
+            counts.add(apply_rows(rows, plan.desired, cfg, connector, run_id=run_id, policy=config.retry,
+                                  flow_run_id=flow_run_id, events=events))
+        if len(plan.group_rows):
+            counts.add(apply_group_rows(plan.group_rows.to_dict(orient="records"), cfg, connector, run_id=run_id,
+                                        flow_run_id=flow_run_id, events=events))
+    touched = {r["entity_id"] for r in counts.operations if r["entity_type"] == "user"}
+    quiet = _quiet_rows(plan, cfg.name, touched, flow_run_id)
+    _record(quiet, events, cfg.name, run_id)
+    outcomes = outcomes_of(counts.operations + quiet)
+    for o in list(outcomes.values())[:LOGGED_OUTCOMES]:
+        log.info("user=%s connector=%s %s %s%s%s", o.entity_name, o.connector, o.operation, o.status,
+                 f" remote_id={o.remote_id}" if o.remote_id else "", f" error={o.error}" if o.error else "")
+    return list(outcomes.values())
 
 
-@task(name="provision", task_run_name="provision {decision.connector}", cache_policy=NO_CACHE)
-def provision(decision: Decision, user: UserView, config: Config, event_id: Optional[str],
-              name: Optional[GeneratedName] = None) -> Outcome:
-    """Create, update, disable or delete the user's account on one connector."""
-    return provision_one(decision, user, config, event_id, name)
-
-
-def failed_outcome(decision: Decision, exc: BaseException) -> Outcome:
-    code = getattr(exc, "code", type(exc).__name__)
-    return Outcome(decision.connector, decision.action, "none", "failed", decision.reason, error=f"{code}: {exc}")
-
+@task(name="provision", task_run_name="provision {connector_name}", cache_policy=NO_CACHE)
+def provision(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
+              run_id: str) -> list[Outcome]:
+    """Create, update, link, disable or delete the batch's accounts on one connector."""
+    return provision_batch(connector_name, state, events, config, run_id)

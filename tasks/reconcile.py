@@ -1,46 +1,61 @@
-"""reconcile (per user): read the account back after provisioning, record and fix any drift."""
+"""reconcile (a batch): read the accounts back after provisioning, and fix any drift once.
+
+The read-back is the plan again, for the users just provisioned: their accounts as the target now
+holds them against the desired state. A target that dropped or rewrote a value shows as plan rows,
+applied once through the same executor; each user's read-back is recorded as an operation
+`verify` (nothing to fix) or `fix`.
+"""
 
 from typing import Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy import insert
 
-from connectors.base import differences
 from connectors.factory import get_connector
 from models.config import Config
 from models.db import session_scope
-from models.identity import UserView
-from models.runstate import record
+from models.tables import Operation, utcnow
+from tasks import health
+from tasks.apply import apply_rows, event_rows
 from tasks.limits import connector_slot
-from tasks.provision import Outcome, desired_account
+from tasks.plan import make_plan
+from tasks.provision import Outcome, _runtime_ids
 
 
-def verify_one(outcome: Outcome, user: UserView, config: Config, event_id: Optional[str]) -> Optional[dict]:
-    """Compare the target's account with the desired state; push a fix once if they differ."""
-    if outcome.status != "succeeded" or outcome.action != "provision" or not outcome.remote_id:
-        return None
-    cfg = config.connector(outcome.connector)
-    connector = get_connector(cfg)
-    desired = desired_account(user, outcome.remote_name, cfg)
-    with connector_slot(cfg.name, config):  # read-backs count against the target's quota too
-        current = connector.get_user(outcome.remote_id)
-        drift = differences(desired, current, getattr(connector, "read_only_attributes", ()))
-        if drift:
-            changes = {k: v for k, v in drift.items() if k != "active"}
-            if changes:
-                connector.update_user(current.id, changes, current)
-            if "active" in drift:
-                (connector.enable_user if desired.active else connector.disable_user)(current.id)
+def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
+                 run_id: str) -> dict[str, dict]:
+    """Read back the accounts provisioned in this batch; fix drift once; return the drift per user."""
+    users = [o.user_id for o in outcomes if o.status == "succeeded" and o.action == "provision" and o.user_id]
+    if not users:
+        return {}
+    cfg = config.connector(connector_name)
+    connector = health.guarded(get_connector(cfg), cfg)
+    flow_run_id, _ = _runtime_ids()
+    with session_scope() as session, connector_slot(cfg.name, config):
+        plan = make_plan(config, cfg, connector, session, users)
+    rows = [r for r in plan.rows.to_dict(orient="records") if r["local_id"] in set(users)]
+    for row in rows:
+        row["reason"] = f"read back after provisioning: {row['reason']}"
+    if rows:
+        with connector_slot(cfg.name, config):
+            apply_rows(rows, plan.desired, cfg, connector, run_id=run_id, policy=config.retry,
+                       flow_run_id=flow_run_id, events=events)
+    drift = {r["local_id"]: r["changes"] or {r["action"]: True} for r in rows}
+    by_user = {o.user_id: o for o in outcomes}
+    now = utcnow()
+    checks = [{"connector": cfg.name, "entity_type": "user", "entity_id": u, "entity_name": by_user[u].entity_name,
+               "action": "verify", "operation": "fix" if u in drift else "verify", "status": "succeeded",
+               "attempts": 0, "reason": "read back after provisioning", "error_code": None, "error_message": None,
+               "remote_id": by_user[u].remote_id, "remote_name": by_user[u].remote_name, "drift": drift.get(u),
+               "flow_run_id": flow_run_id, "started_at": now, "finished_at": now} for u in users]
     with session_scope() as session:
-        record(session, event_id=event_id, connector=cfg.name, entity_id=user.id, entity_name=user.qualified_name,
-               action="verify", operation="fix" if drift else "verify", status="succeeded",
-               reason="read back after provisioning", remote_id=current.id, remote_name=current.user_name,
-               drift={k: {"want": v, "had": current.managed().get(k)} for k, v in drift.items()} or None)
-    return drift or None
+        session.exec(insert(Operation), params=event_rows(checks, events, run_id))
+    return drift
 
 
 @task(name="reconcile", task_run_name="reconcile {connector_name}", cache_policy=NO_CACHE)
-def reconcile(connector_name: str, outcome: Outcome, user: UserView, config: Config,
-              event_id: Optional[str]) -> Optional[dict]:
-    """Read the account back and record any difference from the desired state."""
-    return verify_one(outcome, user, config, event_id)
+def reconcile(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
+              run_id: str) -> Optional[dict]:
+    """Read the batch's accounts back and fix what differs from the desired state."""
+    return verify_batch(connector_name, outcomes, events, config, run_id)

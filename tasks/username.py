@@ -5,11 +5,12 @@ the result is lower-cased, and with a `domain` any `@` becomes `.` before `@<dom
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from connectors.errors import Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView
 
@@ -77,12 +78,82 @@ def with_suffix(user_name: str, n: int) -> str:
     return f"{local}{n}{at}{domain}"
 
 
+MAX_SUFFIX = 99
+
+
+class Collision(Rejected):
+    """Two local users would share one remote username."""
+
+    code = "collision"
+
+
+def _suffixed(mapped: str, generated: str) -> bool:
+    return any(mapped == with_suffix(generated, n) for n in range(2, MAX_SUFFIX + 1))
+
+
+def assign_names(users: list[UserView], cfg: ConnectorConfig, config: Config, mapped: dict[str, str],
+                 taken: dict[str, str], names: dict[str, str], check: Callable[[str], None] = lambda _: None,
+                 ) -> tuple[dict[str, GeneratedName], dict[str, Rejected]]:
+    """The remote username of each user on `cfg`, and the users who cannot have one (and why).
+
+    The one rule for every path (an event, a batch, a full reconciliation): a user keeps the name
+    already provisioned when it is the pattern's, or the pattern's with a collision suffix; else the
+    pattern's name, unless another user holds it. Then `fail` refuses, naming both users, and
+    `suffix` takes the first free `name2`, `name3`, … — in a stable order (the users as given, which
+    callers sort by creation), so a name once given never moves.
+
+    mapped: local id -> remote name already provisioned; taken: lower-cased remote name -> local id
+    holding it (every mapped name of the connector that matters here); names: local id -> user@STORE
+    for messages; check: the target's own username rule (raises Rejected).
+    """
+    out: dict[str, GeneratedName] = {}
+    errors: dict[str, Rejected] = {}
+    holders = dict(taken)
+    for user in users:
+        generated = user_name_for(user, cfg, config)
+        have = mapped.get(user.id)
+        if have is not None and (have == generated.user_name or
+                                 (cfg.on_collision == "suffix" and _suffixed(have, generated.user_name))):
+            kept = generated if have == generated.user_name else GeneratedName(
+                have, generated.how + "; collision suffix kept")
+            out[user.id] = kept
+            holders[have.lower()] = user.id
+            continue
+        candidate, n = generated.user_name, 1
+        while (holder := holders.get(candidate.lower())) not in (None, user.id):
+            if cfg.on_collision != "suffix":
+                errors[user.id] = Collision(
+                    f"username {candidate!r} on {cfg.name} is already provisioned for "
+                    f"{names.get(holder, holder)}; {user.qualified_name} would collide "
+                    f"(set on_collision: suffix to add a numeric suffix)", field="user_name")
+                break
+            n += 1
+            if n > MAX_SUFFIX:
+                errors[user.id] = Collision(f"no free username for {user.qualified_name} on {cfg.name}: "
+                                            f"{generated.user_name} to {candidate} are all taken", field="user_name")
+                break
+            candidate = with_suffix(generated.user_name, n)
+        if user.id in errors:
+            continue
+        try:
+            check(candidate)
+        except Rejected as exc:
+            errors[user.id] = exc
+            continue
+        if have is not None:
+            holders.pop(have.lower(), None)  # a renamed account frees its old name
+        holders[candidate.lower()] = user.id
+        out[user.id] = generated if n == 1 else GeneratedName(candidate, f"{generated.how}; suffix {n} (collision)")
+    return out, errors
+
 
 @task(name="generate-username", task_run_name="generate-username {connector_name}", cache_policy=NO_CACHE)
-def generate_username(user: UserView, connector_name: str, config: Config) -> GeneratedName:
-    """The remote username for one connector: pattern, collision check, the target's own rules."""
+def generate_username(connector_name: str, user_ids: list[str], config: Config):
+    """The batch's desired accounts on one connector: policy, pattern, collisions, the target's rules."""
     from connectors.factory import get_connector
-    from tasks.provision import remote_name_for  # it needs the store; this module stays pure
+    from models.db import session_scope
+    from tasks.plan import desired_state  # the plan reads the store; this module stays pure
 
     cfg = config.connector(connector_name)
-    return remote_name_for(user, cfg, config, get_connector(cfg))
+    with session_scope() as session:
+        return desired_state(session, config, cfg, user_ids, check_name=get_connector(cfg).check_user_name)

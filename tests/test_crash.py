@@ -58,20 +58,25 @@ PATCHES = {
         apply.apply_rows = rows
     """,
     # --- the event flow ----------------------------------------------------------------
-    "attempt-begun": f"""
+    "claimed": f"""
         import tasks.provision as provision
-        def ensure_user(*args, **kwargs):     # begin_attempt has recorded a running attempt; no remote call yet
+        def make_plan(*args, **kwargs):       # the drain has claimed the event; nothing sent yet
             {DIE}
-        provision.ensure_user = ensure_user
+        provision.make_plan = make_plan
     """,
-    "mapping-written": f"""
+    "event-batch-returned": f"""
+        import connectors.scim2 as scim2
+        real = scim2.Scim2Connector.apply_batch
+        def batch(self, ops, **kw):
+            results = real(self, ops, **kw)   # the account exists in the target...
+            {DIE}                             # ...and the store never hears of it
+        scim2.Scim2Connector.apply_batch = batch
+    """,
+    "outcome-written": f"""
         import flows.provision as provision
-        real = provision.set_event_status
-        def status(session, event_id, status, error=None):
-            if status != "running":           # the operation and the mapping are committed; the event is not
-                {DIE}
-            return real(session, event_id, status, error)
-        provision.set_event_status = status
+        def finish(batch, outcome):           # operations and mappings are committed; the event is not
+            {DIE}
+        provision.finish = finish
     """,
 }
 SCRIPT = """
@@ -165,7 +170,7 @@ def test_reconciliation_killed_then_run_again_converges(point, tmp_path, sqlite_
 
 # --- the event flow --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("point", ["attempt-begun", "mapping-written"])
+@pytest.mark.parametrize("point", ["claimed", "event-batch-returned", "outcome-written"])
 def test_event_killed_then_swept_converges(point, tmp_path, sqlite_url, scim):
     from flows.sweep import sweep_events
 
@@ -175,24 +180,23 @@ def test_event_killed_then_swept_converges(point, tmp_path, sqlite_url, scim):
     path.write_text(json.dumps(ev))
     crash(tmp_path, point, "event", path, config)
     with session_scope() as session:
-        assert session.get(Event, ev["id"]).status == "running"  # stored, begun, never finished
-        op = session.exec(select(Operation).where(Operation.action == "provision")).one()
-    assert op.status == ("running" if point == "attempt-begun" else "succeeded")
-    assert len(scim.users()) == (0 if point == "attempt-begun" else 1)
+        assert session.get(Event, ev["id"]).status == "running"  # stored, claimed, never finished
+        mapped = session.exec(select(Mapping)).all()
+    assert len(scim.users()) == (0 if point == "claimed" else 1)
+    assert len(mapped) == (1 if point == "outcome-written" else 0)
     writes = [r for r in scim.requests if r[0] != "GET"]
 
     result = asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config)))
-    assert result == {"redispatched": [ev["id"]], "failed": []}
+    assert result["redispatched"] == [ev["id"]] and result["failed"] == []
     with session_scope() as session:
         user_id = session.get(Event, ev["id"]).user_id
-        op = session.exec(select(Operation).where(Operation.action == "provision")).one()  # the same operation
-        attempts = session.exec(select(OperationAttempt).where(OperationAttempt.operation_id == op.id)
-                                .order_by(OperationAttempt.number)).all()
+        ops = session.exec(select(Operation).where(Operation.action == "provision", Operation.event_id == ev["id"])
+                           .order_by(Operation.id)).all()
     assert_converged(scim, [user_id])
-    assert op.status == "succeeded"
-    if point == "attempt-begun":  # the killed attempt is closed as abandoned; the second one did the work
-        assert [(a.number, a.status) for a in attempts] == [(1, "abandoned"), (2, "succeeded")]
-        assert op.operation == "create"
-    else:  # applied at most once: the re-run found the operation done and sent nothing
-        assert [(a.number, a.status) for a in attempts] == [(1, "succeeded")]
+    if point == "claimed":  # the dead drain's claim was taken over at once; the re-run did the work
+        assert [o.operation for o in ops] == ["create"]
+    elif point == "event-batch-returned":  # the account created before the kill is adopted, not created again
+        assert [o.operation for o in ops] == ["link"]
+    else:  # applied at most once: the re-run found the account as wanted and sent nothing
+        assert [o.operation for o in ops] == ["create", "noop"]
         assert [r for r in scim.requests if r[0] != "GET"] == writes

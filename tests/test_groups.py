@@ -32,7 +32,9 @@ def test_groups_follow_joins_and_leaves_and_deletion(tmp_path, sqlite_url, scim)
         mapped = {m.remote_name: m for m in session.exec(select(Mapping).where(Mapping.entity_type == "group"))}
         ops = session.exec(select(Operation).where(Operation.entity_type == "group")).all()
     assert set(mapped) == {"all-staff", "admins"} and mapped["all-staff"].local_id == local["all-staff"]
-    assert {o.operation for o in ops} == {"create+add", "create+noop"} and {o.status for o in ops} == {"succeeded"}
+    assert sorted((o.operation, o.remote_name) for o in ops) == [
+        ("group_create", "admins"), ("group_create", "all-staff"), ("member_add", "all-staff")]
+    assert {o.status for o in ops} == {"succeeded"}
 
     assert send(tmp_path, config, event(username="bob", groups=["all-staff", "admins"]))[0] == 0
     bob = user_id(scim, "bob")
@@ -75,5 +77,6 @@ def test_a_group_already_in_the_target_is_adopted(tmp_path, sqlite_url, scim):
     assert send(tmp_path, config, event(username="dave", groups=["all-staff"]))[0] == 0
     assert len(scim.groups()) == 1 and members(scim) == {"all-staff": {user_id(scim, "dave")}}
     with session_scope() as session:
-        op = session.exec(select(Operation).where(Operation.entity_type == "group")).one()
-    assert op.operation == "link+add"
+        op = session.exec(select(Operation).where(Operation.entity_type == "group")).one()  # no group_create
+        mapping = session.exec(select(Mapping).where(Mapping.entity_type == "group")).one()
+    assert op.operation == "member_add" and mapping.remote_id == scim.groups()[0]["id"]

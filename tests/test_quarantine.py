@@ -19,15 +19,14 @@ from deployments.ingest import accept
 from helpers import event
 from models.config import load_config
 from models.db import get_engine, session_scope, upgrade
-from models.identity import load_view
 from models.runstate import get_event
 from models.tables import Event, Operation, OperationAttempt
 from sandbox.faults import FaultPlan
 from sandbox.scim import ScimSandbox
 from tasks import health
 from tasks.health import Quarantined
-from tasks.policy import decide
-from tasks.provision import provision_one
+from tasks.plan import desired_state
+from tasks.provision import provision_batch
 
 runner = CliRunner()
 OUTAGE = FaultPlan(rate=1.0, kinds=("5xx",))
@@ -52,12 +51,13 @@ connectors:
 
 
 def provision_directly(config, username: str):
-    """One attempt of the provision task's body, outside Prefect (one attempt = one guarded call)."""
+    """One attempt of the provision task's body for a batch of one, outside Prefect."""
     accepted = accept(event(username=username), config)
     with session_scope() as session:
-        user = load_view(session, get_event(session, accepted.event_id).user_id)
-    decision = decide(user, config.connector("app"), config, False)
-    return provision_one(decision, user, config, accepted.event_id)
+        user_id = get_event(session, accepted.event_id).user_id
+        state = desired_state(session, config, config.connector("app"), [user_id])
+    [outcome] = provision_batch("app", state, {user_id: [accepted.event_id]}, config, "test")
+    return outcome
 
 
 def wait_until_due(connector: str = "app") -> None:
@@ -240,12 +240,14 @@ def test_auth_failure_quarantines_at_once_status_shows_it_and_waiting_work_compl
         assert health.get("app").state == "closed"
         assert "eve" in {u["userName"] for u in scim.users()} and len(scim.requests) > seen
     with session_scope() as session:
-        op = session.exec(select(Operation).where(Operation.event_id == ev["id"],
-                                                  Operation.action == "provision")).one()
-        tries = session.exec(select(OperationAttempt).where(OperationAttempt.operation_id == op.id)
-                             .order_by(OperationAttempt.number)).all()
+        ops = session.exec(select(Operation).where(Operation.event_id == ev["id"], Operation.action == "provision")
+                           .order_by(Operation.id)).all()
+        tries = session.exec(select(OperationAttempt).where(OperationAttempt.operation_id.in_([o.id for o in ops]))
+                             .order_by(OperationAttempt.id)).all()
         assert session.get(Event, ev["id"]).status == "succeeded"
-    assert op.status == "succeeded" and tries[0].error_code == "quarantined" and tries[-1].status == "succeeded"
+    # Each try is recorded: first refused by the quarantine (nothing sent), last the create that went through.
+    assert ops[0].error_code == "quarantined" and ops[-1].status == "succeeded" and ops[-1].operation == "create"
+    assert tries[0].error_code == "quarantined" and tries[-1].status == "succeeded"
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -34,6 +34,9 @@ def _target(*rows):
                           "email": None, "active": True, **r} for r in rows], columns=list(ACCOUNT_COLUMNS))
 
 
+EVERY_KEY = ("external_id", "user_name", "email")
+
+
 def test_diff_plans_every_action_and_ignores_cosmetic_differences():
     desired = _desired(
         dict(local_id="u-same", user_name="same", email="Same@Example.com", given_name="S"),
@@ -68,7 +71,9 @@ def test_diff_plans_every_action_and_ignores_cosmetic_differences():
                                 "reason": ["the user was deleted"]})
     known = pd.Series(["u-same", "u-upd", "u-off", "u-on", "u-new", "u-ext", "u-name", "u-mail", "u-gone",
                        "u-taken", "u-del", "u-ghost"])
-    plan, unmanaged = diff(desired, target, mappings, deprovision, known)
+    by_default, _ = diff(desired, target, mappings, deprovision, known)  # email matching is opt-in
+    assert ("create", "u-mail") in {(r.action, r.local_id) for r in by_default.itertuples()}
+    plan, unmanaged = diff(desired, target, mappings, deprovision, known, match=("external_id", "user_name", "email"))
     got = {(r.action, r.local_id or r.remote_id): r for r in plan.itertuples()}
     assert set(got) == {("update", "u-upd"), ("disable", "u-off"), ("enable", "u-on"), ("create", "u-new"),
                         ("link", "u-ext"), ("link", "u-name"), ("link", "u-mail"), ("relink", "u-gone"),
@@ -85,9 +90,10 @@ def test_diff_plans_every_action_and_ignores_cosmetic_differences():
     assert got[("orphan", "r-orphan")].op == "none"  # orphans: report
     assert unmanaged == 2  # r-foreign, r-taken (someone else's externalId: never adopted)
 
-    deleting, _ = diff(desired, target, mappings, deprovision, known, orphans="delete")
+    deleting, _ = diff(desired, target, mappings, deprovision, known, orphans="delete", match=EVERY_KEY)
     assert set(deleting.loc[deleting.action == "orphan", "op"]) == {"delete"}
-    readonly, _ = diff(desired, target, mappings, deprovision, known, read_only=("given_name", "family_name"))
+    readonly, _ = diff(desired, target, mappings, deprovision, known, read_only=("given_name", "family_name"),
+                       match=EVERY_KEY)
     assert "u-upd" not in set(readonly.loc[readonly.action == "update", "local_id"])
 
 

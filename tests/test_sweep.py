@@ -16,7 +16,7 @@ from sandbox.scim import ScimSandbox
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
-def test_a_stuck_event_is_redispatched_and_a_fresh_one_left_alone(tmp_path, sqlite_url):
+def test_stuck_events_start_a_drain_and_fresh_ones_alone_do_not(tmp_path, sqlite_url):
     with ScimSandbox() as scim:
         path = write_config(tmp_path, scim)
         config = load_config(path)
@@ -31,13 +31,18 @@ def test_a_stuck_event_is_redispatched_and_a_fresh_one_left_alone(tmp_path, sqli
 
         result = asyncio.run(sweep_events(older_than_seconds=300, config_path=str(path)))
 
+        # The overdue events start a drain, which takes whatever is pending, the fresh event too.
         assert sorted(result["redispatched"]) == sorted([stuck["id"], crashed["id"]]) and result["failed"] == []
-        assert sorted(u["userName"] for u in scim.users()) == ["crashed", "stuck"]
+        assert sorted(u["userName"] for u in scim.users()) == ["crashed", "fresh", "stuck"]
         with session_scope() as session:
-            assert session.get(Event, stuck["id"]).status == "succeeded"
-            assert session.get(Event, crashed["id"]).status == "succeeded"
-            assert session.get(Event, fresh["id"]).status == "accepted"
+            assert {session.get(Event, e["id"]).status for e in (stuck, crashed, fresh)} == {"succeeded"}
         assert stuck_events(300) == []
+        # A fresh event alone is not overdue: the sweep leaves it to the drain its acceptance started.
+        late = event(username="late")
+        accept(late, config)
+        assert asyncio.run(sweep_events(older_than_seconds=300, config_path=str(path)))["redispatched"] == []
+        with session_scope() as session:
+            assert session.get(Event, late["id"]).status == "accepted"
         # A second sweep finds nothing and applies nothing twice.
         requests_before = len(scim.requests)
         assert asyncio.run(sweep_events(older_than_seconds=300, config_path=str(path)))["redispatched"] == []
