@@ -17,11 +17,12 @@ IMPORT_COLUMNS = ("username", "user_store", "email", "given_name", "family_name"
 _TRUE, _FALSE = {"true", "yes", "1", "y"}, {"false", "no", "0", "n"}
 
 
-def parse_rows(frame) -> tuple[list, list[str]]:
-    """Validate each CSV row as an event's user; return (good EventUsers, error lines)."""
+def parse_rows(frame, config=None) -> tuple[list, list[str]]:
+    """Validate each CSV row as an event's user; return (good EventUsers, error lines: every bad field of a row)."""
     from pydantic import ValidationError
 
     from models.events import EventUser
+    from models.validation import message_of
 
     good, errors = [], []
     for number, row in enumerate(frame.to_dict(orient="records"), start=2):  # line 1 is the header
@@ -29,20 +30,36 @@ def parse_rows(frame) -> tuple[list, list[str]]:
         for key in ("roles", "groups"):
             if key in data:
                 data[key] = [p.strip() for p in data[key].split(";") if p.strip()]
+        problems = []
         if "active" in data:
-            flag = data["active"].lower()
-            if flag not in _TRUE | _FALSE:
-                errors.append(f"row {number}: active: {row['active']!r}: must be true or false")
-                continue
-            data["active"] = flag in _TRUE
+            flag = data.pop("active").lower()
+            if flag in _TRUE | _FALSE:
+                data["active"] = flag in _TRUE
+            else:
+                problems.append(f"row {number}: active: {row['active']!r}: must be true or false")
         try:
-            good.append((number, EventUser.model_validate(data)))
+            user = EventUser.model_validate(data)
         except ValidationError as exc:
+            user = None
             for err in exc.errors():
                 where = ".".join(str(p) for p in err["loc"]) or "(row)"
                 name = str(err["loc"][0]) if err["loc"] else ""
-                errors.append(f"row {number}: {where}: {row.get(name, '')!r}: {err['msg']}")
+                problems.append(f"row {number}: {where}: {row.get(name, '')!r}: {message_of(err)}")
+        if user is not None and config is not None:  # an import creates users: the store's rule applies
+            rule = config.username_rule(user.user_store)
+            problem = rule.problem("username", user.username, user.user_store)
+            if problem:
+                problems.append(f"row {number}: {problem}")
+        if problems:
+            errors += sorted(problems, key=lambda p: _column_order(p, number))
+        else:
+            good.append((number, user))
     return good, errors
+
+
+def _column_order(problem: str, number: int) -> int:
+    column = problem.removeprefix(f"row {number}: ").split(":", 1)[0].split(".")[0]
+    return IMPORT_COLUMNS.index(column) if column in IMPORT_COLUMNS else len(IMPORT_COLUMNS)
 
 
 @app.command("import")
@@ -64,7 +81,7 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
     if unknown or "username" not in frame.columns:
         fail(f"{file}: unknown columns {', '.join(unknown) or '-'}; expected {', '.join(IMPORT_COLUMNS)} "
              f"(username is required)")
-    good, errors = parse_rows(frame)
+    good, errors = parse_rows(frame, cfg)
     with session_scope() as session:
         for _, user in good:
             upsert_user(session, user, cfg.tenant_domain, source="import")

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from models.config import Config
 from models.db import session_scope
 from models.events import IdentityEvent, parse_event
-from models.identity import apply_event
+from models.identity import CREATING, apply_event, username_problems
 from models.runstate import get_event
 from models.tables import Event
 from models.validation import InvalidInput
@@ -25,15 +25,19 @@ class Accepted:
 
 
 def check_against_config(event: IdentityEvent, config: Config) -> None:
-    if event.idp is None:
-        return
-    idp = config.idp(event.idp)
-    if idp is None:
+    """What the configuration says about an event: its identity provider, and the username rule when it creates."""
+    problems = []
+    idp = config.idp(event.idp) if event.idp is not None else None
+    if event.idp is not None and idp is None:
         known = ", ".join(i.name for i in config.identity_providers) or "none are configured"
-        raise InvalidInput("event", [f"idp: unknown identity provider {event.idp!r} ({known})"])
-    if event.trigger == "jit" and not idp.jit_provisioning:
-        raise InvalidInput("event", [f"idp: identity provider {event.idp!r} does not allow JIT provisioning "
-                                     f"(jit_provisioning: false)"])
+        problems.append(f"idp: unknown identity provider {event.idp!r} ({known})")
+    elif idp is not None and event.trigger == "jit" and not idp.jit_provisioning:
+        problems.append(f"idp: identity provider {event.idp!r} does not allow JIT provisioning "
+                        f"(jit_provisioning: false)")
+    if event.type in CREATING:
+        problems += username_problems(event, config)
+    if problems:
+        raise InvalidInput("event", problems)
 
 
 def accept(raw: bytes | str | dict, config: Config) -> Accepted:
@@ -46,7 +50,7 @@ def accept(raw: bytes | str | dict, config: Config) -> Accepted:
             return Accepted(event.id, False, seen.status)
     try:
         with session_scope() as session:
-            user = apply_event(session, event, config.tenant_domain)
+            user = apply_event(session, event, config)
             session.add(Event(id=event.id, type=event.type, trigger=event.trigger, idp=event.idp, user_id=user.id,
                               payload=event.model_dump(mode="json")))
     except IntegrityError:  # the same id arrived concurrently: the other one won

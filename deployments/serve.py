@@ -12,6 +12,7 @@ log = logging.getLogger("outbound.serve")
 
 EVENT_PATTERN = "outbound.user.*"
 RECONCILE_CRON = "0 2 * * *"
+PRUNE_CRON = "30 3 * * *"  # after the nightly reconciliation, before the working day
 SWEEP_INTERVAL_SECONDS = 60
 
 
@@ -25,9 +26,10 @@ def provision_trigger():
 
 
 def build_deployments(config_path: Optional[str] = None, reconcile_cron: str = RECONCILE_CRON,
-                      sweep_after_seconds: float = 300) -> list:
+                      sweep_after_seconds: float = 300, prune_cron: str = PRUNE_CRON) -> list:
     """The RunnerDeployments that mirror prefect.yaml (reconciliation only when flows/reconcile.py exists)."""
     from flows.provision import provision_user
+    from flows.prune import prune_state
     from flows.sweep import sweep_events
 
     params = {"config_path": config_path} if config_path else {}
@@ -39,6 +41,9 @@ def build_deployments(config_path: Optional[str] = None, reconcile_cron: str = R
                                    parameters={**params, "older_than_seconds": sweep_after_seconds},
                                    tags=["outbound", "trigger:schedule"],
                                    description="Re-dispatch events accepted but unfinished."),
+        prune_state.to_deployment(name="prune-state", cron=prune_cron, parameters=params,
+                                  tags=["outbound", "trigger:schedule"],
+                                  description="Nightly retention: prune old events, operations and attempts."),
     ]
     try:
         from flows.reconcile import reconcile_all, reconcile_connector

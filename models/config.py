@@ -6,20 +6,25 @@ references (see `models.secrets`), resolved only when a connector is built.
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.patterns import PatternError, parse_pattern
 from models.secrets import SecretRef
-from models.validation import InvalidInput, invalid
+from models.usernames import WSO2_DEFAULT_PATTERN, WSO2_DEFAULT_WORDS, UsernameRule
+from models.validation import InvalidInput, field_path, pattern, problems_of
 
 ORG_TRIGGERS = ("api", "console", "self_signup", "jit")
 DEFAULT_CONFIG_FILE = "outbound.yaml"
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Name = Annotated[str, Field(pattern=pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                                            "1 to 64 of A-Z a-z 0-9 _ . -, starting with a letter or digit"))]
+StoreName = Annotated[str, Field(pattern=pattern(r"^[A-Za-z0-9_.-]{1,64}$", "1 to 64 of A-Z a-z 0-9 _ . -"))]
 
 
 class Strict(BaseModel):
@@ -152,7 +157,7 @@ class SalesforceAuth(Strict):
 
 class SalesforceSettings(HttpSettings):
     login_url: str = "https://login.salesforce.com"
-    api_version: str = Field(default="62.0", pattern=r"^\d{2,3}\.0$")
+    api_version: str = Field(default="62.0", pattern=pattern(r"^\d{2,3}\.0$", "a version such as 62.0"))
     auth: SalesforceAuth
     profile: str = "Standard User"
     defaults: dict[str, str] = Field(default_factory=lambda: {
@@ -224,6 +229,16 @@ class ConnectorConfig(Strict):
     google: Optional[GoogleSettings] = None
     salesforce: Optional[SalesforceSettings] = None
 
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_parses(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                parse_pattern(value)
+            except PatternError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
     @model_validator(mode="after")
     def _settings_match_type(self):
         for kind in ("scim2", "google", "salesforce"):
@@ -259,24 +274,71 @@ class ApiSettings(Strict):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
 
 
+class UserStoreSettings(Strict):
+    """A user store's username rule; stores not listed follow WSO2's default (`^[\\S]{3,30}$`)."""
+
+    username_pattern: str = WSO2_DEFAULT_PATTERN
+    # What the pattern expects, in words, for the messages that refuse a username.
+    username_description: Optional[str] = Field(default=None, max_length=200)
+
+    @field_validator("username_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @property
+    def rule(self) -> UsernameRule:
+        words = self.username_description or (WSO2_DEFAULT_WORDS if self.username_pattern == WSO2_DEFAULT_PATTERN
+                                              else f"the pattern {self.username_pattern} set in the configuration")
+        return UsernameRule(self.username_pattern, words)
+
+
+class EventSettings(Strict):
+    """How events for users the store does not know are treated."""
+
+    # False: user.updated/disabled/enabled/roles_changed/deleted for an unknown user is refused (a typo
+    # must not provision a stranger). True: such an event creates the user from what it carries.
+    upsert_unknown_users: bool = False
+
+
+class RetentionSettings(Strict):
+    """How long run state is kept (`outbound prune`, and the nightly prune-state deployment).
+
+    Unfinished events, and the latest operation per user (or group) and connector, are always kept.
+    """
+
+    events_days: int = Field(default=90, ge=1, le=36500)
+    operations_days: int = Field(default=90, ge=1, le=36500)
+    attempts_days: int = Field(default=30, ge=1, le=36500)
+    reconciliation_runs_days: int = Field(default=90, ge=1, le=36500)
+
+
 class Config(Strict):
     tenant_domain: str = Field(min_length=1, max_length=255)
     connectors: list[ConnectorConfig] = Field(default_factory=list)
     identity_providers: list[IdentityProvider] = Field(default_factory=list)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     api: Optional[ApiSettings] = None
+    user_stores: dict[StoreName, UserStoreSettings] = Field(default_factory=dict)
+    events: EventSettings = Field(default_factory=EventSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @model_validator(mode="after")
     def _references(self):
-        names = [c.name for c in self.connectors]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"connector names must be unique: {', '.join(dupes)}")
-        for idp in self.identity_providers:
-            unknown = [c for c in idp.connectors if c not in names]
-            if unknown:
-                raise ValueError(f"identity provider {idp.name!r} names unknown connectors: {', '.join(unknown)}")
+        problems = cross_problems(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def username_rule(self, user_store: str) -> UsernameRule:
+        """The username rule of `user_store` (matched without regard to case), else WSO2's default."""
+        store = self.user_stores.get(user_store) or next(
+            (s for name, s in self.user_stores.items() if name.upper() == user_store.upper()), None)
+        return store.rule if store else UsernameRule()
 
     def connector(self, name: str) -> ConnectorConfig:
         for c in self.connectors:
@@ -292,11 +354,39 @@ def config_path(explicit: str | os.PathLike | None = None) -> Path:
     return Path(explicit or os.environ.get("OUTBOUND_CONFIG") or DEFAULT_CONFIG_FILE)
 
 
+def cross_problems(data: object) -> list[str]:
+    """Mistakes between fields (duplicate connector names, unknown references), found on the raw data so
+    that they are reported together with the field errors, not after those are fixed."""
+    if not isinstance(data, dict):
+        return []
+    connectors = data.get("connectors") if isinstance(data.get("connectors"), list) else []
+    names = [c.get("name") for c in connectors if isinstance(c, dict) and isinstance(c.get("name"), str)]
+    problems = []
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        where = ", ".join(f"connectors[{i}]" for i, c in enumerate(connectors)
+                          if isinstance(c, dict) and c.get("name") == name)
+        problems.append(f"connectors: the name {name!r} is used more than once ({where}); names must be unique")
+    idps = data.get("identity_providers") if isinstance(data.get("identity_providers"), list) else []
+    for i, idp in enumerate(idps):
+        refs = idp.get("connectors") if isinstance(idp, dict) else None
+        unknown = [c for c in refs if isinstance(c, str) and c not in names] if isinstance(refs, list) else []
+        if unknown:
+            problems.append(f"{field_path(('identity_providers', i, 'connectors'))}: identity provider "
+                            f"{idp.get('name')!r} names unknown connectors: {', '.join(unknown)} "
+                            f"(configured: {', '.join(names) or 'none'})")
+    return problems
+
+
 def parse_config(data: object, source: str = "configuration") -> Config:
+    """Validate the configuration; raise InvalidInput naming every mistake at once."""
+    cross = cross_problems(data)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        raise invalid(f"configuration {source}", exc) from None
+        # The model's own cross check only runs when every field is valid: report ours instead.
+        fields = [p for p in problems_of(exc) if not p.startswith("(root): ")] if cross else problems_of(exc)
+        raise InvalidInput(f"configuration {source}", fields + cross) from None
+    return config
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:

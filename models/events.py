@@ -7,7 +7,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
-from models.validation import InvalidInput, invalid
+from models.usernames import normalized
+from models.validation import InvalidInput, field_path, invalid, pattern
 
 EVENT_TYPES = ("user.created", "user.updated", "user.deleted", "user.disabled", "user.enabled",
                "user.roles_changed", "user.federated_login")
@@ -16,21 +17,24 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_DEPTH = 8
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=320,
-                                         pattern=r"^[^@\s\"<>(),;:\\]+@[^@\s\"<>(),;:\\]+\.[^@\s\"<>(),;:\\]+$")]
-# Usernames reach SCIM filters and SOQL (escaped there); control characters never do.
-Username = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255,
-                                            pattern=r"^[^\x00-\x1f\x7f]+$")]
-UserStore = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
-                                             pattern=r"^[A-Za-z0-9_.-]+$")]
-EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=320, pattern=pattern(
+    r"^[^@\s\"<>(),;:\\]+@[^@\s\"<>(),;:\\]+\.[^@\s\"<>(),;:\\]+$",
+    "an email address such as name@example.com: one @, a dot in the domain, "
+    "no spaces, quotes, brackets, commas, semicolons, colons or backslashes"))]
+# Usernames reach SCIM filters and SOQL (escaped there); control characters never do (models.usernames).
+Username = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+UserStore = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=pattern(
+    r"^[A-Za-z0-9_.-]+$", "1 to 64 of A-Z a-z 0-9 _ . -"))]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=pattern(
+    r"^[A-Za-z0-9_.:@-]+$", "1 to 128 of A-Z a-z 0-9 _ . : @ -"))]
 Scalar = Union[str, int, float, bool, None]
 _BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
 _STORE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class EventUser(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: the types are those of the OpenAPI document; `"active": 0` is a sender's bug, not a false.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     username: Username
     user_store: UserStore = "PRIMARY"
@@ -50,7 +54,7 @@ class EventUser(BaseModel):
         store, slash, name = value.partition("/")
         if slash and store and name and not _STORE.match(store):
             raise ValueError(f"the user store prefix {store[:70]!r} must be 1-64 of A-Z a-z 0-9 _ . -")
-        return value
+        return normalized(value)
 
     @model_validator(mode="after")
     def _split_store_prefix(self):
@@ -63,7 +67,7 @@ class EventUser(BaseModel):
 
 
 class IdentityEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: EventId
     type: Literal[EVENT_TYPES]  # type: ignore[valid-type]
@@ -82,10 +86,6 @@ class IdentityEvent(BaseModel):
         return self
 
 
-def _field(loc: tuple) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(loc)) or "(root)"
-
-
 def _unsafe(value: Any) -> list[str]:
     """Problems no schema rule catches: nesting deeper than MAX_DEPTH, and strings or numbers the
     store cannot hold (NUL, unpaired surrogates, NaN/Infinity). Iterative: hostile depth cannot
@@ -100,13 +100,14 @@ def _unsafe(value: Any) -> list[str]:
             items = node.items() if isinstance(node, dict) else enumerate(node)
             for key, child in items:
                 if isinstance(key, str) and _BAD_CHARS.search(key):
-                    problems.append(f"{_field(loc)}: a key contains a NUL character or an unpaired surrogate")
+                    problems.append(f"{field_path((*loc, key))}: the key contains a NUL character or an unpaired "
+                                    f"surrogate (shown escaped)")
                     continue
                 stack.append(((*loc, key), child))
         elif isinstance(node, str) and _BAD_CHARS.search(node):
-            problems.append(f"{_field(loc)}: contains a NUL character or an unpaired surrogate")
+            problems.append(f"{field_path(loc)}: contains a NUL character or an unpaired surrogate")
         elif isinstance(node, float) and not math.isfinite(node):
-            problems.append(f"{_field(loc)}: must be a finite number")
+            problems.append(f"{field_path(loc)}: must be a finite number")
     return problems
 
 

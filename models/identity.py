@@ -5,6 +5,7 @@ from typing import Optional
 
 from sqlmodel import Session, delete, select
 
+from models.config import Config
 from models.events import EventUser, IdentityEvent
 from models.tables import Group, GroupMember, Role, User, UserRole, utcnow
 from models.validation import InvalidInput
@@ -91,22 +92,46 @@ def upsert_user(session: Session, data: EventUser, tenant: str, source: str, idp
     return user
 
 
-def apply_event(session: Session, event: IdentityEvent, tenant: str) -> User:
-    """Bring the identity store to the state the event describes; return the user."""
-    data = event.user
-    if event.type in ("user.created", "user.updated", "user.federated_login"):
+CREATING = ("user.created", "user.federated_login")
+
+
+def username_problems(event: IdentityEvent, config: Config) -> list[str]:
+    """The user store's username rule, for an event that may create the user."""
+    rule = config.username_rule(event.user.user_store)
+    problem = rule.problem("user.username", event.user.username, event.user.user_store)
+    return [problem] if problem else []
+
+
+def apply_event(session: Session, event: IdentityEvent, config: Config) -> User:
+    """Bring the identity store to the state the event describes; return the user.
+
+    Only user.created and user.federated_login create a user; any other event for a user the store
+    does not know is refused (InvalidInput, nothing changed) unless `events.upsert_unknown_users`.
+    """
+    data, tenant = event.user, config.tenant_domain
+    if event.type == "user.roles_changed" and data.roles is None:
+        raise InvalidInput("event", ["user.roles: a user.roles_changed event needs the full list of roles"])
+    if event.type in CREATING:
         return upsert_user(session, data, tenant, source=event.trigger, idp=event.idp)
     user = find_user(session, tenant, data.user_store, data.username)
-    if user is None:
-        raise InvalidInput("event", [f"user.username: no user {data.username!r} in user store "
-                                     f"{data.user_store!r} (a {event.type} event needs an existing user)"])
+    # An update must not bring a deleted user back: that is what user.created is for.
+    unknown = user is None or (event.type == "user.updated" and user.deleted_at is not None)
+    if unknown:
+        if not config.events.upsert_unknown_users:
+            state = "deleted user" if user is not None else "unknown user"
+            raise InvalidInput("event", [f"user.username: {state} {data.username}@{data.user_store}; send "
+                                         f"user.created first (or set events.upsert_unknown_users: true)"])
+        problems = username_problems(event, config)
+        if problems:
+            raise InvalidInput("event", problems)
+        user = upsert_user(session, data, tenant, source=event.trigger, idp=event.idp)
+    elif event.type == "user.updated":
+        return upsert_user(session, data, tenant, source=event.trigger, idp=event.idp)
     if event.type == "user.deleted":
         user.deleted_at = utcnow()
     elif event.type in ("user.disabled", "user.enabled"):
         user.active = event.type == "user.enabled"
     elif event.type == "user.roles_changed":
-        if data.roles is None:
-            raise InvalidInput("event", ["user.roles: a user.roles_changed event needs the full list of roles"])
         set_roles(session, user, data.roles)
     user.updated_at = utcnow()
     if event.idp and event.idp not in user.idps:

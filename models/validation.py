@@ -11,13 +11,23 @@ class InvalidInput(ValueError):
         super().__init__(f"invalid {what}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def escaped(key: str) -> str:
+    """A key as it can be printed: backslashes, control characters, surrogates and the like as escapes."""
+    if key.isprintable() and "\\" not in key:
+        return key
+    return "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape", "backslashreplace")
+                   .decode("ascii") for c in key)
+
+
 def field_path(loc: tuple) -> str:
+    """`("user", "roles", 0)` → `user.roles[0]`; keys that cannot be printed are escaped (`user.\\x00`)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            part = escaped(str(part))
+            out += f".{part}" if out else part
     return out or "(root)"
 
 
@@ -27,10 +37,31 @@ SECRET_FIELDS = {"token", "password", "secret", "client_secret", "private_key", 
 # Sections whose wrong values are not echoed either (`auth: "Bearer <token>"`).
 NO_ECHO = {"auth"}
 
+# What a pattern-constrained field expects, in words: an operator should not have to read a regex.
+_PATTERN_WORDS: dict[str, str] = {}
+
+
+def pattern(regex: str, words: str) -> str:
+    """Register what `regex` expects, in words (`must be <words>`), and return the regex for pydantic."""
+    _PATTERN_WORDS[regex] = words
+    return regex
+
 
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def message_of(err: dict) -> str:
+    """One pydantic error in words: what is expected, never a raw regular expression."""
+    if err["type"] == "string_pattern_mismatch":
+        words = _PATTERN_WORDS.get(str((err.get("ctx") or {}).get("pattern")))
+        return f"must be {words}" if words else "is not in the expected form"
+    if err["type"] == "missing":
+        return "required field is missing"
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    return err["msg"].removeprefix("Value error, ")
 
 
 def problems_of(exc: ValidationError) -> list[str]:
@@ -38,11 +69,9 @@ def problems_of(exc: ValidationError) -> list[str]:
     for err in exc.errors(include_url=False):
         # Discriminated unions add the tag to the path (auth.bearer.token): keep the user's path.
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] in ("missing",):
-            problems.append(f"{field_path(loc)}: required field is missing")
-        elif err["type"] == "extra_forbidden":
-            problems.append(f"{field_path(loc)}: unknown field")
+        msg = message_of(err)
+        if err["type"] in ("missing", "extra_forbidden"):
+            problems.append(f"{field_path(loc)}: {msg}")
         elif any(isinstance(p, str) and p in SECRET_FIELDS | NO_ECHO for p in loc) or isinstance(
                 err.get("input"), (dict, list, tuple)):
             # A whole section (or a value under `auth`) may hold a literal secret: name the field only.

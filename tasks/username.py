@@ -13,30 +13,13 @@ from prefect.cache_policies import NO_CACHE
 from connectors.errors import Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView
-
-TOKENS = ("UN", "UD", "TD", "IDP")
-
-
-class PatternError(ValueError):
-    pass
+from models.patterns import TOKENS, PatternError, parse_pattern  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
 class GeneratedName:
     user_name: str
     how: str  # how the pattern built it, for `outbound explain`
-
-
-def parse_pattern(pattern: str) -> list[str]:
-    text = pattern.strip()
-    if not (text.startswith("{") and text.endswith("}")):
-        raise PatternError(f"pattern {pattern!r}: must look like {{UN}} or {{UD, UN, TD, IDP}}")
-    tokens = [t.strip() for t in text[1:-1].split(",")]
-    unknown = [t for t in tokens if t not in TOKENS]
-    if unknown or not tokens:
-        raise PatternError(f"pattern {pattern!r}: unknown token(s) {', '.join(unknown) or '(none)'}; "
-                           f"use {', '.join(TOKENS)}")
-    return tokens
 
 
 def build_user_name(pattern: str, separator: str, domain: Optional[str], *, username: str,

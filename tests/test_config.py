@@ -77,3 +77,73 @@ def test_unknown_connector_in_identity_provider():
     data = {"tenant_domain": "x", "identity_providers": [{"name": "idp", "connectors": ["nope"]}]}
     with pytest.raises(InvalidInput, match="unknown connectors: nope"):
         parse_config(data)
+
+
+def test_field_errors_duplicate_names_and_patterns_are_reported_at_once(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("""
+tenant_domain: example.com
+user_stores:
+  LDAP: {username_pattern: "([unclosed"}
+connectors:
+  - name: app
+    type: scim2
+    pattern: "{XX}_{UN"
+    deprovision: shred
+    scim2: {base_url: https://scim.example.com, auth: {type: bearer, token: env:T}}
+  - name: app
+    type: scim2
+    pattern: "{UN}_{UD}"
+    scim2: {base_url: https://scim.example.com, auth: {type: bearer, token: env:T}}
+""")
+    with pytest.raises(InvalidInput) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "connectors[0].deprovision" in message
+    assert "connectors[0].pattern: pattern '{XX}_{UN': at position 2, unknown placeholder 'XX'" in message
+    assert "allowed placeholders: {UN} {UD} {TD} {IDP}" in message
+    assert "connectors[1].pattern: pattern '{UN}_{UD}': at position 5, unexpected '_{UD}'" in message
+    assert "connectors: the name 'app' is used more than once (connectors[0], connectors[1])" in message
+    assert "user_stores.LDAP.username_pattern: not a valid regular expression" in message
+
+
+@pytest.mark.parametrize("pattern, position, what", [
+    ("{UN", 4, "expected ',' or '}', the pattern ends"), ("UN", 1, "expected '{'"), ("{}", 2, "expected a placeholder"),
+    ("{UN,,TD}", 5, "expected a placeholder"), ("{UN;TD}", 4, "expected ',' or '}'"), ("{UN, un}", 6, "unknown placeholder 'un'"),
+])
+def test_pattern_errors_name_the_position(pattern, position, what):
+    data = {"tenant_domain": "x", "connectors": [{"name": "a", "type": "scim2", "pattern": pattern, "scim2": {
+        "base_url": "https://scim.example.com", "auth": {"type": "bearer", "token": "env:T"}}}]}
+    with pytest.raises(InvalidInput) as info:
+        parse_config(data)
+    assert f"at position {position}, {what}" in str(info.value), info.value
+
+
+def test_duplicates_alone_are_still_refused():
+    entry = {"name": "a", "type": "scim2", "scim2": {"base_url": "https://s.example.com",
+                                                      "auth": {"type": "bearer", "token": "env:T"}}}
+    with pytest.raises(InvalidInput) as info:
+        parse_config({"tenant_domain": "x", "connectors": [entry, dict(entry)]})
+    assert info.value.problems == ["connectors: the name 'a' is used more than once (connectors[0], connectors[1]); "
+                                   "names must be unique"]
+
+
+def test_names_are_explained_in_words_not_regex():
+    data = {"tenant_domain": "x", "connectors": [{"name": "bad name!", "type": "scim2", "scim2": {
+        "base_url": "https://s.example.com", "auth": {"type": "bearer", "token": "env:T"}}}]}
+    with pytest.raises(InvalidInput) as info:
+        parse_config(data)
+    assert "connectors[0].name: must be 1 to 64 of A-Z a-z 0-9 _ . -" in str(info.value)
+    assert "^[" not in str(info.value)
+
+
+def test_retention_events_and_user_stores_have_defaults_and_limits():
+    config = parse_config({"tenant_domain": "x"})
+    r = config.retention
+    assert (r.events_days, r.operations_days, r.attempts_days) == (90, 90, 30)
+    assert config.events.upsert_unknown_users is False
+    assert config.username_rule("ANY").pattern == r"^[\S]{3,30}$"
+    with pytest.raises(InvalidInput, match="retention.attempts_days"):
+        parse_config({"tenant_domain": "x", "retention": {"attempts_days": 0}})
+    with pytest.raises(InvalidInput, match="events.upsert_unknown_users"):
+        parse_config({"tenant_domain": "x", "events": {"upsert_unknown_users": "sometimes"}})

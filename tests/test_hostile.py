@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 from typer.testing import CliRunner
@@ -25,7 +25,7 @@ from deployments.ingest import Accepted, accept
 from models.config import load_config, parse_config
 from models.db import get_engine
 from models.events import MAX_DEPTH, MAX_EVENT_BYTES, parse_event
-from models.validation import InvalidInput
+from models.validation import InvalidInput, field_path
 
 runner = CliRunner()
 FAST = settings(max_examples=60, deadline=None,
@@ -122,7 +122,7 @@ def mutated_events(draw):
         container = ev["user"] if len(path) > 1 else ev
         container[key] = draw(scalars)
         path = ("user", key) if len(path) > 1 else (key,)
-    dotted = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(path))
+    dotted = field_path(path)  # keys that cannot be printed appear escaped, as in the error (user.\x00)
     how = draw(st.sampled_from(["dict", "str", "bytes"]))
     if how == "dict":
         return ev, dotted, kind
@@ -160,6 +160,9 @@ def test_any_structure_is_an_event_or_invalid_input(sqlite_url, raw):
 @settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=mutated_events())
+# Found by fuzzing: a key made of a NUL character; the error names it escaped, as the path does.
+@example(case=({**valid_event(), "user": {**valid_event()["user"], "\x00": None}}, "user.\\x00", "extra"))
+@example(case=({**valid_event(), "user": {**valid_event()["user"], "active": 0}}, "user.active", "replace"))
 def test_a_mutated_event_is_accepted_or_refused_naming_the_field(sqlite_url, case):
     raw, path, kind = case
     EXAMPLES["event_mutations"] += 1
@@ -220,6 +223,20 @@ def test_specific_hostile_events_are_refused(sqlite_url):
             outcome = check_accept(raw)
             assert isinstance(outcome, InvalidInput), (field, str(raw)[:80])
             assert field.strip() in fields_of(outcome), (field, outcome)
+
+
+def test_a_key_that_cannot_be_printed_is_named_escaped(sqlite_url):
+    for key, shown in [("\x00", "user.\\x00"), ("a\ud800", "user.a\\ud800"), ("x\x00y", "user.x\\x00y")]:
+        ev = valid_event()
+        ev["user"][key] = 1
+        outcome = check_accept(ev)
+        assert isinstance(outcome, InvalidInput)
+        assert outcome.problems[0].startswith(shown + ": the key contains a NUL"), outcome.problems
+        assert "\x00" not in str(outcome)  # the raw character never reaches a log line
+    ev = valid_event()
+    ev["user"]["tab\there"] = 1  # printable-safe too: an unknown key with a control character
+    outcome = check_accept(ev)
+    assert outcome.problems == ["user.tab\\there: unknown field"], outcome.problems
 
 
 # --- the API: 413 and 422 -----------------------------------------------------------------------

@@ -43,3 +43,25 @@ def test_import_keeps_good_rows_and_reports_bad_ones(tmp_path, sqlite_url):
     with session_scope() as session:
         assert find_user(session, "example.com", "PRIMARY", "alice").email == "alice.l@example.com"
         assert len(session.exec(select(User)).all()) == 2
+
+
+def test_import_reports_every_bad_field_of_a_row(tmp_path, sqlite_url):
+    config = tmp_path / "outbound.yaml"
+    config.write_text("tenant_domain: example.com\nconnectors: []\n"
+                      "user_stores: {LDAP: {username_pattern: '^[a-z]+$', username_description: lower-case letters}}\n")
+    csv = tmp_path / "users.csv"
+    csv.write_text("username,user_store,email,active,given_name\n"
+                   "erin,no spaces,not-an-email,maybe," + "x" * 300 + "\n"
+                   "Frank,LDAP,frank@example.com,true,Frank\n"
+                   "gus,,gus@example.com,true,Gus\n")
+    result = runner.invoke(app, ["import", str(csv), "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "imported 1 users" in result.output and "2 rows rejected" in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("row 2: ")]
+    assert [line.split(":")[0:2] for line in lines] == [["row 2", " user_store"], ["row 2", " email"],
+                                                        ["row 2", " given_name"], ["row 2", " active"]], lines
+    assert "must be an email address such as name@example.com" in result.output and "^[" not in result.output
+    assert "row 3: username: 'Frank' does not follow the username rule of user store LDAP: lower-case letters" \
+        in result.output
+    with session_scope() as session:
+        assert {u.username for u in session.exec(select(User))} == {"gus"}
