@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test install clean
+.PHONY: demo test fuzz install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Free exploration of the event API by schemathesis (random seed, printed), for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 900
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz_api.py --explore --max-examples 100000 --max-time $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) *.egg-info outbound-demo.db*
