@@ -3,13 +3,28 @@
     POST /v1/events        an identity event (JSON). 202 {"id", "status"} once it is stored;
                            200 with the stored status when the id was seen before (not applied again).
     GET  /v1/events/{id}   its status and the outcome per connector.
-    GET  /healthz          liveness.
+    GET  /healthz          liveness (always 200), with whether the state store answers.
+    GET  /readyz           readiness: 503 while the state store is unreachable.
+
+Authentication (401 otherwise), the default being Standard Webhooks (see deployments.webhooks):
+
+    webhook-id: <unique message id>
+    webhook-timestamp: <unix seconds>              refused if more than 5 minutes off the server's clock
+    webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<payload>")> [v1,<…> …]
+
+where key is the base64-decoded part of a `whsec_…` secret from `api.webhook_secrets` (any of them
+verifies, so a secret is rotated by adding the new one, moving senders, removing the old one) and
+payload is the raw body for POST and the request path as sent (`/v1/events/<id>`) for GET. Or
+`Authorization: Bearer <api.token>`. The unsigned-timestamp `X-Outbound-Signature: sha256=<hex>`
+(HMAC of the body with `api.hmac_secret`) is accepted only with `api.legacy_signature: true`.
+A request replayed within the 5 minutes carries the same event id: it is answered from the outbox
+(200, duplicate) and not applied again.
 
 Order of checks on POST, each refusing before anything is stored: size (413), authentication
-(401: `X-Outbound-Signature: sha256=<hex>` HMAC-SHA256 of the raw body with `api.hmac_secret`, or
-`Authorization: Bearer <api.token>`), validation (422, naming every bad field). The event is
-committed to the outbox before the answer; dispatch happens after the commit and a dispatch failure
-does not lose it: `sweep-events` re-dispatches whatever stays unfinished.
+(401), validation (422, naming every bad field). The event is committed to the outbox before the
+answer; dispatch happens after the commit and a dispatch failure does not lose it: `sweep-events`
+re-dispatches whatever stays unfinished. With the state store unreachable, POST and GET answer 503
+with Retry-After: never 202 for an event that was not stored.
 
 Dispatch: with a reachable Prefect server (PREFECT_API_URL) the API emits the Prefect event
 `outbound.user.<type>` and the `provision-user` deployment's trigger starts the run on a worker
@@ -35,13 +50,16 @@ from pydantic import BaseModel
 
 from models.config import ApiSettings, Config
 from models.events import IdentityEvent
-from models.secrets import resolve
+from deployments import webhooks
+from models.availability import STORE_UNAVAILABLE, store_up
+from models.secrets import SecretError, resolve
 from models.validation import InvalidInput
 
 log = logging.getLogger("outbound.api")
 
 EVENT_PREFIX = "outbound."
-SIGNATURE_HEADER = "X-Outbound-Signature"
+LEGACY_SIGNATURE_HEADER = "X-Outbound-Signature"
+RETRY_AFTER = 5  # seconds: what a sender is told to wait while the state store is unreachable
 DispatchMode = Literal["auto", "prefect", "in-process"]
 
 
@@ -75,6 +93,11 @@ class EventStatus(BaseModel):
     outcomes: list[ConnectorOutcome]
 
 
+class Health(BaseModel):
+    status: str
+    store: Literal["up", "down"]
+
+
 class Problem(BaseModel):
     error: str
     problems: list[str] = []
@@ -84,33 +107,56 @@ class Problem(BaseModel):
 # --- authentication --------------------------------------------------------------------------
 
 class Authenticator:
-    """Check a request's signature or bearer token; the secrets are resolved once, never shown."""
+    """Check a request's Standard Webhooks signature, bearer token or (if enabled) legacy signature.
+
+    The secrets are resolved once, when the API starts, and never shown: a webhook secret that is
+    not in the `whsec_<base64>` form stops the start with its field and reference named.
+    """
 
     def __init__(self, settings: Optional[ApiSettings]):
-        if settings is None or not (settings.hmac_secret or settings.token):
-            raise InvalidInput("configuration", ["api: set api.hmac_secret and/or api.token "
+        if settings is None or not (settings.webhook_secrets or settings.token or settings.legacy_signature):
+            raise InvalidInput("configuration", ["api: set api.webhook_secrets and/or api.token "
                                                  "(secret references) before starting the event API"])
-        self._hmac = resolve(settings.hmac_secret).encode() if settings.hmac_secret else None
+        self._keys, problems = [], []
+        for i, ref in enumerate(settings.webhook_secrets):
+            try:
+                self._keys.append(webhooks.secret_key(resolve(ref)))
+            except SecretError as exc:
+                problems.append(f"api.webhook_secrets[{i}]: {exc}")
+            except ValueError as exc:
+                problems.append(f"api.webhook_secrets[{i}] ({ref}): {exc}")
+        if problems:
+            raise InvalidInput("configuration", problems)
         self._token = resolve(settings.token).encode() if settings.token else None
+        self._hmac = resolve(settings.hmac_secret).encode() if settings.legacy_signature else None
 
     def __repr__(self) -> str:
         return "Authenticator(<secrets hidden>)"
 
-    def check(self, headers, signed: bytes) -> bool:
-        """True when the bearer token matches, or the HMAC of `signed` matches the signature header."""
-        ok = False
+    def check(self, headers, payload: bytes, legacy_payload: Optional[bytes] = None) -> Optional[str]:
+        """None when the request is authenticated, else why not (never a secret).
+
+        `payload` is what a webhook signature covers after `id.timestamp.`; the legacy signature
+        covers `legacy_payload` (default: the same).
+        """
         auth = headers.get("authorization", "")
         if self._token is not None and auth[:7].lower() == "bearer ":
-            ok = hmac.compare_digest(auth[7:].strip().encode(), self._token)
-        signature = headers.get(SIGNATURE_HEADER.lower(), "")
-        if not ok and self._hmac is not None and signature.startswith("sha256="):
+            if hmac.compare_digest(auth[7:].strip().encode(), self._token):
+                return None
+            return "bad bearer token"
+        if self._keys and headers.get(webhooks.SIGNATURE_HEADER):
+            return webhooks.verify(self._keys, headers, payload)
+        legacy = headers.get(LEGACY_SIGNATURE_HEADER.lower(), "")
+        if self._hmac is not None and legacy.startswith("sha256="):
+            signed = payload if legacy_payload is None else legacy_payload
             expected = hmac.new(self._hmac, signed, hashlib.sha256).hexdigest()
-            ok = hmac.compare_digest(signature[7:].strip().lower().encode(), expected.encode())
-        return ok
+            return None if hmac.compare_digest(legacy[7:].strip().lower().encode(), expected.encode()) else \
+                "bad X-Outbound-Signature"
+        return "missing webhook-signature headers or bearer token"
 
 
 def sign(secret: str | bytes, body: bytes) -> str:
-    """The X-Outbound-Signature value for `body` (for senders and tests)."""
+    """The legacy X-Outbound-Signature value for `body` (only accepted with api.legacy_signature: true)."""
     key = secret.encode() if isinstance(secret, str) else secret
     return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
@@ -238,9 +284,56 @@ class AutoDispatch:
 
 # --- the app ---------------------------------------------------------------------------------
 
-def _problem(status: int, error: str, problems: list[str] = ()) -> JSONResponse:
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before sending again",
+                                      "schema": {"type": "integer"}}}
+PROBLEM_DESCRIPTIONS = {
+    401: "Missing, expired or wrong webhook signature, or wrong bearer token; nothing stored",
+    404: "No event with this id",
+    413: "The body is larger than api.max_body_bytes; nothing stored",
+    422: "Not JSON, or bad fields (each named); nothing stored",
+    503: "The state store is unreachable; nothing stored (or not known to be): send it again after Retry-After",
+}
+# Either a bearer token, or the three Standard Webhooks headers together.
+SECURITY = [{"bearerToken": []}, {"webhookId": [], "webhookTimestamp": [], "webhookSignature": []}]
+SECURITY_SCHEMES = {
+    "bearerToken": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <api.token>"},
+    "webhookId": {"type": "apiKey", "in": "header", "name": webhooks.ID_HEADER,
+                  "description": "A unique message id chosen by the sender"},
+    "webhookTimestamp": {"type": "apiKey", "in": "header", "name": webhooks.TIMESTAMP_HEADER,
+                         "description": "Seconds since the epoch; refused more than 5 minutes away"},
+    "webhookSignature": {"type": "apiKey", "in": "header", "name": webhooks.SIGNATURE_HEADER,
+                         "description": "v1,<base64 HMAC-SHA256 of 'id.timestamp.payload'>, space-separated"},
+}
+
+
+def PROBLEMS(*codes: int) -> dict:  # noqa: N802 - reads as a declaration in the route decorators
+    out = {}
+    for code in codes:
+        out[code] = {"model": Problem, "description": PROBLEM_DESCRIPTIONS[code]}
+        if code == 503:
+            out[code]["headers"] = RETRY_AFTER_HEADER
+    return out
+
+
+def _problem(status: int, error: str, problems: list[str] = (), headers: Optional[dict] = None) -> JSONResponse:
     fields = [p.split(":", 1)[0] for p in problems]
-    return JSONResponse(Problem(error=error, problems=list(problems), fields=fields).model_dump(), status_code=status)
+    return JSONResponse(Problem(error=error, problems=list(problems), fields=fields).model_dump(), status_code=status,
+                        headers=headers)
+
+
+def _unavailable(what: str, exc: Exception) -> JSONResponse:
+    # The driver's message names the host and port, never the password; the class is enough to act on.
+    log.warning("%s: state store unreachable (%s); answered 503", what, type(exc).__name__)
+    return _problem(503, "the state store is unreachable: send the request again after Retry-After "
+                         "(an event stored before the outage is then answered as a duplicate)",
+                    headers={"Retry-After": str(RETRY_AFTER)})
+
+
+async def _store_answers(timeout: float = 5.0) -> bool:
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(store_up), timeout)
+    except asyncio.TimeoutError:
+        return False
 
 
 def _event_status(event_id: str) -> Optional[EventStatus]:
@@ -290,27 +383,42 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
                   description="Identity events in; provisioning to Google Workspace, Salesforce and SCIM 2.0 out.")
     app.state.dispatcher = dispatcher
 
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> dict:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz():
+        """Liveness: the process answers (always 200); `store` says whether the state store does."""
+        return Health(status="ok", store="up" if await _store_answers() else "down")
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {
+        "model": Health, "description": "The state store is unreachable: send no traffic here for now",
+        "headers": RETRY_AFTER_HEADER}})
+    async def readyz():
+        """Readiness: 200 when the state store answers, else 503 (a load balancer stops routing here)."""
+        if await _store_answers():
+            return Health(status="ready", store="up")
+        return JSONResponse(Health(status="unavailable", store="down").model_dump(), status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER)})
 
     @app.post("/v1/events", status_code=202, response_model=EventAccepted, tags=["events"],
-              responses={200: {"model": EventAccepted, "description": "Seen before: the stored status"},
-                         401: {"model": Problem}, 413: {"model": Problem}, 422: {"model": Problem}},
+              responses={202: {"description": "Stored in the outbox (durable), then dispatched"},
+                         200: {"model": EventAccepted, "description": "Seen before: the stored status"},
+                         **PROBLEMS(401, 413, 422, 503)},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": {"$ref": "#/components/schemas/IdentityEvent"}}}}})
+                  "schema": {"$ref": "#/components/schemas/IdentityEvent"}}}}, "security": SECURITY})
     async def post_event(request: Request):
         """Store an identity event in the outbox, then start provisioning it."""
         body = await _read_limited(request, limit)
         if body is None:
             return _problem(413, f"the body is larger than {limit} bytes")
-        if not auth.check(request.headers, body):
-            return _problem(401, "missing or bad signature or token")
+        refused = auth.check(request.headers, body)
+        if refused:
+            log.info("POST /v1/events refused: %s", refused)
+            return _problem(401, f"not authenticated: {refused}")
         try:
             accepted = await asyncio.to_thread(accept, body, config)
         except InvalidInput as exc:
             return _problem(422, "invalid event", exc.problems)
+        except STORE_UNAVAILABLE as exc:  # not stored (or not known to be): the sender must retry
+            return _unavailable("POST /v1/events", exc)
         if not accepted.new:
             return JSONResponse(EventAccepted(id=accepted.event_id, status=accepted.status,
                                               duplicate=True).model_dump(), status_code=200)
@@ -324,12 +432,22 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
         return JSONResponse(EventAccepted(id=accepted.event_id, status=accepted.status).model_dump(), status_code=202)
 
     @app.get("/v1/events/{event_id}", response_model=EventStatus, tags=["events"],
-             responses={401: {"model": Problem}, 404: {"model": Problem}})
+             responses=PROBLEMS(401, 404, 503), openapi_extra={"security": SECURITY})
     async def get_event_status(event_id: str, request: Request):
-        """The event's status and its outcome on each connector (bearer token, or the HMAC of the path)."""
-        if not auth.check(request.headers, request.url.path.encode()):
-            return _problem(401, "missing or bad signature or token")
-        status = await asyncio.to_thread(_event_status, event_id)
+        """The event's status and its outcome on each connector.
+
+        Authenticated by bearer token, or by a Standard Webhooks signature whose payload is the
+        request path as sent (`<webhook-id>.<webhook-timestamp>./v1/events/<id>`).
+        """
+        path = request.scope.get("raw_path") or request.url.path.encode()
+        refused = auth.check(request.headers, path, legacy_payload=request.url.path.encode())
+        if refused:
+            log.info("GET /v1/events/{id} refused: %s", refused)
+            return _problem(401, f"not authenticated: {refused}")
+        try:
+            status = await asyncio.to_thread(_event_status, event_id)
+        except STORE_UNAVAILABLE as exc:
+            return _unavailable("GET /v1/events/{id}", exc)
         if status is None:
             return _problem(404, f"no event {event_id!r}")
         return JSONResponse(status.model_dump(mode="json"))
@@ -343,6 +461,7 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(event_schema.pop("$defs", {}))
             components["IdentityEvent"] = event_schema
+            schema["components"]["securitySchemes"] = SECURITY_SCHEMES
             app.openapi_schema = schema
         return app.openapi_schema
 

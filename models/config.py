@@ -267,11 +267,30 @@ class IdentityProvider(Strict):
 
 
 class ApiSettings(Strict):
-    """The event API (`outbound api`): how senders authenticate, and how large an event may be."""
+    """The event API (`outbound api`): how senders authenticate, and how large an event may be.
 
-    hmac_secret: Optional[SecretRef] = None  # HMAC-SHA256 of the raw body, header X-Outbound-Signature
+    The default scheme is Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`)
+    with any of `webhook_secrets` (several, so that one can be rotated without downtime). Each
+    reference must resolve to a `whsec_<base64>` secret, checked when the API starts.
+    """
+
+    webhook_secrets: list[SecretRef] = Field(default_factory=list, max_length=8)
     token: Optional[SecretRef] = None  # Authorization: Bearer <token>
+    # The old X-Outbound-Signature (HMAC of the body, no timestamp: replayable), only when asked for.
+    legacy_signature: bool = False
+    hmac_secret: Optional[SecretRef] = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+
+    @model_validator(mode="after")
+    def _schemes(self):
+        if self.hmac_secret and not self.legacy_signature:
+            raise ValueError("hmac_secret: only the legacy X-Outbound-Signature scheme uses it, and it is off; "
+                             "move senders to webhook_secrets, or set legacy_signature: true to keep it")
+        if self.legacy_signature and not self.hmac_secret:
+            raise ValueError("legacy_signature: true needs hmac_secret (a secret reference)")
+        if len(set(self.webhook_secrets)) != len(self.webhook_secrets):
+            raise ValueError("webhook_secrets: the same reference is listed twice")
+        return self
 
 
 class UserStoreSettings(Strict):

@@ -44,7 +44,9 @@ def _make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # A store that does not answer (not one that refuses) must not hold a request for minutes.
+    connect_args = {} if "connect_timeout" in url else {"connect_timeout": 10}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
 
 
 def alembic_config(url: str):

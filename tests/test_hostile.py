@@ -281,7 +281,8 @@ def valid_config() -> dict:
     return {
         "tenant_domain": "example.com",
         "retry": {"attempts": 3, "base_delay": 0.5},
-        "api": {"hmac_secret": "env:API_HMAC", "token": "env:API_TOKEN", "max_body_bytes": 65536},
+        "api": {"hmac_secret": "env:API_HMAC", "legacy_signature": True, "token": "env:API_TOKEN",
+                "max_body_bytes": 65536},
         "identity_providers": [{"name": "okta", "jit_provisioning": True, "connectors": ["scim-app"]}],
         "connectors": [
             {"name": "scim-app", "type": "scim2", "roles": ["sales"], "scim2": {

@@ -16,6 +16,7 @@ from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
 from deployments.cli import app
+from deployments.webhooks import new_secret
 from helpers import event
 from models.db import get_engine
 from sandbox.google import GoogleSandbox
@@ -32,6 +33,7 @@ SECRETS = {
     "sf_password": f"SF-PASSWORD-{MARK}",
     "sf_security_token": f"SF-SECTOKEN-{MARK}",
     "api_hmac": f"API-HMAC-{MARK}",
+    "api_webhook": new_secret(),
     "api_token": f"API-TOKEN-{MARK}",
     "oauth_client_secret": f"OAUTH-CLIENT-SECRET-{MARK}",
 }
@@ -88,7 +90,8 @@ def config_text(boxes: Sandboxes, scim_token_env: str = "SECRETS_SCIM_TOKEN") ->
         f'              private_key: "file:{sf.private_key_file}"}}',
         f'auth: {{type: password, client_id: {sf.client_id}, client_secret: env:SECRETS_SF_SECRET, '
         f'username: {sf.username}, password: env:SECRETS_SF_PASSWORD, security_token: env:SECRETS_SF_TOKEN}}') + (
-        "api: {hmac_secret: env:SECRETS_API_HMAC, token: env:SECRETS_API_TOKEN}\n")
+        "api: {webhook_secrets: [env:SECRETS_API_WEBHOOK], legacy_signature: true, hmac_secret: env:SECRETS_API_HMAC, "
+        "token: env:SECRETS_API_TOKEN}\n")
 
 
 def dump_store() -> list[str]:
@@ -114,6 +117,7 @@ def test_no_secret_appears_anywhere(tmp_path, sqlite_url, captured, monkeypatch)
     from connectors.factory import get_connector
     from connectors.errors import ConnectorError
     from deployments.api import create_app, sign
+    from deployments.webhooks import sign_headers
     from models.config import load_config
 
     places: dict[str, list[str]] = {"cli": [], "exceptions": [], "api": []}
@@ -126,6 +130,7 @@ def test_no_secret_appears_anywhere(tmp_path, sqlite_url, captured, monkeypatch)
         for env, key in (("SECRETS_SCIM_TOKEN", "scim_token"), ("SECRETS_SF_SECRET", "sf_client_secret"),
                          ("SECRETS_SF_PASSWORD", "sf_password"), ("SECRETS_SF_TOKEN", "sf_security_token"),
                          ("SECRETS_API_HMAC", "api_hmac"), ("SECRETS_API_TOKEN", "api_token"),
+                         ("SECRETS_API_WEBHOOK", "api_webhook"),
                          ("SECRETS_WRONG_TOKEN", "oauth_client_secret")):
             monkeypatch.setenv(env, SECRETS[key])
         good = tmp_path / "outbound.yaml"
@@ -196,6 +201,7 @@ def test_no_secret_appears_anywhere(tmp_path, sqlite_url, captured, monkeypatch)
             body = json.dumps(event(username="erin")).encode()
             for headers in ({"Authorization": "Bearer wrong"}, {"X-Outbound-Signature": sign("nope", body)},
                             {"X-Outbound-Signature": sign(SECRETS["api_hmac"], body)},
+                            sign_headers(new_secret(), body), sign_headers(SECRETS["api_webhook"], body),
                             {"Authorization": f"Bearer {SECRETS['api_token']}"}):
                 r = client.post("/v1/events", content=body, headers=headers)
                 places["api"].append(f"{r.status_code} {r.text} {dict(r.headers)}")

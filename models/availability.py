@@ -1,0 +1,19 @@
+"""Is the state store reachable? The errors that mean "not now" rather than "never"."""
+
+from sqlalchemy import exc, text
+
+# Raised (wrapped by SQLAlchemy) when the store cannot be reached or drops the connection:
+# the caller should answer "try again later", not fail the request for good.
+STORE_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
+
+
+def store_up() -> bool:
+    """True when the store answers a trivial query (migrating it first if this is its first use)."""
+    from models.db import get_engine
+
+    try:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except STORE_UNAVAILABLE:
+        return False
