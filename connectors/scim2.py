@@ -170,6 +170,18 @@ class Scim2Connector:
                 self._spc = {}
         return self._spc
 
+    def use_profile(self, capabilities: dict) -> None:
+        """Act on a stored capability profile (from `outbound check`) instead of asking the server:
+        its ServiceProviderConfig decides PATCH or PUT and the bulk sizes; no Group resource type
+        turns group sync off."""
+        spc = capabilities.get("service_provider_config")
+        if isinstance(spc, dict) and spc:
+            self._spc = spc
+        if capabilities.get("group_type") is False:
+            self.supports_groups = False
+            log.warning("connector=%s: the SCIM server has no Group resource type (outbound check): group sync "
+                        "is off; remove groups: from this connector or enable groups on the server", self.name)
+
     def patch_supported(self) -> bool:
         if self.settings.update_method != "auto":
             return self.settings.update_method == "patch"

@@ -1,0 +1,146 @@
+"""`outbound check`: the capability probe against the sandboxes, the stored profile, and what it drives."""
+
+import json
+import os
+
+import pytest
+from sqlalchemy import inspect
+from typer.testing import CliRunner
+
+from connectors.base import BatchOp
+from connectors.factory import clear_cache, get_connector
+from deployments.cli import app
+from helpers import write_config
+from models.config import load_config
+from models.db import get_engine, upgrade
+from sandbox.scim import ScimSandbox
+
+runner = CliRunner()
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def check(config, *args):
+    result = runner.invoke(app, ["check", "--config", str(config), *args])
+    return result.exit_code, result.output
+
+
+def as_json(config, *args) -> tuple[int, list[dict]]:
+    code, out = check(config, "--json", *args)
+    return code, json.loads(out)["connectors"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_connectors():
+    clear_cache()  # connectors built by other tests carry no profile; ours must be built after the check
+    yield
+    clear_cache()
+
+
+def test_a_wrong_token_is_reported_with_what_to_change_and_nothing_is_written(tmp_path, sqlite_url):
+    with ScimSandbox() as scim:
+        config = write_config(tmp_path, scim)
+        env = next(k for k, v in os.environ.items() if v == scim.token and k.startswith("TEST_SCIM_TOKEN"))
+        os.environ[env] = "Wr0ng-T0ken-Value"
+        code, out = check(config)
+        assert code == 1, out
+        assert "app (scim2): NOT USABLE" in out
+        assert "credentials refused" in out and "HTTP 401" in out
+        assert f"fix: give scim2.auth.token (env:{env}) a token this server accepts" in out
+        assert "Wr0ng-T0ken-Value" not in out and scim.token not in out
+        assert [r for r in scim.requests if r[0] in MUTATING] == []
+
+
+def test_a_missing_group_type_is_reported_and_turns_group_sync_off(tmp_path, sqlite_url):
+    with ScimSandbox(group_type=False) as scim:
+        config = write_config(tmp_path, scim, extra_connector="    groups: [staff]\n")
+        code, profiles = as_json(config)
+        assert code == 1
+        (profile,) = profiles
+        assert profile["capabilities"]["group_type"] is False
+        assert list(profile["capabilities"]["resource_types"]) == ["User"]
+        (problem,) = [p for p in profile["problems"] if p["severity"] == "error"]
+        assert "no Group resource type" in problem["what"] and "groups (staff)" in problem["what"]
+        assert problem["fix"] == "remove groups: from connector app, or enable groups on the server"
+        connector = get_connector(load_config(config).connectors[0])
+        assert connector.supports_groups is False  # the stored profile drives the connector
+        from tasks.groups import manages_groups
+
+        assert manages_groups(load_config(config).connectors[0]) is False
+        assert [r for r in scim.requests if r[1].startswith("/v2/Groups")] == []
+
+        status = runner.invoke(app, ["status", "--config", str(config)])
+        code, out = status.exit_code, status.output
+        assert code == 0 and "1 error" in out and "s ago" in out
+        assert "check of app: error: the server has no Group resource type" in out
+        status = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"]).output)
+        assert status["connectors"][0]["capabilities"]["usable"] is False
+
+
+def test_bulk_limits_are_reported_stored_and_used_without_asking_again(tmp_path, sqlite_url):
+    with ScimSandbox(bulk=(True, 7, 5_000), patch_supported=False) as scim:
+        config = write_config(tmp_path, scim)
+        code, out = check(config)
+        assert code == 0, out  # PUT instead of PATCH is a warning, not a failure
+        assert "app (scim2): usable" in out
+        assert "bulk yes (≤ 7 operations, ≤ 5000 bytes)" in out
+        assert "warning: the server does not support PATCH" in out
+        assert "resource types: User, Group; groups yes" in out
+        assert "enterprise extension yes; custom schemas: none" in out
+        connector = get_connector(load_config(config).connectors[0])
+        assert connector.bulk_limits() == (7, 5_000) and connector.patch_supported() is False
+        seen = len(scim.requests)
+        from connectors.base import Account
+
+        results = connector.apply_batch([BatchOp("create", account=Account(user_name=f"u{i}", external_id=f"x{i}"))
+                                         for i in range(15)])
+        assert not [r for r in results if isinstance(r, BaseException)]
+        calls = scim.requests[seen:]
+        assert ("GET", "/v2/ServiceProviderConfig") not in calls  # the profile answered
+        assert calls.count(("POST", "/v2/Bulk")) == 3  # 15 creates, 7 per request
+
+
+def test_unreachable_untrusted_and_unknown_connectors(tmp_path, sqlite_url):
+    from sandbox.salesforce import SalesforceSandbox
+
+    os.environ["T_CHECK_TOKEN"] = "not-a-real-token"
+    with SalesforceSandbox() as https_server:  # an https server signed by a CA we are not told about
+        path = tmp_path / "two.yaml"
+        path.write_text(f"""tenant_domain: example.com
+connectors:
+  - name: nowhere
+    type: scim2
+    scim2: {{base_url: "http://127.0.0.1:1/v2", auth: {{type: bearer, token: "env:T_CHECK_TOKEN"}}}}
+  - name: untrusted
+    type: scim2
+    scim2: {{base_url: "{https_server.url}/scim/v2", auth: {{type: bearer, token: "env:T_CHECK_TOKEN"}}}}
+""")
+        code, profiles = as_json(path)
+    assert code == 1
+    nowhere, untrusted = profiles
+    assert [p["what"] for p in nowhere["problems"]] == [
+        "GET http://127.0.0.1:1/v2/Users: cannot connect (connection refused)"]
+    assert "TLS: GET" in untrusted["problems"][0]["what"] and "certificate not trusted" in untrusted["problems"][0]["what"]
+    assert untrusted["problems"][0]["fix"].startswith("set scim2.ca_bundle to the CA file")
+    code, out = check(path, "--connector", "elsewhere")
+    assert code == 2 and "no connector 'elsewhere'" in out and "nowhere, untrusted" in out
+
+
+def test_migration_0005_on_sqlite_and_postgresql(db_url):
+    from models.capabilities import all_profiles, save
+
+    upgrade(db_url, "0004")
+    assert not inspect(get_engine(db_url, migrate=False)).has_table("capability_profiles")
+    upgrade(db_url)
+    columns = {c["name"] for c in inspect(get_engine(db_url, migrate=False)).get_columns("capability_profiles")}
+    assert columns == {"connector", "type", "usable", "capabilities", "problems", "checked_at"}
+    save({"connector": "app", "type": "scim2", "usable": False, "capabilities": {"patch": True},
+          "problems": [{"severity": "error", "what": "x", "fix": "y"}]})
+    save({"connector": "app", "type": "scim2", "usable": True, "capabilities": {"patch": False}, "problems": []})
+    (row,) = all_profiles().values()
+    assert row.usable and row.capabilities == {"patch": False} and row.problems == []
+    from alembic import command
+
+    from models.db import alembic_config
+
+    command.downgrade(alembic_config(db_url), "0004")  # and back
+    assert not inspect(get_engine(db_url, migrate=False)).has_table("capability_profiles")
