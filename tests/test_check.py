@@ -144,3 +144,72 @@ def test_migration_0005_on_sqlite_and_postgresql(db_url):
 
     command.downgrade(alembic_config(db_url), "0004")  # and back
     assert not inspect(get_engine(db_url, migrate=False)).has_table("capability_profiles")
+
+
+# --- Google and Salesforce -------------------------------------------------------------------
+
+def _errors(profile) -> list[str]:
+    return [p["what"] for p in profile["problems"] if p["severity"] == "error"]
+
+
+def test_google_scopes_admin_and_domains_against_the_sandbox():
+    from connectors.probe import check as probe
+    from sandbox.google import SCOPE_GROUP, SCOPE_USER, GoogleSandbox
+    from targets import google_config
+
+    with GoogleSandbox(domains=["example.com", "example.org"]) as google:
+        good = probe(google_config(google))
+        assert good["usable"] and good["problems"] == []
+        assert good["capabilities"]["domains"] == ["example.com", "example.org"]
+        assert len(good["capabilities"]["scopes_granted"]) == 3
+        wrong_domain = probe(google_config(google, name="g2", domain="elsewhere.net"))
+        assert _errors(wrong_domain) == ["domain elsewhere.net is not one of the customer's domains "
+                                         "(example.com, example.org)"]
+        no_admin = probe(google_config(google, name="g3", google={"admin_email": "someone@example.com"}))
+        assert _errors(no_admin) == ["the token endpoint refused the service account for admin someone@example.com: "
+                                     "invalid_grant Invalid email or User ID"]
+        assert [m for m, _ in google.requests if m != "GET" and _ != "/token"] == []  # only token calls and reads
+    with GoogleSandbox(delegated_scopes=[SCOPE_USER]) as google:
+        partial = probe(google_config(google))
+        assert partial["capabilities"]["scopes_refused"] == [SCOPE_GROUP, SCOPE_GROUP.replace("group", "domain.readonly")]
+        (problem,) = [p for p in partial["problems"] if p["severity"] == "error"]
+        assert SCOPE_GROUP in problem["what"] and "Domain-wide delegation" in problem["fix"]
+        assert google.service_account_info()["client_id"] in problem["fix"]
+        assert "private_key" not in json.dumps(partial)
+
+
+def test_salesforce_version_profile_required_fields_and_daily_requests(monkeypatch):
+    monkeypatch.setenv("T_CHECK_WRONG_SF", "not-the-secret")
+    from connectors.probe import check as probe
+    from sandbox.salesforce import SalesforceSandbox
+    from targets import salesforce_config
+
+    with SalesforceSandbox(required_custom=("Region__c",), api_limit=40) as sf:
+        profile = probe(salesforce_config(sf))
+        caps = profile["capabilities"]
+        assert caps["authenticated"] and caps["api_versions"][-1] == "62.0" and caps["profile"] == "Standard User"
+        assert "Region__c" in caps["required_fields"] and caps["daily_api_requests"]["max"] == 40
+        assert _errors(profile) == ["the User object requires Region__c, which the connector does not set"]
+        fixed = probe(salesforce_config(sf, name="sf2", defaults={**_sf_defaults(), "Region__c": "EMEA"}))
+        assert fixed["usable"], fixed["problems"]
+        assert _errors(probe(salesforce_config(sf, name="sf3", api_version="99.0"))) == [
+            "API version 99.0 is not offered by this org (latest 62.0)"]
+        assert _errors(probe(salesforce_config(sf, name="sf4", profile="Nobody"))) == [
+            "Salesforce has no profile named 'Nobody'", "the User object requires Region__c, which the connector "
+                                                        "does not set"]
+        assert [r for r in sf.requests if r[0] != "GET" and r[1] != "/services/oauth2/token"] == []
+        enough = {**_sf_defaults(), "Region__c": "EMEA"}
+        sf.api_calls = 34  # almost spent: the probe's own 4 reads leave 2 of 40
+        low = probe(salesforce_config(sf, name="sf5", defaults=enough))
+        assert low["usable"] and [p["what"] for p in low["problems"]] == ["only 2 of 40 daily API requests are left"]
+        spent = probe(salesforce_config(sf, name="sf6", defaults=enough))
+        assert _errors(spent)[0].startswith("no daily API requests are left: ")
+        bad = probe(salesforce_config(sf, name="sf7", auth={"type": "client_credentials", "client_id": sf.client_id,
+                                                           "client_secret": "env:T_CHECK_WRONG_SF"}))
+    assert bad["capabilities"]["authenticated"] is False and "refused" in _errors(bad)[0]
+
+
+def _sf_defaults() -> dict:
+    from models.config import SalesforceSettings
+
+    return dict(SalesforceSettings.model_fields["defaults"].default_factory())
