@@ -174,6 +174,8 @@ class Scim2Connector:
         """Act on a stored capability profile (from `outbound check`) instead of asking the server:
         its ServiceProviderConfig decides PATCH or PUT and the bulk sizes; no Group resource type
         turns group sync off."""
+        if capabilities.get("base_url") not in (None, self.base_url):
+            return  # probed at another address: it says nothing about this one
         spc = capabilities.get("service_provider_config")
         if isinstance(spc, dict) and spc:
             self._spc = spc
@@ -539,7 +541,8 @@ def match_answers(items: list[dict], answers: list[dict]) -> dict[int, dict]:
     by_id = {item["bulkId"]: k for k, item in enumerate(items)}
     rest = []
     for a, answer in enumerate(answers):
-        k = by_id.get(answer.get("bulkId"))
+        bulk_id = answer.get("bulkId")
+        k = by_id.get(bulk_id) if isinstance(bulk_id, str) else None
         if k is not None and k not in paired:
             paired[k] = answer
         else:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import pytest
 import requests
+from hypothesis import given, settings, strategies as st
 
 from connectors.base import Account, BatchOp
 from connectors.errors import ConnectorError, OutcomeUnknown, RateLimited
@@ -65,6 +66,8 @@ ITEMS = [{"bulkId": "op0", "method": "POST", "path": "/Users"},
     # one answer missing, the rest identifiable: the unanswered one stays unpaired
     ([{"bulkId": "op0", "method": "POST"}, {"method": "DELETE", "location": "/v2/Users/b"},
       {"method": "PATCH", "location": "/v2/Users/a"}], {0: 0, 2: 1, 1: 2}),
+    # garbage where ids go is not trusted (nor a crash); a location that is not a string says nothing
+    ([{"bulkId": ["op0"], "location": 7}, {"bulkId": {"x": 1}}, {"method": None, "location": 7}, {}], {2: 2, 3: 3}),
     # a positional answer that contradicts its operation (another method) is not taken
     ([{"status": "201"}, {"method": "DELETE", "status": "204"}, {"status": "204"}, {"status": "200"}],
      {0: 0, 2: 2, 3: 3}),
@@ -225,6 +228,25 @@ def test_an_unanswered_operation_is_outcome_unknown_and_looking_settles_it():
         assert all(a[0] == "GET" for a in sandbox.answered[before + 1:])  # looking only reads
 
 
+def test_a_bulk_request_cut_off_after_sending_is_outcome_unknown_but_a_refused_one_is_not():
+    from connectors.errors import TransientError
+
+    dropped = FaultPlan(rate=1.0, kinds=("drop",), only_methods=("POST",), seed=3)
+    with target("cutoff", faults=dropped) as (connector, sandbox):
+        ops = [BatchOp("create", account=a) for a in accounts(3)]
+        results = connector.apply_batch(ops)
+        assert all(isinstance(r, OutcomeUnknown) for r in results), results
+        assert "may have been applied" in str(results[0])
+        # the sandbox drops before serving: nothing applied, so looking keeps them unknown (they are resent)
+        assert all(isinstance(r, OutcomeUnknown) for r in connector.resolve_unknown(ops, results))
+    os.environ["T_BULK_GONE"] = "x"
+    gone = get_connector(ConnectorConfig.model_validate({"name": "gone", "type": "scim2", "scim2": {
+        "base_url": "http://127.0.0.1:1/v2", "auth": {"type": "bearer", "token": "env:T_BULK_GONE"}}}))
+    gone._spc = {"bulk": {"supported": True, "maxOperations": 10, "maxPayloadSize": 10_000}, "patch": {"supported": True}}
+    refused = gone.apply_batch([BatchOp("disable", remote_id="r1")])
+    assert isinstance(refused[0], TransientError) and not isinstance(refused[0], OutcomeUnknown)
+
+
 def test_a_bulk_answer_keeps_retry_after_and_the_shared_status_mapping():
     from connectors.scim2 import Scim2Connector
 
@@ -232,3 +254,45 @@ def test_a_bulk_answer_keeps_retry_after_and_the_shared_status_mapping():
     assert isinstance(error, RateLimited) and error.retry_after == 2.5
     error = Scim2Connector._bulk_error(None, {"method": "PATCH", "path": "/Users/x"}, 503, {}, 4.0)
     assert isinstance(error, ConnectorError) and error.retry_after == 4.0 and error.status == 503
+
+
+# --- pairing, for any server behaviour within the RFC ---------------------------------------------
+
+
+@st.composite
+def bulk_exchanges(draw):
+    """Operations, and what a conformant server answers: every answer true, bulkIds possibly only for
+    POSTs, locations as URLs, some answers possibly missing, and (with full bulkIds) any order."""
+    n = draw(st.integers(1, 12))
+    items, answers = [], []
+    for i in range(n):
+        method = draw(st.sampled_from(["POST", "PATCH", "DELETE", "PUT"]))
+        path = "/Users" if method == "POST" else f"/Users/{draw(st.sampled_from('abc'))}"
+        items.append({"bulkId": f"op{i}", "method": method, "path": path})
+        answer = {"method": method, "status": draw(st.sampled_from(["200", "201", "204", "404", "409"])), "_i": i}
+        if method != "POST" or answer["status"] < "400":
+            answer["location"] = f"https://h/v2{path}" + ("/new" if method == "POST" else "")
+        answers.append(answer)
+    ids = draw(st.sampled_from(["all", "post", "none"]))
+    for answer in answers:
+        if ids == "all" or (ids == "post" and answer["method"] == "POST"):
+            answer["bulkId"] = f"op{answer['_i']}"
+    kept = [a for a in answers if not draw(st.booleans())] if draw(st.booleans()) else answers
+    if ids == "all":
+        kept = draw(st.permutations(kept))
+    return items, list(kept), len(kept) == n
+
+
+@settings(derandomize=True, max_examples=400, deadline=None)
+@given(bulk_exchanges())
+def test_no_answer_is_ever_given_to_an_operation_it_does_not_describe(exchange):
+    items, answers, complete = exchange
+    paired = match_answers(items, answers)
+    used = [id(a) for a in paired.values()]
+    assert len(used) == len(set(used))  # no answer twice
+    for k, answer in paired.items():
+        truth = items[answer["_i"]]
+        # the answer is this operation's, or one indistinguishable from it (same method, same resource)
+        assert (truth["method"], truth["path"]) == (items[k]["method"], items[k]["path"]), (k, answer)
+    if complete:
+        assert {k: a["_i"] for k, a in paired.items()} == {i: i for i in range(len(items))}
