@@ -21,6 +21,7 @@ import requests
 
 from connectors.errors import ConfigError, ConnectorError
 from models.config import ConnectorConfig
+from models.secrets import SecretError
 from models.tables import utcnow
 
 log = logging.getLogger("outbound.probe")
@@ -56,6 +57,9 @@ def check(cfg: ConnectorConfig) -> dict[str, Any]:
     module = importlib.import_module(_MODULES[cfg.type])
     try:
         module.probe(cfg, found)
+    except SecretError as exc:
+        found.error(f"connector {cfg.name}: {exc}", "set the secret the configuration references (env var, file or "
+                                                   "Prefect Secret block)")
     except ConfigError as exc:
         found.error(str(exc), f"fix connector {cfg.name}'s configuration or the secret it references")
     except ConnectorError as exc:  # a failure no check above anticipated: still named, still a profile

@@ -22,23 +22,19 @@ def check(connector: Optional[str] = typer.Option(None, "--connector", help="Onl
     The result is stored as the connector's capability profile, which then decides PATCH or PUT,
     bulk sizes and group sync; `outbound status` shows its age and problems.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from connectors.probe import check as probe, summary
-    from models.capabilities import save
+    from connectors.probe import summary
+    from tasks.capabilities import NotStored, refresh
 
     cfg = _load(config)
     known = [c.name for c in cfg.connectors]
     if connector and connector not in known:
         fail(f"--connector: no connector {connector!r} in the configuration (have: {', '.join(known) or 'none'})")
     chosen = [c for c in cfg.connectors if (c.name == connector if connector else c.enabled)]
-    profiles = [probe(c) for c in chosen]
     unsaved = None
-    for profile in profiles:
-        try:
-            save(profile)
-        except SQLAlchemyError as exc:  # the findings still count; say the store could not keep them
-            unsaved = f"capability profiles not stored: {type(exc).__name__}"
+    try:
+        profiles = refresh(chosen)
+    except NotStored as exc:  # the findings still count; say the store could not keep them
+        unsaved, profiles = exc.args
     if as_json:
         typer.echo(json.dumps({"connectors": profiles}, default=str))
     else:

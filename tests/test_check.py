@@ -213,3 +213,21 @@ def _sf_defaults() -> dict:
     from models.config import SalesforceSettings
 
     return dict(SalesforceSettings.model_fields["defaults"].default_factory())
+
+
+def test_an_unset_secret_and_an_unwritable_store_are_named_not_tracebacks(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUTBOUND_DATABASE_URL", "sqlite:////nonexistent-dir/x/state.db")
+    monkeypatch.delenv("T_CHECK_UNSET", raising=False)
+    path = tmp_path / "unset.yaml"
+    path.write_text("""tenant_domain: example.com
+connectors:
+  - name: app
+    type: scim2
+    scim2: {base_url: "http://127.0.0.1:1/v2", auth: {type: bearer, token: "env:T_CHECK_UNSET"}}
+""")
+    result = CliRunner().invoke(app, ["check", "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "error: connector app: " in result.output and "T_CHECK_UNSET" in result.output
+    assert "fix: set the secret the configuration references" in result.output
+    assert "capability profiles not stored: OperationalError" in result.output
+    assert "Traceback" not in result.output
