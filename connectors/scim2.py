@@ -10,8 +10,7 @@ import urllib3
 from pydantic import ValidationError
 from scim2_models import Email, Group, GroupMember, Name, PatchOp, PatchOperation, User
 
-from connectors.base import Account, BatchOp, RemoteGroup
-from connectors.base import canonical
+from connectors.base import Account, BatchOp, RemoteGroup, canonical
 from connectors.errors import (ConnectorError, NotFound, OutcomeUnknown, Rejected, TransientError, for_status,
                                retry_after_seconds)
 from models.config import Scim2Settings
@@ -342,11 +341,17 @@ class Scim2Connector:
                 status = int(answer.get("status") or 0)
             except (TypeError, ValueError):
                 status = 0
-            if status >= 400 or status == 0:
-                error = self._bulk_error(item, status, answer.get("response") or {}, retry_after)
+            response_body = answer.get("response") if isinstance(answer.get("response"), dict) else {}
+            if not 200 <= status < 600:
+                results[index] = OutcomeUnknown(f"{item['method']} {item['path']}: the bulk response gives no "
+                                                f"status; it may have been applied")
+            elif status >= 400:
+                error = self._bulk_error(item, status, response_body, retry_after)
                 results[index] = None if isinstance(error, NotFound) and op.kind == "delete" else error
             elif op.kind == "create":
-                results[index] = op.account.with_id(_created_id(answer))
+                created = _created_id(answer)
+                results[index] = op.account.with_id(created) if created else OutcomeUnknown(
+                    "POST /Users: created, but the bulk response gives no location or id")
             else:
                 results[index] = None
 
@@ -365,9 +370,7 @@ class Scim2Connector:
         results[index] = self._one_by_one([ops[index]], 1)[0]
 
     def _bulk_error(self, item: dict, status: int, body: dict, retry_after: float | None = None) -> Exception:
-        detail, scim_type = body.get("detail"), body.get("scimType")
-        if not status:
-            return TransientError(f"{item['method']} {item['path']}: the bulk response gives no status")
+        detail, scim_type = (v if isinstance(v, str) else None for v in (body.get("detail"), body.get("scimType")))
         text = (f"{item['method']} {item['path']}: HTTP {status}" + (f" {scim_type}" if scim_type else "")
                 + (f": {detail}" if detail else ""))
         return for_status(status, text, retry_after=retry_after, field=_field_in(detail))
@@ -566,10 +569,12 @@ def match_answers(items: list[dict], answers: list[dict]) -> dict[int, dict]:
 
 
 def _created_id(answer: dict) -> Optional[str]:
-    location = answer.get("location") or ""
-    found = location.rstrip("/").rsplit("/", 1)[-1] if location else None
+    """The id of the resource a POST answer created: the last segment of its location, else the body's id."""
+    location = answer.get("location")
+    found = location.rstrip("/").rsplit("/", 1)[-1] if isinstance(location, str) else None
     response = answer.get("response")
-    return found or (response.get("id") if isinstance(response, dict) else None)
+    fallback = response.get("id") if isinstance(response, dict) else None
+    return found or (fallback if isinstance(fallback, str) and fallback else None)
 
 
 def _maybe_sent(exc: Exception) -> bool:

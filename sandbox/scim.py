@@ -6,7 +6,7 @@ itself answers 413 beyond them, and 501 when /Bulk is not supported); `bulk_ids=
 BulkResponse operation's bulkId only for POSTs (§3.7.3 requires no more); `body_limit` refuses larger
 request bodies with 413 whatever the configuration says (a proxy in front of the server);
 `group_type=False` serves no Group resource type; `drop_bulk_answers=n` leaves the last n answers out
-of every BulkResponse. `answered` lists (method, path, status, request body bytes) per request;
+of every BulkResponse, `rewrite_bulk_answer(answer)` changes each answer in place. `answered` lists (method, path, status, request body bytes) per request;
 `peak_in_flight` is the most requests it ever served at once.
 """
 
@@ -41,7 +41,7 @@ class ScimSandbox:
                  patch_supported: bool = True, faults: FaultPlan | None = None,
                  basic_users: dict[str, str] | None = None, oauth_clients: dict[str, str] | None = None,
                  bulk: tuple[bool, int, int] | None = None, bulk_ids: str = "all", body_limit: int | None = None,
-                 group_type: bool = True, drop_bulk_answers: int = 0):
+                 group_type: bool = True, drop_bulk_answers: int = 0, rewrite_bulk_answer=None):
         self.token = token or secrets.token_urlsafe(24)
         # Besides its bearer token, the sandbox can accept HTTP Basic users and OAuth 2.0 clients
         # (client credentials grant at /oauth/token), so every auth mode is tested over real HTTP.
@@ -64,8 +64,9 @@ class ScimSandbox:
         self.requests: list[tuple[str, str]] = []
         self.answered: list[tuple[str, str, int, int]] = []
         app = self.app
-        if bulk_ids == "post" or drop_bulk_answers:
-            app = BulkAnswers(app, post_only_ids=bulk_ids == "post", drop_last=drop_bulk_answers)
+        if bulk_ids == "post" or drop_bulk_answers or rewrite_bulk_answer:
+            app = BulkAnswers(app, post_only_ids=bulk_ids == "post", drop_last=drop_bulk_answers,
+                              rewrite=rewrite_bulk_answer)
         self.faults = FaultInjector(BodyLimit(app, body_limit) if body_limit else app, faults)
         self.in_flight = self.peak_in_flight = 0
         self._in_flight_lock = threading.Lock()

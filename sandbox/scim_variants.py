@@ -6,11 +6,12 @@ import json
 class BulkAnswers:
     """Rewrite BulkResponses: `post_only_ids` echoes a bulkId only when the method is POST (RFC 7644
     §3.7.3 requires no more, and servers that leave it out answer a PATCH with just method, location
-    and status); `drop_last` leaves out the last answers (operations that ran, unanswered).
+    and status); `drop_last` leaves out the last answers (operations that ran, unanswered); `rewrite`
+    changes each answer in place (a test's way to send what a broken server would).
     """
 
-    def __init__(self, app, post_only_ids: bool = True, drop_last: int = 0):
-        self.app, self.post_only_ids, self.drop_last = app, post_only_ids, drop_last
+    def __init__(self, app, post_only_ids: bool = True, drop_last: int = 0, rewrite=None):
+        self.app, self.post_only_ids, self.drop_last, self.rewrite = app, post_only_ids, drop_last, rewrite
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").rstrip("/").endswith("/Bulk") and environ["REQUEST_METHOD"] == "POST":
@@ -28,6 +29,9 @@ class BulkAnswers:
                 for op in doc["Operations"]:
                     if self.post_only_ids and str(op.get("method", "")).upper() != "POST":
                         op.pop("bulkId", None)
+                if self.rewrite:
+                    for op in doc["Operations"]:
+                        self.rewrite(op)
                 if self.drop_last:
                     doc["Operations"] = doc["Operations"][:-self.drop_last]
                 body = json.dumps(doc).encode()

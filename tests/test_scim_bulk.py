@@ -247,6 +247,29 @@ def test_a_bulk_request_cut_off_after_sending_is_outcome_unknown_but_a_refused_o
     assert isinstance(refused[0], TransientError) and not isinstance(refused[0], OutcomeUnknown)
 
 
+def test_garbled_answers_are_outcome_unknown_or_named_errors_never_a_crash():
+    def garble(answer):
+        n = int(answer.get("bulkId", "op0")[2:])
+        if n == 0:
+            answer["status"] = "OK"  # no number: applied or not, nobody knows
+        elif n == 1:
+            answer.pop("location", None)  # a created user without a location
+            answer.pop("response", None)
+        elif n == 2:
+            answer["status"] = 400
+            answer["response"] = {"detail": 7, "scimType": ["x"]}  # not strings: left out of the message
+
+    with target("garbled", rewrite_bulk_answer=garble) as (connector, sandbox):
+        results = connector.apply_batch([BatchOp("create", account=a) for a in accounts(4)])
+        assert isinstance(results[0], OutcomeUnknown) and "gives no status" in str(results[0])
+        assert isinstance(results[1], OutcomeUnknown) and "no location or id" in str(results[1])
+        assert isinstance(results[2], ConnectorError) and str(results[2]) == "POST /Users: HTTP 400"
+        assert results[3].id
+        ops = [BatchOp("create", account=a) for a in accounts(4)]
+        settled = connector.resolve_unknown(ops, results)
+        assert settled[0].id and settled[1].id  # both were created: found by externalId, not resent
+
+
 def test_a_bulk_answer_keeps_retry_after_and_the_shared_status_mapping():
     from connectors.scim2 import Scim2Connector
 
