@@ -5,7 +5,7 @@ Variants, each still conformant to RFC 7644, for the interoperability tests:
 itself answers 413 beyond them, and 501 when /Bulk is not supported); `bulk_ids="post"` echoes a
 BulkResponse operation's bulkId only for POSTs (§3.7.3 requires no more); `body_limit` refuses larger
 request bodies with 413 whatever the configuration says (a proxy in front of the server);
-`group_type=False` serves no Group resource type; `drop_bulk_answers=n` leaves the last n answers out
+`group_type=False` serves no Group resource type; `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
 of every BulkResponse, `rewrite_bulk_answer(answer)` changes each answer in place. `answered` lists (method, path, status, request body bytes) per request;
 `peak_in_flight` is the most requests it ever served at once.
 """
@@ -18,7 +18,7 @@ import threading
 from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from scim2_models import ScimProvider
+from scim2_models import Schema, SchemaExtension, ScimProvider
 from scim2_server.memory import InMemoryStorage
 from scim2_server.service import ScimService
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
@@ -27,6 +27,13 @@ from sandbox.faults import FaultInjector, FaultPlan
 from sandbox.scim_variants import BodyLimit, BulkAnswers
 from scim2_server.utils import (load_default_resource_types, load_default_schemas,
                                 load_default_service_provider_config)
+
+
+def _extension_schema(urn: str) -> Schema:
+    return Schema.model_validate({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"], "id": urn, "name": urn.rsplit(":", 2)[-2],
+        "attributes": [{"name": "costCenter", "type": "string", "multiValued": False, "required": False,
+                        "caseExact": False, "mutability": "readWrite", "returned": "default", "uniqueness": "none"}]})
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -41,7 +48,8 @@ class ScimSandbox:
                  patch_supported: bool = True, faults: FaultPlan | None = None,
                  basic_users: dict[str, str] | None = None, oauth_clients: dict[str, str] | None = None,
                  bulk: tuple[bool, int, int] | None = None, bulk_ids: str = "all", body_limit: int | None = None,
-                 group_type: bool = True, drop_bulk_answers: int = 0, rewrite_bulk_answer=None):
+                 group_type: bool = True, drop_bulk_answers: int = 0, rewrite_bulk_answer=None,
+                 custom_schemas: tuple[str, ...] = ()):
         self.token = token or secrets.token_urlsafe(24)
         # Besides its bearer token, the sandbox can accept HTTP Basic users and OAuth 2.0 clients
         # (client credentials grant at /oauth/token), so every auth mode is tested over real HTTP.
@@ -56,8 +64,12 @@ class ScimSandbox:
         resource_types = load_default_resource_types()
         if not group_type:
             resource_types.pop("Group")
-        provider = ScimProvider.from_discovery(load_default_schemas().values(), resource_types.values(),
-                                               config=config)
+        schemas = load_default_schemas()
+        for urn in custom_schemas:  # a User extension with one string attribute, as products add their own
+            schemas[urn] = _extension_schema(urn)
+            resource_types["User"].schema_extensions.append(
+                SchemaExtension(schema_=urn, required=False))
+        provider = ScimProvider.from_discovery(schemas.values(), resource_types.values(), config=config)
         self.storage = InMemoryStorage()
         self.app = BearerTokenApplication(self.storage, provider, service=ScimService(provider, secret=secrets.token_urlsafe(16)),
                                           bearer_tokens=[self.token])

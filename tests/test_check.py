@@ -77,7 +77,8 @@ def test_a_missing_group_type_is_reported_and_turns_group_sync_off(tmp_path, sql
 
 
 def test_bulk_limits_are_reported_stored_and_used_without_asking_again(tmp_path, sqlite_url):
-    with ScimSandbox(bulk=(True, 7, 5_000), patch_supported=False) as scim:
+    acme = "urn:example:params:scim:schemas:extension:acme:2.0:User"
+    with ScimSandbox(bulk=(True, 7, 5_000), patch_supported=False, custom_schemas=(acme,)) as scim:
         config = write_config(tmp_path, scim)
         code, out = check(config)
         assert code == 0, out  # PUT instead of PATCH is a warning, not a failure
@@ -85,7 +86,7 @@ def test_bulk_limits_are_reported_stored_and_used_without_asking_again(tmp_path,
         assert "bulk yes (≤ 7 operations, ≤ 5000 bytes)" in out
         assert "warning: the server does not support PATCH" in out
         assert "resource types: User, Group; groups yes" in out
-        assert "enterprise extension yes; custom schemas: none" in out
+        assert f"enterprise extension yes; custom schemas: {acme}" in out
         connector = get_connector(load_config(config).connectors[0])
         assert connector.bulk_limits() == (7, 5_000) and connector.patch_supported() is False
         seen = len(scim.requests)
