@@ -4,7 +4,9 @@
     ├── ConfigError              the configuration cannot work (bad secret, unknown profile): stop
     └── ConnectorError           a remote call failed
         ├── TransientError       worth retrying later (5xx, timeouts, dropped connections)
-        │   └── RateLimited      the target asked us to slow down (429, quota); `retry_after` seconds
+        │   ├── RateLimited      the target asked us to slow down (429, quota); `retry_after` seconds
+        │   └── OutcomeUnknown   sent, but no answer says whether it applied (a bulk operation the
+        │                        response leaves out, a bulk request cut off): look before resending
         ├── NotFound             the account is not there: re-create or treat as gone
         ├── AlreadyExists        a uniqueness conflict: find the account and adopt it
         ├── Rejected             the target refused the request (bad field): record, do not retry
@@ -41,6 +43,12 @@ class TransientError(ConnectorError):
 
 class RateLimited(TransientError):
     code = "rate_limited"
+
+
+class OutcomeUnknown(TransientError):
+    """The request went out but nothing says whether it applied; resending blindly may repeat it."""
+
+    code = "outcome_unknown"
 
 
 class NotFound(ConnectorError):

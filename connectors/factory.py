@@ -24,7 +24,20 @@ def get_connector(cfg: ConnectorConfig, dry_run: bool = False) -> Connector:
                 connector = _cache[key] = module.build(cfg, dry_run=dry_run)
             except SecretError as exc:
                 raise ConfigError(f"connector {cfg.name}: {exc}") from None
+            _use_profile(connector, cfg)
         return connector
+
+
+def _use_profile(connector: Connector, cfg: ConnectorConfig) -> None:
+    """Hand the connector its stored capability profile (from `outbound check`), when it takes one."""
+    use = getattr(connector, "use_profile", None)
+    if use is None:
+        return
+    from models.capabilities import fresh
+
+    row = fresh(cfg.name)
+    if row is not None and row.type == cfg.type:
+        use(row.capabilities)
 
 
 def evict(cfg: ConnectorConfig) -> None:

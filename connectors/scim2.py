@@ -3,19 +3,22 @@
 import json
 import logging
 from typing import Any, Iterator, Optional
+from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from pydantic import ValidationError
 from scim2_models import Email, Group, GroupMember, Name, PatchOp, PatchOperation, User
 
-from connectors.base import Account, BatchOp, RemoteGroup
-from connectors.errors import (AlreadyExists, AuthFailed, ConnectorError, NotFound, Rejected, RateLimited,
-                               TransientError, for_status, retry_after_seconds)
+from connectors.base import Account, BatchOp, RemoteGroup, canonical
+from connectors.errors import (ConnectorError, NotFound, OutcomeUnknown, Rejected, TransientError, for_status,
+                               retry_after_seconds)
 from models.config import Scim2Settings
 
 log = logging.getLogger(__name__)
 SCIM_JSON = "application/scim+json"
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 
 
 def filter_eq(attribute: str, value: str) -> str:
@@ -33,12 +36,15 @@ class Scim2Connector:
         self.base_url = settings.base_url
         self.dry_run = dry_run
         self._spc: Optional[dict] = None
+        self._payload_cap: Optional[int] = None  # the bulk body size a 413 showed the server refuses
         self.requests_sent = 0
 
     # --- the one choke point -------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
-                 _refreshed: bool = False) -> requests.Response | None:
+                 _refreshed: bool = False, cut_off_unknown: bool = False) -> requests.Response | None:
+        """Send one request; HTTP errors become the shared error tree. With `cut_off_unknown`, a request
+        that may have reached the server before the connection failed raises OutcomeUnknown."""
         if self.dry_run and method in MUTATING:
             log.info("dry-run: %s %s not sent connector=%s", method, path, self.name)
             return None
@@ -51,13 +57,15 @@ class Scim2Connector:
         try:
             self.requests_sent += 1
             response = self.session.request(method, url, data=data, params=params, headers=headers)
-        except requests.Timeout as exc:
-            raise TransientError(f"{method} {path}: timed out") from exc
-        except requests.RequestException as exc:  # refused, reset, or dropped mid-response
-            raise TransientError(f"{method} {path}: connection failed ({type(exc).__name__})") from exc
+        except requests.RequestException as exc:  # refused, timed out, reset, or dropped mid-response
+            what = "timed out" if isinstance(exc, requests.Timeout) else f"connection failed ({type(exc).__name__})"
+            if cut_off_unknown and _maybe_sent(exc):
+                raise OutcomeUnknown(f"{method} {path}: {what} after sending; its operations may have been applied") from exc
+            raise TransientError(f"{method} {path}: {what}") from exc
         if response.status_code == 401 and not _refreshed and hasattr(self.session.auth, "refresh"):
             self.session.auth.refresh()  # one token refresh, then it is an auth failure
-            return self._request(method, path, json_body=json_body, params=params, _refreshed=True)
+            return self._request(method, path, json_body=json_body, params=params, _refreshed=True,
+                                 cut_off_unknown=cut_off_unknown)
         if response.status_code >= 400:
             raise self._error(method, path, response)
         return response
@@ -169,6 +177,20 @@ class Scim2Connector:
                 self._spc = {}
         return self._spc
 
+    def use_profile(self, capabilities: dict) -> None:
+        """Act on a stored capability profile (from `outbound check`) instead of asking the server:
+        its ServiceProviderConfig decides PATCH or PUT and the bulk sizes; no Group resource type
+        turns group sync off."""
+        if capabilities.get("base_url") not in (None, self.base_url):
+            return  # probed at another address: it says nothing about this one
+        spc = capabilities.get("service_provider_config")
+        if isinstance(spc, dict) and spc:
+            self._spc = spc
+        if capabilities.get("group_type") is False:
+            self.supports_groups = False
+            log.warning("connector=%s: the SCIM server has no Group resource type (outbound check): group sync "
+                        "is off; remove groups: from this connector or enable groups on the server", self.name)
+
     def patch_supported(self) -> bool:
         if self.settings.update_method != "auto":
             return self.settings.update_method == "patch"
@@ -230,40 +252,58 @@ class Scim2Connector:
     # --- batches: /Bulk (RFC 7644 §3.7) -------------------------------------------------
 
     def bulk_limits(self) -> Optional[tuple[int, int]]:
-        """(maxOperations, maxPayloadSize) when the server supports /Bulk, else None."""
+        """(maxOperations, maxPayloadSize) when the server supports /Bulk, else None.
+
+        The payload size is lowered to what a 413 has taught us (a proxy may cap bodies below what
+        the ServiceProviderConfig advertises).
+        """
         bulk = self.service_provider_config().get("bulk") or {}
         if not bulk.get("supported") or not (bulk.get("maxOperations") or 0) > 0:
             return None
-        return int(bulk["maxOperations"]), int(bulk.get("maxPayloadSize") or 1_048_576)
+        max_bytes = int(bulk.get("maxPayloadSize") or 1_048_576)
+        if self._payload_cap is not None:
+            max_bytes = min(max_bytes, self._payload_cap)
+        return int(bulk["maxOperations"]), max_bytes
 
     def apply_batch(self, ops: list[BatchOp], max_workers: int = 1) -> list[Any]:
         """Apply user operations through /Bulk when the server has it, else one call each over a thread pool.
 
-        Results align with `ops`: an Account (create/update), None (done), or the ConnectorError
-        that call met (a delete that found nothing is done). Never raises for one op.
+        Requests are sized to the server's bulk.maxOperations and bulk.maxPayloadSize; one refused
+        with 413 is split in two and sent again; an operation too large for any bulk request goes on
+        its own. Results align with `ops`: an Account (create/update), None (done), or the
+        ConnectorError that call met (a delete that found nothing is done; an operation the server
+        did not answer is OutcomeUnknown). Never raises for one op.
         """
         limits = self.bulk_limits()
         if limits is None or (not self.patch_supported() and any(o.kind != "create" and o.kind != "delete"
                                                                  for o in ops)):
             return self._one_by_one(ops, max_workers)
-        max_ops, max_bytes = limits
+        max_ops = limits[0]
         results: list[Any] = [None] * len(ops)
+        alone: list[int] = []
         chunk: list[tuple[int, dict]] = []
-        size = 0
+        size = _ENVELOPE_BYTES
         for index, op in enumerate(ops):
             try:
                 item = self._bulk_item(index, op)
             except ConnectorError as exc:
                 results[index] = exc
                 continue
-            item_size = len(json.dumps(item, ensure_ascii=False).encode())
-            if chunk and (len(chunk) >= max_ops or size + item_size + 200 > max_bytes):
+            max_bytes = self.bulk_limits()[1]  # re-read: a 413 on an earlier request may have lowered it
+            item_size = _json_size(item)
+            if _ENVELOPE_BYTES + item_size > max_bytes:
+                alone.append(index)
+                continue
+            if chunk and (len(chunk) >= max_ops or size + 2 + item_size > max_bytes):
                 self._send_bulk(ops, chunk, results)
-                chunk, size = [], 0
+                chunk, size = [], _ENVELOPE_BYTES
+            size += item_size + (2 if chunk else 0)  # json.dumps separates list items with ", "
             chunk.append((index, item))
-            size += item_size + 1
         if chunk:
             self._send_bulk(ops, chunk, results)
+        if alone:
+            for index, result in zip(alone, self._one_by_one([ops[i] for i in alone], max_workers)):
+                results[index] = result
         return results
 
     def _bulk_item(self, index: int, op: BatchOp) -> dict:
@@ -282,49 +322,100 @@ class Scim2Connector:
         return item
 
     def _send_bulk(self, ops: list[BatchOp], chunk: list[tuple[int, dict]], results: list[Any]) -> None:
-        body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"],
-                "Operations": [item for _, item in chunk]}
+        body = {"schemas": [BULK_REQUEST], "Operations": [item for _, item in chunk]}
         try:
-            response = self._request("POST", "/Bulk", json_body=body)
-        except ConnectorError as exc:  # the whole request failed: so did each of its operations
-            for index, _ in chunk:
+            response = self._request("POST", "/Bulk", json_body=body, cut_off_unknown=True)
+        except ConnectorError as exc:
+            if exc.status == 413:
+                self._split_after_413(ops, chunk, results, _json_size(body))
+                return
+            for index, _ in chunk:  # the whole request failed: so did each of its operations
                 results[index] = exc
             return
         if response is None:  # dry-run
             for index, _ in chunk:
                 results[index] = ops[index].account if ops[index].kind == "create" else None
             return
-        answers = {a.get("bulkId"): a for a in self._json(response).get("Operations") or []}
-        for index, item in chunk:
-            op, answer = ops[index], answers.get(item["bulkId"])
+        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        answers = [a for a in self._json(response).get("Operations") or [] if isinstance(a, dict)]
+        paired = match_answers([item for _, item in chunk], answers)
+        for position, (index, item) in enumerate(chunk):
+            op, answer = ops[index], paired.get(position)
             if answer is None:
-                results[index] = TransientError(f"{item['method']} {item['path']}: no answer in the bulk response")
+                results[index] = OutcomeUnknown(f"{item['method']} {item['path']}: no answer in the bulk response; "
+                                                f"it may have been applied")
                 continue
-            status = int(answer.get("status") or 0)
-            if status >= 400:
-                error = self._bulk_error(item, status, answer.get("response") or {})
+            try:
+                status = int(answer.get("status") or 0)
+            except (TypeError, ValueError):
+                status = 0
+            response_body = answer.get("response") if isinstance(answer.get("response"), dict) else {}
+            if not 200 <= status < 600:
+                results[index] = OutcomeUnknown(f"{item['method']} {item['path']}: the bulk response gives no "
+                                                f"status; it may have been applied")
+            elif status >= 400:
+                error = self._bulk_error(item, status, response_body, retry_after)
                 results[index] = None if isinstance(error, NotFound) and op.kind == "delete" else error
             elif op.kind == "create":
-                location = answer.get("location") or ""
-                results[index] = op.account.with_id(location.rstrip("/").rsplit("/", 1)[-1] or None)
+                created = _created_id(answer)
+                results[index] = op.account.with_id(created) if created else OutcomeUnknown(
+                    "POST /Users: created, but the bulk response gives no location or id")
             else:
                 results[index] = None
 
-    def _bulk_error(self, item: dict, status: int, body: dict) -> Exception:
-        detail, scim_type = body.get("detail"), body.get("scimType")
+    def _split_after_413(self, ops: list[BatchOp], chunk: list[tuple[int, dict]], results: list[Any],
+                         size: int) -> None:
+        """The server refused the request as too large: remember the size, then send it in two halves."""
+        self._payload_cap = min(self._payload_cap or size, size - 1)
+        log.info("connector=%s bulk request of %d operations (%d bytes) refused with 413; splitting",
+                 self.name, len(chunk), size)
+        if len(chunk) > 1:
+            half = len(chunk) // 2
+            self._send_bulk(ops, chunk[:half], results)
+            self._send_bulk(ops, chunk[half:], results)
+            return
+        index = chunk[0][0]  # one operation too large for /Bulk: its own request has no bulk limit
+        results[index] = self._one_by_one([ops[index]], 1)[0]
+
+    def _bulk_error(self, item: dict, status: int, body: dict, retry_after: float | None = None) -> Exception:
+        detail, scim_type = (v if isinstance(v, str) else None for v in (body.get("detail"), body.get("scimType")))
         text = (f"{item['method']} {item['path']}: HTTP {status}" + (f" {scim_type}" if scim_type else "")
                 + (f": {detail}" if detail else ""))
-        if status == 429:
-            return RateLimited(text, status=status)
-        if status == 404:
-            return NotFound(text, status=status)
-        if status == 409:
-            return AlreadyExists(text, status=status)
-        if status in (401, 403):
-            return AuthFailed(text, status=status)
-        if status in (408, 412) or status >= 500:
-            return TransientError(text, status=status)
-        return Rejected(text, status=status, field=_field_in(detail))
+        return for_status(status, text, retry_after=retry_after, field=_field_in(detail))
+
+    def resolve_unknown(self, ops: list[BatchOp], results: list[Any]) -> list[Any]:
+        """Look at the target for each OutcomeUnknown result: what has applied becomes its success.
+
+        An operation found not applied (or that cannot be looked at) stays OutcomeUnknown, so a
+        retry resends it. Reads only.
+        """
+        out = list(results)
+        for i, (op, result) in enumerate(zip(ops, results)):
+            if isinstance(result, OutcomeUnknown):
+                try:
+                    applied, value = self._applied(op)
+                except ConnectorError:
+                    continue
+                if applied:
+                    out[i] = value
+        return out
+
+    def _applied(self, op: BatchOp) -> tuple[bool, Any]:
+        if op.kind == "create":
+            found = self.find_user(external_id=op.account.external_id, user_name=op.account.user_name)
+            mine = found is not None and (not op.account.external_id or found.external_id == op.account.external_id)
+            return mine, found
+        if op.kind == "delete":
+            try:
+                self.get_user(op.remote_id)
+            except NotFound:
+                return True, None
+            return False, None
+        current = self.get_user(op.remote_id)
+        want = op.changes if op.kind == "update" else {"active": op.kind == "enable"}
+        have = current.managed()
+        same = all(_same(key, value, have.get(key)) for key, value in want.items())
+        return same, (current if op.kind == "update" else None)
 
     def _one_by_one(self, ops: list[BatchOp], max_workers: int) -> list[Any]:
         """The fallback without /Bulk: one call per op, at most `max_workers` at a time."""
@@ -420,6 +511,95 @@ def _set_path(resource: dict, path: str, value: Any) -> None:
         resource.setdefault(head, {})[tail] = value
     else:
         resource[head] = value
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of `value` as _request sends it."""
+    return len(json.dumps(value, ensure_ascii=False).encode())
+
+
+_ENVELOPE_BYTES = _json_size({"schemas": [BULK_REQUEST], "Operations": []})
+
+
+def _resource_path(reference: Any) -> Optional[str]:
+    """`/<Type>/<id>` of a resource URL or path (the last two segments), so a location matches a path."""
+    if not isinstance(reference, str) or not reference:
+        return None
+    parts = [p for p in urlsplit(reference).path.split("/") if p]
+    return "/" + "/".join(parts[-2:]) if len(parts) >= 2 else None
+
+
+def _consistent(item: dict, answer: dict) -> bool:
+    """Whether `answer` may be the answer to `item` (what it says, when it says it, agrees)."""
+    method = answer.get("method")
+    if method and str(method).upper() != item["method"]:
+        return False
+    if answer.get("bulkId") and answer["bulkId"] != item["bulkId"]:
+        return False
+    where = _resource_path(answer.get("location"))
+    return not (where and item["method"] != "POST" and where != _resource_path(item["path"]))
+
+
+def match_answers(items: list[dict], answers: list[dict]) -> dict[int, dict]:
+    """Pair bulk request operations (by position) with BulkResponse operations (RFC 7644 §3.7.3).
+
+    By bulkId when the answer has one; else by method and location (the resource path), for
+    operations other than POST, in request order; else by position, when the server answered every
+    operation and the answer at that position agrees with the operation. An operation left unpaired
+    got no answer.
+    """
+    paired: dict[int, dict] = {}
+    by_id = {item["bulkId"]: k for k, item in enumerate(items)}
+    rest = []
+    for a, answer in enumerate(answers):
+        bulk_id = answer.get("bulkId")
+        k = by_id.get(bulk_id) if isinstance(bulk_id, str) else None
+        if k is not None and k not in paired:
+            paired[k] = answer
+        else:
+            rest.append((a, answer))
+    left = []
+    for a, answer in rest:
+        method, where = str(answer.get("method") or "").upper(), _resource_path(answer.get("location"))
+        k = None
+        if where and not answer.get("bulkId"):
+            k = next((k for k, item in enumerate(items) if k not in paired and item["method"] != "POST"
+                      and item["method"] == method and _resource_path(item["path"]) == where), None)
+        if k is not None:
+            paired[k] = answer
+        else:
+            left.append((a, answer))
+    if len(answers) == len(items):
+        for a, answer in left:
+            if a not in paired and _consistent(items[a], answer):
+                paired[a] = answer
+    return paired
+
+
+def _created_id(answer: dict) -> Optional[str]:
+    """The id of the resource a POST answer created: the last segment of its location, else the body's id."""
+    location = answer.get("location")
+    found = location.rstrip("/").rsplit("/", 1)[-1] if isinstance(location, str) else None
+    response = answer.get("response")
+    fallback = response.get("id") if isinstance(response, dict) else None
+    return found or (fallback if isinstance(fallback, str) and fallback else None)
+
+
+def _maybe_sent(exc: Exception) -> bool:
+    """Whether a failed request may have reached the server (not refused, not a connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return not isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
+    return True
+
+
+def _same(key: str, want: Any, got: Any) -> bool:
+    a, b = canonical(want), canonical(got)
+    if key == "email" and isinstance(a, str) and isinstance(b, str):
+        return a.lower() == b.lower()
+    return a == b
 
 
 def _field_in(detail: Optional[str]) -> Optional[str]:

@@ -192,7 +192,8 @@ def demo(users: int = typer.Option(50, help="How many sample users to provision.
 
 
 # Commands that live in their own modules register themselves on `app` when imported.
-from deployments import commands_policy, commands_prune, commands_reconcile, commands_service  # noqa: E402,F401
+from deployments import (commands_check, commands_policy, commands_prune, commands_reconcile,  # noqa: E402,F401
+                         commands_service)
 
 
 def main() -> None:

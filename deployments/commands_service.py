@@ -117,8 +117,12 @@ def status_summary(names: list[str]) -> dict:
     from tasks.health import all_health, as_dict  # issue 8: quarantine state per connector
 
     health = all_health()
+    from models.capabilities import all_profiles, describe_age
+
+    profiles = all_profiles()
     connectors = []
-    for name in dict.fromkeys([*names, *last, *failed, *health]):
+    for name in dict.fromkeys([*names, *last, *failed, *health, *profiles]):
+        profile = profiles.get(name)
         run = last.get(name)
         connectors.append({
             "connector": name,
@@ -127,17 +131,32 @@ def status_summary(names: list[str]) -> dict:
                 "finished_at": _when(run.get("finished_at")), "counts": _as_dict(run.get("counts")),
                 "outcomes": _as_dict(run.get("outcomes"))},
             "failed_last_day": failed.get(name, 0),
-            "health": as_dict(health.get(name))})
+            "health": as_dict(health.get(name)),
+            "capabilities": None if profile is None else {
+                "checked_at": _when(profile.checked_at), "age": describe_age(profile), "usable": profile.usable,
+                "problems": profile.problems}})
     return {"connectors": connectors, "unfinished_events": unfinished,
             "oldest_unfinished_event": None if oldest is None else {
                 "id": oldest.id, "type": oldest.type, "status": oldest.status,
                 "received_at": _when(oldest.received_at)}}
 
 
+def _checked(profile: Optional[dict]) -> str:
+    """The capability profile in a table cell: never checked, or its verdict and age."""
+    if profile is None:
+        return "never (outbound check)"
+    errors = sum(p["severity"] == "error" for p in profile["problems"])
+    warnings = len(profile["problems"]) - errors
+    verdict = "ok" if profile["usable"] else f"{errors} error{'s' if errors != 1 else ''}"
+    if warnings:
+        verdict += f", {warnings} warning{'s' if warnings != 1 else ''}"
+    return f"{verdict}, {profile['age']}"
+
+
 @app.command()
 def status(config: Optional[Path] = ConfigOption,
            as_json: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
-    """Summarise per connector: last reconciliation and its counts, failures in the last day, health (quarantine); the oldest unfinished event."""
+    """Summarise per connector: last reconciliation and its counts, failures in the last day, health (quarantine), the last `outbound check` (age, problems); the oldest unfinished event."""
     names: list[str] = []
     if config is not None or Path("outbound.yaml").exists():
         names = [c.name for c in _load(config).connectors]
@@ -148,18 +167,21 @@ def status(config: Optional[Path] = ConfigOption,
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("connector", "last reconciliation", "status", "counts", "failed (24 h)", "health")
+    table = Table("connector", "last reconciliation", "status", "counts", "failed (24 h)", "health", "checked")
     for c in summary["connectors"]:
         run = c["last_reconciliation"]
         counts = ", ".join(f"{k}={v}" for k, v in (run or {}).get("counts", {}).items()) if run else ""
         table.add_row(c["connector"], run["started_at"] if run else "never",
                       (f"{run['status']}{' (dry run)' if run['dry_run'] else ''}" if run else "-"),
-                      counts or "-", str(c["failed_last_day"]), c["health"]["state"])
+                      counts or "-", str(c["failed_last_day"]), c["health"]["state"], _checked(c["capabilities"]))
     console = Console()
     console.print(table)
     for c in summary["connectors"]:  # issue 8: a quarantine in full, unwrapped
         if c["health"]["state"] == "open" or c["health"]["consecutive_failures"]:
             typer.echo(f"health of {c['connector']}: {c['health']['summary']}")
+    for c in summary["connectors"]:  # what `outbound check` found wrong, with what to change
+        for problem in (c["capabilities"] or {}).get("problems", []):
+            typer.echo(f"check of {c['connector']}: {problem['severity']}: {problem['what']} (fix: {problem['fix']})")
     oldest = summary["oldest_unfinished_event"]
     if oldest:
         console.print(f"unfinished events: {summary['unfinished_events']}; oldest {oldest['id']} ({oldest['type']}, "

@@ -201,3 +201,21 @@ class ConnectorHealth(SQLModel, table=True):
     last_error_code: Optional[str] = Field(default=None, max_length=64)
     last_error: Optional[str] = Field(default=None, sa_column=Column(Text))  # the connector's message, never a body
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class CapabilityProfile(SQLModel, table=True):
+    """What `outbound check` found a connector's target can do, and what is wrong with it.
+
+    `capabilities` holds the probe's findings (for SCIM: the ServiceProviderConfig, resource types,
+    schemas); `problems` is a list of {severity, what, fix}; `usable` is False when any problem is
+    an error. Never a credential.
+    """
+
+    __tablename__ = "capability_profiles"
+
+    connector: str = Field(primary_key=True, max_length=64)
+    type: str = Field(max_length=16)
+    usable: bool = True
+    capabilities: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    problems: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    checked_at: datetime = Field(default_factory=utcnow)

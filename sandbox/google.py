@@ -12,7 +12,8 @@ What it enforces, as Google does:
 - Opaque bearer tokens that expire (`token_lifetime`; `reported_lifetime` is what `expires_in`
   claims, so a test can make tokens die earlier than the client believes) and carry their scopes:
   401 `authError` when missing/unknown/expired, 403 `insufficientPermissions` for a missing scope.
-- Directory API v1 users, groups and members: required fields, owned domains, unique emails
+- Directory API v1 users, groups and members, and the customer's domains (`customer/<id>/domains`,
+  with the domain read-only scope): required fields, owned domains, unique emails
   (409 "Entity already exists."), get by id or email, PATCH/PUT with patch semantics, DELETE,
   paged lists (users maxResults <= 500, groups and members <= 200, larger values are a 400 naming
   the parameter), `query=externalId:...`; and the batch endpoint `POST /batch/admin/directory_v1`
@@ -50,6 +51,7 @@ SCOPE_GROUP = "https://www.googleapis.com/auth/admin.directory.group"
 SCOPE_USER_RO = SCOPE_USER + ".readonly"
 SCOPE_GROUP_RO = SCOPE_GROUP + ".readonly"
 SCOPE_MEMBER = "https://www.googleapis.com/auth/admin.directory.group.member"
+SCOPE_DOMAIN_RO = "https://www.googleapis.com/auth/admin.directory.domain.readonly"
 GOOGLE_TOKEN_AUDIENCES = ("https://oauth2.googleapis.com/token", "https://www.googleapis.com/oauth2/v4/token",
                           "https://accounts.google.com/o/oauth2/token")
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -192,7 +194,7 @@ class GoogleSandbox:
                  faults: FaultPlan | None = None, seed: int | None = None):
         self.domains = [d.lower() for d in (domains or ["example.com"])]
         self.admins = [a.lower() for a in (admins or [f"admin@{self.domains[0]}"])]
-        self.delegated_scopes = set(delegated_scopes or (SCOPE_USER, SCOPE_GROUP))
+        self.delegated_scopes = set(delegated_scopes or (SCOPE_USER, SCOPE_GROUP, SCOPE_DOMAIN_RO))
         self.token_lifetime, self.reported_lifetime = token_lifetime, reported_lifetime
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self.customer_id = "C0" + secrets.token_hex(4)
@@ -436,6 +438,12 @@ class GoogleSandbox:
                 if len(seg) == 2 and method == "DELETE":
                     self._delete_user(seg[1])
                     return 204, None
+        elif seg[0] == "customer" and len(seg) == 3 and seg[2] == "domains" and read:
+            _need(scopes, (SCOPE_DOMAIN_RO, SCOPE_DOMAIN_RO.removesuffix(".readonly")))
+            if seg[1] not in ("my_customer", self.customer_id):
+                raise ApiError(400, "Bad Request", reason="badRequest")
+            return 200, {"kind": "admin#directory#domains", "domains": [
+                {"domainName": d, "isPrimary": i == 0, "verified": True} for i, d in enumerate(self.domains)]}
         elif seg[0] == "groups":
             member_call = len(seg) >= 3 and seg[2] == "members"
             allowed = (SCOPE_GROUP,) + ((SCOPE_GROUP_RO,) if read else ()) + ((SCOPE_MEMBER,) if member_call else ())

@@ -6,7 +6,9 @@ revoked (401 INVALID_SESSION_ID), the User object's required fields and limits (
 form, at most 80 characters and unique across *all* orgs; Alias at most 8), a ProfileId that
 exists, users that cannot be deleted (405), SOQL `query` with paging through `nextRecordsUrl`,
 sObject Collections (`composite/sobjects`, at most 200 records, `allOrNone`), and a total API
-request limit (403 REQUEST_LIMIT_EXCEEDED; a Collections request counts once).
+request limit (403 REQUEST_LIMIT_EXCEEDED; a Collections request counts once). For `outbound check`:
+the API versions it offers (`/services/data`; others are 404), `/limits` (DailyApiRequests) and the
+User describe (required fields, `required_custom` adds org-specific ones).
 
 SOQL is parsed just enough for what a provisioning connector sends: `SELECT f, ... FROM User|Profile
 [WHERE cond] [ORDER BY f [ASC|DESC]] [LIMIT n]`, where cond combines `f = | != | LIKE value`,
@@ -46,6 +48,7 @@ REQUIRED = ("Username", "LastName", "Email", "Alias", "TimeZoneSidKey", "LocaleS
 MAX_LENGTH = {"Username": 80, "Email": 128, "Alias": 8, "LastName": 80, "FirstName": 40,
               "CommunityNickname": 40, "FederationIdentifier": 512, "Department": 80, "Title": 80}
 PROFILE_FIELDS = ("Id", "Name", "UserType", "UserLicenseId")
+API_VERSIONS = tuple(f"{v}.0" for v in range(55, 63))
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -329,7 +332,8 @@ class SalesforceSandbox:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, faults: FaultPlan | None = None,
                  token_ttl: float = 7200.0, query_batch_size: int = 2000, api_limit: int | None = None,
-                 client_credentials_enabled: bool = True):
+                 client_credentials_enabled: bool = True, api_versions: tuple[str, ...] = API_VERSIONS,
+                 daily_api_requests: int = 15000, required_custom: tuple[str, ...] = ()):
         self._dir = tempfile.TemporaryDirectory(prefix="sf-sandbox-")
         self.ca_file, cert_file, key_file = _make_pki(Path(self._dir.name))
         # The connected app: consumer key/secret and the certificate key for the JWT bearer flow.
@@ -346,6 +350,10 @@ class SalesforceSandbox:
         self.query_batch_size = query_batch_size
         self.api_limit = api_limit
         self.api_calls = 0
+        self.api_versions = api_versions
+        self.daily_api_requests = daily_api_requests
+        # Custom User fields an org makes required (no default): a create without them is refused.
+        self.required_custom = required_custom
         self.client_credentials_enabled = client_credentials_enabled
         self.refuse_logins = False
         self.taken_elsewhere: set[str] = set()  # usernames held by other orgs (lower case)
@@ -447,7 +455,7 @@ class SalesforceSandbox:
         for key in fields:
             if key == "attributes":
                 continue
-            if key not in USER_FIELDS:
+            if key not in USER_FIELDS and key not in self.required_custom:
                 raise SfError(400, "INVALID_FIELD", f"No such column '{key}' on sobject of type User", [key])
             if key in READ_ONLY:
                 raise SfError(400, "INVALID_FIELD_FOR_INSERT_UPDATE",
@@ -455,7 +463,7 @@ class SalesforceSandbox:
                               "of this field and verify that it is read/write for your profile or permission set.",
                               [key])
         merged = {**(current or {}), **fields}
-        missing = [f for f in REQUIRED if merged.get(f) in (None, "")]
+        missing = [f for f in (*REQUIRED, *self.required_custom) if merged.get(f) in (None, "")]
         if missing:
             raise SfError(400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing)
         for key, limit in MAX_LENGTH.items():
@@ -520,8 +528,10 @@ class SalesforceSandbox:
         path = request.path
         if path == "/services/oauth2/token" and request.method == "POST":
             return _json(self._token(request))
+        if path.rstrip("/") == "/services/data" and request.method == "GET":  # open to all, as Salesforce's is
+            return _json([{"label": f"v{v}", "url": f"/services/data/v{v}", "version": v} for v in self.api_versions])
         match = re.fullmatch(r"/services/data/v(\d+\.\d)(/.*)?", path)
-        if not match:
+        if not match or match.group(1) not in self.api_versions:
             raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
         self._authenticate(request)
         self.api_calls += 1
@@ -569,6 +579,11 @@ class SalesforceSandbox:
                 return Response(status=204)
             if method == "DELETE":
                 raise SfError(405, "METHOD_NOT_ALLOWED", "HTTP Method 'DELETE' not allowed. Allowed are GET,HEAD,PATCH")
+        if rest == "/limits" and method == "GET":
+            cap = self.api_limit if self.api_limit is not None else self.daily_api_requests
+            return _json({"DailyApiRequests": {"Max": cap, "Remaining": max(0, cap - self.api_calls)}})
+        if rest == "/sobjects/User/describe" and method == "GET":
+            return _json(self._describe_user())
         if rest == "/sobjects/Profile" and method == "GET":
             return _json({"objectDescribe": {"name": "Profile"}, "recentItems": []})
         match = re.fullmatch(r"/sobjects/Profile/([A-Za-z0-9]{15,18})", rest)
@@ -580,6 +595,18 @@ class SalesforceSandbox:
         if rest == "" and method == "GET":
             return _json({"sobjects": f"/services/data/v{version}/sobjects", "query": f"/services/data/v{version}/query"})
         raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
+
+    def _describe_user(self) -> dict:
+        """The User object's describe: which fields exist, and which a create must give."""
+        fields = [{"name": f, "type": "string", "length": MAX_LENGTH.get(f, 255), "nillable": f not in REQUIRED,
+                   "createable": f not in READ_ONLY, "updateable": f not in READ_ONLY, "defaultedOnCreate": False}
+                  for f in (*USER_FIELDS, *self.required_custom)]
+        for f in fields:
+            if f["name"] in self.required_custom:
+                f["nillable"] = False
+            if f["name"] == "IsActive":
+                f.update(type="boolean", nillable=False, defaultedOnCreate=True)
+        return {"name": "User", "createable": True, "deletable": False, "fields": fields}
 
     @staticmethod
     def _record(entity: str, record: dict, fields: list[str], version: str) -> dict:

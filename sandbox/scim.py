@@ -1,4 +1,14 @@
-"""A real SCIM 2.0 server (scim2-server, in memory) on a free 127.0.0.1 port, with a bearer token."""
+"""A real SCIM 2.0 server (scim2-server, in memory) on a free 127.0.0.1 port, with a bearer token.
+
+Variants, each still conformant to RFC 7644, for the interoperability tests:
+`bulk=(supported, maxOperations, maxPayloadSize)` as its ServiceProviderConfig advertises (scim2-server
+itself answers 413 beyond them, and 501 when /Bulk is not supported); `bulk_ids="post"` echoes a
+BulkResponse operation's bulkId only for POSTs (§3.7.3 requires no more); `body_limit` refuses larger
+request bodies with 413 whatever the configuration says (a proxy in front of the server);
+`group_type=False` serves no Group resource type; `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
+of every BulkResponse, `rewrite_bulk_answer(answer)` changes each answer in place. `answered` lists (method, path, status, request body bytes) per request;
+`peak_in_flight` is the most requests it ever served at once.
+"""
 
 import base64
 import hmac
@@ -8,14 +18,22 @@ import threading
 from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from scim2_models import ScimProvider
+from scim2_models import Schema, SchemaExtension, ScimProvider
 from scim2_server.memory import InMemoryStorage
 from scim2_server.service import ScimService
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
 from scim2_server.testserver.cli import ThreadingWSGIServer
 from sandbox.faults import FaultInjector, FaultPlan
+from sandbox.scim_variants import BodyLimit, BulkAnswers
 from scim2_server.utils import (load_default_resource_types, load_default_schemas,
                                 load_default_service_provider_config)
+
+
+def _extension_schema(urn: str) -> Schema:
+    return Schema.model_validate({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"], "id": urn, "name": urn.rsplit(":", 2)[-2],
+        "attributes": [{"name": "costCenter", "type": "string", "multiValued": False, "required": False,
+                        "caseExact": False, "mutability": "readWrite", "returned": "default", "uniqueness": "none"}]})
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -28,7 +46,10 @@ class ScimSandbox:
 
     def __init__(self, token: str | None = None, host: str = "127.0.0.1", port: int = 0,
                  patch_supported: bool = True, faults: FaultPlan | None = None,
-                 basic_users: dict[str, str] | None = None, oauth_clients: dict[str, str] | None = None):
+                 basic_users: dict[str, str] | None = None, oauth_clients: dict[str, str] | None = None,
+                 bulk: tuple[bool, int, int] | None = None, bulk_ids: str = "all", body_limit: int | None = None,
+                 group_type: bool = True, drop_bulk_answers: int = 0, rewrite_bulk_answer=None,
+                 custom_schemas: tuple[str, ...] = ()):
         self.token = token or secrets.token_urlsafe(24)
         # Besides its bearer token, the sandbox can accept HTTP Basic users and OAuth 2.0 clients
         # (client credentials grant at /oauth/token), so every auth mode is tested over real HTTP.
@@ -38,13 +59,29 @@ class ScimSandbox:
         config = load_default_service_provider_config()
         config.authentication_schemes = [BEARER_TOKEN_SCHEME]
         config.patch.supported = patch_supported
-        provider = ScimProvider.from_discovery(load_default_schemas().values(),
-                                               load_default_resource_types().values(), config=config)
+        if bulk is not None:
+            config.bulk.supported, config.bulk.max_operations, config.bulk.max_payload_size = bulk
+        resource_types = load_default_resource_types()
+        if not group_type:
+            resource_types.pop("Group")
+        schemas = load_default_schemas()
+        for urn in custom_schemas:  # a User extension with one string attribute, as products add their own
+            schemas[urn] = _extension_schema(urn)
+            resource_types["User"].schema_extensions.append(
+                SchemaExtension(schema_=urn, required=False))
+        provider = ScimProvider.from_discovery(schemas.values(), resource_types.values(), config=config)
         self.storage = InMemoryStorage()
         self.app = BearerTokenApplication(self.storage, provider, service=ScimService(provider, secret=secrets.token_urlsafe(16)),
                                           bearer_tokens=[self.token])
         self.requests: list[tuple[str, str]] = []
-        self.faults = FaultInjector(self.app, faults)
+        self.answered: list[tuple[str, str, int, int]] = []
+        app = self.app
+        if bulk_ids == "post" or drop_bulk_answers or rewrite_bulk_answer:
+            app = BulkAnswers(app, post_only_ids=bulk_ids == "post", drop_last=drop_bulk_answers,
+                              rewrite=rewrite_bulk_answer)
+        self.faults = FaultInjector(BodyLimit(app, body_limit) if body_limit else app, faults)
+        self.in_flight = self.peak_in_flight = 0
+        self._in_flight_lock = threading.Lock()
         self._server = make_server(host, port, self._wsgi, server_class=ThreadingWSGIServer,
                                    handler_class=_QuietHandler)
         self._thread: threading.Thread | None = None
@@ -56,7 +93,19 @@ class ScimSandbox:
         scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         if scheme.lower() == "basic" and self._basic_ok(value, self.basic_users):
             environ["HTTP_AUTHORIZATION"] = f"Bearer {self.token}"
-        return self.faults(environ, start_response)
+        with self._in_flight_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            def record(status, headers, exc_info=None):
+                self.answered.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
+                                      int(status.split()[0]), int(environ.get("CONTENT_LENGTH") or 0)))
+                return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+            return self.faults(environ, record)  # scim2-server answers with its body computed
+        finally:
+            with self._in_flight_lock:
+                self.in_flight -= 1
 
     @staticmethod
     def _basic_ok(value: str, accounts: dict[str, str]) -> str | None:
