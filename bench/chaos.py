@@ -217,7 +217,7 @@ def _events(name: str, config_path: Path, n: int, fig: Figures) -> dict[str, str
                            "user": {"username": f"chaos{i}", "given_name": f"Changed{i}"}}, config)
         wanted[f"chaos{i}"] = f"Changed{i}"
         try:
-            asyncio.run(provision_user(event_id=accepted.event_id, config_path=str(config_path)))
+            asyncio.run(provision_user(event_id=accepted.event_id, config_path=str(config_path), return_state=True))
         except Exception as exc:  # left unfinished: the sweeper runs it again
             print(f"  {name}: event {accepted.event_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config_path)))

@@ -3,9 +3,9 @@
     .venv/bin/python bench/latency.py [--events 100] [--served-events 100] [--rate 2]
 
 Two paths, each against a Prefect server (temporary PREFECT_HOME, free port) and a fresh
-PostgreSQL state store: `in-process` (the API runs provision_user itself) and `served` (the API
-emits `outbound.user.created`; `outbound serve` with PREFECT_RUNNER_POLL_FREQUENCY=1 starts the
-run). Events are sent at `--rate` per second; each is timed on its own.
+PostgreSQL state store: `in-process` (the API's own drainer provisions what it stores) and
+`served` (the API only stores; `outbound serve` runs the `drain-events` deployment, which watches
+the outbox). Events are sent at `--rate` per second; each is timed on its own.
 """
 
 import argparse
@@ -67,8 +67,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100, help="events through the in-process path")
     parser.add_argument("--served-events", type=int, default=100, help="events through the served deployment")
-    parser.add_argument("--rate", type=float, default=2.0, help="events per second (in-process)")
-    parser.add_argument("--served-rate", type=float, default=0.5, help="events per second (served)")
+    parser.add_argument("--rate", type=float, default=1.0, help="events per second (in-process)")
+    parser.add_argument("--served-rate", type=float, default=1.0, help="events per second (served)")
     args = parser.parse_args()
 
     from models.db import upgrade
@@ -95,10 +95,14 @@ def main() -> int:
                         from prefect.client.orchestration import get_client
 
                         with get_client(sync_client=True) as c:
-                            return any(d.name == "provision-user" for d in c.read_deployments())
+                            return next((d for d in c.read_deployments() if d.name == "drain-events"), None)
 
-                    wait_for(registered, 120, 1, "outbound serve to register its deployments")
-                    time.sleep(5)  # the trigger's automation is loaded by the server a moment later
+                    drainer = wait_for(registered, 120, 1, "outbound serve to register its deployments")
+                    from prefect.client.orchestration import get_client
+
+                    with get_client(sync_client=True) as c:  # start one now rather than at the next minute
+                        c.create_flow_run_from_deployment(drainer.id)
+                    time.sleep(5)
                     with event_api(config, "prefect") as base:
                         report("served", measure(base, scim, args.served_events, args.served_rate, 900))
     return 0

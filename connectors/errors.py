@@ -98,3 +98,13 @@ def for_status(status: int, text: str, *, retry_after: float | None = None, fiel
     if status in (408, 412) or status >= 500:
         return TransientError(text, status=status, retry_after=retry_after)
     return Rejected(text, status=status, field=field)
+
+
+# A target's own refusal of this user: running the event again changes nothing until someone acts.
+# Any other failure (a 5xx, a time-out, a quarantine, an orchestrator or store error) passes.
+PERMANENT_CODES = frozenset({"rejected", "collision", "already_exists", "not_found", "config"})
+
+
+def is_permanent(code: str | None) -> bool:
+    """Whether a failure with this error code is final for the event (see PERMANENT_CODES)."""
+    return code in PERMANENT_CODES

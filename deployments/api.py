@@ -202,8 +202,11 @@ class InProcess:
     everything pending in batches (one flow run per batch, not per event) until nothing is left.
 
     `workers` drainers run at once; they claim disjoint users, so a burst spreads over them. A
-    wake-up while every drainer is busy is not lost: a drainer looks again before it sleeps.
+    wake-up while every drainer is busy is not lost: a drainer looks again before it sleeps. Every
+    LOOK_EVERY seconds an idle drainer also looks for retries that have come due.
     """
+
+    LOOK_EVERY = 15.0  # seconds between looks at the outbox when no event wakes a drainer
 
     def __init__(self, config_path: Optional[str], connectors: list[str], workers: int = 2):
         self.config_path = config_path
@@ -231,16 +234,24 @@ class InProcess:
 
         from flows.provision import provision_user
 
+        from models.outbox import waiting_count
+
         while True:
             with self._wake:
-                while not self._pending_wakes and not self._stopped:
-                    self._wake.wait()
+                if not self._pending_wakes and not self._stopped:
+                    self._wake.wait(timeout=self.LOOK_EVERY)
                 if self._stopped:
                     return
-                self._pending_wakes = 0  # one drain serves every wake-up so far
+                woken, self._pending_wakes = self._pending_wakes, 0  # one drain serves every wake-up so far
+            try:  # unwoken: only when a retry has come due (or an event was stored by another process)
+                if not woken and not waiting_count():
+                    continue
+            except Exception as exc:  # the store is down: look again later
+                log.warning("in-process drainer cannot read the outbox: %s", exc)
+                continue
             try:
                 with tags("trigger:event", *(f"connector:{c}" for c in self.connectors)):
-                    asyncio.run(provision_user(config_path=self.config_path))
+                    asyncio.run(provision_user(config_path=self.config_path, return_state=True))
             except Exception as exc:  # the outbox keeps the events; the sweeper will try again
                 log.warning("in-process drain failed: %s: %s", type(exc).__name__, exc)
 

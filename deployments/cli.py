@@ -72,7 +72,8 @@ def run_flow(event_id: str, config: Optional[Path]) -> list[dict]:
 
     from flows.provision import provision_user
 
-    asyncio.run(provision_user(event_id=event_id, config_path=str(config) if config else None))
+    # A run that ends Failed (some user failed) is read from the store like any other.
+    asyncio.run(provision_user(event_id=event_id, config_path=str(config) if config else None, return_state=True))
     return stored_outcomes(event_id)
 
 
@@ -114,6 +115,25 @@ def event(file: str = typer.Argument(..., help="Event JSON file, or - for standa
     else:
         prefect_ready()
         outcomes = run_flow(accepted.event_id, config)
+    print_outcomes(outcomes)
+    raise typer.Exit(1 if any(o["status"] == "failed" for o in outcomes) else 0)
+
+
+@app.command()
+def retry(event_id: str = typer.Argument(..., help="The event's id."),
+          config: Optional[Path] = ConfigOption,
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs.")) -> None:
+    """Run an event again now: a failed one after its cause was fixed, or one waiting for its next retry."""
+    from models.outbox import retry_now
+
+    _quiet_prefect(verbose)
+    _load(config)
+    before = retry_now(event_id)
+    if before is None:
+        fail(f"no event {event_id!r} in the outbox")
+    typer.echo(f"event {event_id} was {before}; running it again")
+    prefect_ready()
+    outcomes = run_flow(event_id, config)
     print_outcomes(outcomes)
     raise typer.Exit(1 if any(o["status"] == "failed" for o in outcomes) else 0)
 

@@ -1,8 +1,8 @@
 """Serve every deployment of prefect.yaml from one process (`outbound serve`), schedules and triggers included.
 
 For a single-machine installation that needs no work pool: the Prefect server still records and
-shows every run, and `provision-user` starts on the `outbound.user.*` events the API emits. Set
-PREFECT_RUNNER_POLL_FREQUENCY=1 for ~2 s from event to run (serve's default polls every 10 s).
+shows every run. `drain-events` watches the outbox (a run a minute, each lasting 75 s), so an event
+stored by the API is provisioned within a poll interval, in batches under a burst.
 """
 
 import logging
@@ -10,33 +10,31 @@ from typing import Optional
 
 log = logging.getLogger("outbound.serve")
 
-EVENT_PATTERN = "outbound.user.*"
+DRAIN_CRON = "* * * * *"
+DRAIN_SECONDS = 75  # a little longer than the schedule's minute: two drainers overlap at each hand-over
 RECONCILE_CRON = "0 2 * * *"
 PRUNE_CRON = "30 3 * * *"  # after the nightly reconciliation, before the working day
 SWEEP_INTERVAL_SECONDS = 60
 
 
-def provision_trigger():
-    """Start provision-user on every `outbound.user.*` event, with the outbox event id as parameter."""
-    from prefect.events import DeploymentEventTrigger
-
-    return DeploymentEventTrigger(name="outbound user event", expect={EVENT_PATTERN},
-                                  match={"prefect.resource.id": "outbound.event.*"},
-                                  parameters={"event_id": "{{ event.payload.event_id }}"})
-
-
 def build_deployments(config_path: Optional[str] = None, reconcile_cron: str = RECONCILE_CRON,
                       sweep_after_seconds: float = 300, prune_cron: str = PRUNE_CRON) -> list:
     """The RunnerDeployments that mirror prefect.yaml (reconciliation only when flows/reconcile.py exists)."""
-    from flows.provision import provision_user
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    from flows.provision import drain_events, provision_user
     from flows.prune import prune_state
     from flows.sweep import sweep_events
 
     params = {"config_path": config_path} if config_path else {}
     deployments = [
-        provision_user.to_deployment(name="provision-user", triggers=[provision_trigger()], parameters=params,
-                                     tags=["outbound", "trigger:event"],
-                                     description="Provision one user after an identity event."),
+        drain_events.to_deployment(name="drain-events", cron=DRAIN_CRON,
+                                   parameters={**params, "run_for_seconds": DRAIN_SECONDS},
+                                   concurrency_limit=ConcurrencyLimitConfig(limit=2, collision_strategy="ENQUEUE"),
+                                   tags=["outbound", "trigger:event"],
+                                   description="Watch the outbox and provision what arrives, in batches."),
+        provision_user.to_deployment(name="provision-user", parameters=params, tags=["outbound", "trigger:manual"],
+                                     description="Provision one event's user now (event_id), with what else is pending."),
         sweep_events.to_deployment(name="sweep-events", interval=SWEEP_INTERVAL_SECONDS,
                                    parameters={**params, "older_than_seconds": sweep_after_seconds},
                                    tags=["outbound", "trigger:schedule"],

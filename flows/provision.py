@@ -14,7 +14,9 @@ from typing import Optional
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
+from connectors.errors import is_permanent
 from models.config import Config, load_config
 from models.db import session_scope
 from models.outbox import Batch, claim, finish, release
@@ -112,7 +114,7 @@ def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
             else:
                 logger.warning("connector=%s failed for the batch: %s: %s", name, code, exc)
             outcomes = [Outcome(name, "provision", "none", "failed", "the connector failed for the batch",
-                                error=f"{code}: {exc}", user_id=u, entity_name=batch.names.get(u))
+                                error=f"{code}: {exc}", user_id=u, entity_name=batch.names.get(u), code=code)
                         for u in batch.user_ids]
             if state.state.is_failed():  # provision never ran, so it recorded nothing
                 _record_failures(outcomes, batch, run_id)
@@ -151,8 +153,22 @@ def _artifact(batch: Batch, per_user: dict[str, list[Outcome]]) -> None:
                           _sync=True)
 
 
-def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000) -> int:
-    """Claim and provision batches until nothing claimable is left; return how many events were run."""
+def event_status(outcomes: list[Outcome]) -> tuple[str, Optional[str]]:
+    """A user's events' status from its outcomes: succeeded; failed (a target refused it); or retrying."""
+    failed = [o for o in outcomes if o.status == "failed"]
+    if not failed:
+        return "succeeded", None
+    error = "; ".join(f"{o.connector}: {o.error}" for o in failed)
+    return ("failed" if all(is_permanent(o.code) for o in failed) else "retrying"), error
+
+
+def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
+          failures: Optional[dict[str, str]] = None) -> int:
+    """Claim and provision batches until nothing claimable is left; return how many events were run.
+
+    `failures` collects user@STORE -> what failed, for the run's final state.
+    """
+    failures = failures if failures is not None else {}
     logger = get_run_logger()
     total, first = 0, True
     while True:
@@ -164,27 +180,68 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000) -> 
         first = False
         try:
             per_user = run_batch(batch, config)
-        except BaseException:
-            release(batch)  # the events stay pending: the next drain or the sweeper runs them again
+        except BaseException as exc:  # an orchestrator or store error is not a target's verdict: retry later
+            try:
+                finish(batch, {u: ("retrying", f"internal: {type(exc).__name__}: {exc}") for u in batch.user_ids})
+            except Exception:
+                release(batch)  # the store itself is down: the events stay running, the sweeper takes them
             raise
-        outcome = {}
-        for user, outs in per_user.items():
-            failed = [o for o in outs if o.status == "failed"]
-            outcome[user] = ("failed" if failed else "succeeded",
-                             "; ".join(f"{o.connector}: {o.error}" for o in failed) or None)
+        outcome = {user: event_status(outs) for user, outs in per_user.items()}
         finish(batch, outcome)
         _artifact(batch, per_user)
         if len(batch) == 1:
             attach_explanation(batch.user_ids[0], config, batch.event_ids[-1])
         total += len(batch.event_ids)
-        logger.info("batch of %d events (%d users) done: %d failed", len(batch.event_ids), len(batch),
-                    sum(1 for s, _ in outcome.values() if s == "failed"))
+        failed = {batch.names.get(u, u): error for u, (status, error) in outcome.items() if status != "succeeded"}
+        failures.update(failed)
+        logger.info("batch of %d events (%d users) done: %d failed", len(batch.event_ids), len(batch), len(failed))
 
 
 @flow(name="provision-user", flow_run_name=_run_name, retries=0, log_prints=False, validate_parameters=True)
 async def provision_user(event_id: Optional[str] = None, config_path: Optional[str] = None,
                          limit: int = 1000) -> int:
-    """Provision the users of pending events (this one first), in batches, to every connector the policy selects."""
+    """Provision the users of pending events (this one first), in batches, to every connector the policy selects.
+
+    Ends Failed, naming who failed where, when any user's provisioning failed; the events say
+    whether they will be retried (status retrying) or need someone to act (failed).
+    """
+    failures: dict[str, str] = {}
     # The body blocks (store I/O, waiting on task futures): run it in a thread, with this run's
     # context, so the event loop stays free and several runs progress at once in one process.
-    return await asyncio.to_thread(drain, load_config(config_path), event_id, limit)
+    done = await asyncio.to_thread(drain, load_config(config_path), event_id, limit, failures)
+    if failures:
+        return Failed(message=failure_message(failures, done))
+    return done
+
+
+def failure_message(failures: dict[str, str], events: int) -> str:
+    """`2 users failed (40 events run): alice@PRIMARY: scim-app: transient: …; …` (the first five)."""
+    shown = "; ".join(f"{who}: {what}" for who, what in list(failures.items())[:5])
+    more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+    return f"{len(failures)} user{'s' if len(failures) != 1 else ''} failed ({events} events run): {shown}{more}"
+
+
+def _drainer_name() -> str:
+    return f"drain events for {flow_run.parameters.get('run_for_seconds', 75):g} s"
+
+
+@flow(name="drain-events", flow_run_name=_drainer_name, retries=0, validate_parameters=True)
+async def drain_events(config_path: Optional[str] = None, run_for_seconds: float = 75, poll_seconds: float = 0.25,
+                       limit: int = 1000) -> int:
+    """Watch the outbox for `run_for_seconds`; whenever events wait, provision them in a `provision-user` subflow.
+
+    The scale-out path: a scheduled deployment starts one every minute, each lasting a little longer
+    than the minute, so two overlap at every hand-over and the outbox is never unwatched. Latency is
+    the poll interval; a burst becomes batches of up to `limit` events, not a run per event.
+    """
+    from models.outbox import waiting_count
+
+    deadline, done = time.monotonic() + run_for_seconds, 0
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(waiting_count):
+            state = await provision_user(config_path=config_path, limit=limit, return_state=True)
+            # _sync: inside this async flow, State.result would otherwise hand back a coroutine.
+            done += state.result(_sync=True) if state.is_completed() else 0
+        else:
+            await asyncio.sleep(poll_seconds)
+    return done

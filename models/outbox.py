@@ -7,6 +7,7 @@ a user later never runs an event another drain has just finished.
 """
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Optional
 
 from sqlalchemy import update
@@ -18,6 +19,17 @@ from models.tables import Event, User, utcnow
 
 UNFINISHED = ("accepted", "running")
 CLAIM_TTL = 900.0  # seconds: a drain that dies frees its users after this (at once on this machine)
+MAX_ATTEMPTS = 8  # runs that failed for a passing reason before the event is failed for good
+FIRST_RETRY, LAST_RETRY = 30.0, 3600.0  # seconds: 30 s, 1 min, 2 min, … capped at an hour
+
+
+def retry_delay(attempts: int) -> float:
+    return min(LAST_RETRY, FIRST_RETRY * 2 ** max(attempts - 1, 0))
+
+
+def _claimable(now):
+    """Events a drain may take: new or cut short, and those whose retry is due."""
+    return Event.status.in_(UNFINISHED) | ((Event.status == "retrying") & (Event.retry_at <= now))
 
 
 @dataclass
@@ -49,7 +61,7 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
     """Claim up to `limit` pending events (or just `event_ids`), oldest first, with their users."""
     owner = owner or new_owner()
     with session_scope() as session:
-        query = select(Event.id, Event.user_id).where(Event.status.in_(UNFINISHED), Event.user_id.is_not(None))
+        query = select(Event.id, Event.user_id).where(_claimable(utcnow()), Event.user_id.is_not(None))
         if event_ids is not None:
             query = query.where(Event.id.in_(event_ids))
         pending = session.exec(query.order_by(Event.received_at, Event.id).limit(limit)).all()
@@ -62,7 +74,7 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
         # Read again under the leases: an event finished meanwhile by another drain is not ours to run.
         query = (select(Event.id, Event.user_id, Event.trigger, User.username, User.user_store)
                  .join(User, User.id == Event.user_id)
-                 .where(Event.status.in_(UNFINISHED), Event.user_id.in_(list(held))))
+                 .where(_claimable(utcnow()), Event.user_id.in_(list(held))))
         if event_ids is not None:
             query = query.where(Event.id.in_(event_ids))
         rows = session.exec(query.order_by(Event.received_at, Event.id)).all()
@@ -79,16 +91,46 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
 
 
 def finish(batch: Batch, outcome: dict[str, tuple[str, Optional[str]]]) -> None:
-    """Set each event's final status (user id -> (status, error)) and release the batch's users."""
+    """Set each event's status (user id -> (status, error)) and release the batch's users.
+
+    `succeeded` and `failed` are final. `retrying` (a passing failure) makes the event claimable
+    again after a growing delay, until MAX_ATTEMPTS runs have failed: then it is `failed` too.
+    """
     now = utcnow()
     with session_scope() as session:
         for status, error in set(outcome.values()):
             users = [u for u, o in outcome.items() if o == (status, error)]
             ids = [e for u in users for e in batch.events.get(u, [])]
             for start in range(0, len(ids), 500):
-                session.exec(update(Event).where(Event.id.in_(ids[start:start + 500]))
-                             .values(status=status, error=error, finished_at=now))
+                part = ids[start:start + 500]
+                if status != "retrying":
+                    session.exec(update(Event).where(Event.id.in_(part))
+                                 .values(status=status, error=error, finished_at=now, retry_at=None))
+                    continue
+                for event in session.exec(select(Event).where(Event.id.in_(part))).all():
+                    event.attempts += 1
+                    event.error = error
+                    if event.attempts >= MAX_ATTEMPTS:
+                        event.status, event.finished_at, event.retry_at = "failed", now, None
+                        event.error = f"{error} (gave up after {event.attempts} runs)"
+                    else:
+                        event.status = "retrying"
+                        event.retry_at = now + timedelta(seconds=retry_delay(event.attempts))
+                    session.add(event)
     release(batch)
+
+
+def retry_now(event_id: str) -> Optional[str]:
+    """Make a finished or waiting event claimable at once (`outbound retry`); return its former status."""
+    with session_scope() as session:
+        event = session.get(Event, event_id)
+        if event is None:
+            return None
+        before = event.status
+        if before != "running":
+            event.status, event.retry_at, event.finished_at = "accepted", None, None
+            session.add(event)
+        return before
 
 
 def release(batch: Batch) -> None:
@@ -101,3 +143,12 @@ def pending_count() -> int:
 
     with session_scope() as session:
         return session.exec(select(func.count()).select_from(Event).where(Event.status.in_(UNFINISHED))).one()
+
+
+def waiting_count() -> int:
+    """Events accepted and not yet claimed by any drain: one cheap query, for drainers that poll."""
+    from sqlalchemy import func
+
+    with session_scope() as session:
+        return session.exec(select(func.count()).select_from(Event).where(
+            (Event.status == "accepted") | ((Event.status == "retrying") & (Event.retry_at <= utcnow())))).one()

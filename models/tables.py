@@ -105,7 +105,11 @@ class Event(SQLModel, table=True):
     idp: Optional[str] = Field(default=None, max_length=255)
     user_id: Optional[str] = Field(default=None, max_length=64, index=True)
     payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="accepted", max_length=16, index=True)  # accepted|running|succeeded|failed
+    status: str = Field(default="accepted", max_length=16, index=True)  # accepted|running|retrying|succeeded|failed
+    # Runs that ended for a passing reason (a target's 5xx, a quarantine, an orchestrator error):
+    # how many, and when the event may be claimed again (status retrying).
+    attempts: int = 0
+    retry_at: Optional[datetime] = None
     received_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
     error: Optional[str] = Field(default=None, sa_column=Column(Text))

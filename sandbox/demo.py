@@ -39,7 +39,8 @@ def _drain(config_path: str) -> tuple[int, float]:
     from flows.provision import provision_user
 
     start = time.perf_counter()
-    ran = asyncio.run(provision_user(config_path=config_path))
+    state = asyncio.run(provision_user(config_path=config_path, return_state=True))
+    ran = state.result() if state.is_completed() else 0  # a Failed run: the summary shows what failed
     return ran, time.perf_counter() - start
 
 

@@ -44,6 +44,7 @@ class Outcome:
     error: Optional[str] = None
     user_id: Optional[str] = None
     entity_name: Optional[str] = None
+    code: Optional[str] = None  # the error's code, when it failed
 
 
 def _runtime_ids() -> tuple[Optional[str], Optional[str]]:
@@ -123,11 +124,11 @@ def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
         have = out.get(user)
         if op["entity_type"] == "group":
             if have is not None and op["status"] == "failed" and have.status != "failed":
-                out[user] = Outcome(**{**have.__dict__, "status": "failed",
+                out[user] = Outcome(**{**have.__dict__, "status": "failed", "code": op["error_code"],
                                        "error": f"group {op['remote_name']}: {error}"})
             continue
         mine = Outcome(op["connector"], op["action"], op["operation"] or "none", op["status"], op["reason"] or "",
-                       op["remote_id"], op["remote_name"], error, user, op["entity_name"])
+                       op["remote_id"], op["remote_name"], error, user, op["entity_name"], op["error_code"])
         if have is None or (mine.status == "failed" and have.status != "failed") or have.status == "skipped":
             out[user] = mine
     return out

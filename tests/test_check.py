@@ -63,9 +63,12 @@ def test_a_missing_group_type_is_reported_and_turns_group_sync_off(tmp_path, sql
         assert problem["fix"] == "remove groups: from connector app, or enable groups on the server"
         connector = get_connector(load_config(config).connectors[0])
         assert connector.supports_groups is False  # the stored profile drives the connector
-        from tasks.groups import manages_groups
+        from models.db import session_scope
+        from tasks.plan import make_plan
 
-        assert manages_groups(load_config(config).connectors[0]) is False
+        with session_scope() as session:  # the plan holds no group rows: group sync is off
+            loaded = load_config(config)
+            assert len(make_plan(loaded, loaded.connectors[0], connector, session).group_rows) == 0
         assert [r for r in scim.requests if r[1].startswith("/v2/Groups")] == []
 
         status = runner.invoke(app, ["status", "--config", str(config)])

@@ -18,7 +18,7 @@ from sandbox.scim import ScimSandbox
 WORKER = textwrap.dedent("""
     import asyncio, sys
     from flows.provision import provision_user
-    asyncio.run(provision_user(event_id=sys.argv[1], config_path=sys.argv[2]))
+    asyncio.run(provision_user(event_id=sys.argv[1], config_path=sys.argv[2], return_state=True))
 """)
 
 

@@ -85,7 +85,7 @@ def test_transient_faults_are_retried_and_recorded(tmp_path, sqlite_url):
         attempts = session.exec(select(OperationAttempt)).all()
     assert all(op.status == "succeeded" for op in ops)
     assert sum(op.attempts for op in ops) == len(attempts) > len(ops)
-    assert {a.error_code for a in attempts if a.status == "failed"} <= {"transient", "rate_limited"}
+    assert {a.error_code for a in attempts if a.status == "failed"} <= {"transient", "rate_limited", "outcome_unknown"}
 
 
 def test_rejection_fails_without_retry_and_exits_1(tmp_path, sqlite_url, scim):

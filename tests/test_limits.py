@@ -79,7 +79,7 @@ def run_concurrently(path, batches: list[list[str]]) -> None:
         try:
             for username in usernames:
                 accepted = accept(event(username=username), config)
-                asyncio.run(provision_user(event_id=accepted.event_id, config_path=str(path)))
+                asyncio.run(provision_user(event_id=accepted.event_id, config_path=str(path), return_state=True))
         except Exception as exc:  # surfaced below
             import traceback
 
@@ -129,13 +129,13 @@ def test_the_concurrency_limit_holds_across_two_concurrent_runs(tmp_path, sqlite
     with ScimSandbox() as scim:
         counter = scim.faults = ConcurrencyCounter(scim.faults, delay=0.25)
         free = config_file(tmp_path, scim, "unlimited")
-        run_concurrently(free, [["u1", "u2", "u3", "u7"], ["u4", "u5", "u6", "u8"]])
+        run_concurrently(free, [["usr1", "usr2", "usr3", "usr7"], ["usr4", "usr5", "usr6", "usr8"]])
         unlimited_peak = counter.peak
 
         counter.peak = 0
         limited = config_file(tmp_path, scim, "limited", "max_concurrency: 1")
         assert runner.invoke(app, ["setup", "--config", str(limited)]).exit_code == 0
-        run_concurrently(limited, [["l1", "l2"], ["l3", "l4"]])
+        run_concurrently(limited, [["lim1", "lim2"], ["lim3", "lim4"]])
         limited_peak = counter.peak
         assert len(scim.users()) == 12
     assert unlimited_peak >= 2  # the counter does see overlapping runs...
@@ -146,8 +146,8 @@ def test_429_with_retry_after_slows_down_without_failing(tmp_path, sqlite_url):
     plan = FaultPlan(rate=0.5, kinds=("429",), only_methods=("POST",), seed=7, retry_after=0.3)
     with ScimSandbox(faults=plan) as scim:
         path = config_file(tmp_path, scim, "throttled", attempts=8)
-        run_concurrently(path, [["t1", "t2"], ["t3", "t4"]])
-        assert sorted(u["userName"] for u in scim.users()) == ["t1", "t2", "t3", "t4"]
+        run_concurrently(path, [["thr1", "thr2"], ["thr3", "thr4"]])
+        assert sorted(u["userName"] for u in scim.users()) == ["thr1", "thr2", "thr3", "thr4"]
     assert plan.injected.get("429", 0) > 0
     with session_scope() as session:
         ops = session.exec(select(Operation).where(Operation.action == "provision")).all()

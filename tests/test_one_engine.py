@@ -55,7 +55,7 @@ def config_for(tmp_path, servers: dict, extra: dict[str, str]) -> "object":
 def drain(config_path) -> None:
     from flows.provision import provision_user
 
-    asyncio.run(provision_user(config_path=str(config_path)))
+    asyncio.run(provision_user(config_path=str(config_path), return_state=True))
 
 
 def send(config_path, ev: dict) -> None:

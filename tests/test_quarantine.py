@@ -114,12 +114,12 @@ def test_backoff_grows_by_factor_up_to_the_cap(tmp_path, sqlite_url):
     with ScimSandbox(faults=FaultPlan(rate=1.0, kinds=("5xx",))) as scim:
         config = load_config(write_config(tmp_path, scim, after=1, initial=0.1, cap=0.35))
         with pytest.raises(TransientError):
-            provision_directly(config, "cy")
+            provision_directly(config, "cyd")
         backoffs = [health.get("app").backoff]
         for _ in range(3):
             wait_until_due()
             with pytest.raises(TransientError):
-                provision_directly(config, "cy")
+                provision_directly(config, "cyd")
             backoffs.append(health.get("app").backoff)
     assert backoffs == [0.1, 0.2, 0.35, 0.35]
 

@@ -1,0 +1,148 @@
+"""A burst of user.created events through the event API's own process, against the bulk path, in one run.
+
+    .venv/bin/python bench/burst.py [--events 2000] [--clients 16]
+
+1. Event path: `outbound api --dispatch in-process` in a subprocess (no Prefect server: it starts its
+   own temporary Prefect API), a fresh PostgreSQL state store and a SCIM sandbox. `--clients`
+   threads POST the events as fast as the API takes them; the clock runs from the first POST until
+   every account exists in the sandbox.
+2. Bulk path: the same number of other users, `outbound import` of a CSV then `outbound reconcile`,
+   against a second sandbox and a second fresh database, timed the same way.
+Prints users/s for both, their ratio, duplicates and missing accounts.
+"""
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scaleout import (BIN, ROOT, TOKEN, event_counts, fresh_database, free_port, make_event, post,  # noqa: E402
+                      processes, wait_for, write_config)
+
+
+def accounts_of(scim) -> list[str]:
+    return [getattr(r, "user_name", None) for r in list(scim.storage.resources)
+            if r.meta and r.meta.resource_type == "User"]
+
+
+def event_path(tmp: Path, n: int, clients: int, start) -> dict:
+    import httpx
+
+    from models.db import upgrade
+    from sandbox.scim import ScimSandbox
+
+    with ScimSandbox() as scim, fresh_database() as db_url:
+        config = write_config(tmp, scim)
+        upgrade()
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+        env.update(PREFECT_HOME=str(tmp / "prefect-api"), OUTBOUND_DATABASE_URL=db_url)
+        api = start([str(BIN / "outbound"), "api", "--config", str(config), "--port", str(port),
+                     "--dispatch", "in-process"], env, tmp / "api.log")
+        base = f"http://127.0.0.1:{port}"
+
+        def up():
+            if api.poll() is not None:
+                raise RuntimeError(f"the API exited: {(tmp / 'api.log').read_text()[-2000:]}")
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 400, 0.5, "the event API (and its temporary Prefect API)")
+        run = uuid.uuid4().hex[:4]
+        events = [make_event(i, run) for i in range(n)]
+        queue = list(reversed(events))
+        lock = threading.Lock()
+
+        def sender():
+            with httpx.Client(timeout=60) as client:
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        ev = queue.pop()
+                    post(client, base, ev)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=sender) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        accepted = time.monotonic() - started
+        expected = {ev["user"]["username"] for ev in events}
+        wait_for(lambda: expected <= set(accounts_of(scim)), 1800, 0.1, f"{n} accounts")
+        elapsed = time.monotonic() - started
+        wait_for(lambda: event_counts().get("succeeded", 0) + event_counts().get("failed", 0) >= n, 300, 0.5,
+                 "every event to be marked finished")
+        names = accounts_of(scim)
+        runs = sum(1 for line in (tmp / "api.log").read_text().splitlines() if "batch of" in line)
+        return {"elapsed": elapsed, "accepted": accepted, "users": n, "duplicates": len(names) - len(set(names)),
+                "missing": len(expected - set(names)), "statuses": event_counts(), "batches_logged": runs}
+
+
+def bulk_path(tmp: Path, n: int) -> dict:
+    from models.db import upgrade
+    from sandbox.scim import ScimSandbox
+
+    with ScimSandbox() as scim, fresh_database() as db_url:
+        config = write_config(tmp, scim)
+        upgrade()
+        path = tmp / "users.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["username", "email", "given_name", "family_name"])
+            for i in range(n):
+                writer.writerow([f"bulk{i:05d}", f"bulk{i:05d}@example.com", "Bulk", f"U{i}"])
+        env = {**os.environ, "OUTBOUND_DATABASE_URL": db_url, "PREFECT_HOME": str(tmp / "prefect-bulk")}
+        env = {k: v for k, v in env.items() if not k.startswith("PREFECT_API")}
+        started = time.monotonic()
+        subprocess.run([str(BIN / "outbound"), "import", str(path), "--config", str(config)], env=env, cwd=ROOT,
+                       check=True, capture_output=True)
+        imported = time.monotonic() - started
+        # The reconcile's own Prefect API start-up is not the bulk path's work: start it warm.
+        subprocess.run([str(BIN / "outbound"), "reconcile", "--config", str(config), "--dry-run"], env=env, cwd=ROOT,
+                       check=True, capture_output=True)
+        t0 = time.monotonic()
+        done = subprocess.run([str(BIN / "outbound"), "reconcile", "--config", str(config)], env=env, cwd=ROOT,
+                              capture_output=True, text=True)
+        reconciled = time.monotonic() - t0
+        names = accounts_of(scim)
+        return {"elapsed": imported + reconciled, "import": imported, "reconcile": reconciled, "users": n,
+                "duplicates": len(names) - len(set(names)), "missing": n - len(set(names)), "exit": done.returncode}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=16)
+    args = parser.parse_args()
+    os.environ["BENCH_API_TOKEN"] = TOKEN
+    with tempfile.TemporaryDirectory(prefix="outbound-burst-") as tmp, processes() as start:
+        tmp = Path(tmp)
+        ev = event_path(tmp, args.events, args.clients, start)
+        print(f"event path: {ev['users']} events from {args.clients} clients accepted in {ev['accepted']:.1f} s; "
+              f"every account in the target after {ev['elapsed']:.1f} s = {ev['users'] / ev['elapsed']:.1f} users/s; "
+              f"duplicates {ev['duplicates']}, missing {ev['missing']}, statuses {ev['statuses']}, "
+              f"batches {ev['batches_logged']}")
+    with tempfile.TemporaryDirectory(prefix="outbound-bulk-") as tmp:
+        bulk = bulk_path(Path(tmp), args.events)
+        print(f"bulk path: import {bulk['import']:.1f} s + reconcile {bulk['reconcile']:.1f} s = "
+              f"{bulk['users'] / bulk['elapsed']:.1f} users/s; duplicates {bulk['duplicates']}, "
+              f"missing {bulk['missing']}, reconcile exit {bulk['exit']}")
+    ratio = (ev["users"] / ev["elapsed"]) / (bulk["users"] / bulk["elapsed"])
+    print(f"event path at {100 * ratio:.0f}% of the bulk path's users/s")
+    return 0 if ev["duplicates"] == ev["missing"] == bulk["duplicates"] == bulk["missing"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
