@@ -30,7 +30,25 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    """Keep Prefect's logs off the terminal unless -v, while they still reach the Prefect API.
+
+    The log level stays INFO (the run's Logs tab in the UI keeps every line); only the console
+    handler is raised above anything Prefect logs. Before Prefect is imported the environment
+    setting does it (Prefect reads PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL when it configures
+    logging); in a process where it already is, the handlers are changed in place.
+    """
+    level = "NOTSET" if verbose else "CRITICAL"
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = level
+    if "prefect.logging.handlers" in sys.modules:
+        import logging
+
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+        for logger in loggers:
+            for handler in getattr(logger, "handlers", ()):
+                if isinstance(handler, PrefectConsoleHandler):
+                    handler.setLevel(level)
 
 
 def prefect_ready() -> None:
@@ -116,14 +134,25 @@ def event(file: str = typer.Argument(..., help="Event JSON file, or - for standa
     raise typer.Exit(1 if any(o["status"] == "failed" for o in outcomes) else 0)
 
 
+def connector_types(config: Optional[Path]) -> dict[str, str]:
+    """Connector name -> type from the configuration, when there is one (for the targets' own words)."""
+    if config is None and not Path("outbound.yaml").exists() and not os.environ.get("OUTBOUND_CONFIG"):
+        return {}
+    return {c.name: c.type for c in _load(config).connectors}
+
+
 @app.command()
 def runs(status: Optional[str] = typer.Option(None, help="Only operations with this status (e.g. failed)."),
          connector: Optional[str] = typer.Option(None, help="Only this connector."),
          limit: int = typer.Option(50, help="How many, newest first."),
-         as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
-    """List recorded operations."""
+         as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+         wide: bool = typer.Option(False, "--wide", help="Every column (event, action, tries, full error)."),
+         config: Optional[Path] = ConfigOption) -> None:
+    """List recorded operations, newest first: who, what, the outcome, the remote id and the reason."""
     from sqlmodel import select
 
+    from deployments.commands_reconcile import action_name
+    from deployments.tables import console, table
     from models.db import session_scope
     from models.tables import Operation
 
@@ -138,15 +167,27 @@ def runs(status: Optional[str] = typer.Option(None, help="Only operations with t
         for row in rows:
             typer.echo(json.dumps(row))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("id", "when", "event", "connector", "user", "action", "operation", "status", "tries", "error")
+    types = connector_types(config)
+    columns = [("id", {"justify": "right", "no_wrap": True}), ("when (UTC)", {"no_wrap": True}),
+               ("connector", {"overflow": "fold"}), ("user", {"overflow": "fold", "min_width": 8}),
+               ("op", {"overflow": "fold"}), ("status", {"overflow": "fold"}),
+               ("remote id", {"overflow": "fold", "min_width": 8}),
+               ("reason / error", {"overflow": "fold" if wide else "ellipsis", "no_wrap": not wide, "min_width": 10})]
+    if wide:
+        columns[2:2] = [("event", {"overflow": "fold"})]
+        columns += [("action", {}), ("tries", {"justify": "right"}), ("flow run", {"overflow": "fold"})]
+    grid = table(columns)
     for r in rows:
-        table.add_row(str(r["id"]), (r["started_at"] or "")[:19], r["event_id"] or "-", r["connector"],
-                      r["entity_name"], r["action"], r["operation"] or "-", r["status"], str(r["attempts"]),
-                      f"{r['error_code']}: {r['error_message']}" if r["error_code"] else "")
-    Console().print(table)
+        kind = types.get(r["connector"])
+        why = f"{r['error_code']}: {r['error_message']}" if r["error_code"] else (r["reason"] or "")
+        when = (r["started_at"] or "")[5:16].replace("T", " ")  # MM-DD HH:MM
+        cells = [str(r["id"]), when, r["connector"], r["entity_name"],
+                 action_name(r["operation"] or "-", kind), r["status"], r["remote_id"] or "-", why]
+        if wide:
+            cells[2:2] = [r["event_id"] or "-"]
+            cells += [action_name(r["action"], kind), str(r["attempts"]), r["flow_run_id"] or "-"]
+        grid.add_row(*cells)
+    console().print(grid)
 
 
 @db_app.command("upgrade")
