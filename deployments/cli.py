@@ -146,7 +146,7 @@ def runs(status: Optional[str] = typer.Option(None, help="Only operations with t
          connector: Optional[str] = typer.Option(None, help="Only this connector."),
          limit: int = typer.Option(50, help="How many, newest first."),
          as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
-         wide: bool = typer.Option(False, "--wide", help="Every column (event, action, tries, full error)."),
+         wide: bool = typer.Option(False, "--wide", help="Every field (event, action, tries, flow run), one block each."),
          config: Optional[Path] = ConfigOption) -> None:
     """List recorded operations, newest first: who, what, the outcome, the remote id and the reason."""
     from sqlmodel import select
@@ -168,26 +168,35 @@ def runs(status: Optional[str] = typer.Option(None, help="Only operations with t
             typer.echo(json.dumps(row))
         return
     types = connector_types(config)
-    columns = [("id", {"justify": "right", "no_wrap": True}), ("when (UTC)", {"no_wrap": True}),
-               ("connector", {"overflow": "fold"}), ("user", {"overflow": "fold", "min_width": 8}),
-               ("op", {"overflow": "fold"}), ("status", {"overflow": "fold"}),
-               ("remote id", {"overflow": "fold", "min_width": 8}),
-               ("reason / error", {"overflow": "fold" if wide else "ellipsis", "no_wrap": not wide, "min_width": 10})]
-    if wide:
-        columns[2:2] = [("event", {"overflow": "fold"})]
-        columns += [("action", {}), ("tries", {"justify": "right"}), ("flow run", {"overflow": "fold"})]
-    grid = table(columns)
+    out = console()
+    if wide:  # every field: one block per operation, wrapped to the terminal rather than a table of 12 columns
+        for r in rows:
+            kind = types.get(r["connector"])
+            out.print(f"#{r['id']}  {(r['started_at'] or '')[:19].replace('T', ' ')} UTC  {r['entity_name']} on "
+                      f"{r['connector']}", markup=False, highlight=False)
+            for label, value in (("event", r["event_id"]), ("action", action_name(r["action"], kind)),
+                                 ("operation", action_name(r["operation"] or "-", kind)), ("status", r["status"]),
+                                 ("tries", r["attempts"]), ("remote id", r["remote_id"]),
+                                 ("remote name", r["remote_name"]), ("reason", r["reason"]),
+                                 ("error", f"{r['error_code']}: {r['error_message']}" if r["error_code"] else None),
+                                 ("flow run", r["flow_run_id"])):
+                if value not in (None, ""):
+                    out.print(f"    {label}: {value}", markup=False, highlight=False)
+        return
+    # Narrow (80 columns): user and connector share a cell, so do operation and status; long ids and
+    # reasons fold rather than push the table off the screen.
+    grid = table([("id", {"justify": "right", "no_wrap": True}), ("when (UTC)", {"no_wrap": True}),
+                  ("user / connector", {"overflow": "fold", "max_width": 20}),
+                  ("op / status", {"overflow": "fold", "max_width": 11}),
+                  ("remote id", {"overflow": "fold", "max_width": 36 if out.width >= 110 else 10}),
+                  ("reason / error", {"overflow": "fold", "ratio": 1, "min_width": 16})], expand=True)
     for r in rows:
         kind = types.get(r["connector"])
         why = f"{r['error_code']}: {r['error_message']}" if r["error_code"] else (r["reason"] or "")
         when = (r["started_at"] or "")[5:16].replace("T", " ")  # MM-DD HH:MM
-        cells = [str(r["id"]), when, r["connector"], r["entity_name"],
-                 action_name(r["operation"] or "-", kind), r["status"], r["remote_id"] or "-", why]
-        if wide:
-            cells[2:2] = [r["event_id"] or "-"]
-            cells += [action_name(r["action"], kind), str(r["attempts"]), r["flow_run_id"] or "-"]
-        grid.add_row(*cells)
-    console().print(grid)
+        grid.add_row(str(r["id"]), when, f"{r['entity_name']}\non {r['connector']}",
+                     f"{action_name(r['operation'] or '-', kind)}\n{r['status']}", r["remote_id"] or "-", why)
+    out.print(grid)
 
 
 @db_app.command("upgrade")

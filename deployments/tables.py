@@ -10,9 +10,9 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
-def table(columns: list[tuple[str, dict]]) -> Table:
-    """A compact table: simple rules, one space of padding; each column's options as given (overflow, no_wrap…)."""
-    grid = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), expand=False)
+def table(columns: list[tuple[str, dict]], expand: bool = False) -> Table:
+    """A compact table: a rule under the header, one space between columns; each column's options as given."""
+    grid = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0), expand=expand, collapse_padding=True)
     for name, options in columns:
         grid.add_column(name, **options)
     return grid
