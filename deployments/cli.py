@@ -38,8 +38,9 @@ def _quiet_prefect(verbose: bool) -> None:
     logging); in a process where it already is, the handlers are changed in place.
     """
     level = "NOTSET" if verbose else "CRITICAL"
-    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = level
-    if "prefect.logging.handlers" in sys.modules:
+    if "prefect" not in sys.modules:
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = level
+    else:
         import logging
 
         from prefect.logging.handlers import PrefectConsoleHandler

@@ -12,7 +12,7 @@ log = logging.getLogger("outbound.serve")
 
 EVENT_PATTERN = "outbound.user.*"
 RECONCILE_CRON = "0 2 * * *"
-SWEEP_INTERVAL_SECONDS = 60
+SWEEP_INTERVAL_SECONDS = 600  # see flows/sweep.py: every minute flooded the run list
 
 
 def provision_trigger():
@@ -50,7 +50,7 @@ def build_deployments(config_path: Optional[str] = None, reconcile_cron: str = R
                                     tags=["outbound", "trigger:schedule"],
                                     description="Nightly reconciliation of every connector."),
         reconcile_connector.to_deployment(name="reconcile-connector", parameters=params,
-                                          tags=["outbound", "trigger:manual"],
+                                          tags=["outbound", "trigger:on-demand"],
                                           description="Reconcile one connector on demand (connector, dry_run)."),
     ]
     return deployments
