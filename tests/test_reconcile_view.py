@@ -213,3 +213,30 @@ def test_cli_keeps_prefect_logs_off_the_terminal_but_in_the_api(guarded):
         from deployments.cli import _quiet_prefect
 
         _quiet_prefect(True)
+
+
+def test_migration_0006_stores_guard_decisions_and_statuses_longer_than_16(db_url):
+    """`awaiting-approval` (17 characters, older rows) did not fit varchar(16): PostgreSQL refused it."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from models.db import alembic_config, current_revision, get_engine, upgrade
+
+    upgrade(db_url, revision="0006")
+    engine = get_engine(db_url, migrate=False)
+    with engine.begin() as conn:  # down and up again: the migration is reversible on an empty table
+        cfg = alembic_config(db_url)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+        assert "plan_hash" not in {c["name"] for c in inspect(conn).get_columns("reconciliation_runs")}
+        command.upgrade(cfg, "0006")
+    assert current_revision(db_url) == "0006"
+    with session_scope(db_url) as session:
+        session.add(ReconciliationRun(connector="app", status="awaiting-approval"))
+        session.add(ReconciliationRun(connector="app", status="stopped-by-guard", decision="rejected",
+                                      decided_by="Dana Ops", decision_comment="too many", decided_at=utcnow(),
+                                      plan_hash="a" * 64))
+    with session_scope(db_url) as session:
+        rows = {r.status: r for r in session.exec(select(ReconciliationRun))}
+    assert set(rows) == {"awaiting-approval", "stopped-by-guard"}
+    assert rows["stopped-by-guard"].decided_by == "Dana Ops" and rows["stopped-by-guard"].plan_hash == "a" * 64
