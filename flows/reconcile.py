@@ -193,8 +193,11 @@ def _summary_artifact(plan: Plan, status: str, outcome: Counts, dry_run: bool,
     if outcome.failures:
         lines += ["", "## First failures", ""] + [f"- {f['action']} {f['user']}: {f['error']}"
                                                    for f in outcome.failures[:20]]
+    who = f" by {decision['by']}" if decision and decision.get("by") else ""
     create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(plan.connector, "summary", dry_run),
-                             _sync=True)
+                             description=f"{plan.connector}: {status}"
+                                         + (f", guard {decision['decision']}{who}" if decision else "")
+                                         + (" (dry run: nothing written)" if dry_run else ""), _sync=True)
 
 
 def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: int) -> Counts:

@@ -35,7 +35,8 @@ class Approval(RunInput):
 
     decision: Decision = Field(description="approve: apply this plan now; reject: end the run, nothing applied")
     approver: str = Field(min_length=1, max_length=255, description="Your name: recorded with the decision")
-    comment: Optional[str] = Field(default=None, max_length=2000, description="Why (recorded; shown in the log)")
+    # A plain string (empty by default) renders as one text box; Optional[str] made the form ask for a type.
+    comment: str = Field(default="", max_length=2000, description="Why (recorded; shown in the log)")
 
 
 def _records(frame) -> list[str]:
