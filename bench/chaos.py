@@ -187,13 +187,12 @@ def _add_users(n: int) -> list[str]:
 
 
 def _reconcile_until_converged(name: str, config_path: Path, chunk: int, max_rounds: int, fig: Figures) -> None:
-    from flows.reconcile import reconcile_connector
+    from flows.reconcile import reconcile
 
     while fig.rounds < max_rounds:
         fig.rounds += 1
         try:
-            result = asyncio.run(reconcile_connector(connector=name, config_path=str(config_path),
-                                                     chunk_size=chunk, lock_wait=60))
+            result = asyncio.run(reconcile(name, config_path=str(config_path), chunk_size=chunk, lock_wait=60))
         except Exception as exc:  # the listing failed on every retry: the next run starts over
             fig.failed_rounds += 1
             print(f"  {name}: run {fig.rounds} failed: {type(exc).__name__}: {str(exc)[:160]}", file=sys.stderr)

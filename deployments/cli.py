@@ -30,7 +30,26 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    """Keep Prefect's logs off the terminal unless -v, while they still reach the Prefect API.
+
+    The log level stays INFO (the run's Logs tab in the UI keeps every line); only the console
+    handler is raised above anything Prefect logs. Before Prefect is imported the environment
+    setting does it (Prefect reads PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL when it configures
+    logging); in a process where it already is, the handlers are changed in place.
+    """
+    level = "NOTSET" if verbose else "CRITICAL"
+    if "prefect" not in sys.modules:
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = level
+    else:
+        import logging
+
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+        for logger in loggers:
+            for handler in getattr(logger, "handlers", ()):
+                if isinstance(handler, PrefectConsoleHandler):
+                    handler.setLevel(level)
 
 
 def prefect_ready() -> None:
@@ -119,6 +138,13 @@ def event(file: str = typer.Argument(..., help="Event JSON file, or - for standa
     raise typer.Exit(1 if any(o["status"] == "failed" for o in outcomes) else 0)
 
 
+def connector_types(config: Optional[Path]) -> dict[str, str]:
+    """Connector name -> type from the configuration, when there is one (for the targets' own words)."""
+    if config is None and not Path("outbound.yaml").exists() and not os.environ.get("OUTBOUND_CONFIG"):
+        return {}
+    return {c.name: c.type for c in _load(config).connectors}
+
+
 @app.command()
 def retry(event_id: str = typer.Argument(..., help="The event's id."),
           config: Optional[Path] = ConfigOption,
@@ -142,10 +168,14 @@ def retry(event_id: str = typer.Argument(..., help="The event's id."),
 def runs(status: Optional[str] = typer.Option(None, help="Only operations with this status (e.g. failed)."),
          connector: Optional[str] = typer.Option(None, help="Only this connector."),
          limit: int = typer.Option(50, help="How many, newest first."),
-         as_json: bool = typer.Option(False, "--json", help="One JSON object per line.")) -> None:
-    """List recorded operations."""
+         as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+         wide: bool = typer.Option(False, "--wide", help="Every field (event, action, tries, flow run), one block each."),
+         config: Optional[Path] = ConfigOption) -> None:
+    """List recorded operations, newest first: who, what, the outcome, the remote id and the reason."""
     from sqlmodel import select
 
+    from deployments.commands_reconcile import action_name
+    from deployments.tables import console, table
     from models.db import session_scope
     from models.tables import Operation
 
@@ -160,15 +190,36 @@ def runs(status: Optional[str] = typer.Option(None, help="Only operations with t
         for row in rows:
             typer.echo(json.dumps(row))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("id", "when", "event", "connector", "user", "action", "operation", "status", "tries", "error")
+    types = connector_types(config)
+    out = console()
+    if wide:  # every field: one block per operation, wrapped to the terminal rather than a table of 12 columns
+        for r in rows:
+            kind = types.get(r["connector"])
+            out.print(f"#{r['id']}  {(r['started_at'] or '')[:19].replace('T', ' ')} UTC  {r['entity_name']} on "
+                      f"{r['connector']}", markup=False, highlight=False)
+            for label, value in (("event", r["event_id"]), ("action", action_name(r["action"], kind)),
+                                 ("operation", action_name(r["operation"] or "-", kind)), ("status", r["status"]),
+                                 ("tries", r["attempts"]), ("remote id", r["remote_id"]),
+                                 ("remote name", r["remote_name"]), ("reason", r["reason"]),
+                                 ("error", f"{r['error_code']}: {r['error_message']}" if r["error_code"] else None),
+                                 ("flow run", r["flow_run_id"])):
+                if value not in (None, ""):
+                    out.print(f"    {label}: {value}", markup=False, highlight=False)
+        return
+    # Narrow (80 columns): user and connector share a cell, so do operation and status; long ids and
+    # reasons fold rather than push the table off the screen.
+    grid = table([("id", {"justify": "right", "no_wrap": True}), ("when (UTC)", {"no_wrap": True}),
+                  ("user / connector", {"overflow": "fold", "max_width": 20}),
+                  ("op / status", {"overflow": "fold", "max_width": 11}),
+                  ("remote id", {"overflow": "fold", "max_width": 36 if out.width >= 110 else 10}),
+                  ("reason / error", {"overflow": "fold", "ratio": 1, "min_width": 16})], expand=True)
     for r in rows:
-        table.add_row(str(r["id"]), (r["started_at"] or "")[:19], r["event_id"] or "-", r["connector"],
-                      r["entity_name"], r["action"], r["operation"] or "-", r["status"], str(r["attempts"]),
-                      f"{r['error_code']}: {r['error_message']}" if r["error_code"] else "")
-    Console().print(table)
+        kind = types.get(r["connector"])
+        why = f"{r['error_code']}: {r['error_message']}" if r["error_code"] else (r["reason"] or "")
+        when = (r["started_at"] or "")[5:16].replace("T", " ")  # MM-DD HH:MM
+        grid.add_row(str(r["id"]), when, f"{r['entity_name']}\non {r['connector']}",
+                     f"{action_name(r['operation'] or '-', kind)}\n{r['status']}", r["remote_id"] or "-", why)
+    out.print(grid)
 
 
 @db_app.command("upgrade")

@@ -3,6 +3,9 @@
 Exit codes (reconcile): 0 done; 1 some rows failed; 2 bad input; 3 the plan needs --yes (it deletes or
 disables more than the connector's max_deletions); 4 another reconciliation of a connector was running
 (still after --wait seconds): nothing was done to that connector.
+
+Without -v the terminal shows the progress bar and then the result only; Prefect's logs still go to
+the Prefect API (the run's Logs tab), only its console handler is silenced.
 """
 
 from pathlib import Path
@@ -91,20 +94,47 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
     raise typer.Exit(2 if errors else 0)
 
 
-def _print_result(result: dict) -> None:
+def action_name(action: str, connector_type: Optional[str]) -> str:
+    """The target's own word for an action: Google calls a disable `suspend` (and an enable `unsuspend`)."""
+    if connector_type == "google":
+        return {"disable": "suspend", "enable": "unsuspend"}.get(action, action)
+    return action
+
+
+def plan_line(result: dict, connector_type: Optional[str]) -> str:
+    """The plan's summary in the target's words (Google: suspend, not disable)."""
+    counts = ", ".join(f"{action_name(k, connector_type)} {v}" for k, v in result["counts"].items() if v)
+    sizes = (f"{result['desired_count']} desired, {result['target_count']} in the target "
+             f"({result['unmanaged']} unmanaged); " if "desired_count" in result else "")
+    return (f"{result['connector']}: {sizes}plan: {counts or 'nothing to do'}; "
+            f"deletes+{action_name('disable', connector_type)}s {result['deletions']} (limit {result['threshold']})")
+
+
+def _print_result(result: dict, connector_type: Optional[str] = None) -> None:
+    name = result["connector"]
     if result["status"] == "busy":
-        typer.echo(f"{result['connector']}: busy: {result['message']}; nothing done (try again later, or pass "
+        typer.echo(f"{name}: busy: {result['message']}; nothing done (try again later, or pass "
                    f"--wait SECONDS)", err=True)
         return
-    typer.echo(("[dry-run] " if result["dry_run"] else "") + result["summary"])
+    typer.echo(plan_line(result, connector_type))
     o = result["outcomes"]
-    typer.echo(f"{result['connector']}: {result['status']}: succeeded {o['succeeded']}, failed {o['failed']}, "
-               f"skipped {o['skipped']}")
+    if result["dry_run"]:
+        guard = (f"the real run would stop at the deletion guard ({result['deletions']} > limit "
+                 f"{result['threshold']}): it needs --yes" if result.get("guard_tripped")
+                 else "the real run would pass the deletion guard")
+        typer.echo(f"{name}: dry run, nothing written: would apply {o['succeeded']}, would fail {o['failed']}, "
+                   f"skipped {o['skipped']}; {guard}")
+    elif result["status"] in ("stopped-by-guard", "awaiting-approval"):
+        typer.echo(f"{name}: stopped by the deletion guard: {result['message']}; nothing applied. Review the plan "
+                   f"(outbound reconcile --connector {name} --dry-run --report plan.csv), then run again with "
+                   f"--yes to apply it", err=True)
+    else:
+        typer.echo(f"{name}: {result['status']}: succeeded {o['succeeded']}, failed {o['failed']}, "
+                   f"skipped {o['skipped']}")
     for f in result.get("failures", [])[:20]:
-        typer.echo(f"  failed {f['action']} {f['user']}: {f['error']}")
-    if result["status"] == "awaiting-approval":
-        typer.echo(f"{result['message']}: nothing applied; review the plan (--dry-run --report FILE.csv) and "
-                   f"run again with --yes to apply it", err=True)
+        typer.echo(f"  failed {action_name(f['action'], connector_type)} {f['user']}: {f['error']}")
+    for path in result.get("reports") or ():
+        typer.echo(f"{name}: plan rows written to {path}")
 
 
 @app.command()
@@ -123,7 +153,7 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
     from rich.progress import Progress
 
     from connectors.errors import ProvisioningError
-    from flows.reconcile import reconcile_connector
+    from flows.reconcile import reconcile as reconcile_flow
     from tasks.apply import progress_listeners
 
     _quiet_prefect(verbose)
@@ -145,18 +175,19 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
                 path = None
                 if report:
                     path = str(report) if len(names) == 1 else str(report.with_stem(f"{report.stem}-{name}"))
-                results.append(asyncio.run(reconcile_connector(connector=name, dry_run=dry_run,
-                                                               config_path=str(config) if config else None,
-                                                               yes=yes, report=path, lock_wait=wait)))
+                results.append(asyncio.run(reconcile_flow(name, trigger="cli", dry_run=dry_run,
+                                                          config_path=str(config) if config else None,
+                                                          yes=yes, report=path, lock_wait=wait)))
             except ProvisioningError as exc:  # the target refused or could not be reached: say so, no traceback
                 progress.stop()
                 fail(f"{name}: not reconciled: {exc}. Nothing was changed on {name}; check that the target is "
                      f"reachable and its credentials are valid (outbound status), then run again.", 1)
             finally:
                 progress_listeners.remove(listener)
+    types = {c.name: c.type for c in cfg.connectors}
     for result in results:
-        _print_result(result)
-    if any(r["status"] == "awaiting-approval" for r in results):
+        _print_result(result, types.get(result["connector"]))
+    if any(r["status"] == "stopped-by-guard" for r in results):
         raise typer.Exit(3)
     if any(r["status"] == "busy" for r in results):
         raise typer.Exit(4)

@@ -98,6 +98,34 @@ def _when(value) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value.tzinfo else str(value)[:19]
 
 
+def _status_name(status: Optional[str]) -> Optional[str]:
+    # Older rows: a CLI guard stop was recorded as awaiting-approval, though nothing waits for one.
+    return "stopped-by-guard" if status == "awaiting-approval" else status
+
+
+def _guard(run: dict) -> Optional[dict]:
+    """The deletion guard's decision on the run (approved, rejected, stopped, forced), if the plan tripped it."""
+    if not run.get("decision"):
+        return None
+    return {"decision": run["decision"], "by": run.get("decided_by"), "comment": run.get("decision_comment"),
+            "at": _when(run.get("decided_at")), "plan_hash": run.get("plan_hash")}
+
+
+def guard_line(connector: str, run: dict) -> Optional[str]:
+    """One sentence on the last run's guard decision, with what to do next when something waits on the operator."""
+    guard = run.get("guard")
+    if run.get("status") == "stopped-by-guard":
+        return (f"{connector}: the last reconciliation ({run['started_at']} UTC) stopped at the deletion guard, "
+                f"nothing applied: {run.get('error') or 'too many deletions'}. Nothing is waiting; review with "
+                f"`outbound reconcile --connector {connector} --dry-run --report plan.csv`, then re-run with --yes.")
+    if not guard:
+        return None
+    who = f" by {guard['by']}" if guard.get("by") else ""
+    why = f": {guard['comment']}" if guard.get("comment") else ""
+    return (f"{connector}: guard {guard['decision']}{who} at {guard['at']} UTC{why} "
+            f"(plan sha256 {str(guard.get('plan_hash') or '')[:12]})")
+
+
 def status_summary(names: list[str]) -> dict:
     """Per connector: last reconciliation, operations failed in the last day; and the oldest unfinished event."""
     from sqlmodel import func, select
@@ -127,9 +155,10 @@ def status_summary(names: list[str]) -> dict:
         connectors.append({
             "connector": name,
             "last_reconciliation": None if run is None else {
-                "status": run.get("status"), "dry_run": run.get("dry_run"), "started_at": _when(run.get("started_at")),
-                "finished_at": _when(run.get("finished_at")), "counts": _as_dict(run.get("counts")),
-                "outcomes": _as_dict(run.get("outcomes"))},
+                "status": _status_name(run.get("status")), "dry_run": run.get("dry_run"),
+                "started_at": _when(run.get("started_at")), "finished_at": _when(run.get("finished_at")),
+                "counts": _as_dict(run.get("counts")), "outcomes": _as_dict(run.get("outcomes")),
+                "error": run.get("error"), "flow_run_id": run.get("flow_run_id"), "guard": _guard(run)},
             "failed_last_day": failed.get(name, 0),
             "health": as_dict(health.get(name)),
             "capabilities": None if profile is None else {
@@ -155,7 +184,8 @@ def _checked(profile: Optional[dict]) -> str:
 
 @app.command()
 def status(config: Optional[Path] = ConfigOption,
-           as_json: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="One JSON document."),
+           wide: bool = typer.Option(False, "--wide", help="Every column (counts, guard decision, last check).")) -> None:
     """Summarise per connector: last reconciliation and its counts, failures in the last day, health (quarantine), the last `outbound check` (age, problems); the oldest unfinished event."""
     names: list[str] = []
     if config is not None or Path("outbound.yaml").exists():
@@ -164,27 +194,38 @@ def status(config: Optional[Path] = ConfigOption,
     if as_json:
         typer.echo(json.dumps(summary, default=str))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from deployments.tables import console, table
 
-    table = Table("connector", "last reconciliation", "status", "counts", "failed (24 h)", "health", "checked")
+    out = console()
+    columns = [("connector", {"overflow": "fold", "min_width": 8}), ("last run (UTC)", {"no_wrap": True}),
+               ("status", {"overflow": "fold"}), ("failed 24h", {"justify": "right"}), ("health", {})]
+    if wide:
+        columns += [("counts", {"overflow": "fold"}), ("guard", {"overflow": "fold"}), ("checked", {"overflow": "fold"})]
+    grid = table(columns)
     for c in summary["connectors"]:
         run = c["last_reconciliation"]
-        counts = ", ".join(f"{k}={v}" for k, v in (run or {}).get("counts", {}).items()) if run else ""
-        table.add_row(c["connector"], run["started_at"] if run else "never",
-                      (f"{run['status']}{' (dry run)' if run['dry_run'] else ''}" if run else "-"),
-                      counts or "-", str(c["failed_last_day"]), c["health"]["state"], _checked(c["capabilities"]))
-    console = Console()
-    console.print(table)
-    for c in summary["connectors"]:  # issue 8: a quarantine in full, unwrapped
+        row = [c["connector"], run["started_at"][:16] if run else "never",
+               (f"{run['status']}{' (dry run)' if run['dry_run'] else ''}" if run else "-"),
+               str(c["failed_last_day"]), c["health"]["state"]]
+        if wide:
+            counts = ", ".join(f"{k}={v}" for k, v in (run or {}).get("counts", {}).items() if v) if run else ""
+            guard = (run or {}).get("guard") or {}
+            row += [counts or "-", f"{guard['decision']} by {guard.get('by') or '-'}" if guard else "-",
+                    _checked(c["capabilities"])]
+        grid.add_row(*row)
+    out.print(grid)
+    for c in summary["connectors"]:  # decisions and quarantines in full, folded to the terminal's width
+        line = guard_line(c["connector"], c["last_reconciliation"]) if c["last_reconciliation"] else None
+        if line:
+            out.print(line, markup=False, highlight=False)
         if c["health"]["state"] == "open" or c["health"]["consecutive_failures"]:
-            typer.echo(f"health of {c['connector']}: {c['health']['summary']}")
-    for c in summary["connectors"]:  # what `outbound check` found wrong, with what to change
-        for problem in (c["capabilities"] or {}).get("problems", []):
-            typer.echo(f"check of {c['connector']}: {problem['severity']}: {problem['what']} (fix: {problem['fix']})")
+            out.print(f"health of {c['connector']}: {c['health']['summary']}", markup=False, highlight=False)
+        for problem in (c["capabilities"] or {}).get("problems", []):  # what `outbound check` found, and the fix
+            out.print(f"check of {c['connector']}: {problem['severity']}: {problem['what']} (fix: {problem['fix']})",
+                      markup=False, highlight=False)
     oldest = summary["oldest_unfinished_event"]
     if oldest:
-        console.print(f"unfinished events: {summary['unfinished_events']}; oldest {oldest['id']} ({oldest['type']}, "
-                      f"{oldest['status']}) received {oldest['received_at']} UTC")
+        out.print(f"unfinished events: {summary['unfinished_events']}; oldest {oldest['id']} ({oldest['type']}, "
+                  f"{oldest['status']}) received {oldest['received_at']} UTC", markup=False, highlight=False)
     else:
-        console.print("unfinished events: none")
+        out.print("unfinished events: none")

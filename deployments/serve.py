@@ -14,7 +14,7 @@ DRAIN_CRON = "* * * * *"
 DRAIN_SECONDS = 75  # a little longer than the schedule's minute: two drainers overlap at each hand-over
 RECONCILE_CRON = "0 2 * * *"
 PRUNE_CRON = "30 3 * * *"  # after the nightly reconciliation, before the working day
-SWEEP_INTERVAL_SECONDS = 60
+SWEEP_INTERVAL_SECONDS = 600  # see flows/sweep.py: every minute flooded the run list
 
 
 def build_deployments(config_path: Optional[str] = None, reconcile_cron: str = RECONCILE_CRON,
@@ -53,7 +53,7 @@ def build_deployments(config_path: Optional[str] = None, reconcile_cron: str = R
                                     tags=["outbound", "trigger:schedule"],
                                     description="Nightly reconciliation of every connector."),
         reconcile_connector.to_deployment(name="reconcile-connector", parameters=params,
-                                          tags=["outbound", "trigger:manual"],
+                                          tags=["outbound", "trigger:on-demand"],
                                           description="Reconcile one connector on demand (connector, dry_run)."),
     ]
     return deployments

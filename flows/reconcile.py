@@ -5,22 +5,31 @@ lease `reconcile:<connector>`, kept alive while it runs. A second one waits up t
 seconds, then ends with status `busy`, naming who holds the lease and since when. Holding the lease
 also proves that a run of that connector still marked `running` was cut short (a killed process):
 it is marked `abandoned`.
+
+The flow run's final state tells the outcome: Completed when every row was applied (or a dry run
+found what it would do), Failed when rows failed, Cancelled when nothing was applied on purpose
+(the deletion guard's rejection or stop, or another reconciliation holding the lease). Its name
+says the mode (`reconcile app (dry run)`, `… (approved)`, `… (rejected)`), its tags say how it was
+started (`trigger:<how>`) and for which connector (`connector:<name>`), and its artifacts are keyed
+`outbound-<connector>-<kind>` (`outbound-<connector>-dry-run-<kind>` for dry runs).
 """
 
 import json
 import logging
+import re
 import threading
 from collections import deque
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import Iterator, Optional
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
+from prefect.client.orchestration import get_client
 from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelled, Failed, State
 
 from sqlalchemy import update
 
@@ -30,6 +39,8 @@ from models.locks import LockTimeout, lease
 from models.tables import Lease, ReconciliationRun, utcnow
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
+from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision, approval_description, cli_user,
+                         plan_hash, record_decision)
 from tasks.plan import Plan, plan_task
 from tasks.retry import task_options
 
@@ -41,15 +52,46 @@ class Busy(Exception):
     """Another reconciliation of the connector holds its lease."""
 
 
-class Approval(RunInput):
-    """The operator's answer to a plan that deletes or disables more than max_deletions allows."""
-
-    approve: bool = False
-    comment: Optional[str] = None
+__all__ = ["Approval", "Decision", "reconcile", "reconcile_all", "reconcile_connector", "run_connector"]
+STOPPED_BY_GUARD = "stopped-by-guard"
+# Final Prefect state per reconciliation status: anything not applied in full is not green.
+CANCELLED_STATUSES = ("rejected", STOPPED_BY_GUARD, "busy")
+FAILED_STATUSES = ("failed", "partial")
 
 
 def _run_name() -> str:
-    return f"reconcile {flow_run.parameters.get('connector', '?')}"
+    name = f"reconcile {flow_run.parameters.get('connector', '?')}"
+    return f"{name} (dry run)" if flow_run.parameters.get("dry_run") else name
+
+
+def artifact_key(connector: str, kind: str, dry_run: bool) -> str:
+    """`outbound-<connector>-<kind>`, or `outbound-<connector>-dry-run-<kind>` (keys: lowercase, digits, dashes)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", connector.lower()).strip("-") or "connector"
+    return f"outbound-{slug}-{'dry-run-' if dry_run else ''}{kind}"
+
+
+def _ui_link(path: str) -> Optional[str]:
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}{path}" if base else path
+
+
+async def _label_run(suffix: Optional[str] = None, add_tags: tuple[str, ...] = ()) -> None:
+    """Rename this flow run to `reconcile <connector> (<suffix>)` and/or add tags (best effort: only labels)."""
+    if not flow_run.id:
+        return
+    current = set(flow_run.tags or ())
+    try:
+        async with get_client() as client:
+            if add_tags and not set(add_tags) <= current:
+                run = await client.read_flow_run(flow_run.id)
+                await client.update_flow_run(flow_run.id, tags=sorted(set(run.tags) | set(add_tags)))
+            if suffix:
+                await client.update_flow_run(flow_run.id, name=f"reconcile {flow_run.parameters.get('connector')} "
+                                                                f"({suffix})")
+    except Exception as exc:  # a label is not worth failing the reconciliation for
+        get_run_logger().warning("could not label the flow run: %s: %s", type(exc).__name__, exc)
 
 
 def _keep_alive(name: str, owner: str, stop: threading.Event) -> None:
@@ -112,26 +154,50 @@ def _finish_run(run_id: str, status: str, counts: dict, outcomes: dict, error: O
         session.add(run)
 
 
-def _plan_artifacts(plan: Plan, dry_run: bool) -> None:
+def _plan_artifacts(plan: Plan, dry_run: bool) -> Optional[str]:
+    """The plan's counts and drift table; return the drift table's UI link (for the approval form)."""
     counts = plan.counts()
+    mode = " (dry run: nothing written)" if dry_run else ""
     create_table_artifact(table=[{"action": a, "count": n} for a, n in counts.items()],
-                          key=f"reconcile-{plan.connector}-counts".lower(),
-                          description=f"Plan for {plan.connector}" + (" (dry-run)" if dry_run else ""), _sync=True)
+                          key=artifact_key(plan.connector, "plan", dry_run),
+                          description=f"Plan for {plan.connector}{mode}", _sync=True)
     drift = plan.rows.head(DRIFT_ROWS_SHOWN).copy()
     drift["changes"] = [json.dumps(c, default=str) if c else "" for c in drift["changes"]]
-    create_table_artifact(table=drift.fillna("").to_dict(orient="records"),
-                          description=f"Drift on {plan.connector}: first {len(drift)} of {len(plan.rows)} rows",
-                          _sync=True)
+    drift_id = create_table_artifact(table=drift.fillna("").to_dict(orient="records"),
+                                     key=artifact_key(plan.connector, "drift", dry_run),
+                                     description=f"Drift on {plan.connector}{mode}: first {len(drift)} of "
+                                                 f"{len(plan.rows)} rows", _sync=True)
+    return _ui_link(f"/artifacts/artifact/{drift_id}") if drift_id else None
 
 
-def _summary_artifact(plan: Plan, status: str, outcome: Counts, dry_run: bool) -> None:
-    lines = [f"# Reconciliation of {plan.connector}", "", f"**Status:** {status}" + (" (dry-run)" if dry_run else ""),
-             "", plan.summary(), "", "| outcome | count |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in outcome.as_dict().items()]
+def _guard_line(plan: Plan) -> str:
+    verdict = "would stop at" if plan.guard_tripped else "would pass"
+    return (f"The real run {verdict} the deletion guard: it deletes or disables {plan.deletions}, "
+            f"max_deletions {plan.threshold}" + ("; it needs an approval (or --yes)." if plan.guard_tripped else "."))
+
+
+def _summary_artifact(plan: Plan, status: str, outcome: Counts, dry_run: bool,
+                      decision: Optional[dict] = None) -> None:
+    lines = [f"# Reconciliation of {plan.connector}" + (" (dry run)" if dry_run else ""), "",
+             f"**Status:** {status}", ""]
+    if dry_run:
+        lines += ["**Dry run: nothing was written to the target.** The outcome counts below are what the real "
+                  "run would do.", "", _guard_line(plan), ""]
+    if decision:
+        lines += [f"**Deletion guard:** {decision['decision']}" + (f" by {decision['by']}" if decision.get("by") else "")
+                  + (f": {decision['comment']}" if decision.get("comment") else "")
+                  + f" (plan sha256 `{decision['plan_hash'][:16]}`)", ""]
+    labels = {"succeeded": "would apply", "failed": "would fail", "skipped": "skipped"} if dry_run else {}
+    lines += [plan.summary(), "", "| outcome | count |", "|---|---|"]
+    lines += [f"| {labels.get(k, k)} | {v} |" for k, v in outcome.as_dict().items()]
     if outcome.failures:
         lines += ["", "## First failures", ""] + [f"- {f['action']} {f['user']}: {f['error']}"
                                                    for f in outcome.failures[:20]]
-    create_markdown_artifact(markdown="\n".join(lines), key=f"reconcile-{plan.connector}-summary".lower(), _sync=True)
+    who = f" by {decision['by']}" if decision and decision.get("by") else ""
+    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(plan.connector, "summary", dry_run),
+                             description=f"{plan.connector}: {status}"
+                                         + (f", guard {decision['decision']}{who}" if decision else "")
+                                         + (" (dry run: nothing written)" if dry_run else ""), _sync=True)
 
 
 def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: int) -> Counts:
@@ -139,8 +205,9 @@ def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: i
     cfg = config.connector(plan.connector)
     rows = plan.rows.to_dict(orient="records")
     total, done, outcome = len(rows), 0, Counts()
-    progress_id = create_progress_artifact(progress=0.0, description=f"Applying {total} rows to {cfg.name}",
-                                           _sync=True)
+    what = (f"Dry run of {cfg.name}: checking {total} rows, nothing is written" if dry_run
+            else f"Applying {total} rows to {cfg.name}")
+    progress_id = create_progress_artifact(progress=0.0, description=what, _sync=True)
     for listener in progress_listeners:
         listener(0, total)
     in_flight: deque = deque()
@@ -201,37 +268,117 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
         raise
     counts = plan.counts()
     logger.info("connector=%s %s", cfg.name, plan.summary())
+    reports = []
     if report:
         frame = plan.rows.copy()
         frame["changes"] = [json.dumps(c, default=str) if c else "" for c in frame["changes"]]
         frame.to_csv(report, index=False)
-    _plan_artifacts(plan, dry_run)
+        reports.append(report)
+    drift_link = _plan_artifacts(plan, dry_run)
+    digest = plan_hash(plan)
     result = {"connector": cfg.name, "run_id": run_id, "dry_run": dry_run, "summary": plan.summary(),
-              "counts": counts, "deletions": plan.deletions, "threshold": plan.threshold}
+              "counts": counts, "deletions": plan.deletions, "threshold": plan.threshold,
+              "desired_count": plan.desired_count, "target_count": plan.target_count, "unmanaged": plan.unmanaged,
+              "guard_tripped": plan.guard_tripped, "plan_hash": digest, "reports": reports, "decision": None}
+    if dry_run:
+        logger.info("connector=%s dry run: nothing will be written. %s", cfg.name, _guard_line(plan))
 
-    if plan.guard_tripped and not yes and not dry_run:
+    decision = None
+    if plan.guard_tripped and not dry_run:
         message = (f"the plan would delete or disable {plan.deletions} accounts on {cfg.name}, more than "
                    f"max_deletions {plan.threshold}")
-        if deployment.id:  # a deployment run: wait for an operator in the Prefect UI
-            logger.warning("%s: pausing for approval", message)
-            answer = await pause_flow_run(wait_for_input=Approval.with_initial_data(
-                description=f"{message}. Approve to apply the plan anyway.", approve=False), timeout=24 * 3600)
-            approved = bool(answer and answer.approve)
+        if yes:
+            decision = {"decision": FORCED, "by": f"{cli_user()} (--yes)", "comment": message}
+            logger.warning("connector=%s %s: applied without review because --yes was given (by %s)",
+                           cfg.name, message, decision["by"])
+        elif deployment.id:  # a deployment run: wait for an operator in the Prefect UI
+            decision = await _ask_approval(plan, run_id, message, digest, drift_link)
         else:
-            approved = False
-        if not approved:
-            status = "rejected" if deployment.id else "awaiting-approval"
+            decision = {"decision": STOPPED, "by": None, "comment": message}
+            logger.warning("connector=%s %s: stopped by the deletion guard, nothing applied; review the plan "
+                           "(outbound reconcile --dry-run --report plan.csv) and re-run with --yes to apply it",
+                           cfg.name, message)
+        decision["plan_hash"] = digest
+        record_decision(run_id, decision["decision"], decision["by"], decision["comment"], digest)
+        result["decision"] = decision
+        if decision["decision"] in (REJECTED, STOPPED):
+            status = "rejected" if decision["decision"] == REJECTED else STOPPED_BY_GUARD
             _finish_run(run_id, status, counts, {}, message)
-            _summary_artifact(plan, status, Counts(skipped=len(plan.rows) + len(plan.group_rows)), dry_run)
+            _summary_artifact(plan, status, Counts(skipped=len(plan.rows) + len(plan.group_rows)), dry_run, decision)
+            await _label_run("rejected" if status == "rejected" else "stopped by guard")
             return {**result, "status": status, "outcomes": {"succeeded": 0, "failed": 0, "skipped": 0},
                     "message": message, "failures": []}
+        await _label_run("approved" if decision["decision"] == APPROVED else "forced with --yes")
 
     outcome = _apply(plan, config, run_id, dry_run, chunk_size)
     status = "failed" if outcome.failed and not outcome.succeeded else "partial" if outcome.failed else "succeeded"
     _finish_run(run_id, status, counts, outcome.as_dict())
-    _summary_artifact(plan, status, outcome, dry_run)
-    logger.info("connector=%s status=%s %s", cfg.name, status, outcome.as_dict())
+    _summary_artifact(plan, status, outcome, dry_run, decision)
+    if dry_run:
+        logger.info("connector=%s dry run finished, nothing written: would apply %d, would fail %d, skipped %d",
+                    cfg.name, outcome.succeeded, outcome.failed, outcome.skipped)
+    else:
+        logger.info("connector=%s status=%s %s", cfg.name, status, outcome.as_dict())
     return {**result, "status": status, "outcomes": outcome.as_dict(), "failures": outcome.failures[:50]}
+
+
+async def _ask_approval(plan: Plan, run_id: str, message: str, digest: str, drift_link: Optional[str]) -> dict:
+    """Pause this deployment run for an operator's Approval; return the decision (who, what, why)."""
+    logger = get_run_logger()
+    logger.warning("connector=%s %s: pausing for approval (plan sha256 %s)", plan.connector, message, digest[:16])
+    form = Approval.with_initial_data(description=approval_description(
+        plan.connector, plan.counts(), plan.deletions, plan.threshold, digest, drift_link))
+    try:
+        answer = await pause_flow_run(wait_for_input=form, timeout=24 * 3600, poll_interval=5)
+    except Exception as exc:  # no answer within the timeout: the run fails, the row must not stay `running`
+        _finish_run(run_id, "failed", plan.counts(), {}, f"no decision: {type(exc).__name__}: {exc}")
+        raise
+    if answer.decision == Decision.approve:
+        logger.info("connector=%s approved by %s: %s (plan sha256 %s)", plan.connector, answer.approver,
+                    answer.comment or "no comment", digest[:16])
+        return {"decision": APPROVED, "by": answer.approver, "comment": answer.comment}
+    logger.warning("connector=%s rejected by %s: %s (plan sha256 %s): nothing applied", plan.connector,
+                   answer.approver, answer.comment or "no comment", digest[:16])
+    return {"decision": REJECTED, "by": answer.approver, "comment": answer.comment}
+
+
+def final_state(result: dict) -> "dict | State":
+    """The flow run's final state for a reconciliation's result: only a full success is Completed."""
+    status, name = result["status"], result["connector"]
+    if status in FAILED_STATUSES:
+        o = result["outcomes"]
+        first = result["failures"][0] if result.get("failures") else None
+        detail = f"; first: {first['action']} {first['user']}: {first['error']}" if first else ""
+        return Failed(message=f"{name}: {o['failed']} of {o['failed'] + o['succeeded']} operations failed{detail}",
+                      data=result)
+    if status == "rejected":
+        d = result["decision"] or {}
+        return Cancelled(message=f"rejected by {d.get('by') or '?'}: {d.get('comment') or 'no comment'}", data=result)
+    if status == STOPPED_BY_GUARD:
+        return Cancelled(message=f"stopped by the deletion guard: {result['message']}; nothing applied, re-run "
+                                 f"with --yes to apply", data=result)
+    if status == "busy":
+        return Cancelled(message=result["message"], data=result)
+    return result
+
+
+async def result_of(state: State) -> dict:
+    """The result dict of a reconcile-connector run's final state; its exception raised if it raised one."""
+    value = await state.aresult(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+async def reconcile(connector: str, trigger: str = "on-demand", **params) -> dict:
+    """Run reconcile-connector for `connector`, tagged `trigger:<trigger>` and `connector:<name>`; return its result.
+
+    Whatever its final state (Cancelled for a rejection, Failed for failed rows), the result dict is returned;
+    an exception the run raised (the target could not be listed) is raised.
+    """
+    with tags(f"trigger:{trigger}", f"connector:{connector}"):
+        state = await reconcile_connector(connector=connector, return_state=True, **params)
+    return await result_of(state)
 
 
 @flow(name="reconcile-connector", flow_run_name=_run_name, retries=0, validate_parameters=True)
@@ -239,16 +386,38 @@ async def reconcile_connector(connector: str, dry_run: bool = False, config_path
                               yes: bool = False, report: Optional[str] = None, lock_wait: float = 0,
                               chunk_size: int = DEFAULT_CHUNK) -> dict:
     """Bring one connector's target to the desired state: plan, guard, apply in chunks, report."""
-    return await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size, lock_wait)
+    have = set(flow_run.tags or ())
+    await _label_run(add_tags=(f"connector:{connector}",) + (() if any(t.startswith("trigger:") for t in have)
+                                                              else ("trigger:on-demand",)))
+    return final_state(await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size,
+                                           lock_wait))
 
 
 @flow(name="reconcile-all", flow_run_name="reconcile all connectors", retries=0)
 async def reconcile_all(dry_run: bool = False, config_path: Optional[str] = None, yes: bool = False,
                         lock_wait: float = 0) -> list[dict]:
-    """Reconcile every enabled connector, one after the other (each a subflow named after it)."""
+    """Reconcile every enabled connector, one after the other (each a subflow named after it).
+
+    Ends Failed if a connector's run failed, else Cancelled if one was not applied (guard, busy), else Completed.
+    """
     config = load_config(config_path)
-    results = []
+    trigger = [t for t in (flow_run.tags or ()) if t.startswith("trigger:")] or ["trigger:on-demand"]
+    results, states = [], []
     for cfg in config.connectors:
         if cfg.enabled:
-            results.append(await reconcile_connector(cfg.name, dry_run, config_path, yes, lock_wait=lock_wait))
+            with tags(*trigger, f"connector:{cfg.name}"):
+                state = await reconcile_connector(cfg.name, dry_run, config_path, yes, lock_wait=lock_wait,
+                                                  return_state=True)
+            states.append(state)
+            try:
+                results.append(await result_of(state))
+            except Exception as exc:  # this connector could not be reconciled; the others still are
+                results.append({"connector": cfg.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+    failed = [s for s in states if s.is_failed() or s.is_crashed()]
+    cancelled = [s for s in states if s.is_cancelled()]
+    if failed or cancelled:
+        detail = "; ".join(s.message or s.type.value for s in failed + cancelled)
+        make = Failed if failed else Cancelled
+        return make(message=f"{len(failed + cancelled)} of {len(states)} connectors not reconciled in full: {detail}",
+                    data=results)
     return results

@@ -172,12 +172,21 @@ class ReconciliationRun(SQLModel, table=True):
     connector: str = Field(max_length=64)
     flow_run_id: Optional[str] = Field(default=None, max_length=64)
     dry_run: bool = False
-    status: str = Field(default="running", max_length=16)  # running|succeeded|failed|partial|awaiting-approval|rejected
+    # running|succeeded|failed|partial|busy|rejected|stopped-by-guard|abandoned (awaiting-approval: older rows)
+    status: str = Field(default="running", max_length=32)
     counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # per plan action
     outcomes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # succeeded/failed/skipped
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
+    # The deletion guard's decision, when the plan tripped it: approved | rejected (an operator in the
+    # Prefect UI) | stopped (a CLI run without --yes) | forced (a CLI run with --yes); by whom, why, when,
+    # and the hash of the plan rows it was about (tasks.guard.plan_hash).
+    decision: Optional[str] = Field(default=None, max_length=16)
+    decided_by: Optional[str] = Field(default=None, max_length=255)
+    decision_comment: Optional[str] = Field(default=None, sa_column=Column(Text))
+    decided_at: Optional[datetime] = None
+    plan_hash: Optional[str] = Field(default=None, max_length=64)
 
 
 class Lease(SQLModel, table=True):

@@ -35,8 +35,8 @@ RECONCILE = textwrap.dedent("""
                 time.sleep(0.05)
             return real(*args, **kwargs)
         apply.apply_rows = gated
-    from flows.reconcile import reconcile_connector
-    result = asyncio.run(reconcile_connector(connector="app", config_path=config, lock_wait=wait, chunk_size=5))
+    from flows.reconcile import reconcile
+    result = asyncio.run(reconcile("app", config_path=config, lock_wait=wait, chunk_size=5))
     print(json.dumps({"status": result["status"], "summary": result["summary"], "message": result.get("message")}))
 """)
 

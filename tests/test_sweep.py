@@ -29,7 +29,9 @@ def test_stuck_events_start_a_drain_and_fresh_ones_alone_do_not(tmp_path, sqlite
                 row.received_at, row.status = utcnow() - timedelta(minutes=10), status
         assert [i for i, _ in stuck_events(300)] == [stuck["id"], crashed["id"]]
 
-        result = asyncio.run(sweep_events(older_than_seconds=300, config_path=str(path)))
+        state = asyncio.run(sweep_events(older_than_seconds=300, config_path=str(path), return_state=True))
+        result = state.result()
+        assert _run_name(state) == "sweep: 2 overdue events"
 
         # The overdue events start a drain, which takes whatever is pending, the fresh event too.
         assert sorted(result["redispatched"]) == sorted([stuck["id"], crashed["id"]]) and result["failed"] == []
@@ -45,8 +47,29 @@ def test_stuck_events_start_a_drain_and_fresh_ones_alone_do_not(tmp_path, sqlite
             assert session.get(Event, late["id"]).status == "accepted"
         # A second sweep finds nothing and applies nothing twice.
         requests_before = len(scim.requests)
-        assert asyncio.run(sweep_events(older_than_seconds=300, config_path=str(path)))["redispatched"] == []
+        state = asyncio.run(sweep_events(older_than_seconds=300, config_path=str(path), return_state=True))
+        assert state.result()["redispatched"] == []
         assert len(scim.requests) == requests_before
+        assert _run_name(state) == "sweep: nothing overdue"  # an empty sweep says so in the run list
+
+
+def _run_name(state) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id).name
+
+
+def test_the_sweeper_is_scheduled_every_ten_minutes_not_every_minute():
+    from pathlib import Path
+
+    import yaml
+
+    from deployments.serve import SWEEP_INTERVAL_SECONDS
+
+    deployments = yaml.safe_load((Path(__file__).parent.parent / "prefect.yaml").read_text())["deployments"]
+    sweep = next(d for d in deployments if d["name"] == "sweep-events")
+    assert sweep["schedules"][0]["interval"] == SWEEP_INTERVAL_SECONDS == 600  # 144 runs a day, not 1,440
 
 
 def test_status_shows_failures_reconciliations_and_the_oldest_unfinished_event(tmp_path, sqlite_url):
