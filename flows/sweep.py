@@ -1,10 +1,11 @@
 """The sweeper: re-dispatch events that were accepted but did not finish in time.
 
 An event is stored before it is acknowledged; if Prefect, a worker or the API process was down
-when it should have run, it stays `accepted` (or `running`, when a run died half-way).
-`sweep-events` runs each such event older than the threshold again, in-process, as a
-`provision-user` subflow (so it is named and tagged like any other provisioning run). Running an
-event again is safe: operations already applied for (event, connector) are not repeated.
+when it should have run, it stays `accepted` (or `running`, when a run died half-way). When any
+event is older than the threshold, `sweep-events` starts one drain of the outbox, in-process, as a
+`provision-user` subflow beginning with the oldest (so it is named and tagged like any other
+provisioning run); the drain takes everything pending. Running an event again is safe: planning
+is level-triggered, so what was already applied is found in place and not sent again.
 
 It is scheduled every 10 minutes, not every minute: almost every sweep finds nothing, and a run a
 minute buried the run list under ~1,440 empty runs a day. The check for overdue events is one
@@ -61,14 +62,12 @@ async def sweep_events(older_than_seconds: float = 300, config_path: Optional[st
     await _name_run(f"sweep: {len(stuck)} overdue event{'s' if len(stuck) != 1 else ''}")
     from flows.provision import provision_user
 
-    done, failed = [], []
-    for event_id, trigger in stuck:
-        logger.info("event=%s unfinished for more than %ss: dispatching again", event_id, older_than_seconds)
-        try:
-            with tags("trigger:sweep", f"trigger:{trigger}"):
-                await provision_user(event_id=event_id, config_path=config_path)
-            done.append(event_id)
-        except Exception as exc:  # one bad event must not stop the sweep; it stays unfinished
-            logger.warning("event=%s re-dispatch failed: %s: %s", event_id, type(exc).__name__, exc)
-            failed.append(event_id)
-    return {"redispatched": done, "failed": failed}
+    logger.info("%d events unfinished for more than %ss (oldest %s): draining the outbox", len(stuck),
+                older_than_seconds, stuck[0][0])
+    try:
+        with tags("trigger:sweep"):
+            await provision_user(event_id=stuck[0][0], config_path=config_path, return_state=True)
+    except Exception as exc:  # the events stay unfinished: the next sweep tries again
+        logger.warning("the drain failed: %s: %s", type(exc).__name__, exc)
+    left = {event_id for event_id, _ in stuck_events(older_than_seconds, limit)}
+    return {"redispatched": [e for e, _ in stuck if e not in left], "failed": [e for e, _ in stuck if e in left]}
