@@ -12,14 +12,13 @@ import time
 from typing import Optional
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from connectors.errors import is_permanent
 from models.config import Config, load_config
 from models.db import session_scope
-from models.outbox import Batch, claim, finish, release
+from models.outbox import Batch, claim, finish, release, retry_now
 from models.runstate import get_event
 from tasks.explain import attach_explanation
 from tasks.policy import resolve_policy
@@ -28,7 +27,6 @@ from tasks.reconcile import reconcile
 from tasks.retry import task_options
 from tasks.username import generate_username
 
-ARTIFACT_ROWS = 1000
 WAIT_FOR_USER = 300.0  # seconds an `outbound event` waits while another drain works on its user
 
 
@@ -76,7 +74,7 @@ def claim_event(event_id: str, limit: int) -> Batch:
             break
         with session_scope() as session:
             event = get_event(session, event_id)
-            if event is None or event.status not in ("accepted", "running"):
+            if event is None or event.status not in ("accepted", "running", "retrying"):
                 return batch  # another drain finished it
         time.sleep(0.2)
     if len(batch) and limit > 1:
@@ -144,15 +142,6 @@ def _record_failures(outcomes: list[Outcome], batch: Batch, run_id: str) -> None
         session.exec(insert(Operation), params=event_rows(rows, batch.events, run_id))
 
 
-def _artifact(batch: Batch, per_user: dict[str, list[Outcome]]) -> None:
-    rows = [{"user": o.entity_name or u, "connector": o.connector, "action": o.action, "operation": o.operation,
-             "status": o.status, "remote_id": o.remote_id or "", "remote_username": o.remote_name or "",
-             "reason": o.reason, "error": o.error or ""}
-            for u, outs in per_user.items() for o in outs][:ARTIFACT_ROWS]
-    create_table_artifact(table=rows, description=f"Operations of {batch_name(batch).removeprefix('provision ')}",
-                          _sync=True)
-
-
 def event_status(outcomes: list[Outcome]) -> tuple[str, Optional[str]]:
     """A user's events' status from its outcomes: succeeded; failed (a target refused it); or retrying."""
     failed = [o for o in outcomes if o.status == "failed"]
@@ -169,6 +158,8 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
     `failures` collects user@STORE -> what failed, for the run's final state.
     """
     failures = failures if failures is not None else {}
+    if event_id and (flow_run.run_count or 1) > 1:  # the UI's Retry of this run: the event runs again
+        retry_now(event_id)
     logger = get_run_logger()
     total, first = 0, True
     while True:
@@ -188,7 +179,6 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
             raise
         outcome = {user: event_status(outs) for user, outs in per_user.items()}
         finish(batch, outcome)
-        _artifact(batch, per_user)
         if len(batch) == 1:
             attach_explanation(batch.user_ids[0], config, batch.event_ids[-1])
         total += len(batch.event_ids)

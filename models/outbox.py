@@ -27,8 +27,10 @@ def retry_delay(attempts: int) -> float:
     return min(LAST_RETRY, FIRST_RETRY * 2 ** max(attempts - 1, 0))
 
 
-def _claimable(now):
-    """Events a drain may take: new or cut short, and those whose retry is due."""
+def _claimable(now, named: bool = False):
+    """Events a drain may take: new or cut short, and those whose retry is due (any retry, when named)."""
+    if named:
+        return Event.status.in_((*UNFINISHED, "retrying"))
     return Event.status.in_(UNFINISHED) | ((Event.status == "retrying") & (Event.retry_at <= now))
 
 
@@ -61,7 +63,8 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
     """Claim up to `limit` pending events (or just `event_ids`), oldest first, with their users."""
     owner = owner or new_owner()
     with session_scope() as session:
-        query = select(Event.id, Event.user_id).where(_claimable(utcnow()), Event.user_id.is_not(None))
+        query = select(Event.id, Event.user_id).where(_claimable(utcnow(), event_ids is not None),
+                                                      Event.user_id.is_not(None))
         if event_ids is not None:
             query = query.where(Event.id.in_(event_ids))
         pending = session.exec(query.order_by(Event.received_at, Event.id).limit(limit)).all()
@@ -74,7 +77,7 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
         # Read again under the leases: an event finished meanwhile by another drain is not ours to run.
         query = (select(Event.id, Event.user_id, Event.trigger, User.username, User.user_store)
                  .join(User, User.id == Event.user_id)
-                 .where(_claimable(utcnow()), Event.user_id.in_(list(held))))
+                 .where(_claimable(utcnow(), event_ids is not None), Event.user_id.in_(list(held))))
         if event_ids is not None:
             query = query.where(Event.id.in_(event_ids))
         rows = session.exec(query.order_by(Event.received_at, Event.id)).all()

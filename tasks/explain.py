@@ -41,6 +41,7 @@ class ConnectorExplanation:
     remote_id: Optional[str] = None
     last_operation: Optional[dict] = None
     groups: list[str] = field(default_factory=list)
+    recent_runs: list[str] = field(default_factory=list)  # links to the Prefect runs that acted on the user
 
 
 def _levels(user: UserView, cfg: ConnectorConfig, config: Config) -> list[str]:
@@ -64,6 +65,28 @@ def _last_operation(session: Session, connector: str, user_id: str) -> Optional[
     return {"event_id": op.event_id, "action": op.action, "operation": op.operation, "status": op.status,
             "when": op.finished_at.isoformat() if op.finished_at else None,
             "error": f"{op.error_code}: {op.error_message}" if op.error_code else None}
+
+
+def _ui_url() -> Optional[str]:
+    """Where the Prefect UI is: PREFECT_UI_URL, else the API's address without `/api`."""
+    import os
+
+    ui = os.environ.get("PREFECT_UI_URL") or os.environ.get("PREFECT_API_URL", "").removesuffix("/").removesuffix("/api")
+    return ui or None
+
+
+def _recent_runs(session: Session, connector: str, user_id: str, n: int = 3) -> list[str]:
+    """The last `n` flow runs that recorded an operation for the user here, as UI links (or ids)."""
+    ids: list[str] = []
+    for run_id in session.exec(select(Operation.flow_run_id).where(
+            Operation.connector == connector, Operation.entity_id == user_id, Operation.flow_run_id.is_not(None))
+            .order_by(Operation.id.desc()).limit(50)):
+        if run_id not in ids:
+            ids.append(run_id)
+        if len(ids) == n:
+            break
+    ui = _ui_url()
+    return [f"{ui}/runs/flow-run/{i}" if ui else i for i in ids]
 
 
 def explain(session: Session, user: UserView, config: Config, connector: Optional[str] = None) -> list[ConnectorExplanation]:
@@ -91,7 +114,8 @@ def explain(session: Session, user: UserView, config: Config, connector: Optiona
             remote_name=remote_name, how=how, recorded_name=recorded,
             remote_id=mapping.remote_id if mapping else None,
             last_operation=_last_operation(session, cfg.name, user.id),
-            groups=sorted(g for g in cfg.groups if g in user.groups)))
+            groups=sorted(g for g in cfg.groups if g in user.groups),
+            recent_runs=_recent_runs(session, cfg.name, user.id)))
     return out
 
 
@@ -120,6 +144,8 @@ def _lines(user: UserView, e: ConnectorExplanation) -> list[tuple[str, str]]:
     ]
     if e.groups:
         rows.append(("groups", ", ".join(e.groups)))
+    if e.recent_runs:
+        rows.append(("recent runs", " ".join(e.recent_runs)))
     return rows
 
 

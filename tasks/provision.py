@@ -91,7 +91,7 @@ def _record(rows: list[dict], events: dict[str, list[str]], cfg_name: str, run_i
 
 
 def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[str]], run_id: str,
-                   exc: BaseException, flow_run_id: Optional[str], task_run_id: Optional[str] = None) -> None:
+                   exc: BaseException, flow_run_id: Optional[str], task_run_id: Optional[str] = None) -> list[Outcome]:
     """The batch could not be planned on this connector: a failed operation, and its attempt, per user."""
     code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
     now = utcnow()
@@ -102,7 +102,9 @@ def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[st
             for local_id, (name, d) in state.decisions.items() if (action := d.action) != "skip"
             for reason in [d.reason]]
     if not rows:
-        return
+        return []
+    failed = [Outcome(cfg_name, r["action"], "none", "failed", r["reason"], error=f"{code}: {exc}",
+                      user_id=r["entity_id"], entity_name=r["entity_name"], code=code) for r in rows]
     rows = event_rows(rows, events, run_id)
     with session_scope() as session:
         ids = session.exec(insert(Operation).returning(Operation.id, sort_by_parameter_order=True),
@@ -111,6 +113,7 @@ def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[st
             {"operation_id": i, "number": 1, "status": "failed", "error_code": code, "error_message": str(exc),
              "flow_run_id": flow_run_id, "task_run_id": task_run_id, "started_at": now, "finished_at": now}
             for i in ids])
+    return failed
 
 
 def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
@@ -149,7 +152,8 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
         health.record_failure(cfg.name, exc, config)
         if isinstance(exc, AuthFailed):
             evict(cfg)  # the next attempt resolves the secrets again: a rotated credential is picked up
-        record_failure(state, cfg.name, events, run_id, exc, flow_run_id, task_run_id)
+        failed = record_failure(state, cfg.name, events, run_id, exc, flow_run_id, task_run_id)
+        report(cfg.name, failed, events, flow_run_id)
         raise
     health.record_success(cfg.name)
     counts = Counts()
@@ -168,7 +172,59 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
     for o in list(outcomes.values())[:LOGGED_OUTCOMES]:
         log.info("user=%s connector=%s %s %s%s%s", o.entity_name, o.connector, o.operation, o.status,
                  f" remote_id={o.remote_id}" if o.remote_id else "", f" error={o.error}" if o.error else "")
+    if len(outcomes) > LOGGED_OUTCOMES:
+        log.info("connector=%s and %d more users: see the artifact %s", cfg.name, len(outcomes) - LOGGED_OUTCOMES,
+                 artifact_key(cfg.name))
+    report(cfg.name, list(outcomes.values()), events, flow_run_id)
     return list(outcomes.values())
+
+
+# What each operation tells a user's history in Prefect's Event Feed.
+HISTORY = {"create": "created", "relink": "created", "update": "updated", "link": "updated", "enable": "updated",
+           "disable": "disabled", "delete": "deleted", "gone": "deleted"}
+ARTIFACT_ROWS = 1000
+
+
+def artifact_key(connector: str) -> str:
+    """`outbound-<connector>-operations`: Prefect keys are lower-case letters, digits and dashes."""
+    return "outbound-" + "".join(c if c.isalnum() else "-" for c in connector.lower()) + "-operations"
+
+
+def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]], flow_run_id: Optional[str]) -> None:
+    """A keyed table artifact of the batch's outcomes on this connector, and a Prefect event per change.
+
+    The events (`outbound.account.created|updated|disabled|deleted|failed` about the resource
+    `outbound.user.<user@STORE>`) make a user's history across runs one filter in the Event Feed.
+    Reporting never fails the batch: it only tells.
+    """
+    from prefect.artifacts import create_table_artifact
+    from prefect.events import emit_event
+
+    try:
+        rows = [{"user": o.entity_name, "action": o.action, "operation": o.operation, "status": o.status,
+                 "remote_id": o.remote_id or "", "remote_username": o.remote_name or "", "reason": o.reason,
+                 "error": o.error or ""} for o in outcomes[:ARTIFACT_ROWS]]
+        if rows and flow_run_id:
+            create_table_artifact(table=rows, key=artifact_key(connector),
+                                  description=f"{connector}: {len(outcomes)} users"
+                                  + (f" (first {ARTIFACT_ROWS})" if len(outcomes) > ARTIFACT_ROWS else ""))
+        for o in outcomes:
+            kind = "failed" if o.status == "failed" else HISTORY.get(o.operation)
+            if kind is None or not flow_run_id:
+                continue
+            related = [{"prefect.resource.id": f"outbound.connector.{connector}",
+                        "prefect.resource.role": "connector"},
+                       {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}]
+            related += [{"prefect.resource.id": f"outbound.event.{e}", "prefect.resource.role": "event"}
+                        for e in events.get(o.user_id or "", [])[-5:]]
+            emit_event(event=f"outbound.account.{kind}",
+                       resource={"prefect.resource.id": f"outbound.user.{o.entity_name}",
+                                 "prefect.resource.name": o.entity_name or ""},
+                       related=related,
+                       payload={"connector": connector, "operation": o.operation, "remote_id": o.remote_id,
+                                "remote_username": o.remote_name, "error": o.error})
+    except Exception as exc:
+        log.warning("connector=%s could not report the batch to Prefect: %s: %s", connector, type(exc).__name__, exc)
 
 
 @task(name="provision", task_run_name="provision {connector_name}", cache_policy=NO_CACHE)

@@ -1,0 +1,111 @@
+"""Provisioning runs as operators see them: read back through the Prefect client.
+
+A failed connector makes a Failed run naming who and where; the event says whether it will be
+retried; `outbound retry` re-drives it; every change is a Prefect event about the user.
+"""
+
+import json
+import time
+import uuid
+
+import pytest
+from sqlmodel import select
+
+from helpers import event, send, write_config
+from models.db import session_scope
+from models.tables import Event
+from sandbox.faults import FaultPlan
+from sandbox.scim import ScimSandbox
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def run_of(event_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=event_id)))
+        assert len(runs) == 1, [r.name for r in runs]
+        return runs[0]
+
+
+def test_a_failed_connector_fails_the_run_naming_the_user_and_the_event_retries(tmp_path, sqlite_url):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with ScimSandbox() as good, ScimSandbox(faults=FaultPlan(rate=1.0, kinds=("5xx",))) as down:
+        config = write_config(tmp_path, good, attempts=2, extra_connector=f"""  - name: broken
+    type: scim2
+    scim2:
+      base_url: {down.url}
+      auth: {{type: bearer, token: env:BROKEN_TOKEN}}
+""")
+        import os
+
+        os.environ["BROKEN_TOKEN"] = down.token
+        ev = event(username="ursula")
+        code, out = send(tmp_path, config, ev)
+        assert code == 1 and "broken" in out and "transient" in out, out
+        assert [u["userName"] for u in good.users()] == ["ursula"]  # the healthy connector did its part
+
+    run = run_of(ev["id"])
+    assert run.state_type.value == "FAILED"
+    assert "ursula@PRIMARY" in run.state.message and "broken" in run.state.message
+    assert run.name == f"provision ursula@PRIMARY ({ev['id']})"
+    assert {"trigger:api", "connector:app", "connector:broken"} <= set(run.tags)
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))}
+    assert {"outbound-app-operations", "outbound-broken-operations"} <= keys
+    with session_scope() as session:
+        stored = session.get(Event, ev["id"])
+        assert stored.status == "retrying" and stored.attempts == 1 and stored.retry_at is not None
+        assert "broken: transient" in stored.error
+
+
+def test_a_refused_user_fails_for_good_and_outbound_retry_re_drives_it(tmp_path, sqlite_url, scim):
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+
+    config = write_config(tmp_path, scim, extra_connector="", name="app")
+    first, second = event(username="dora"), event(username="dora", user_store="SECONDARY")
+    assert send(tmp_path, config, first)[0] == 0
+    code, out = send(tmp_path, config, second)  # the same remote username: a collision, not a passing failure
+    assert code == 1 and "collision" in out, out
+    with session_scope() as session:
+        assert session.get(Event, second["id"]).status == "failed"
+    assert run_of(second["id"]).state_type.value == "FAILED"
+
+    # The operator resolves it (here: the suffix rule), then re-drives the event.
+    text = config.read_text().replace("    type: scim2\n", "    type: scim2\n    on_collision: suffix\n", 1)
+    config.write_text(text)
+    result = CliRunner().invoke(app, ["retry", second["id"], "--config", str(config)])
+    assert result.exit_code == 0 and "was failed" in result.output and "create" in result.output, result.output
+    assert sorted(u["userName"] for u in scim.users()) == ["dora", "dora2"]
+    with session_scope() as session:
+        assert session.get(Event, second["id"]).status == "succeeded"
+
+
+def test_each_change_is_a_prefect_event_about_the_user(tmp_path, sqlite_url, scim):
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventResourceFilter
+
+    config = write_config(tmp_path, scim)
+    name = f"hist{uuid.uuid4().hex[:6]}"
+    assert send(tmp_path, config, event(username=name))[0] == 0
+    assert send(tmp_path, config, event("user.updated", username=name, family_name="Changed"))[0] == 0
+    assert send(tmp_path, config, event("user.deleted", username=name))[0] == 0
+    resource = f"outbound.user.{name}@PRIMARY"
+    deadline, seen = time.monotonic() + 30, []
+    while time.monotonic() < deadline:  # events reach the server asynchronously
+        with get_client(sync_client=True) as client:
+            page = client.read_events(filter=EventFilter(resource=EventResourceFilter(id=[resource])), limit=50)
+        seen = sorted((e.occurred, e.event) for e in page.events)
+        if len(seen) >= 3:
+            break
+        time.sleep(0.5)
+    assert [e for _, e in seen] == ["outbound.account.created", "outbound.account.updated", "outbound.account.deleted"]
+    related = {r.role: r.id for r in page.events[0].related}
+    assert related["connector"] == "outbound.connector.app" and related["flow-run"].startswith("prefect.flow-run.")
