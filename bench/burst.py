@@ -17,15 +17,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scaleout import (BIN, ROOT, TOKEN, event_counts, fresh_database, free_port, make_event, post,  # noqa: E402
-                      processes, wait_for, write_config)
+from scaleout import (BIN, ROOT, TOKEN, event_counts, fresh_database, free_port, make_event,  # noqa: E402
+                      processes, send_all, wait_for, write_config)
 
 
 def accounts_of(scim) -> list[str]:
@@ -60,24 +59,8 @@ def event_path(tmp: Path, n: int, clients: int, start) -> dict:
         wait_for(up, 400, 0.5, "the event API (and its temporary Prefect API)")
         run = uuid.uuid4().hex[:4]
         events = [make_event(i, run) for i in range(n)]
-        queue = list(reversed(events))
-        lock = threading.Lock()
-
-        def sender():
-            with httpx.Client(timeout=60) as client:
-                while True:
-                    with lock:
-                        if not queue:
-                            return
-                        ev = queue.pop()
-                    post(client, base, ev)
-
         started = time.monotonic()
-        threads = [threading.Thread(target=sender) for _ in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        send_all(base, events, clients)
         accepted = time.monotonic() - started
         expected = {ev["user"]["username"] for ev in events}
         wait_for(lambda: expected <= set(accounts_of(scim)), 1800, 0.1, f"{n} accounts")

@@ -175,6 +175,28 @@ def post(client, base: str, ev: dict) -> None:
         raise RuntimeError(f"{ev['id']}: {response.status_code} {response.text}")
 
 
+def send_all(base: str, events: list[dict], clients: int) -> None:
+    """POST every event from `clients` threads, as fast as the API takes them."""
+    import httpx
+
+    queue, lock = list(reversed(events)), threading.Lock()
+
+    def sender():
+        with httpx.Client(timeout=60) as client:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    ev = queue.pop()
+                post(client, base, ev)
+
+    threads = [threading.Thread(target=sender) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def event_counts() -> dict[str, int]:
     from sqlmodel import func, select
 
@@ -190,7 +212,6 @@ def env_for_children(home: Path, **extra) -> dict:
 
 
 def run(args, workers: int) -> bool:
-    import httpx
     from prefect.client.orchestration import get_client
 
     from sandbox.scim import ScimSandbox
@@ -222,24 +243,9 @@ def run(args, workers: int) -> bool:
                     client.create_flow_run_from_deployment(deployment.id)
             run_id = uuid.uuid4().hex[:4]
             events = [make_event(i, run_id) for i in range(args.events)]
-            queue = list(reversed(events))
-            lock = threading.Lock()
             with event_api(config, "prefect") as base:
-                def sender():
-                    with httpx.Client(timeout=60) as client:
-                        while True:
-                            with lock:
-                                if not queue:
-                                    return
-                                ev = queue.pop()
-                            post(client, base, ev)
-
                 started = time.monotonic()
-                threads = [threading.Thread(target=sender) for _ in range(args.clients)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
+                send_all(base, events, args.clients)
                 sent = time.monotonic() - started
                 print(f"{args.events} events accepted in {sent:.1f}s ({args.events / sent:.1f}/s)")
                 wait_for(lambda: sum(v for k, v in event_counts().items() if k in ("succeeded", "failed"))

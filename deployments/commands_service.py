@@ -200,7 +200,7 @@ def status(config: Optional[Path] = ConfigOption,
     columns = [("connector", {"overflow": "fold", "min_width": 8}), ("last run (UTC)", {"no_wrap": True}),
                ("status", {"overflow": "fold"}), ("failed 24h", {"justify": "right"}), ("health", {})]
     if wide:
-        columns += [("counts", {"overflow": "fold"}), ("guard", {"overflow": "fold"}), ("checked", {"overflow": "fold"})]
+        columns += [("counts", {"overflow": "fold"}), ("guard", {"overflow": "fold"})]
     grid = table(columns)
     for c in summary["connectors"]:
         run = c["last_reconciliation"]
@@ -210,8 +210,7 @@ def status(config: Optional[Path] = ConfigOption,
         if wide:
             counts = ", ".join(f"{k}={v}" for k, v in (run or {}).get("counts", {}).items() if v) if run else ""
             guard = (run or {}).get("guard") or {}
-            row += [counts or "-", f"{guard['decision']} by {guard.get('by') or '-'}" if guard else "-",
-                    _checked(c["capabilities"])]
+            row += [counts or "-", f"{guard['decision']} by {guard.get('by') or '-'}" if guard else "-"]
         grid.add_row(*row)
     out.print(grid)
     for c in summary["connectors"]:  # decisions and quarantines in full, folded to the terminal's width
@@ -220,6 +219,8 @@ def status(config: Optional[Path] = ConfigOption,
             out.print(line, markup=False, highlight=False)
         if c["health"]["state"] == "open" or c["health"]["consecutive_failures"]:
             out.print(f"health of {c['connector']}: {c['health']['summary']}", markup=False, highlight=False)
+        if c["capabilities"]:
+            out.print(f"{c['connector']}: last checked: {_checked(c['capabilities'])}", markup=False, highlight=False)
         for problem in (c["capabilities"] or {}).get("problems", []):  # what `outbound check` found, and the fix
             out.print(f"check of {c['connector']}: {problem['severity']}: {problem['what']} (fix: {problem['fix']})",
                       markup=False, highlight=False)
