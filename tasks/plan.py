@@ -242,17 +242,26 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
         user_ids=user_ids)
 
 
-def observe(connector, cfg: ConnectorConfig, state: DesiredState, workers: int = 4) -> list[Account]:
-    """The target's accounts of a batch of users, by lookups instead of a full listing.
+# A listing page holds ~100 accounts, a lookup costs a request or two per user: a batch reads the
+# whole target instead when that is fewer requests (the target is under LIST_RATIO × the batch).
+LIST_RATIO = 100
+
+
+def observe(connector, cfg: ConnectorConfig, state: DesiredState, workers: int = 4,
+            target_size: Optional[int] = None) -> list[Account]:
+    """The target's accounts of a batch of users: by lookups, or from a listing when that is cheaper.
 
     The mapped account (by id), else a search by the connector's match keys: the same candidates a
-    full listing would offer the diff, so both paths decide alike.
+    full listing would offer the diff, so both paths decide alike. `target_size`: an estimate of
+    how many accounts the target holds (the connector's mappings).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
     batch = set(state.desired["local_id"]) | set(state.deprovision["local_id"])
     keys = set(cfg.match)
+    if target_size is not None and len(batch) > 1 and target_size < LIST_RATIO * len(batch):
+        return _listed(connector, state, batch, mapped, keys)
 
     def look(local_id: str) -> list[Account]:
         found = []
@@ -274,6 +283,18 @@ def observe(connector, cfg: ConnectorConfig, state: DesiredState, workers: int =
         accounts = [a for found in pool.map(look, sorted(batch)) for a in found]
     unique = {a.id: a for a in accounts}
     return list(unique.values())
+
+
+def _listed(connector, state: DesiredState, batch: set[str], mapped: dict[str, str], keys: set[str]) -> list[Account]:
+    """The batch's candidates out of a full listing: the same accounts the lookups would find."""
+    ids = {mapped[u] for u in batch if mapped.get(u)}
+    names = {state.accounts[u].user_name.lower() for u in batch if u in state.accounts} if "user_name" in keys else set()
+    emails = ({(state.accounts[u].email or "").lower() for u in batch if u in state.accounts} - {""}
+              if "email" in keys else set())
+    externals = batch if "external_id" in keys else set()
+    return [a for a in connector.iter_users()
+            if a.id in ids or a.external_id in externals or (a.user_name or "").lower() in names
+            or (a.email or "").lower() in emails]
 
 
 # --- the diff ------------------------------------------------------------------------------
@@ -548,7 +569,9 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
     if user_ids is None:
         accounts = connector.iter_users()
     else:
-        accounts = observe(connector, cfg, state, cfg.max_concurrency or 4)
+        known = session.exec(select(func.count()).select_from(Mapping).where(
+            Mapping.connector == cfg.name, Mapping.entity_type == "user")).one()
+        accounts = observe(connector, cfg, state, cfg.max_concurrency or 4, target_size=known + len(state.desired))
         state.mappings = _mapped_elsewhere(session, cfg, [a.id for a in accounts], state.mappings)
     target = target_frame(accounts)
     rows, unmanaged = diff(state.desired, target, state.mappings, state.deprovision, state.known_ids,
