@@ -47,7 +47,8 @@ def main() -> None:
              "google": (lambda: GoogleSandbox(faults=lost("/batch")), targets.google_config),
              "salesforce": (lambda: SalesforceSandbox(query_batch_size=2000, faults=lost("/composite/sobjects")),
                             targets.salesforce_config)}
-    print(f"{'target':<11} {'mode':<6} {'succeeded':>9} {'failed':>6} {'accounts':>8} {'duplicates':>10} {'lost answers':>12}")
+    print(f"{'target':<11} {'mode':<6} {'succeeded':>9} {'failed':>6} {'accounts':>8} {'duplicates':>10} "
+          f"{'lost answers':>12}")
     for kind, (start, config_of) in kinds.items():
         with start() as sandbox:
             cfg = config_of(sandbox)

@@ -342,7 +342,8 @@ def _retried(call: Callable[[], Any], policy: RetryPolicy, look: Callable[[], An
     error: Optional[TransientError] = None
     for delay in [0.0, *delays(policy)[:policy.attempts - 1]]:
         if error is not None:
-            time.sleep(max(delay * (1 - policy.jitter * random.random()), min(error.retry_after or 0, policy.max_delay)))
+            wait = delay * (1 - policy.jitter * random.random())
+            time.sleep(max(wait, min(error.retry_after or 0, policy.max_delay)))
             if not known_not_applied(error):
                 try:
                     found = look()
