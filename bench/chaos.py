@@ -64,8 +64,8 @@ class RecordingPlan(FaultPlan):
         super().__post_init__()
         self.hits: Counter = Counter()  # (request class, fault kind) -> n
 
-    def draw(self, method: str):
-        kind = super().draw(method)
+    def draw(self, method: str, path: str = ""):
+        kind = super().draw(method, path)
         if kind:
             with self._lock:
                 self.hits[(getattr(_where, "cls", "?"), kind)] += 1

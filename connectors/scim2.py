@@ -10,7 +10,7 @@ import urllib3
 from pydantic import ValidationError
 from scim2_models import Email, Group, GroupMember, Name, PatchOp, PatchOperation, User
 
-from connectors.base import Account, BatchOp, RemoteGroup, canonical
+from connectors.base import Account, BatchOp, RemoteGroup
 from connectors.errors import (ConnectorError, NotFound, OutcomeUnknown, Rejected, TransientError, for_status,
                                retry_after_seconds)
 from models.config import Scim2Settings
@@ -383,40 +383,6 @@ class Scim2Connector:
                 + (f": {detail}" if detail else ""))
         return for_status(status, text, retry_after=retry_after, field=_field_in(detail))
 
-    def resolve_unknown(self, ops: list[BatchOp], results: list[Any]) -> list[Any]:
-        """Look at the target for each OutcomeUnknown result: what has applied becomes its success.
-
-        An operation found not applied (or that cannot be looked at) stays OutcomeUnknown, so a
-        retry resends it. Reads only.
-        """
-        out = list(results)
-        for i, (op, result) in enumerate(zip(ops, results)):
-            if isinstance(result, OutcomeUnknown):
-                try:
-                    applied, value = self._applied(op)
-                except ConnectorError:
-                    continue
-                if applied:
-                    out[i] = value
-        return out
-
-    def _applied(self, op: BatchOp) -> tuple[bool, Any]:
-        if op.kind == "create":
-            found = self.find_user(external_id=op.account.external_id, user_name=op.account.user_name)
-            mine = found is not None and (not op.account.external_id or found.external_id == op.account.external_id)
-            return mine, found
-        if op.kind == "delete":
-            try:
-                self.get_user(op.remote_id)
-            except NotFound:
-                return True, None
-            return False, None
-        current = self.get_user(op.remote_id)
-        want = op.changes if op.kind == "update" else {"active": op.kind == "enable"}
-        have = current.managed()
-        same = all(_same(key, value, have.get(key)) for key, value in want.items())
-        return same, (current if op.kind == "update" else None)
-
     def _one_by_one(self, ops: list[BatchOp], max_workers: int) -> list[Any]:
         """The fallback without /Bulk: one call per op, at most `max_workers` at a time."""
         from concurrent.futures import ThreadPoolExecutor
@@ -593,13 +559,6 @@ def _maybe_sent(exc: Exception) -> bool:
         reason = getattr(exc.args[0], "reason", None) if exc.args else None
         return not isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
     return True
-
-
-def _same(key: str, want: Any, got: Any) -> bool:
-    a, b = canonical(want), canonical(got)
-    if key == "email" and isinstance(a, str) and isinstance(b, str):
-        return a.lower() == b.lower()
-    return a == b
 
 
 def _field_in(detail: Optional[str]) -> Optional[str]:

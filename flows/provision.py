@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from connectors.errors import is_permanent
+from flows.crashed import mark_crashed
 from models.config import Config, load_config
 from models.db import session_scope
 from models.outbox import Batch, claim, finish, release, retry_now
@@ -69,7 +70,7 @@ def claim_event(event_id: str, limit: int) -> Batch:
     """Claim the event's user (waiting while another drain holds it) with whatever else is pending."""
     deadline = time.monotonic() + WAIT_FOR_USER
     while True:
-        batch = claim(1, event_ids=[event_id])
+        batch = claim(1, event_ids=[event_id], run=_this_run())
         if len(batch) or time.monotonic() > deadline:
             break
         with session_scope() as session:
@@ -83,7 +84,12 @@ def claim_event(event_id: str, limit: int) -> Batch:
             batch.events.setdefault(user, []).extend(e for e in ids if e not in batch.events.get(user, []))
         batch.names.update(more.names)
         batch.triggers |= more.triggers
+        batch.crashed_runs |= more.crashed_runs
     return batch
+
+
+def _this_run() -> Optional[str]:
+    return str(flow_run.id) if flow_run.id else None
 
 
 def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
@@ -163,7 +169,9 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
     logger = get_run_logger()
     total, first = 0, True
     while True:
-        batch = claim_event(event_id, limit) if (first and event_id) else claim(limit)
+        batch = claim_event(event_id, limit) if (first and event_id) else claim(limit, run=_this_run())
+        if batch.crashed_runs:  # runs whose process died holding these users: close them in Prefect
+            mark_crashed(batch.crashed_runs, _this_run())
         if not len(batch):
             return total
         if first:

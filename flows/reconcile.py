@@ -232,7 +232,8 @@ def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: i
     if not total:
         update_progress_artifact(artifact_id=progress_id, progress=100.0, _sync=True)
     if len(plan.group_rows):  # after every user row: the accounts the groups add must exist
-        outcome.add(apply_groups(cfg.name, plan.group_rows.to_dict(orient="records"), cfg, run_id, dry_run))
+        outcome.add(apply_groups(cfg.name, plan.group_rows.to_dict(orient="records"), cfg, run_id, dry_run,
+                                 policy=config.retry))
     return outcome
 
 

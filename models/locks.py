@@ -23,8 +23,15 @@ class LockTimeout(TimeoutError):
     pass
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def _owner(run: Optional[str] = None) -> str:
+    """`host:pid:nonce`, and `:run=<flow run id>` when a flow run holds it (so a taker-over can close that run)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}" + (f":run={run}" if run else "")
+
+
+def run_of(owner: str) -> Optional[str]:
+    """The flow run id an owner string carries, if any."""
+    _, found, run = owner.partition(":run=")
+    return run if found and run else None
 
 
 def _dead_here(owner: str) -> bool:
@@ -80,11 +87,12 @@ def lease(name: str, ttl: float = 600.0, wait: float = 120.0, poll: float = 0.05
         release(name, owner)
 
 
-def acquire_many(names: list[str], ttl: float, owner: str) -> set[str]:
+def acquire_many(names: list[str], ttl: float, owner: str, taken_from_dead: Optional[set[str]] = None) -> set[str]:
     """Take every free one of the leases `names` in one transaction; return those now held by `owner`.
 
     A drain claims the users of a batch this way: a user another drain is working on is left for
-    later instead of being waited for.
+    later instead of being waited for. The owners of leases taken over from dead local processes
+    are added to `taken_from_dead`.
     """
     from sqlalchemy.dialects.postgresql import insert as pg_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -101,6 +109,8 @@ def acquire_many(names: list[str], ttl: float, owner: str) -> set[str]:
             for lease_ in session.exec(select(Lease).where(Lease.name.in_(part))).all():
                 if _dead_here(lease_.owner):
                     session.delete(lease_)
+                    if taken_from_dead is not None:
+                        taken_from_dead.add(lease_.owner)
             session.flush()
             insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
             session.exec(insert(Lease).values([
@@ -116,5 +126,5 @@ def release_many(names: list[str], owner: str) -> None:
             session.exec(delete(Lease).where(Lease.name.in_(names[start:start + 500]), Lease.owner == owner))
 
 
-def new_owner() -> str:
-    return _owner()
+def new_owner(run: Optional[str] = None) -> str:
+    return _owner(run)

@@ -14,7 +14,7 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from models.db import session_scope
-from models.locks import acquire_many, new_owner, release_many
+from models.locks import acquire_many, new_owner, release_many, run_of
 from models.tables import Event, User, utcnow
 
 UNFINISHED = ("accepted", "running")
@@ -42,6 +42,9 @@ class Batch:
     events: dict[str, list[str]] = field(default_factory=dict)  # user id -> event ids
     names: dict[str, str] = field(default_factory=dict)  # user id -> user@STORE
     triggers: set[str] = field(default_factory=set)
+    # Flow runs whose process died holding some of these users: they never ended, so they read
+    # Running in Prefect until someone closes them (flows.crashed).
+    crashed_runs: set[str] = field(default_factory=set)
 
     @property
     def user_ids(self) -> list[str]:
@@ -59,9 +62,14 @@ def _lease(user_id: str) -> str:
     return f"user:{user_id}"
 
 
-def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optional[str] = None) -> Batch:
-    """Claim up to `limit` pending events (or just `event_ids`), oldest first, with their users."""
-    owner = owner or new_owner()
+def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optional[str] = None,
+          run: Optional[str] = None) -> Batch:
+    """Claim up to `limit` pending events (or just `event_ids`), oldest first, with their users.
+
+    `run`: the claiming flow run's id, kept in the leases so a drain taking them over from a dead
+    process can mark that run crashed.
+    """
+    owner = owner or new_owner(run)
     with session_scope() as session:
         query = select(Event.id, Event.user_id).where(_claimable(utcnow(), event_ids is not None),
                                                       Event.user_id.is_not(None))
@@ -69,8 +77,9 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
             query = query.where(Event.id.in_(event_ids))
         pending = session.exec(query.order_by(Event.received_at, Event.id).limit(limit)).all()
     users = list(dict.fromkeys(u for _, u in pending))
-    held = {name.removeprefix("user:") for name in acquire_many([_lease(u) for u in users], CLAIM_TTL, owner)}
-    batch = Batch(owner)
+    dead: set[str] = set()
+    held = {name.removeprefix("user:") for name in acquire_many([_lease(u) for u in users], CLAIM_TTL, owner, dead)}
+    batch = Batch(owner, crashed_runs={r for o in dead if (r := run_of(o))})
     if not held:
         return batch
     with session_scope() as session:

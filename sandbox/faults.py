@@ -2,8 +2,10 @@
 
 A `FaultPlan` says how often a request fails and how: `5xx` (503), `429` (with Retry-After),
 `latency` (added delay, then served), `timeout` (held longer than a client timeout, then 504),
-`drop` (the connection ends mid-response). The choice is random per request at `rate`, seeded
-for repeatability; `only_methods` limits faults to, say, mutating requests.
+`drop` (the connection ends mid-response), `lost` (the request is served, so its writes apply, and
+then the connection ends before the answer: the client cannot tell whether anything happened). The
+choice is random per request at `rate`, seeded for repeatability; `only_methods` limits faults to,
+say, mutating requests, `only_paths` to paths containing one of the given strings (a batch endpoint).
 """
 
 import random
@@ -20,6 +22,7 @@ class FaultPlan:
     timeout: float = 5.0
     retry_after: float = 0.05
     only_methods: tuple[str, ...] = ()
+    only_paths: tuple[str, ...] = ()
     seed: int | None = None
     injected: dict[str, int] = field(default_factory=dict)
     served: int = 0
@@ -28,10 +31,12 @@ class FaultPlan:
         self._random = random.Random(self.seed)
         self._lock = threading.Lock()
 
-    def draw(self, method: str) -> str | None:
+    def draw(self, method: str, path: str = "") -> str | None:
         with self._lock:
             self.served += 1
             if self.rate <= 0 or (self.only_methods and method not in self.only_methods):
+                return None
+            if self.only_paths and not any(p in path for p in self.only_paths):
                 return None
             if self._random.random() >= self.rate:
                 return None
@@ -48,7 +53,7 @@ class FaultInjector:
         self.plan = plan or FaultPlan()
 
     def __call__(self, environ, start_response):
-        kind = self.plan.draw(environ["REQUEST_METHOD"])
+        kind = self.plan.draw(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""))
         if kind == "latency":
             time.sleep(self.plan.latency)
         elif kind == "timeout":
@@ -61,12 +66,25 @@ class FaultInjector:
                           [("Retry-After", str(self.plan.retry_after))])
         elif kind == "drop":
             return _dropped(start_response)
+        elif kind == "lost":
+            return _served_then_dropped(self.app, environ, start_response)
         return self.app(environ, start_response)
 
 
 def _reply(start_response, status: str, body: bytes, headers=()):
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers])
     return [body]
+
+
+def _served_then_dropped(app, environ, start_response):
+    """Serve the request in full (its writes apply), throw the answer away, then drop the connection."""
+    answer = app(environ, lambda status, headers, exc_info=None: None)
+    try:
+        b"".join(answer)
+    finally:
+        if hasattr(answer, "close"):
+            answer.close()
+    return _dropped(start_response)
 
 
 def _dropped(start_response):

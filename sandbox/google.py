@@ -214,6 +214,9 @@ class GoogleSandbox:
         self._random = random.Random(seed)
         self.requests: list[tuple[str, str]] = []
         self.tokens_issued = 0
+        # Creates refused because the address was taken: where nothing refused them, each would be a
+        # second account (the lost-answer tests count them).
+        self.duplicate_creates = 0
         self.faults = FaultInjector(self._app, faults)
         self._server = make_server(host, port, self._wsgi, server_class=_ThreadingServer,
                                    handler_class=_QuietHandler)
@@ -519,6 +522,7 @@ class GoogleSandbox:
         user["primaryEmail"] = self._check_email(user.get("primaryEmail"))
         self._check_user_fields(user, creating=True)
         if user["primaryEmail"] in self._user_ids or user["primaryEmail"] in self._group_ids:
+            self.duplicate_creates += 1
             raise ApiError(409, "Entity already exists.", reason="duplicate")
         uid = str(100000000000000000000 + self._random.randrange(10 ** 20))
         # Only a digest is kept: a sandbox has no business holding plaintext passwords either.

@@ -358,6 +358,9 @@ class SalesforceSandbox:
         self.refuse_logins = False
         self.taken_elsewhere: set[str] = set()  # usernames held by other orgs (lower case)
         self.token_requests = 0
+        # Creates refused because the username was taken here: where nothing refused them, each would
+        # be a second account (the lost-answer tests count them).
+        self.duplicate_creates = 0
         self.requests: list[tuple[str, str]] = []
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -484,6 +487,7 @@ class SalesforceSandbox:
             name = str(fields["Username"]).lower()
             clash = self.find_username(name)
             if name in self.taken_elsewhere or (clash and (current is None or clash["Id"] != current["Id"])):
+                self.duplicate_creates += current is None and clash is not None
                 raise SfError(400, "DUPLICATE_USERNAME",
                               "Duplicate Username.<br>The username already exists in this or another Salesforce "
                               "organization. Usernames must be unique across all Salesforce organizations. To "

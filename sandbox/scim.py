@@ -5,7 +5,8 @@ Variants, each still conformant to RFC 7644, for the interoperability tests:
 itself answers 413 beyond them, and 501 when /Bulk is not supported); `bulk_ids="post"` echoes a
 BulkResponse operation's bulkId only for POSTs (§3.7.3 requires no more); `body_limit` refuses larger
 request bodies with 413 whatever the configuration says (a proxy in front of the server);
-`group_type=False` serves no Group resource type; `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
+`group_type=False` serves no Group resource type; `unique_user_names=False` keys accounts on id alone (a
+second POST of one userName makes a second account); `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
 of every BulkResponse, `rewrite_bulk_answer(answer)` changes each answer in place. `answered` lists (method, path, status, request body bytes) per request;
 `peak_in_flight` is the most requests it ever served at once.
 """
@@ -24,7 +25,7 @@ from scim2_server.service import ScimService
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
 from scim2_server.testserver.cli import ThreadingWSGIServer
 from sandbox.faults import FaultInjector, FaultPlan
-from sandbox.scim_variants import BodyLimit, BulkAnswers
+from sandbox.scim_variants import BodyLimit, BulkAnswers, IdOnlyStorage
 from scim2_server.utils import (load_default_resource_types, load_default_schemas,
                                 load_default_service_provider_config)
 
@@ -49,7 +50,7 @@ class ScimSandbox:
                  basic_users: dict[str, str] | None = None, oauth_clients: dict[str, str] | None = None,
                  bulk: tuple[bool, int, int] | None = None, bulk_ids: str = "all", body_limit: int | None = None,
                  group_type: bool = True, drop_bulk_answers: int = 0, rewrite_bulk_answer=None,
-                 custom_schemas: tuple[str, ...] = ()):
+                 custom_schemas: tuple[str, ...] = (), unique_user_names: bool = True):
         self.token = token or secrets.token_urlsafe(24)
         # Besides its bearer token, the sandbox can accept HTTP Basic users and OAuth 2.0 clients
         # (client credentials grant at /oauth/token), so every auth mode is tested over real HTTP.
@@ -70,7 +71,7 @@ class ScimSandbox:
             resource_types["User"].schema_extensions.append(
                 SchemaExtension(schema_=urn, required=False))
         provider = ScimProvider.from_discovery(schemas.values(), resource_types.values(), config=config)
-        self.storage = InMemoryStorage()
+        self.storage = InMemoryStorage() if unique_user_names else IdOnlyStorage()
         self.app = BearerTokenApplication(self.storage, provider, service=ScimService(provider, secret=secrets.token_urlsafe(16)),
                                           bearer_tokens=[self.token])
         self.requests: list[tuple[str, str]] = []

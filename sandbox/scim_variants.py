@@ -2,6 +2,8 @@
 
 import json
 
+from scim2_server.memory import InMemoryStorage
+
 
 class BulkAnswers:
     """Rewrite BulkResponses: `post_only_ids` echoes a bulkId only when the method is POST (RFC 7644
@@ -56,3 +58,11 @@ class BodyLimit:
                                                      ("Content-Length", str(len(body)))])
             return [body]
         return self.app(environ, start_response)
+
+
+class IdOnlyStorage(InMemoryStorage):
+    """scim2-server's storage without uniqueness: accounts are keyed on `id` alone, as several
+    applications do, so two POSTs of the same userName make two accounts (nothing refuses a repeat)."""
+
+    def _values_of(self, resource):
+        return {}

@@ -20,6 +20,7 @@ from sqlalchemy import delete, insert
 
 from connectors.base import Account, BatchOp
 from connectors.errors import AlreadyExists, ConnectorError, TransientError
+from connectors.outcome import group_created, known_not_applied, unless_applied
 from models.config import ConnectorConfig, RetryPolicy
 from models.db import session_scope
 from models.runstate import pushed_hash
@@ -112,7 +113,8 @@ def _with_retries(connector, ops: list[BatchOp], workers: int, policy: RetryPoli
                  tries.count(again[0]) + 1, wait, results[again[0]])
         time.sleep(wait)
         started = utcnow()
-        again = _unless_applied(connector, ops, results, again)
+        # The answer may have been lost after the target applied the op: look before resending.
+        again = unless_applied(connector, ops, results, again)
         if not again:
             continue
         answers = _send_all(connector, [ops[i] for i in again], workers)
@@ -121,28 +123,6 @@ def _with_retries(connector, ops: list[BatchOp], workers: int, policy: RetryPoli
             results[i] = result
             tries.history[i].append((started, finished, result if isinstance(result, BaseException) else None))
     return results, tries
-
-
-def _unless_applied(connector, ops: list[BatchOp], results: list[Any], again: list[int]) -> list[int]:
-    """Of the creates about to be sent again, those not already in the target.
-
-    A create whose answer was lost (a timeout, a dropped connection, a batch answer missing it) may
-    have been applied: look for the account by its externalId before sending it again, so a lost
-    answer never makes a second account.
-    """
-    still = []
-    for i in again:
-        op = ops[i]
-        if op.kind == "create" and op.account is not None and op.account.external_id:
-            try:
-                found = connector.find_user(external_id=op.account.external_id)
-            except ConnectorError:
-                found = None
-            if found is not None and found.external_id == op.account.external_id:
-                results[i] = found
-                continue
-        still.append(i)
-    return still
 
 
 def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple]]) -> list[dict]:
@@ -352,20 +332,58 @@ def _local_group(name: str) -> tuple[str, str]:
         return group.id, group.name
 
 
+def _retried(call: Callable[[], Any], policy: RetryPolicy, look: Callable[[], Any]) -> tuple[Any, int]:
+    """Run `call`, again after each transient failure by the retry policy; return (result, tries).
+
+    Before each resend `look` reads the target: a result other than None means the lost try applied
+    and stands for the call's own. The last error is raised when the tries run out.
+    """
+    tries = 0
+    error: Optional[TransientError] = None
+    for delay in [0.0, *delays(policy)[:policy.attempts - 1]]:
+        if error is not None:
+            wait = delay * (1 - policy.jitter * random.random())
+            time.sleep(max(wait, min(error.retry_after or 0, policy.max_delay)))
+            if not known_not_applied(error):
+                try:
+                    found = look()
+                except ConnectorError:
+                    found = None
+                if found is not None:
+                    return found, tries
+        tries += 1
+        try:
+            return call(), tries
+        except TransientError as exc:
+            error = exc
+    raise error
+
+
+def _members_in_effect(connector, group_remote_id: str, member_ids: list[str], present: bool) -> Optional[bool]:
+    """True when every one of `member_ids` is (present) or is not (not present) in the group; else None."""
+    have = connector.get_group(group_remote_id).member_ids
+    return True if all((m in have) == present for m in member_ids) else None
+
+
 def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_id: str, dry_run: bool = False,
-                     flow_run_id: Optional[str] = None, events: Optional[dict[str, list[str]]] = None) -> Counts:
+                     flow_run_id: Optional[str] = None, events: Optional[dict[str, list[str]]] = None,
+                     policy: Optional[RetryPolicy] = None) -> Counts:
     """Apply the plan's group rows: create missing groups, then one add and one remove call per group.
 
     Each row is recorded as an operation (entity_type="group"); a failed call fails its rows only.
-    Dry-run sends nothing and records nothing.
+    A call that fails transiently is retried by `policy` like a user row, and, as for a user row,
+    the target is read first: a group create whose answer was lost is found by name rather than
+    made twice, a member change found in effect is not sent again. Dry-run sends nothing and
+    records nothing.
     """
+    policy = policy or RetryPolicy()
     counts, op_rows, group_maps = Counts(), [], []
     by_group: dict[str, list[dict]] = {}
     for row in rows:
         by_group.setdefault(row["group"], []).append(row)
 
     def outcome(row: dict, status: str, group_remote_id: Optional[str], group_id: Optional[str],
-                started, error: Optional[BaseException] = None, reason: Optional[str] = None) -> None:
+                started, error: Optional[BaseException] = None, reason: Optional[str] = None, tries: int = 1) -> None:
         setattr(counts, status, getattr(counts, status) + 1)
         if error is not None:
             counts.failures.append({"action": row["action"], "user": row["entity_name"], "error": str(error)})
@@ -373,7 +391,7 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
             "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "group",
             "entity_id": group_id or row["group"], "entity_name": row["entity_name"],
             "action": "skip" if status == "skipped" else "group", "operation": row["action"], "status": status,
-            "attempts": 0 if status == "skipped" else 1, "reason": reason or row["reason"],
+            "attempts": 0 if status == "skipped" else tries, "reason": reason or row["reason"],
             "error_code": _code(error), "error_message": str(error) if error else None,
             "remote_id": group_remote_id, "remote_name": row["group"], "drift": None, "flow_run_id": flow_run_id,
             "started_at": started, "finished_at": utcnow(), "_member": row["local_id"]})
@@ -383,14 +401,16 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
         creates = [r for r in group_rows if r["action"] == "group_create"]
         failed: Optional[BaseException] = None
         for row in creates:
-            started = utcnow()
+            started, tries = utcnow(), 1
             if not dry_run:
                 try:
                     group_id = _local_group(name)[0]  # a configured group nobody has joined yet
-                    group_remote_id = connector.create_group(name, [], external_id=group_id).id
+                    created, tries = _retried(lambda: connector.create_group(name, [], external_id=group_id), policy,
+                                              lambda: group_created(connector, name, group_id))
+                    group_remote_id = created.id
                 except ConnectorError as exc:
                     failed = exc
-            outcome(row, "failed" if failed else "succeeded", group_remote_id, group_id, started, failed)
+            outcome(row, "failed" if failed else "succeeded", group_remote_id, group_id, started, failed, tries=tries)
         if group_remote_id and group_id and not dry_run:
             group_maps.append((group_id, group_remote_id, name))
         members = _group_member_ids(cfg, group_rows)
@@ -403,14 +423,17 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
                     todo.remove(row)
             if not todo:
                 continue
-            started, error = utcnow(), failed
+            started, error, tries = utcnow(), failed, 1
             if error is None and not dry_run:
+                ids = [r["remote_id"] or members[r["local_id"]] for r in todo]
                 try:
-                    call(group_remote_id, [r["remote_id"] or members[r["local_id"]] for r in todo])
+                    _, tries = _retried(lambda: call(group_remote_id, ids), policy, lambda: _members_in_effect(
+                        connector, group_remote_id, ids, present=action == "member_add"))
                 except ConnectorError as exc:
                     error = exc
             for row in todo:
-                outcome(row, "failed" if error else "succeeded", group_remote_id, group_id, started, error)
+                outcome(row, "failed" if error else "succeeded", group_remote_id, group_id, started, error,
+                        tries=tries)
     if dry_run:
         return counts
     from models.runstate import save_mapping
@@ -429,13 +452,14 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
 
 @task(name="apply-groups", task_run_name="apply {connector_name} groups", cache_policy=NO_CACHE)
 def apply_groups(connector_name: str, rows: list[dict], cfg: ConnectorConfig, run_id: str, dry_run: bool,
-                 events: Optional[dict[str, list[str]]] = None) -> Counts:
+                 events: Optional[dict[str, list[str]]] = None, policy: Optional[RetryPolicy] = None) -> Counts:
     """Apply the plan's group rows (after its user rows)."""
     from connectors.factory import get_connector
     from prefect.runtime import flow_run
 
     counts = apply_group_rows(rows, cfg, get_connector(cfg, dry_run=dry_run), run_id=run_id, dry_run=dry_run,
-                              flow_run_id=str(flow_run.id) if flow_run.id else None, events=events)
+                              flow_run_id=str(flow_run.id) if flow_run.id else None, events=events,
+                              policy=policy)
     log.info("connector=%s groups rows=%d succeeded=%d failed=%d skipped=%d", connector_name, len(rows),
              counts.succeeded, counts.failed, counts.skipped)
     return counts

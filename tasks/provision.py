@@ -164,7 +164,7 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
                                   flow_run_id=flow_run_id, events=events))
         if len(plan.group_rows):
             counts.add(apply_group_rows(plan.group_rows.to_dict(orient="records"), cfg, connector, run_id=run_id,
-                                        flow_run_id=flow_run_id, events=events))
+                                        flow_run_id=flow_run_id, events=events, policy=config.retry))
     touched = {r["entity_id"] for r in counts.operations if r["entity_type"] == "user"}
     quiet = _quiet_rows(plan, cfg.name, touched, flow_run_id)
     _record(quiet, events, cfg.name, run_id)

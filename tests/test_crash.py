@@ -200,3 +200,44 @@ def test_event_killed_then_swept_converges(point, tmp_path, sqlite_url, scim):
     else:  # applied at most once: the re-run found the account as wanted and sent nothing
         assert [o.operation for o in ops] == ["create", "noop"]
         assert [r for r in scim.requests if r[0] != "GET"] == writes
+
+
+def test_a_drain_killed_mid_batch_is_marked_crashed_in_prefect_when_its_events_are_taken_over(tmp_path, sqlite_url,
+                                                                                            scim):
+    """Its process never reports an end, so Prefect shows the run Running until the next drain closes it."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    from deployments.ingest import accept
+    from flows.sweep import sweep_events
+    from models.config import load_config
+    from models.locks import run_of
+    from models.tables import Lease
+
+    config = write_config(tmp_path, scim)
+    others = [event(username=f"mate{i}") for i in range(4)]
+    for ev in others:  # pending: the killed drain takes them into its batch with kim's event
+        accept(ev, load_config(config))
+    kim = event(username="kim")
+    path = tmp_path / "kim.json"
+    path.write_text(json.dumps(kim))
+    crash(tmp_path, "event-batch-returned", "event", path, config)
+    assert len(scim.users()) == 5  # the whole batch reached the target before the kill
+    with session_scope() as session:
+        owners = {lease.owner for lease in session.exec(select(Lease)).all()}
+        assert {e.status for e in session.exec(select(Event))} == {"running"}
+    dead_runs = {run_of(o) for o in owners}
+    assert len(dead_runs) == 1 and None not in dead_runs, owners  # one drain held all five users
+    dead_run = UUID(dead_runs.pop())
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(dead_run).state.is_running()
+
+    result = asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config)))
+    assert sorted(result["redispatched"]) == sorted(e["id"] for e in [kim, *others]) and result["failed"] == []
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(dead_run).state
+    assert state.type.value == "CRASHED" and "taken over" in state.message, state
+    with session_scope() as session:
+        ids = [e.user_id for e in session.exec(select(Event))]
+    assert_converged(scim, ids)  # every event succeeded, one account per user

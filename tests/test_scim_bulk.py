@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 from connectors.base import Account, BatchOp
 from connectors.errors import ConnectorError, OutcomeUnknown, RateLimited
 from connectors.factory import get_connector
+from connectors.outcome import resolve_unknown
 from connectors.scim2 import match_answers
 from models.config import ConnectorConfig
 from sandbox.faults import FaultPlan
@@ -205,7 +206,7 @@ def test_an_unanswered_operation_is_outcome_unknown_and_looking_settles_it():
         assert isinstance(created[2], OutcomeUnknown) and "may have been applied" in str(created[2])
         assert len(sandbox.users()) == 3  # it did apply
         ops = [BatchOp("create", account=a) for a in accounts(3)]
-        settled = connector.resolve_unknown(ops, created)
+        settled = resolve_unknown(connector, ops, created)
         assert settled[2].user_name == "bulk2" and settled[2].id  # found by its externalId, not resent
         assert settled[:2] == created[:2]
 
@@ -219,12 +220,12 @@ def test_an_unanswered_operation_is_outcome_unknown_and_looking_settles_it():
         raw.pop("meta")
         raw["name"]["familyName"] = "Other"
         requests.put(f"{sandbox.url}/Users/{ids[2]}", json=raw, headers=headers).raise_for_status()
-        assert isinstance(connector.resolve_unknown(updates, results)[2], OutcomeUnknown)
+        assert isinstance(resolve_unknown(connector, updates, results)[2], OutcomeUnknown)
         before = len(sandbox.answered)
         deletes = [BatchOp("delete", remote_id=i) for i in ids]
         results = connector.apply_batch(deletes)
         assert isinstance(results[2], OutcomeUnknown)
-        assert connector.resolve_unknown(deletes, results) == [None, None, None]
+        assert resolve_unknown(connector, deletes, results) == [None, None, None]
         assert all(a[0] == "GET" for a in sandbox.answered[before + 1:])  # looking only reads
 
 
@@ -238,7 +239,7 @@ def test_a_bulk_request_cut_off_after_sending_is_outcome_unknown_but_a_refused_o
         assert all(isinstance(r, OutcomeUnknown) for r in results), results
         assert "may have been applied" in str(results[0])
         # the sandbox drops before serving: nothing applied, so looking keeps them unknown (they are resent)
-        assert all(isinstance(r, OutcomeUnknown) for r in connector.resolve_unknown(ops, results))
+        assert all(isinstance(r, OutcomeUnknown) for r in resolve_unknown(connector, ops, results))
     os.environ["T_BULK_GONE"] = "x"
     gone = get_connector(ConnectorConfig.model_validate({"name": "gone", "type": "scim2", "scim2": {
         "base_url": "http://127.0.0.1:1/v2", "auth": {"type": "bearer", "token": "env:T_BULK_GONE"}}}))
@@ -266,7 +267,7 @@ def test_garbled_answers_are_outcome_unknown_or_named_errors_never_a_crash():
         assert isinstance(results[2], ConnectorError) and str(results[2]) == "POST /Users: HTTP 400"
         assert results[3].id
         ops = [BatchOp("create", account=a) for a in accounts(4)]
-        settled = connector.resolve_unknown(ops, results)
+        settled = resolve_unknown(connector, ops, results)
         assert settled[0].id and settled[1].id  # both were created: found by externalId, not resent
 
 
