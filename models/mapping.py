@@ -240,9 +240,21 @@ class AttributeMap:
         core = {f: s.value(local, attributes) for f, _, s in self.core}
         return core, {t: s.value(local, attributes) for t, s in self.extra}
 
-    def explain(self) -> list[str]:
-        """One line per mapping, `target ← source`, for operators."""
-        return [f"{t} ← {s.text}" for _, t, s in self.core] + [f"{t} ← {s.text}" for t, s in self.extra]
+    def explain(self, local: Optional[dict] = None, attributes: Optional[dict] = None) -> list[str]:
+        """One line per mapping, `target ← source`, for operators; with a user's values, `= value` too."""
+        pairs = [(t, s) for _, t, s in self.core] + list(self.extra)
+        if local is None:
+            return [f"{t} ← {s.text}" for t, s in pairs]
+        values = [s.value(local, attributes or {}) for _, s in pairs]
+        return [f"{t} ← {s.text} = " + ("(nothing: the target's value is left alone)" if v is None else repr(v))
+                for (t, s), v in zip(pairs, values)]
+
+
+def local_values(user: Any, user_name: Optional[str]) -> dict[str, Any]:
+    """The local fields a mapping may refer to, from a user as the policy sees it."""
+    return {"id": user.id, "username": user.username, "user_store": user.user_store, "tenant": user.tenant,
+            "user_name": user_name, "email": user.email, "given_name": user.given_name,
+            "family_name": user.family_name, "display_name": user.display_name}
 
 
 def compile_map(kind: str, attributes: dict[str, Any]) -> AttributeMap:

@@ -40,6 +40,7 @@ from connectors.base import MANAGED, Account, RemoteGroup
 from connectors.errors import NotFound, Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView
+from models.mapping import local_values
 from models.tables import Group, GroupMember, Mapping, Role, User, UserRole
 from tasks.policy import Decision, decide
 from tasks.username import MAX_SUFFIX, GeneratedName, assign_names, user_name_for, with_suffix
@@ -147,10 +148,7 @@ def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig) -> Acc
     extra = {}
     mapping = cfg.attribute_map
     if mapping:  # the connector's `attributes:` (a mapped core field replaces its default)
-        local = {"id": user.id, "username": user.username, "user_store": user.user_store, "tenant": user.tenant,
-                 "user_name": user_name, "email": user.email, "given_name": user.given_name,
-                 "family_name": user.family_name, "display_name": user.display_name}
-        core, extra = mapping.evaluate(local, user.attributes)
+        core, extra = mapping.evaluate(local_values(user, user_name), user.attributes)
         values.update(core)
     return Account(user_name=user_name, external_id=user.id, active=user.active, extra=extra, **values)
 

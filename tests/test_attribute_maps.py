@@ -217,3 +217,24 @@ def test_salesforce_writes_standard_and_custom_fields():
         assert sf.get_user(ann.id).extra == {"Department": "R&D", "Cost_Center__c": None}
         sf.update_user(ann.id, {"extra.Cost_Center__c": "CC-9"}, ann)
         assert sf.get_user(ann.id).extra["Cost_Center__c"] == "CC-9"
+
+
+def test_explain_shows_each_mapped_attribute_with_its_source_and_value(tmp_path, sqlite_url):
+    import yaml
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+    from deployments.ingest import accept
+    from models.config import Config
+
+    data = {"tenant_domain": "example.com", "connectors": [{"name": "app", "type": "scim2", "scim2": SCIM2,
+                                                            "attributes": {DEPT: "attributes.dept",
+                                                                           "title": "attributes.title"}}]}
+    path = tmp_path / "outbound.yaml"
+    path.write_text(yaml.safe_dump(data))
+    accept({"id": "e1", "type": "user.created", "user": {"username": "ann", "attributes": {"dept": "R&D"}}},
+           Config.model_validate(data))
+    result = CliRunner().invoke(app, ["explain", "ann", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "attributes:      title ← attributes.title = (nothing: the target's value is left alone)" in result.output
+    assert f"\n                   {DEPT} ← attributes.dept = 'R&D'\n" in result.output
