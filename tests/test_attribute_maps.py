@@ -238,3 +238,30 @@ def test_explain_shows_each_mapped_attribute_with_its_source_and_value(tmp_path,
     assert result.exit_code == 0, result.output
     assert "attributes:      title ← attributes.title = (nothing: the target's value is left alone)" in result.output
     assert f"\n                   {DEPT} ← attributes.dept = 'R&D'\n" in result.output
+
+
+def test_the_probe_checks_mapped_attributes_against_what_the_target_has():
+    from connectors.probe import check as probe
+    from models.config import ConnectorConfig
+
+    def errors(profile) -> list[str]:
+        return [p["what"] for p in profile["problems"] if p["severity"] == "error"]
+
+    with ScimSandbox(custom_schemas=(CUSTOM,)) as server:
+        base = scim2_config(server).model_dump(mode="json", exclude_unset=True)
+        good = {DEPT: "attributes.dept", f"{CUSTOM}:costCenter": "attributes.cc"}
+        assert errors(probe(ConnectorConfig.model_validate({**base, "attributes": good}))) == []
+        bad = {f"{CUSTOM}:costCentre": "attributes.cc", "urn:other:schema:1.0:User:x": "attributes.x"}
+        assert errors(probe(ConnectorConfig.model_validate({**base, "attributes": bad}))) == [
+            f"attributes: schema {CUSTOM} has no attribute 'costCentre'",
+            "attributes: urn:other:schema:1.0:User:x maps to schema urn:other:schema:1.0:User, which the server "
+            "does not advertise"]
+    with SalesforceSandbox(custom_fields=("Cost_Center__c",)) as sf:
+        base = salesforce_config(sf).model_dump(mode="json", exclude_unset=True)
+        ok = ConnectorConfig.model_validate({**base, "attributes": {"Department": "attributes.d",
+                                                                     "Cost_Center__c": "attributes.c"}})
+        assert errors(probe(ok)) == []
+        wrong = ConnectorConfig.model_validate({**base, "attributes": {"Cost_Centre__c": "attributes.c",
+                                                                        "UserType": "attributes.t"}})
+        assert errors(probe(wrong)) == ["attributes: the User object has no field Cost_Centre__c",
+                                        "attributes: UserType cannot be written on the User object"]
