@@ -10,7 +10,8 @@ field, Salesforce User field) to a local value:
 
 A value is one reference (a local field, or `attributes.<key>`) with optional filters (`|lower`,
 `|upper`, `|trim`, `|default:<text>`), a template of such references in braces (`{{` and `}}`
-for literal braces), or `{constant: <text>}`. A reference is kept as it is (a number stays a
+for literal braces; a template whose references are all empty has no value), or
+`{constant: <text>}`. A reference is kept as it is (a number stays a
 number); a template gives text. A value that comes out empty is "nothing held": the target's
 value is left alone, as for any managed attribute we hold no value for.
 
@@ -115,8 +116,11 @@ class Source:
         if self.ref is not None:
             value = self.ref.value(local, attributes)
         elif self.parts:
-            rendered = "".join(p if isinstance(p, str) else _text(p.value(local, attributes)) for p in self.parts)
-            value = " ".join(rendered.split()) if rendered.strip() else None  # no stray spaces from missing parts
+            texts = [p if isinstance(p, str) else _text(p.value(local, attributes)) for p in self.parts]
+            filled = any(t.strip() for p, t in zip(self.parts, texts) if not isinstance(p, str))
+            rendered = "".join(texts)
+            # Nothing to fill the template with is no value (not "CC-"); no stray spaces from missing parts.
+            value = " ".join(rendered.split()) if filled or not any(isinstance(p, Ref) for p in self.parts) else None
         else:
             value = self.constant
         if value == "" or (isinstance(value, str) and not value.strip()):

@@ -62,6 +62,8 @@ def test_fields_attributes_constants_templates_and_filters():
     assert cfg.attribute_map.explain()[0] == "displayName ← {given_name} {family_name} ({attributes.dept|upper})"
     # A value that comes out empty holds nothing: the target's value is left alone.
     assert desired_account(user(), "ann", cfg).extra[DEPT] is None
+    template = compile_map("salesforce", {"Cost_Center__c": "CC-{attributes.dept|upper}"}).extra[0][1]
+    assert template.value({}, {"dept": "ops"}) == "CC-OPS" and template.value({}, {}) is None
 
 
 @pytest.mark.parametrize("attributes, named", [
