@@ -1,10 +1,12 @@
 """Plan N desired users against N remote accounts with 1% drift of each kind; print time and peak RSS.
 
-    .venv/bin/python bench/plan.py 1000000
+    .venv/bin/python bench/plan.py 1000000 [--mapped M]
 
 Times `tasks.plan.diff` (canonicalise, merge, compare, build the plan rows) on frames built as the
 store and the target would give them; building the frames is not timed. A tenth of the target's
 emails are upper-cased and a tenth of its names padded with spaces: they must show no drift.
+With `--mapped M`, both sides also carry M mapped attributes (`extra.attr<j>` columns, as a
+connector's `attributes:` section adds), which drift on the same 1% of rows as the updates.
 """
 
 import resource
@@ -20,7 +22,7 @@ import pandas as pd  # noqa: E402
 from tasks.plan import ACTIONS, diff  # noqa: E402
 
 
-def frames(n: int):
+def frames(n: int, mapped_attributes: int = 0):
     ids = np.array([f"{i:032x}" for i in range(n)], dtype=object)
     names = np.array([f"user{i}" for i in range(n)], dtype=object)
     emails = np.array([f"user{i}@example.com" for i in range(n)], dtype=object)
@@ -41,6 +43,12 @@ def frames(n: int):
     deprovision = pd.DataFrame({"local_id": ids[cut["delete"]], "entity_name": names[cut["delete"]],
                                 "mode": "delete", "reason": "the user was deleted"})
     known = pd.Series(ids[~np.isin(np.arange(n), np.arange(n)[cut["orphan"]])])
+    t_extra = {}
+    for j in range(mapped_attributes):
+        values = np.array([f"Dept{i % 50}" for i in range(n)], dtype=object)
+        desired[f"extra.attr{j}"] = values
+        t_extra[f"extra.attr{j}"] = values.copy()
+        t_extra[f"extra.attr{j}"][cut["update"]] = "Elsewhere"
     desired = desired[in_scope].reset_index(drop=True)
 
     remote = np.array([f"r{i}" for i in range(n)], dtype=object)
@@ -53,7 +61,8 @@ def frames(n: int):
     t_active = np.ones(n, dtype=bool)
     t_active[cut["enable"]] = False
     target = pd.DataFrame({"remote_id": remote, "user_name": names, "external_id": ids, "given_name": t_given,
-                           "family_name": t_family, "display_name": display, "email": t_email, "active": t_active})
+                           "family_name": t_family, "display_name": display, "email": t_email, "active": t_active,
+                           **t_extra})
     keep = np.ones(n, dtype=bool)
     keep[cut["create"]] = False
     keep[cut["relink"]] = False
@@ -80,14 +89,20 @@ def peak_rss_mib() -> float:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
-    desired, target, mappings, deprovision, known = frames(n)
+    args = sys.argv[1:]
+    mapped_attributes = 0
+    if "--mapped" in args:
+        at = args.index("--mapped")
+        mapped_attributes = int(args[at + 1])
+        del args[at:at + 2]
+    n = int(args[0]) if args else 10_000
+    desired, target, mappings, deprovision, known = frames(n, mapped_attributes)
     before = peak_rss_mib()
     start = time.perf_counter()
     plan, unmanaged = diff(desired, target, mappings, deprovision, known)
     elapsed = time.perf_counter() - start
     counts = plan["action"].value_counts().to_dict()
-    print(f"N={n:,}: planned in {elapsed:.2f} s; peak RSS {peak_rss_mib():.0f} MiB "
+    print(f"N={n:,}" + (f" with {mapped_attributes} mapped attributes" if mapped_attributes else "") + f": planned in {elapsed:.2f} s; peak RSS {peak_rss_mib():.0f} MiB "
           f"(after building the frames: {before:.0f} MiB); rows {len(plan):,}; unmanaged {unmanaged}")
     print("  " + ", ".join(f"{a} {counts.get(a, 0):,}" for a in ACTIONS))
     k = max(n // 100, 1)

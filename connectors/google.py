@@ -13,6 +13,12 @@ the admin to impersonate); the key's own `token_uri` is honoured. Every call goe
 Account mapping: id = Google's user id, user_name = email = primaryEmail, external_id = the
 externalIds entry of type "organization", active = not suspended, display_name = name.displayName
 (else name.fullName). `email` is not a separate attribute in Google: updates ignore it.
+
+Mapped attributes (the connector's `attributes:`) travel in Account.extra under their target
+name: `organizations.<field>` is a field of the primary organization, `phones.<type>` and
+`relations.<type>` the value of the entry of that type, `customSchemas.<schema>.<field>` a custom
+field (read with projection=full), `orgUnitPath` itself. PATCH replaces arrays whole, so an update
+of one of them starts from the arrays the user has.
 """
 
 import json
@@ -35,6 +41,7 @@ from connectors.base import Account, BatchOp, RemoteGroup
 from connectors.errors import (AlreadyExists, AuthFailed, ConfigError, ConnectorError, NotFound,
                                Rejected, TransientError, for_status, retry_after_seconds)
 from models.config import GoogleSettings
+from models.mapping import as_text
 
 log = logging.getLogger(__name__)
 SCOPES = ("https://www.googleapis.com/auth/admin.directory.user",
@@ -121,8 +128,12 @@ class GoogleConnector:
     batch_size = 1000  # Google's limit of calls in one batch request
 
     def __init__(self, name: str, settings: GoogleSettings, session: requests.Session, *,
-                 domain: Optional[str] = None, requests_per_second: Optional[float] = None, dry_run: bool = False):
+                 domain: Optional[str] = None, requests_per_second: Optional[float] = None, dry_run: bool = False,
+                 extra_targets: tuple[str, ...] = ()):
         self.name = name
+        self.extra_targets = tuple(extra_targets)
+        # Custom schema fields come back only with projection=full.
+        self._projection = {"projection": "full"} if any(t.startswith("customSchemas.") for t in extra_targets) else {}
         self.settings = settings
         self.session = session
         self.base_url = settings.api_base_url
@@ -195,7 +206,8 @@ class GoogleConnector:
         return Account(id=user.get("id"), user_name=user.get("primaryEmail", ""), email=user.get("primaryEmail"),
                        external_id=external, given_name=name.get("givenName"), family_name=name.get("familyName"),
                        display_name=name.get("displayName") or name.get("fullName") or None,
-                       active=not user.get("suspended", False))
+                       active=not user.get("suspended", False),
+                       extra={t: read_mapped(user, t) for t in self.extra_targets})
 
     def _insert_body(self, account: Account) -> dict:
         body = {
@@ -211,9 +223,15 @@ class GoogleConnector:
             body["name"]["displayName"] = account.display_name
         if account.external_id:
             body["externalIds"] = [{"type": "organization", "value": account.external_id}]
+        for target, value in account.extra.items():
+            if value is not None and target in self.extra_targets:
+                write_mapped(body, target, value, {})
         return body
 
-    def _patch_body(self, changes: dict[str, Any], external_ids: Optional[list] = None) -> dict:
+    def _patch_body(self, changes: dict[str, Any], external_ids: Optional[list] = None,
+                    current: Optional[dict] = None) -> dict:
+        """The PATCH body for `changes`; `current` (the user as Google holds it) keeps the entries of
+        arrays we do not manage."""
         body: dict[str, Any] = {}
         name: dict[str, Any] = {}
         for key, value in changes.items():
@@ -230,7 +248,9 @@ class GoogleConnector:
             elif key == "external_id":
                 kept = [e for e in external_ids or [] if isinstance(e, dict) and e.get("type") != "organization"]
                 body["externalIds"] = kept + ([{"type": "organization", "value": value}] if value else [])
-            else:  # email is primaryEmail here (user_name); extra.* has no Google field
+            elif key.startswith("extra.") and key[len("extra."):] in self.extra_targets:
+                write_mapped(body, key[len("extra."):], value, current or {})
+            else:  # email is primaryEmail here (user_name)
                 log.debug("google: change %s not applicable connector=%s", key, self.name)
         if name:
             body["name"] = name
@@ -271,7 +291,12 @@ class GoogleConnector:
         return self._account(self._json(response)) if response is not None else account
 
     def get_user(self, remote_id: str) -> Account:
-        return self._account(self._json(self._request("GET", f"users/{_key(remote_id)}")))
+        return self._account(self._json(self._request("GET", f"users/{_key(remote_id)}", params=self._projection or None)))
+
+    def _needs_current(self, changes: dict[str, Any]) -> bool:
+        """Whether a PATCH of `changes` replaces an array of which it sets only one entry."""
+        return any(k == "external_id" or k.split(".", 2)[1:2] in (["organizations"], ["phones"], ["relations"])
+                   for k in changes)
 
     def find_user(self, *, external_id: Optional[str] = None, user_name: Optional[str] = None,
                   email: Optional[str] = None) -> Optional[Account]:
@@ -280,14 +305,15 @@ class GoogleConnector:
         `email` adds nothing here: a Google username is the primary address itself.
         """
         if external_id:
-            params = {"customer": self.customer, "query": f"externalId:{query_value(external_id)}", "maxResults": 10}
+            params = {"customer": self.customer, "query": f"externalId:{query_value(external_id)}", "maxResults": 10,
+                      **self._projection}
             for user in self._json(self._request("GET", "users", params=params)).get("users") or []:
                 account = self._account(user)
                 if account.external_id == external_id:  # the search may match more loosely than we need
                     return account
         if user_name:
             try:
-                user = self._json(self._request("GET", f"users/{_key(user_name)}"))
+                user = self._json(self._request("GET", f"users/{_key(user_name)}", params=self._projection or None))
             except NotFound:
                 return None
             # A user key also matches ids and aliases: only the primary address itself is this user.
@@ -297,12 +323,12 @@ class GoogleConnector:
 
     def update_user(self, remote_id: str, changes: dict[str, Any], current: Account) -> Account:
         """Change only the given managed attributes (PATCH; never the password)."""
-        external_ids = None
-        if "external_id" in changes and not self.dry_run:
-            # PATCH replaces arrays: keep the externalIds of other types the target holds.
+        external_ids, raw = None, None
+        if self._needs_current(changes) and not self.dry_run:
+            # PATCH replaces arrays: keep the entries (externalIds of other types, other phones) the target holds.
             raw = self._json(self._request("GET", f"users/{_key(remote_id)}"))
             external_ids = raw.get("externalIds")
-        body = self._patch_body(changes, external_ids)
+        body = self._patch_body(changes, external_ids, raw)
         if not body:
             return current
         response = self._request("PATCH", f"users/{_key(remote_id)}", json_body=body)
@@ -326,7 +352,7 @@ class GoogleConnector:
 
     def iter_users(self) -> Iterator[Account]:
         """Every user of the customer, 500 a page."""
-        for user in self._pages("users", "users", {"customer": self.customer, "maxResults": 500}):
+        for user in self._pages("users", "users", {"customer": self.customer, "maxResults": 500, **self._projection}):
             yield self._account(user)
 
     # --- groups -------------------------------------------------------------------------
@@ -400,14 +426,15 @@ class GoogleConnector:
 
     # --- batch --------------------------------------------------------------------------
 
-    def _op_call(self, op: BatchOp) -> tuple[str, str, Optional[dict]]:
+    def _op_call(self, op: BatchOp, current: Optional[dict] = None) -> tuple[str, str, Optional[dict]]:
         if op.kind == "create" and op.account is not None:
             return "POST", "users", self._insert_body(op.account)
         if not op.remote_id:
             raise Rejected(f"batch op {op.kind!r} needs a remote_id")
         path = f"users/{_key(op.remote_id)}"
         if op.kind == "update":
-            return "PATCH", path, self._patch_body(op.changes)
+            current = current or {}
+            return "PATCH", path, self._patch_body(op.changes, current.get("externalIds"), current)
         if op.kind in ("disable", "enable"):
             return "PATCH", path, {"suspended": op.kind == "disable"}
         if op.kind == "delete":
@@ -421,10 +448,13 @@ class GoogleConnector:
         that call met (a delete that found nothing is done). Never raises for one op.
         """
         results: list[Any] = [None] * len(ops)
+        current = self._current_users(ops, results)
         calls, where = [], []
         for index, op in enumerate(ops):
+            if results[index] is not None:  # its user could not be read
+                continue
             try:
-                calls.append(self._op_call(op))
+                calls.append(self._op_call(op, current.get(index)))
                 where.append(index)
             except Rejected as exc:
                 results[index] = exc
@@ -442,6 +472,21 @@ class GoogleConnector:
                 answer = self._account(answer) if op.kind in ("create", "update") and answer else None
             results[index] = answer
         return results
+
+    def _current_users(self, ops: list[BatchOp], results: list[Any]) -> dict[int, dict]:
+        """The users (as Google holds them) of updates that set one entry of an array, read in one batch;
+        a user that cannot be read makes its update fail with that error."""
+        need = [i for i, op in enumerate(ops) if op.kind == "update" and op.remote_id and self._needs_current(op.changes)]
+        if not need or self.dry_run:
+            return {}
+        found = {}
+        answers = self._batch_calls([("GET", f"users/{_key(ops[i].remote_id)}", None) for i in need])
+        for index, answer in zip(need, answers):
+            if isinstance(answer, dict):
+                found[index] = answer
+            else:
+                results[index] = answer
+        return found
 
     def _batch_calls(self, calls: list[tuple[str, str, Optional[dict]]]) -> list[Any]:
         """Send calls as batch requests; each answer is the JSON body (dict) or a ConnectorError."""
@@ -463,6 +508,50 @@ class GoogleConnector:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+def read_mapped(user: dict, target: str) -> Any:
+    """A mapped attribute's value in a Google user resource (None when absent)."""
+    head, _, rest = target.partition(".")
+    if head == "organizations":
+        orgs = [o for o in user.get("organizations") or [] if isinstance(o, dict)]
+        primary = next((o for o in orgs if o.get("primary")), orgs[0] if orgs else {})
+        return primary.get(rest)
+    if head in ("phones", "relations"):
+        entry = next((e for e in user.get(head) or [] if isinstance(e, dict) and e.get("type") == rest), {})
+        return entry.get("value")
+    if head == "customSchemas":
+        schema, _, field = rest.partition(".")
+        values = (user.get("customSchemas") or {}).get(schema)
+        return values.get(field) if isinstance(values, dict) else None
+    return user.get(target)
+
+
+def write_mapped(body: dict, target: str, value: Any, current: dict) -> None:
+    """Set a mapped attribute in a request body. An array (organizations, phones, relations) starts
+    from `current`'s, so that only our entry changes."""
+    head, _, rest = target.partition(".")
+    if head in ("organizations", "phones", "relations"):
+        if head not in body:
+            body[head] = [dict(e) for e in current.get(head) or [] if isinstance(e, dict)]
+        entries = body[head]
+        if head == "organizations":
+            entry = next((o for o in entries if o.get("primary")), entries[0] if entries else None)
+            if entry is None:
+                entry = {"primary": True}
+                entries.append(entry)
+            entry[rest] = as_text(value)
+        else:
+            entry = next((e for e in entries if e.get("type") == rest), None)
+            if entry is None:
+                entries.append({"type": rest, "value": as_text(value)})
+            else:
+                entry["value"] = as_text(value)
+    elif head == "customSchemas":  # typed by the schema: sent as the value is
+        schema, _, field = rest.partition(".")
+        body.setdefault("customSchemas", {}).setdefault(schema, {})[field] = value
+    else:
+        body[target] = as_text(value)
+
 
 def _key(value: str) -> str:
     """A user/group/member key as one path segment."""
@@ -593,4 +682,5 @@ def build(cfg, dry_run: bool = False) -> GoogleConnector:
         raise ConfigError(f"connector {cfg.name}: the service account key cannot be used "
                           f"({type(exc).__name__}; check client_email, private_key and token_uri)") from None
     return GoogleConnector(cfg.name, settings, authorized_session(credentials, settings), domain=cfg.domain,
-                           requests_per_second=cfg.requests_per_second, dry_run=dry_run)
+                           requests_per_second=cfg.requests_per_second, dry_run=dry_run,
+                           extra_targets=cfg.attribute_map.extra_targets)

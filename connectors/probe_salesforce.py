@@ -87,12 +87,25 @@ def _required_fields(cfg, connector, found: Findings) -> None:
     required = sorted(f["name"] for f in (describe or {}).get("fields") or []
                       if f.get("createable") and not f.get("nillable") and not f.get("defaultedOnCreate"))
     found.capabilities["required_fields"] = required
-    given = FILLED | set(cfg.salesforce.defaults) | set(cfg.salesforce.field_map)
+    mapped = cfg.attribute_map.extra_targets
+    given = FILLED | set(cfg.salesforce.defaults) | set(mapped)
     missing = [f for f in required if f not in given]
     if missing:
         found.error(f"the User object requires {', '.join(missing)}, which the connector does not set",
-                    f"add {', '.join(missing)} to salesforce.defaults (a fixed value) or salesforce.field_map "
-                    f"(from a user attribute) of connector {cfg.name}")
+                    f"add {', '.join(missing)} to salesforce.defaults (a fixed value) or to the connector's "
+                    f"attributes: (from a user attribute) of connector {cfg.name}")
+    fields = {f.get("name"): f for f in (describe or {}).get("fields") or [] if isinstance(f, dict)}
+    if fields:
+        unknown = [f for f in mapped if f not in fields]
+        read_only = [f for f in mapped if f in fields and not fields[f].get("updateable")]
+        if unknown:
+            custom = sorted(n for n in fields if str(n).endswith("__c"))
+            found.error(f"attributes: the User object has no field {', '.join(unknown)}",
+                        f"map fields the User object has (custom ones: {', '.join(custom) or 'none'}) "
+                        f"in connector {cfg.name}")
+        if read_only:
+            found.error(f"attributes: {', '.join(read_only)} cannot be written on the User object",
+                        f"remove them from the attributes: of connector {cfg.name}")
 
 
 def _limits(connector, found: Findings) -> None:

@@ -58,7 +58,7 @@ def probe(cfg, found: Findings) -> None:
     caps["reachable"] = True
     _service_provider_config(cfg, connector, found)
     _resource_types(cfg, connector, found)
-    _schemas(connector, found)
+    _schemas(connector, found, cfg)
 
 
 def _service_provider_config(cfg, connector, found: Findings) -> None:
@@ -119,10 +119,11 @@ def _resource_types(cfg, connector, found: Findings) -> None:
         found.warn("the server has no Group resource type: group sync is off", "none needed (no groups configured)")
 
 
-def _schemas(connector, found: Findings) -> None:
+def _schemas(connector, found: Findings, cfg=None) -> None:
     caps = found.capabilities
     try:
-        ids = [s.get("id") for s in connector._iter("Schemas") if isinstance(s, dict) and s.get("id")]
+        schemas = [s for s in connector._iter("Schemas") if isinstance(s, dict) and s.get("id")]
+        ids = [s.get("id") for s in schemas]
     except (ConnectorError, ValueError) as exc:
         caps["schemas"] = None
         found.warn(f"GET /Schemas: {exc}", "none needed; only core attributes are sent")
@@ -130,6 +131,28 @@ def _schemas(connector, found: Findings) -> None:
     caps["schemas"] = ids
     caps["enterprise_extension"] = ENTERPRISE in ids
     caps["custom_schemas"] = [s for s in ids if s not in CORE]
+    if cfg is not None:
+        _mapped_schemas(cfg, {s["id"]: s for s in schemas}, found)
+
+
+def _mapped_schemas(cfg, schemas: dict[str, dict], found: Findings) -> None:
+    """The connector's mapped extension attributes against the server's /Schemas: each schema
+    advertised, each attribute in it (names compared without case, as SCIM does)."""
+    for target in cfg.attribute_map.extra_targets:
+        if not target.startswith("urn:"):
+            continue
+        urn, _, attribute = target.rpartition(":")
+        schema = schemas.get(urn)
+        if schema is None:
+            extensions = [s for s in schemas if s not in CORE or s == ENTERPRISE]
+            found.error(f"attributes: {target} maps to schema {urn}, which the server does not advertise",
+                        f"map only schemas the server has ({', '.join(extensions) or 'no extensions'}) "
+                        f"in connector {cfg.name}")
+            continue
+        names = [str(a.get("name")) for a in schema.get("attributes") or [] if isinstance(a, dict)]
+        if names and attribute.lower() not in {n.lower() for n in names}:
+            found.error(f"attributes: schema {urn} has no attribute {attribute!r}",
+                        f"use one of {', '.join(names)} in connector {cfg.name}")
 
 
 def summary(caps: dict[str, Any]) -> list[str]:

@@ -149,9 +149,11 @@ class SalesforceConnector:
     read_only_attributes = ("display_name",)  # Name is computed from FirstName and LastName
 
     def __init__(self, name: str, settings: SalesforceSettings, session: requests.Session, tokens: TokenSource,
-                 dry_run: bool = False):
+                 dry_run: bool = False, extra_fields: tuple[str, ...] = ()):
         self.name = name
         self.settings = settings
+        # The User fields the connector's attribute mapping manages (Account.extra, keyed by field name).
+        self.extra_fields = tuple(extra_fields)
         self.session = session
         self.tokens = tokens
         self.dry_run = dry_run
@@ -230,7 +232,7 @@ class SalesforceConnector:
     # --- queries ------------------------------------------------------------------------
 
     def _select(self) -> str:
-        extra = [f for f in self.settings.field_map if f not in BASE_SELECT]
+        extra = [f for f in self.extra_fields if f not in BASE_SELECT]
         return ", ".join((*BASE_SELECT, *extra))
 
     def _query(self, soql: str) -> Iterator[dict]:
@@ -284,7 +286,7 @@ class SalesforceConnector:
                        given_name=record.get("FirstName"), family_name=record.get("LastName"),
                        display_name=record.get("Name") or None, active=bool(record.get("IsActive")),
                        external_id=record.get("FederationIdentifier"),
-                       extra={f: record.get(f) for f in self.settings.field_map})
+                       extra={f: record.get(f) for f in self.extra_fields})
 
     def _create_fields(self, account: Account) -> dict:
         family = account.family_name or account.user_name.split("@")[0]
@@ -296,7 +298,8 @@ class SalesforceConnector:
             fields["FirstName"] = account.given_name
         if account.external_id:
             fields["FederationIdentifier"] = account.external_id
-        fields.update({k: v for k, v in account.extra.items() if k in self.settings.field_map})
+        # A mapped field that came out empty is not sent: the target's default stays.
+        fields.update({k: v for k, v in account.extra.items() if k in self.extra_fields and v is not None})
         return fields
 
     def _created(self, account: Account, fields: dict, remote_id: Optional[str]) -> Account:
@@ -598,4 +601,5 @@ def build(cfg, dry_run: bool = False) -> SalesforceConnector:
     tokens = TokenSource(settings, build_session(settings, pool_size=2), client_id=client_id,
                          client_secret=secret(auth.client_secret), password=secret(auth.password),
                          security_token=secret(auth.security_token), private_key=secret(auth.private_key))
-    return SalesforceConnector(cfg.name, settings, build_session(settings), tokens, dry_run=dry_run)
+    return SalesforceConnector(cfg.name, settings, build_session(settings), tokens, dry_run=dry_run,
+                               extra_fields=cfg.attribute_map.extra_targets)

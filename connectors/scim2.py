@@ -14,11 +14,13 @@ from connectors.base import Account, BatchOp, RemoteGroup
 from connectors.errors import (ConnectorError, NotFound, OutcomeUnknown, Rejected, TransientError, for_status,
                                retry_after_seconds)
 from models.config import Scim2Settings
+from models.mapping import ENTERPRISE, as_text
 
 log = logging.getLogger(__name__)
 SCIM_JSON = "application/scim+json"
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 
 
 def filter_eq(attribute: str, value: str) -> str:
@@ -29,8 +31,11 @@ def filter_eq(attribute: str, value: str) -> str:
 class Scim2Connector:
     supports_groups = True
 
-    def __init__(self, name: str, settings: Scim2Settings, session: requests.Session, dry_run: bool = False):
+    def __init__(self, name: str, settings: Scim2Settings, session: requests.Session, dry_run: bool = False,
+                 extra_targets: tuple[str, ...] = ()):
         self.name = name
+        # The attributes the connector's mapping adds (Account.extra, keyed by SCIM path or schema URN).
+        self.extra_targets = tuple(extra_targets)
         self.settings = settings
         self.session = session
         self.base_url = settings.base_url
@@ -110,11 +115,17 @@ class Scim2Connector:
             emails=[Email(value=account.email, primary=True, type="work")] if account.email else None,
             active=account.active,
         )
-        return user.model_dump()
+        body = user.model_dump()
+        for target, value in account.extra.items():
+            if value is not None and target in self.extra_targets:
+                _set_path(body, target, _scim_value(target, value))
+        return body
 
     def _from_scim(self, payload: dict) -> Account:
         try:
-            user = User.model_validate(payload)
+            # Extension attributes (enterprise, custom schemas) are read below, by the mapping: the
+            # core model refuses keys it does not know.
+            user = User.model_validate({k: v for k, v in payload.items() if not k.startswith("urn:")})
         except ValidationError as exc:
             raise TransientError(f"the target answered a User that is not valid SCIM: {exc.error_count()} errors") from exc
         emails = user.emails or []
@@ -125,6 +136,7 @@ class Scim2Connector:
             family_name=user.name.family_name if user.name else None,
             display_name=user.display_name, email=primary.value if primary else None,
             active=True if user.active is None else bool(user.active),
+            extra={t: _read_path(payload, t) for t in self.extra_targets},
         )
 
     def check_user_name(self, user_name: str) -> None:
@@ -201,9 +213,7 @@ class Scim2Connector:
         if not changes:
             return current
         if self.patch_supported():
-            ops = [PatchOperation[User](op="replace", path=path, value=value)
-                   for path, value in _patch_paths(changes).items()]
-            response = self._request("PATCH", f"/Users/{remote_id}", json_body=PatchOp[User](operations=ops).model_dump())
+            response = self._request("PATCH", f"/Users/{remote_id}", json_body=_patch_body(changes))
         else:
             # PUT replaces the resource: start from what the target holds so nothing else is reset.
             raw = self._json(self._request("GET", f"/Users/{remote_id}"))
@@ -314,9 +324,7 @@ class Scim2Connector:
             item.update(method="DELETE", path=f"/Users/{op.remote_id}")
         elif op.kind in ("update", "disable", "enable"):
             changes = op.changes if op.kind == "update" else {"active": op.kind == "enable"}
-            patch = PatchOp[User](operations=[PatchOperation[User](op="replace", path=path, value=value)
-                                              for path, value in _patch_paths(changes).items()])
-            item.update(method="PATCH", path=f"/Users/{op.remote_id}", data=patch.model_dump())
+            item.update(method="PATCH", path=f"/Users/{op.remote_id}", data=_patch_body(changes))
         else:
             raise Rejected(f"unknown batch operation {op.kind!r}")
         return item
@@ -462,16 +470,73 @@ _PATHS = {"user_name": "userName", "given_name": "name.givenName", "family_name"
 
 
 def _patch_paths(changes: dict[str, Any]) -> dict[str, Any]:
+    """Account changes as SCIM paths and values; `extra.<target>` keys are mapped attributes."""
     out = {}
     for key, value in changes.items():
         if key == "email":
             out["emails"] = [{"value": value, "primary": True, "type": "work"}]
         elif key in _PATHS:
             out[_PATHS[key]] = value
+        elif key.startswith("extra."):
+            out[key[len("extra."):]] = _scim_value(key[len("extra."):], value)
     return out
 
 
+def _patch_body(changes: dict[str, Any]) -> dict:
+    """A PatchOp replacing each changed attribute. Built as JSON, not with the core User model, which
+    refuses extension paths (`urn:...:enterprise:2.0:User:department`)."""
+    return {"schemas": [PATCH_OP],
+            "Operations": [{"op": "replace", "path": path, "value": value}
+                           for path, value in _patch_paths(changes).items()]}
+
+
+def _split_urn(path: str) -> Optional[tuple[str, str]]:
+    """(schema URN, attribute) of an extension path, else None."""
+    if not path.startswith("urn:"):
+        return None
+    schema, _, attribute = path.rpartition(":")
+    return schema, attribute
+
+
+def _scim_value(target: str, value: Any) -> Any:
+    """A mapped value as SCIM holds it: a manager is a reference ({"value": <the manager's id>}), a
+    phone number the one primary work number; the other core and enterprise attributes are strings
+    (a custom schema's attribute is sent as the value is: the server's schema types it)."""
+    if target == f"{ENTERPRISE}:manager":
+        return {"value": as_text(value)}
+    if target == "phoneNumbers":
+        return [{"value": as_text(value), "type": "work", "primary": True}]
+    urn = _split_urn(target)
+    return value if urn and urn[0] != ENTERPRISE else as_text(value)
+
+
+def _read_path(resource: dict, path: str) -> Any:
+    """A mapped attribute's value in a SCIM resource, the inverse of _scim_value (None when absent)."""
+    urn = _split_urn(path)
+    if urn:
+        value = (resource.get(urn[0]) or {}).get(urn[1]) if isinstance(resource.get(urn[0]), dict) else None
+    else:
+        head, _, tail = path.partition(".")
+        value = resource.get(head)
+        if tail:
+            value = value.get(tail) if isinstance(value, dict) else None
+    if isinstance(value, dict):  # a reference (manager)
+        return value.get("value")
+    if isinstance(value, list):  # a multi-valued attribute (phoneNumbers): its primary value
+        items = [v for v in value if isinstance(v, dict)]
+        chosen = next((v for v in items if v.get("primary")), items[0] if items else {})
+        return chosen.get("value")
+    return value
+
+
 def _set_path(resource: dict, path: str, value: Any) -> None:
+    urn = _split_urn(path)
+    if urn:  # an extension attribute lives in the extension's object, and the resource lists the schema
+        resource.setdefault(urn[0], {})[urn[1]] = value
+        schemas = resource.setdefault("schemas", [])
+        if urn[0] not in schemas:
+            schemas.append(urn[0])
+        return
     head, _, tail = path.partition(".")
     if tail:
         resource.setdefault(head, {})[tail] = value
@@ -587,4 +652,4 @@ def build(cfg, dry_run: bool = False) -> Scim2Connector:
     else:
         session.auth = ClientCredentials(auth.token_url, auth.client_id, resolve(auth.client_secret),
                                          auth.scope, build_session(settings))
-    return Scim2Connector(cfg.name, settings, session, dry_run=dry_run)
+    return Scim2Connector(cfg.name, settings, session, dry_run=dry_run, extra_targets=cfg.attribute_map.extra_targets)

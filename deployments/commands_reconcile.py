@@ -33,6 +33,10 @@ def parse_rows(frame, config=None) -> tuple[list, list[str]]:
         for key in ("roles", "groups"):
             if key in data:
                 data[key] = [p.strip() for p in data[key].split(";") if p.strip()]
+        # `attributes.<key>` columns: the user's free-form attributes (what connectors' mappings read).
+        attributes = {k[len("attributes."):]: data.pop(k) for k in list(data) if k.startswith("attributes.")}
+        if attributes:
+            data["attributes"] = attributes
         problems = []
         if "active" in data:
             flag = data.pop("active").lower()
@@ -67,7 +71,8 @@ def _column_order(problem: str, number: int) -> int:
 
 @app.command("import")
 def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", ".join(IMPORT_COLUMNS) +
-                                             " (roles and groups separated by ';')."),
+                                             " (roles and groups separated by ';') and any attributes.<key> "
+                                             "(the user's attributes)."),
                  config: Optional[Path] = ConfigOption) -> None:
     """Upsert users from a CSV file into the identity store (trigger `import`); bad rows are reported."""
     import pandas as pd
@@ -80,10 +85,11 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
         frame = pd.read_csv(file, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as exc:
         fail(f"cannot read {file}: {exc}")
-    unknown = [c for c in frame.columns if c not in IMPORT_COLUMNS]
+    unknown = [c for c in frame.columns if c not in IMPORT_COLUMNS
+               and not (c.startswith("attributes.") and len(c) > len("attributes."))]
     if unknown or "username" not in frame.columns:
         fail(f"{file}: unknown columns {', '.join(unknown) or '-'}; expected {', '.join(IMPORT_COLUMNS)} "
-             f"(username is required)")
+             f"or attributes.<key> (username is required)")
     good, errors = parse_rows(frame, cfg)
     with session_scope() as session:
         for _, user in good:

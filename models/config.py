@@ -8,12 +8,13 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from models.mapping import AttributeMap, MappingError, compile_map
 from models.patterns import PatternError, parse_pattern
 from models.secrets import SecretRef
 from models.usernames import WSO2_DEFAULT_PATTERN, WSO2_DEFAULT_WORDS, UsernameRule
@@ -163,8 +164,7 @@ class SalesforceSettings(HttpSettings):
     defaults: dict[str, str] = Field(default_factory=lambda: {
         "TimeZoneSidKey": "America/Los_Angeles", "LocaleSidKey": "en_US",
         "EmailEncodingKey": "UTF-8", "LanguageLocaleKey": "en_US"})
-    # Salesforce User field -> local attribute; the flow puts the values in Account.extra keyed by
-    # the Salesforce field name.
+    # Deprecated alias of the connector's `attributes:` section: `Field: key` is `Field: attributes.key`.
     field_map: dict[str, str] = Field(default_factory=dict)
     free_username_on_deprovision: bool = False
 
@@ -201,6 +201,8 @@ class ConnectorConfig(Strict):
     name: Name
     type: Literal["scim2", "google", "salesforce"]
     enabled: bool = True
+    # Target attribute -> local value (see models.mapping); empty: today's fixed attributes only.
+    attributes: dict[str, Any] = Field(default_factory=dict)
     organization_level: bool = True
     roles: list[str] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
@@ -228,6 +230,7 @@ class ConnectorConfig(Strict):
     scim2: Optional[Scim2Settings] = None
     google: Optional[GoogleSettings] = None
     salesforce: Optional[SalesforceSettings] = None
+    _attribute_map: Optional[AttributeMap] = PrivateAttr(default=None)
 
     @field_validator("pattern")
     @classmethod
@@ -247,7 +250,29 @@ class ConnectorConfig(Strict):
                 raise ValueError(f"a connector of type {kind} needs a '{kind}:' section")
             if kind != self.type and present:
                 raise ValueError(f"a '{kind}:' section does not belong on a {self.type} connector")
+        self._attribute_map = self._compile_attributes()
         return self
+
+    def _compile_attributes(self) -> AttributeMap:
+        mapping = dict(self.attributes)
+        if self.salesforce is not None:
+            for field, key in self.salesforce.field_map.items():
+                alias = f"attributes.{key}"
+                if field in mapping and mapping[field] != alias:
+                    raise ValueError(f"salesforce.field_map.{field}: also mapped in attributes.{field} "
+                                     f"({mapping[field]!r}); keep only the attributes: entry")
+                mapping[field] = alias
+        try:
+            return compile_map(self.type, mapping)
+        except MappingError as exc:
+            raise ValueError("; ".join(f"attributes.{p}" for p in exc.problems)) from None
+
+    @property
+    def attribute_map(self) -> AttributeMap:
+        """The compiled `attributes:` section (with salesforce.field_map folded in)."""
+        if self._attribute_map is None:
+            self._attribute_map = self._compile_attributes()
+        return self._attribute_map
 
     @property
     def settings(self) -> HttpSettings:

@@ -435,7 +435,7 @@ class GoogleSandbox:
                 if len(seg) == 1 and method == "POST":
                     return 200, self._insert_user(body)
                 if len(seg) == 2 and method == "GET":
-                    return 200, self._public_user(self._user(seg[1]))
+                    return 200, self._public_user(self._user(seg[1]), _full(params))
                 if len(seg) == 2 and method in ("PATCH", "PUT"):
                     return 200, self._update_user(seg[1], body)
                 if len(seg) == 2 and method == "DELETE":
@@ -485,8 +485,10 @@ class GoogleSandbox:
             raise _not_found("userKey")
         return self._users[uid]
 
-    def _public_user(self, user: dict) -> dict:
-        out = {k: v for k, v in user.items() if k not in ("password", "hashFunction")}
+    def _public_user(self, user: dict, full: bool = True) -> dict:
+        """The user as the API shows it; custom schema values only in the full projection (as Google)."""
+        hidden = ("password", "hashFunction") if full else ("password", "hashFunction", "customSchemas")
+        out = {k: v for k, v in user.items() if k not in hidden}
         out["name"] = dict(user.get("name") or {})
         out["name"]["fullName"] = f"{out['name'].get('givenName', '')} {out['name'].get('familyName', '')}".strip()
         return out
@@ -510,6 +512,12 @@ class GoogleSandbox:
                 value = name.get(field)
                 if not isinstance(value, str) or not value.strip() or len(value) > 60 or set(value) & set("<>="):
                     raise ApiError(400, f"Invalid Given/Family Name: {label}")
+        for key in ("organizations", "phones", "relations"):
+            if key in user and not (isinstance(user[key], list) and all(isinstance(e, dict) for e in user[key])):
+                raise ApiError(400, f"Invalid Input: {key}")
+        if "customSchemas" in user and not (isinstance(user["customSchemas"], dict) and all(
+                isinstance(v, dict) for v in user["customSchemas"].values())):
+            raise ApiError(400, "Invalid Input: customSchemas")
         if creating or "password" in user:
             password = user.get("password")
             if not isinstance(password, str) or (not user.get("hashFunction") and (
@@ -545,6 +553,8 @@ class GoogleSandbox:
             merged = dict(user.get("name") or {})
             _merge(merged, patch["name"])
             self._check_user_fields({"name": merged}, creating=False)
+        self._check_user_fields({k: patch[k] for k in ("organizations", "phones", "relations", "customSchemas")
+                                 if k in patch}, creating=False)
         if "password" in patch:
             self._check_user_fields({"password": patch["password"], "hashFunction": patch.get("hashFunction")},
                                     creating=False)
@@ -625,7 +635,7 @@ class GoogleSandbox:
         page, token = self._page(users, params, limit=500, default=100)
         out = {"kind": "admin#directory#users", "etag": f'"{secrets.token_hex(8)}"'}
         if page:
-            out["users"] = [self._public_user(u) for u in page]
+            out["users"] = [self._public_user(u, _full(params)) for u in page]
         if token:
             out["nextPageToken"] = token
         return out
@@ -764,6 +774,11 @@ class GoogleSandbox:
                           + "\r\n".join(head).encode() + b"\r\n\r\n" + inner + b"\r\n")
         raw = b"".join(chunks) + f"--{out_boundary}--\r\n".encode()
         return 200, raw, f"multipart/mixed; boundary={out_boundary}", []
+
+
+def _full(params: dict) -> bool:
+    """Whether a users.get/list asks for the full projection (custom schemas included)."""
+    return params.get("projection") in ("full", "custom")
 
 
 def _need(scopes: set[str], any_of: tuple[str, ...]) -> None:

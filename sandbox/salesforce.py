@@ -8,7 +8,7 @@ exists, users that cannot be deleted (405), SOQL `query` with paging through `ne
 sObject Collections (`composite/sobjects`, at most 200 records, `allOrNone`), and a total API
 request limit (403 REQUEST_LIMIT_EXCEEDED; a Collections request counts once). For `outbound check`:
 the API versions it offers (`/services/data`; others are 404), `/limits` (DailyApiRequests) and the
-User describe (required fields, `required_custom` adds org-specific ones).
+User describe (required fields, `required_custom` adds org-specific ones, `custom_fields` optional ones).
 
 SOQL is parsed just enough for what a provisioning connector sends: `SELECT f, ... FROM User|Profile
 [WHERE cond] [ORDER BY f [ASC|DESC]] [LIMIT n]`, where cond combines `f = | != | LIKE value`,
@@ -333,7 +333,8 @@ class SalesforceSandbox:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, faults: FaultPlan | None = None,
                  token_ttl: float = 7200.0, query_batch_size: int = 2000, api_limit: int | None = None,
                  client_credentials_enabled: bool = True, api_versions: tuple[str, ...] = API_VERSIONS,
-                 daily_api_requests: int = 15000, required_custom: tuple[str, ...] = ()):
+                 daily_api_requests: int = 15000, required_custom: tuple[str, ...] = (),
+                 custom_fields: tuple[str, ...] = ()):
         self._dir = tempfile.TemporaryDirectory(prefix="sf-sandbox-")
         self.ca_file, cert_file, key_file = _make_pki(Path(self._dir.name))
         # The connected app: consumer key/secret and the certificate key for the JWT bearer flow.
@@ -354,6 +355,8 @@ class SalesforceSandbox:
         self.daily_api_requests = daily_api_requests
         # Custom User fields an org makes required (no default): a create without them is refused.
         self.required_custom = required_custom
+        # Custom User fields of the org (Cost_Center__c), optional unless also in required_custom.
+        self.custom_fields = tuple(dict.fromkeys((*custom_fields, *required_custom)))
         self.client_credentials_enabled = client_credentials_enabled
         self.refuse_logins = False
         self.taken_elsewhere: set[str] = set()  # usernames held by other orgs (lower case)
@@ -458,7 +461,7 @@ class SalesforceSandbox:
         for key in fields:
             if key == "attributes":
                 continue
-            if key not in USER_FIELDS and key not in self.required_custom:
+            if key not in USER_FIELDS and key not in self.custom_fields:
                 raise SfError(400, "INVALID_FIELD", f"No such column '{key}' on sobject of type User", [key])
             if key in READ_ONLY:
                 raise SfError(400, "INVALID_FIELD_FOR_INSERT_UPDATE",
@@ -604,7 +607,7 @@ class SalesforceSandbox:
         """The User object's describe: which fields exist, and which a create must give."""
         fields = [{"name": f, "type": "string", "length": MAX_LENGTH.get(f, 255), "nillable": f not in REQUIRED,
                    "createable": f not in READ_ONLY, "updateable": f not in READ_ONLY, "defaultedOnCreate": False}
-                  for f in (*USER_FIELDS, *self.required_custom)]
+                  for f in (*USER_FIELDS, *self.custom_fields)]
         for f in fields:
             if f["name"] in self.required_custom:
                 f["nillable"] = False
@@ -620,7 +623,7 @@ class SalesforceSandbox:
 
     def _query(self, soql: str, version: str) -> dict:
         entity, fields, where, order, descending, limit = _Parser(
-            soql, {"User": USER_FIELDS, "Profile": PROFILE_FIELDS}).parse()
+            soql, {"User": (*USER_FIELDS, *self.custom_fields), "Profile": PROFILE_FIELDS}).parse()
         table = self.users if entity == "User" else self.profiles
         rows = [r for r in table.values() if where(r)]
         if order:

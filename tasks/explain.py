@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 
 from models.config import ORG_TRIGGERS, Config, ConnectorConfig
 from models.identity import UserView
+from models.mapping import local_values
 from models.runstate import get_mapping
 from models.tables import Operation
 from tasks.policy import decide, scope
@@ -42,6 +43,7 @@ class ConnectorExplanation:
     last_operation: Optional[dict] = None
     groups: list[str] = field(default_factory=list)
     recent_runs: list[str] = field(default_factory=list)  # links to the Prefect runs that acted on the user
+    attributes: list[str] = field(default_factory=list)  # the mapped attributes: target ← source = value
 
 
 def _levels(user: UserView, cfg: ConnectorConfig, config: Config) -> list[str]:
@@ -115,7 +117,8 @@ def explain(session: Session, user: UserView, config: Config, connector: Optiona
             remote_id=mapping.remote_id if mapping else None,
             last_operation=_last_operation(session, cfg.name, user.id),
             groups=sorted(g for g in cfg.groups if g in user.groups),
-            recent_runs=_recent_runs(session, cfg.name, user.id)))
+            recent_runs=_recent_runs(session, cfg.name, user.id),
+            attributes=cfg.attribute_map.explain(local_values(user, remote_name), user.attributes)))
     return out
 
 
@@ -146,6 +149,8 @@ def _lines(user: UserView, e: ConnectorExplanation) -> list[tuple[str, str]]:
         rows.append(("groups", ", ".join(e.groups)))
     if e.recent_runs:
         rows.append(("recent runs", " ".join(e.recent_runs)))
+    for i, line in enumerate(e.attributes):
+        rows.append(("attributes" if i == 0 else "", line))
     return rows
 
 
@@ -157,7 +162,7 @@ def render_text(user: UserView, items: list[ConnectorExplanation]) -> str:
     for e in items:
         out.append("")
         out.append(f"{e.connector} [{e.type}{'' if e.enabled else ', disabled'}]")
-        out.extend(f"  {k + ':':<17}{v}" for k, v in _lines(user, e))
+        out.extend(f"  {k + ':' if k else '':<17}{v}" for k, v in _lines(user, e))
     if not items:
         out.append("no connector configured")
     return "\n".join(out)

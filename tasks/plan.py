@@ -40,6 +40,7 @@ from connectors.base import MANAGED, Account, RemoteGroup
 from connectors.errors import NotFound, Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView
+from models.mapping import local_values
 from models.tables import Group, GroupMember, Mapping, Role, User, UserRole
 from tasks.policy import Decision, decide
 from tasks.username import MAX_SUFFIX, GeneratedName, assign_names, user_name_for, with_suffix
@@ -117,10 +118,16 @@ class Plan:
 ACCOUNT_COLUMNS = ("remote_id", *TEXT_FIELDS, "active")
 
 
-def target_frame(accounts: Iterable[Account]) -> pd.DataFrame:
-    """The target's accounts as a frame (remote_id, the managed fields, active)."""
-    rows = [(a.id, *(getattr(a, f) for f in TEXT_FIELDS), bool(a.active)) for a in accounts]
-    frame = pd.DataFrame.from_records(rows, columns=list(ACCOUNT_COLUMNS))
+def extra_columns(cfg: ConnectorConfig) -> list[str]:
+    """One frame column per mapped extra attribute (`extra.<target>`), compared like the managed fields."""
+    return [f"extra.{t}" for t in cfg.attribute_map.extra_targets]
+
+
+def target_frame(accounts: Iterable[Account], extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The target's accounts as a frame (remote_id, the managed fields, active, the `extra` targets)."""
+    rows = [(a.id, *(getattr(a, f) for f in TEXT_FIELDS), bool(a.active), *(a.extra.get(t) for t in extra))
+            for a in accounts]
+    frame = pd.DataFrame.from_records(rows, columns=[*ACCOUNT_COLUMNS, *(f"extra.{t}" for t in extra)])
     return _typed(frame)
 
 
@@ -136,12 +143,14 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig) -> Account:
     """The account `user` should have on `cfg`, named `user_name`."""
     display = user.display_name or " ".join(p for p in (user.given_name, user.family_name) if p) or None
+    values = {"given_name": user.given_name, "family_name": user.family_name, "display_name": display,
+              "email": user.email}
     extra = {}
-    if cfg.salesforce is not None:
-        extra = {field: user.attributes.get(attr) for field, attr in cfg.salesforce.field_map.items()}
-    return Account(user_name=user_name, external_id=user.id, given_name=user.given_name,
-                   family_name=user.family_name, display_name=display, email=user.email,
-                   active=user.active, extra=extra)
+    mapping = cfg.attribute_map
+    if mapping:  # the connector's `attributes:` (a mapped core field replaces its default)
+        core, extra = mapping.evaluate(local_values(user, user_name), user.attributes)
+        values.update(core)
+    return Account(user_name=user_name, external_id=user.id, active=user.active, extra=extra, **values)
 
 
 @dataclass
@@ -221,6 +230,7 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
                                  taken={n.lower(): i for i, n in mapped.items()},
                                  names=_qualified_names(session, views, mapped), check=check_name)
     desired, deprovision, accounts = [], [], {}
+    extra = extra_columns(cfg)
     for user in views:
         decision = decisions[user.id]
         if decision.action == "provision" and user.id in names:
@@ -228,12 +238,12 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
             accounts[user.id] = account
             values = account.managed()
             desired.append((user.id, user.qualified_name, decision.reason,
-                            *(values[f] for f in TEXT_FIELDS), bool(account.active)))
+                            *(values[f] for f in TEXT_FIELDS), bool(account.active), *(values[c] for c in extra)))
         elif decision.action == "deprovision":
             deprovision.append((user.id, user.qualified_name, decision.mode or cfg.deprovision_mode, decision.reason))
     return DesiredState(
         desired=_typed(pd.DataFrame.from_records(desired, columns=["local_id", "entity_name", "reason", *TEXT_FIELDS,
-                                                                   "active"])),
+                                                                   "active", *extra])),
         deprovision=pd.DataFrame.from_records(deprovision, columns=["local_id", "entity_name", "mode", "reason"]),
         mappings=mappings, known_ids=pd.Series([u.id for u in views], dtype=object), accounts=accounts,
         conflicts={i: (next(u.qualified_name for u in views if u.id == i), e) for i, e in errors.items()},
@@ -342,7 +352,9 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
     """
     deprovision = deprovision if deprovision is not None else pd.DataFrame(columns=["local_id", "entity_name",
                                                                                     "mode", "reason"])
-    compared = [f for f in TEXT_FIELDS if f not in read_only]
+    # The managed fields, and one `extra.<target>` column per mapped attribute the desired frame has.
+    compared = [f for f in (*TEXT_FIELDS, *(c for c in desired.columns if c.startswith("extra.")))
+                if f not in read_only]
     parts: list[pd.DataFrame] = []
 
     # 1. Where our mapping points: present (compare) or gone (relink, unless a match is found below).
@@ -573,7 +585,7 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
             Mapping.connector == cfg.name, Mapping.entity_type == "user")).one()
         accounts = observe(connector, cfg, state, cfg.max_concurrency or 4, target_size=known + len(state.desired))
         state.mappings = _mapped_elsewhere(session, cfg, [a.id for a in accounts], state.mappings)
-    target = target_frame(accounts)
+    target = target_frame(accounts, cfg.attribute_map.extra_targets)
     rows, unmanaged = diff(state.desired, target, state.mappings, state.deprovision, state.known_ids,
                            read_only=tuple(getattr(connector, "read_only_attributes", ())), orphans=cfg.orphans,
                            match=tuple(cfg.match), partial=user_ids is not None)

@@ -65,3 +65,21 @@ def test_import_reports_every_bad_field_of_a_row(tmp_path, sqlite_url):
         in result.output
     with session_scope() as session:
         assert {u.username for u in session.exec(select(User))} == {"gus"}
+
+
+def test_attribute_columns_set_the_users_attributes(tmp_path, sqlite_url):
+    config = tmp_path / "outbound.yaml"
+    config.write_text("tenant_domain: example.com\nconnectors: []\n")
+    csv = tmp_path / "users.csv"
+    csv.write_text("username,attributes.dept,attributes.title\nalice,R&D,Engineer\nbob,,\n")
+    result = runner.invoke(app, ["import", str(csv), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    csv.write_text("username,attributes.dept,attributes.\nalice,Ops,x\n")
+    result = runner.invoke(app, ["import", str(csv), "--config", str(config)])
+    assert result.exit_code == 2 and "unknown columns attributes." in result.output, result.output
+    csv.write_text("username,attributes.dept\nalice,Ops\n")
+    assert runner.invoke(app, ["import", str(csv), "--config", str(config)]).exit_code == 0
+    with session_scope() as session:
+        alice = find_user(session, "example.com", "PRIMARY", "alice")
+        assert alice.attributes == {"dept": "Ops", "title": "Engineer"}  # a later import changes what it gives
+        assert find_user(session, "example.com", "PRIMARY", "bob").attributes == {}
