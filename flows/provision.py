@@ -101,35 +101,50 @@ def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
     decisions = resolve_policy(batch.user_ids, config, label)
     for who, ds in list(decisions.items())[:50]:
         logger.info("user=%s %s", who, "; ".join(f"{d.connector}: {d.action} ({d.reason})" for d in ds))
-    pending = []
-    for cfg in config.connectors:
-        state = generate_username.with_options(**options).submit(cfg.name, batch.user_ids, config)
-        done = provision.with_options(**options).submit(cfg.name, state, batch.events, config, run_id)
-        checked = reconcile.with_options(**options).submit(cfg.name, done, batch.events, config, run_id)
-        pending.append((cfg.name, state, done, checked))
-    per_user: dict[str, list[Outcome]] = {u: [] for u in batch.user_ids}
-    for name, state, done, checked in pending:
+    # Each step is submitted only once the one before it has succeeded, so a connector that fails
+    # shows its failed step and nothing after it (no task left NotReady behind it).
+    named = {cfg.name: generate_username.with_options(**options).submit(cfg.name, batch.user_ids, config)
+             for cfg in config.connectors}
+    provisioning, per_user = {}, {u: [] for u in batch.user_ids}
+    for name, future in named.items():
         try:
-            outcomes = done.result()
-        except Exception as exc:  # the whole connector failed for this batch (e.g. the target is down)
-            code = getattr(exc, "code", type(exc).__name__)
-            if code == "quarantined":
-                logger.warning("connector=%s not provisioned: the connector is quarantined (%s)", name, exc)
-            else:
-                logger.warning("connector=%s failed for the batch: %s: %s", name, code, exc)
-            outcomes = [Outcome(name, "provision", "none", "failed", "the connector failed for the batch",
-                                error=f"{code}: {exc}", user_id=u, entity_name=batch.names.get(u), code=code)
-                        for u in batch.user_ids]
-            if state.state.is_failed():  # provision never ran, so it recorded nothing
-                _record_failures(outcomes, batch, run_id)
+            provisioning[name] = provision.with_options(**options).submit(name, future.result(), batch.events,
+                                                                        config, run_id)
+        except Exception as exc:  # no desired state: provision never ran, so record the failure here
+            failed = _failed(name, exc, batch, logger)
+            _record_failures(failed, batch, run_id)
+            _add(per_user, failed)
+    checking = {}
+    for name, future in provisioning.items():
+        try:
+            outcomes = future.result()
+        except Exception as exc:  # the whole connector failed for this batch (it recorded each user)
+            outcomes = _failed(name, exc, batch, logger)
         else:
-            try:
-                checked.result()
-            except Exception as exc:
-                logger.warning("connector=%s read-back failed: %s", name, exc)
-        for o in outcomes:
-            per_user.setdefault(o.user_id, []).append(o)
+            checking[name] = reconcile.with_options(**options).submit(name, outcomes, batch.events, config, run_id)
+        _add(per_user, outcomes)
+    for name, future in checking.items():
+        try:
+            future.result()
+        except Exception as exc:
+            logger.warning("connector=%s read-back failed: %s", name, exc)
     return per_user
+
+
+def _add(per_user: dict[str, list[Outcome]], outcomes: list[Outcome]) -> None:
+    for o in outcomes:
+        per_user.setdefault(o.user_id, []).append(o)
+
+
+def _failed(name: str, exc: BaseException, batch: Batch, logger) -> list[Outcome]:
+    """Every user of the batch failed on connector `name` with `exc` (logged once when `logger`)."""
+    code = getattr(exc, "code", type(exc).__name__)
+    if logger is not None and code == "quarantined":
+        logger.warning("connector=%s not provisioned: the connector is quarantined (%s)", name, exc)
+    elif logger is not None:
+        logger.warning("connector=%s failed for the batch: %s: %s", name, code, exc)
+    return [Outcome(name, "provision", "none", "failed", "the connector failed for the batch", error=f"{code}: {exc}",
+                    user_id=u, entity_name=batch.names.get(u), code=code) for u in batch.user_ids]
 
 
 def _record_failures(outcomes: list[Outcome], batch: Batch, run_id: str) -> None:

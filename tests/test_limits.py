@@ -79,7 +79,9 @@ def run_concurrently(path, batches: list[list[str]]) -> None:
         try:
             for username in usernames:
                 accepted = accept(event(username=username), config)
-                asyncio.run(provision_user(event_id=accepted.event_id, config_path=str(path), return_state=True))
+                # limit=1: each runner drains its own event, so the two runs overlap as two workers' would
+                asyncio.run(provision_user(event_id=accepted.event_id, config_path=str(path), limit=1,
+                                           return_state=True))
         except Exception as exc:  # surfaced below
             import traceback
 
