@@ -175,6 +175,16 @@ def post(client, base: str, ev: dict) -> None:
         raise RuntimeError(f"{ev['id']}: {response.status_code} {response.text}")
 
 
+@contextlib.contextmanager
+def server_client(api_url: str):
+    """A sync Prefect client for the bench's own server (settings read earlier in this process may differ)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        yield client
+
+
 def send_all(base: str, events: list[dict], clients: int) -> None:
     """POST every event from `clients` threads, as fast as the API takes them."""
     import httpx
@@ -212,8 +222,6 @@ def env_for_children(home: Path, **extra) -> dict:
 
 
 def run(args, workers: int) -> bool:
-    from prefect.client.orchestration import get_client
-
     from sandbox.scim import ScimSandbox
 
     with tempfile.TemporaryDirectory(prefix="outbound-scaleout-") as tmp, processes() as start, \
@@ -228,8 +236,10 @@ def run(args, workers: int) -> bool:
             subprocess.run([str(BIN / "prefect"), "work-pool", "create", "outbound", "--type", "process"],
                            env=env, cwd=ROOT, check=True, capture_output=True)
             for name in ("drain-events", "sweep-events"):
-                subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", name],
-                               env=env, cwd=ROOT, check=True, capture_output=True)
+                done = subprocess.run([str(BIN / "prefect"), "--no-prompt", "deploy", "--name", name],
+                                      env=env, cwd=ROOT, capture_output=True, text=True)
+                if done.returncode or "successfully created" not in done.stdout:
+                    raise RuntimeError(f"prefect deploy {name} failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
             from models.db import upgrade
 
             upgrade()  # migrate once, before the workers race to
@@ -237,8 +247,8 @@ def run(args, workers: int) -> bool:
                 start([str(BIN / "prefect"), "worker", "start", "--pool", "outbound", "--name", f"bench-worker-{n}",
                        "--type", "process"], env, tmp / f"worker-{n}.log")
             # The drainers start on the minute: the first cron slot may be up to a minute away.
-            with get_client(sync_client=True) as client:
-                deployment = client.read_deployment_by_name("drain-events/drain-events")
+            with server_client(api_url) as client:
+                deployment = next(d for d in client.read_deployments() if d.name == "drain-events")
                 for _ in range(workers):
                     client.create_flow_run_from_deployment(deployment.id)
             run_id = uuid.uuid4().hex[:4]
@@ -259,7 +269,7 @@ def run(args, workers: int) -> bool:
                   f"{args.events / elapsed:.1f} events/s; event statuses {counts}")
             print(f"SCIM accounts: {len(names)} for {len(expected)} users; duplicates {duplicates}; "
                   f"missing {len(expected - set(names))}")
-            with get_client(sync_client=True) as client:
+            with server_client(api_url) as client:
                 runs = client.read_flow_runs(limit=200)
             kinds = Counter(r.name.split(" ")[0] for r in runs)
             print(f"flow runs for {args.events} events: {len(runs)} ({dict(kinds)})")

@@ -56,7 +56,7 @@ def _label(batch: Batch, config: Config) -> None:
 
     if not flow_run.id:
         return
-    name = batch_name(batch)
+    name = batch_name(batch) if len(batch) else "provision: nothing left (another drain took it)"
     tags = sorted({*flow_run.tags, *(f"trigger:{t}" for t in batch.triggers),
                    *(f"connector:{c.name}" for c in config.connectors if c.enabled)})
     try:
@@ -187,10 +187,10 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
         batch = claim_event(event_id, limit) if (first and event_id) else claim(limit, run=_this_run())
         if batch.crashed_runs:  # runs whose process died holding these users: close them in Prefect
             mark_crashed(batch.crashed_runs, _this_run())
+        if first:  # named after what it holds, even when another drain was quicker and it holds nothing
+            _label(batch, config)
         if not len(batch):
             return total
-        if first:
-            _label(batch, config)
         first = False
         try:
             per_user = run_batch(batch, config)
