@@ -14,6 +14,7 @@ started (`trigger:<how>`) and for which connector (`connector:<name>`), and its 
 `outbound-<connector>-<kind>` (`outbound-<connector>-dry-run-<kind>` for dry runs).
 """
 
+import asyncio
 import json
 import logging
 import re
@@ -394,6 +395,20 @@ async def reconcile_connector(connector: str, dry_run: bool = False, config_path
                                            lock_wait))
 
 
+def refresh_profiles(connectors) -> None:
+    """The nightly refresh of each target's capability profile (what `outbound check` stores); never fails the run."""
+    from tasks.capabilities import refresh
+
+    logger = get_run_logger()
+    try:
+        for profile in refresh(connectors):
+            problems = profile.get("problems") or []
+            logger.info("connector=%s capability profile refreshed: %s", profile.get("connector"),
+                        "; ".join(f"{p['severity']}: {p['what']}" for p in problems) or "no problem")
+    except Exception as exc:
+        logger.warning("capability profiles not refreshed: %s: %s", type(exc).__name__, exc)
+
+
 @flow(name="reconcile-all", flow_run_name="reconcile all connectors", retries=0)
 async def reconcile_all(dry_run: bool = False, config_path: Optional[str] = None, yes: bool = False,
                         lock_wait: float = 0) -> list[dict]:
@@ -403,6 +418,7 @@ async def reconcile_all(dry_run: bool = False, config_path: Optional[str] = None
     """
     config = load_config(config_path)
     trigger = [t for t in (flow_run.tags or ()) if t.startswith("trigger:")] or ["trigger:on-demand"]
+    await asyncio.to_thread(refresh_profiles, [c for c in config.connectors if c.enabled])
     results, states = [], []
     for cfg in config.connectors:
         if cfg.enabled:

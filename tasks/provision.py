@@ -90,6 +90,16 @@ def _record(rows: list[dict], events: dict[str, list[str]], cfg_name: str, run_i
             session.exec(insert(Operation), params=event_rows(rows, events, run_id))
 
 
+def _refresh_profile(cfg) -> None:
+    """After a refused credential, probe the target again so `outbound status` shows what is wrong now."""
+    from tasks.capabilities import refresh
+
+    try:
+        refresh([cfg])
+    except Exception as exc:  # the probe is advice; the batch's own failure is what counts
+        log.warning("connector=%s capability profile not refreshed: %s", cfg.name, exc)
+
+
 def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[str]], run_id: str,
                    exc: BaseException, flow_run_id: Optional[str], task_run_id: Optional[str] = None) -> list[Outcome]:
     """The batch could not be planned on this connector: a failed operation, and its attempt, per user."""
@@ -152,6 +162,7 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
         health.record_failure(cfg.name, exc, config)
         if isinstance(exc, AuthFailed):
             evict(cfg)  # the next attempt resolves the secrets again: a rotated credential is picked up
+            _refresh_profile(cfg)
         failed = record_failure(state, cfg.name, events, run_id, exc, flow_run_id, task_run_id)
         report(cfg.name, failed, events, flow_run_id)
         raise

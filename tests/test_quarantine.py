@@ -225,6 +225,9 @@ def test_auth_failure_quarantines_at_once_status_shows_it_and_waiting_work_compl
         assert "auth_failed" in status.output and scim.token not in status.output
         as_json = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"]).output)
         assert as_json["connectors"][0]["health"]["state"] == "open"
+        # The refused credential also refreshed the capability profile: status says what to change.
+        profile = as_json["connectors"][0]["capabilities"]
+        assert profile and profile["usable"] is False and scim.token not in json.dumps(profile)
 
         scim.app.bearer_tokens = {scim.token}  # the operator fixes the credentials on the target
         with session_scope() as session:  # ...while 2.5 s of the back-off are left (whatever the above took)
