@@ -235,3 +235,19 @@ connectors:
     assert "fix: set the secret the configuration references" in result.output
     assert "capability profiles not stored: OperationalError" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_nightly_reconciliation_refreshes_every_profile_first(tmp_path, sqlite_url):
+    import asyncio
+
+    from flows.reconcile import reconcile_all
+    from models.capabilities import all_profiles
+
+    with ScimSandbox() as scim:
+        config = write_config(tmp_path, scim)
+        assert all_profiles() == {}
+        results = asyncio.run(reconcile_all(config_path=str(config), return_state=True)).result()
+        assert [r["connector"] for r in results] == ["app"]
+        (profile,) = all_profiles().values()
+        assert profile.connector == "app" and profile.usable
