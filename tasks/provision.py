@@ -8,6 +8,7 @@ lookups of the batch's accounts instead of a full listing.
 """
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Optional
 
@@ -152,13 +153,17 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
     """Plan the batch on one connector, apply the plan, record every outcome; one outcome per user."""
     cfg = config.connector(connector_name)
     flow_run_id, task_run_id = _runtime_ids()
+    # The target's quota, shared by every worker, is held from the first lookup to the last write.
+    slot = ExitStack()
     try:
         if any(d.action != "skip" for _, d in state.decisions.values()):
             health.check(cfg.name)  # raises Quarantined (transient: the retry policy waits), sends nothing
         connector = health.guarded(get_connector(cfg), cfg)
+        slot.enter_context(connector_slot(cfg.name, config, occupy=1))
         with session_scope() as session:
             plan = make_plan(config, cfg, connector, session, state.user_ids, state=state)
     except Exception as exc:  # recorded (one attempt per user) before Prefect decides on a retry
+        slot.close()
         health.record_failure(cfg.name, exc, config)
         if isinstance(exc, AuthFailed):
             evict(cfg)  # the next attempt resolves the secrets again: a rotated credential is picked up
@@ -169,7 +174,7 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
     health.record_success(cfg.name)
     counts = Counts()
     rows = plan.rows.to_dict(orient="records")
-    with connector_slot(cfg.name, config, occupy=1):  # the target's quota, shared by every worker
+    with slot:
         if rows:
             counts.add(apply_rows(rows, plan.desired, cfg, connector, run_id=run_id, policy=config.retry,
                                   flow_run_id=flow_run_id, events=events))

@@ -124,10 +124,15 @@ def test_username_is_stable_and_a_pattern_change_renames_in_place(tmp_path, sqli
 def test_the_explanation_is_attached_to_the_run(tmp_path, sqlite_url, scim):
     from prefect.client.orchestration import get_client
 
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                FlowRunFilterName)
+
     config = write_config(tmp_path, scim, extra_connector=options(roles="[sales]"))
-    assert send(tmp_path, config, event(username="ermintrude", roles=["hr"]))[0] == 0
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts()
+    ev = event(username="ermintrude", roles=["hr"])
+    assert send(tmp_path, config, ev)[0] == 0
+    with get_client(sync_client=True) as client:  # the artifacts of this event's run
+        (run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=ev["id"])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     markdown = [a.data for a in artifacts if a.type == "markdown" and "ermintrude@PRIMARY" in (a.data or "")]
     assert len(markdown) == 1, artifacts
     assert "needs one of the roles sales" in markdown[0] and "| in scope | no" in markdown[0]
