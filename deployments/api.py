@@ -39,7 +39,6 @@ import hmac
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Callable, Literal, Optional

@@ -150,15 +150,12 @@ def _failed(name: str, exc: BaseException, batch: Batch, logger) -> list[Outcome
 def _record_failures(outcomes: list[Outcome], batch: Batch, run_id: str) -> None:
     from sqlalchemy import insert
 
-    from models.tables import Operation, utcnow
-    from tasks.apply import event_rows
+    from models.tables import Operation
+    from tasks.apply import event_rows, operation_row
 
-    now = utcnow()
-    rows = [{"connector": o.connector, "entity_type": "user", "entity_id": o.user_id, "entity_name": o.entity_name,
-             "action": o.action, "operation": "none", "status": "failed", "attempts": 0, "reason": o.reason,
-             "error_code": o.error.split(":")[0], "error_message": o.error.partition(": ")[2], "remote_id": None,
-             "remote_name": None, "drift": None, "flow_run_id": str(flow_run.id) if flow_run.id else None,
-             "started_at": now, "finished_at": now} for o in outcomes]
+    rows = [operation_row(o.connector, o.user_id, o.entity_name, o.action, status="failed", reason=o.reason,
+                          error_code=o.code, error_message=o.error.partition(": ")[2],
+                          flow_run_id=str(flow_run.id) if flow_run.id else None) for o in outcomes]
     with session_scope() as session:
         session.exec(insert(Operation), params=event_rows(rows, batch.events, run_id))
 

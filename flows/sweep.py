@@ -20,10 +20,8 @@ from prefect import flow, get_run_logger, tags
 from sqlmodel import select
 
 from models.db import session_scope
+from models.outbox import UNFINISHED
 from models.tables import Event, utcnow
-
-UNFINISHED = ("accepted", "running")
-
 
 def stuck_events(older_than_seconds: float, limit: int = 100) -> list[tuple[str, str]]:
     """(id, trigger) of unfinished events received more than `older_than_seconds` ago, oldest first."""

@@ -150,13 +150,6 @@ def release(batch: Batch) -> None:
     release_many([_lease(u) for u in batch.events], batch.owner)
 
 
-def pending_count() -> int:
-    from sqlalchemy import func
-
-    with session_scope() as session:
-        return session.exec(select(func.count()).select_from(Event).where(Event.status.in_(UNFINISHED))).one()
-
-
 def waiting_count() -> int:
     """Events accepted and not yet claimed by any drain: one cheap query, for drainers that poll."""
     from sqlalchemy import func

@@ -165,6 +165,15 @@ def _adopt(connector, cfg: ConnectorConfig, row: dict) -> Optional[Account]:
     return found if owner in (None, row["local_id"]) else None
 
 
+def operation_row(connector: str, entity_id: str, entity_name: Optional[str], action: str, **fields) -> dict:
+    """An operation as a row for a bulk insert: a finished one with no remote call, unless `fields` say more."""
+    now = utcnow()
+    return {"connector": connector, "entity_type": "user", "entity_id": entity_id, "entity_name": entity_name,
+            "action": action, "operation": "none", "status": "skipped", "attempts": 0, "reason": None,
+            "error_code": None, "error_message": None, "remote_id": None, "remote_name": None, "drift": None,
+            "flow_run_id": None, "started_at": now, "finished_at": now, **fields}
+
+
 def event_rows(op_rows: list[dict], events: Optional[dict[str, list[str]]], run_id: str) -> list[dict]:
     """Give each operation row its event: the user's latest event of the batch, or the reconciliation.
 

@@ -43,7 +43,7 @@ from models.identity import UserView
 from models.mapping import local_values
 from models.tables import Group, GroupMember, Mapping, Role, User, UserRole
 from tasks.policy import Decision, decide
-from tasks.username import MAX_SUFFIX, GeneratedName, assign_names, user_name_for, with_suffix
+from tasks.username import MAX_SUFFIX, assign_names, user_name_for, with_suffix
 
 ACTIONS = ("create", "update", "disable", "enable", "delete", "link", "relink", "orphan")
 PLAN_COLUMNS = ("action", "op", "local_id", "entity_name", "user_name", "remote_id", "changes", "reason", "decision")

@@ -23,7 +23,7 @@ from models.db import session_scope
 from models.locks import LockTimeout
 from models.tables import Mapping, Operation, OperationAttempt, utcnow
 from tasks import health
-from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows
+from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
 
@@ -56,17 +56,13 @@ def _runtime_ids() -> tuple[Optional[str], Optional[str]]:
 
 def _quiet_rows(plan: Plan, cfg_name: str, touched: set[str], flow_run_id: Optional[str]) -> list[dict]:
     """Operations for the batch's users the plan had nothing to send for: skips, no-ops, conflicts."""
-    now = utcnow()
     rows = []
     for local_id, (name, decision) in plan.decisions.items():
-        action, reason = decision.action, decision.reason
+        action = decision.action
         if local_id in touched:
             continue
-        row = {"connector": cfg_name, "entity_type": "user", "entity_id": local_id, "entity_name": name,
-               "action": action, "operation": "none", "status": "skipped", "attempts": 0, "reason": reason,
-               "error_code": None, "error_message": None, "remote_id": plan.mapped.get(local_id),
-               "remote_name": None, "drift": None, "flow_run_id": flow_run_id, "started_at": now,
-               "finished_at": now}
+        row = operation_row(cfg_name, local_id, name, action, reason=decision.reason,
+                            remote_id=plan.mapped.get(local_id), flow_run_id=flow_run_id)
         if local_id in plan.conflicts:
             error = plan.conflicts[local_id][1]
             row.update(operation="none", status="failed", error_code=error.code, error_message=str(error))
@@ -106,12 +102,9 @@ def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[st
     """The batch could not be planned on this connector: a failed operation, and its attempt, per user."""
     code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
     now = utcnow()
-    rows = [{"connector": cfg_name, "entity_type": "user", "entity_id": local_id, "entity_name": name,
-             "action": action, "operation": "none", "status": "failed", "attempts": 1, "reason": reason,
-             "error_code": code, "error_message": str(exc), "remote_id": None, "remote_name": None, "drift": None,
-             "flow_run_id": flow_run_id, "started_at": now, "finished_at": now}
-            for local_id, (name, d) in state.decisions.items() if (action := d.action) != "skip"
-            for reason in [d.reason]]
+    rows = [operation_row(cfg_name, local_id, name, d.action, reason=d.reason, status="failed", attempts=1,
+                          error_code=code, error_message=str(exc), flow_run_id=flow_run_id)
+            for local_id, (name, d) in state.decisions.items() if d.action != "skip"]
     if not rows:
         return []
     failed = [Outcome(cfg_name, r["action"], "none", "failed", r["reason"], error=f"{code}: {exc}",

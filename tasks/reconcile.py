@@ -15,9 +15,9 @@ from sqlalchemy import insert
 from connectors.factory import get_connector
 from models.config import Config
 from models.db import session_scope
-from models.tables import Operation, utcnow
+from models.tables import Operation
 from tasks import health
-from tasks.apply import apply_rows, event_rows
+from tasks.apply import apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import make_plan
 from tasks.provision import Outcome, _runtime_ids
@@ -43,12 +43,10 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
                        flow_run_id=flow_run_id, events=events)
     drift = {r["local_id"]: r["changes"] or {r["action"]: True} for r in rows}
     by_user = {o.user_id: o for o in outcomes}
-    now = utcnow()
-    checks = [{"connector": cfg.name, "entity_type": "user", "entity_id": u, "entity_name": by_user[u].entity_name,
-               "action": "verify", "operation": "fix" if u in drift else "verify", "status": "succeeded",
-               "attempts": 0, "reason": "read back after provisioning", "error_code": None, "error_message": None,
-               "remote_id": by_user[u].remote_id, "remote_name": by_user[u].remote_name, "drift": drift.get(u),
-               "flow_run_id": flow_run_id, "started_at": now, "finished_at": now} for u in users]
+    checks = [operation_row(cfg.name, u, by_user[u].entity_name, "verify", operation="fix" if u in drift else "verify",
+                            status="succeeded", reason="read back after provisioning", remote_id=by_user[u].remote_id,
+                            remote_name=by_user[u].remote_name, drift=drift.get(u), flow_run_id=flow_run_id)
+              for u in users]
     with session_scope() as session:
         session.exec(insert(Operation), params=event_rows(checks, events, run_id))
     return drift
