@@ -15,13 +15,7 @@
 Messages name the field and the target's own detail, never a credential.
 """
 
-
-class ProvisioningError(Exception):
-    code = "error"
-
-
-class ConfigError(ProvisioningError):
-    code = "config"
+from models.errors import ConfigError, ProvisioningError  # noqa: F401 (the root of the tree; re-exported)
 
 
 class ConnectorError(ProvisioningError):

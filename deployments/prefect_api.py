@@ -13,12 +13,16 @@ import signal
 import threading
 from typing import Callable
 
+from models.errors import ProvisioningError
+
 DEFAULT_START_TIMEOUT = 300
 _started = threading.Lock()
 
 
-class PrefectUnavailable(RuntimeError):
+class PrefectUnavailable(ProvisioningError, RuntimeError):
     """No Prefect API could be reached or started."""
+
+    code = "prefect_unavailable"
 
 
 def start_timeout() -> int:

@@ -36,6 +36,7 @@ from sqlalchemy import update
 
 from models.config import Config, load_config
 from models.db import session_scope
+from models.errors import ProvisioningError
 from models.locks import LockTimeout, lease
 from models.tables import Lease, ReconciliationRun, utcnow
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
@@ -49,8 +50,10 @@ DRIFT_ROWS_SHOWN = 1000
 LOCK_TTL = 300.0  # seconds; renewed every third of it while the run lives, so only a dead holder lets it lapse
 
 
-class Busy(Exception):
+class Busy(ProvisioningError):
     """Another reconciliation of the connector holds its lease."""
+
+    code = "busy"
 
 
 __all__ = ["Approval", "Decision", "reconcile", "reconcile_all", "reconcile_connector", "run_connector"]

@@ -16,11 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import delete
 
 from models.db import session_scope
+from models.errors import LockTimeout
 from models.tables import Lease, utcnow
-
-
-class LockTimeout(TimeoutError):
-    pass
 
 
 def _owner(run: Optional[str] = None) -> str:

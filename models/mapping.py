@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from models.errors import MappingError
+
 # What a value may refer to: the user as the store holds it, plus `user_name`, the account's
 # username on this connector (after the naming pattern).
 LOCAL_FIELDS = ("id", "username", "user_store", "tenant", "user_name", "email", "given_name", "family_name",
@@ -73,14 +75,6 @@ OWNED = {
 _URN_TARGET = re.compile(r"^(urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:\S+):([A-Za-z][A-Za-z0-9_$-]*)$")
 _GOOGLE_CUSTOM = re.compile(r"^customSchemas\.([A-Za-z][A-Za-z0-9_]{0,99})\.([A-Za-z][A-Za-z0-9_]{0,99})$")
 _SALESFORCE_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
-
-
-class MappingError(ValueError):
-    """A mapping that cannot be used; the message names the target and the value."""
-
-    def __init__(self, message: str, problems: Optional[list[str]] = None):
-        super().__init__(message)
-        self.problems = problems or [message]
 
 
 @dataclass(frozen=True)

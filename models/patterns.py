@@ -2,13 +2,11 @@
 broken one is refused with the position of the mistake instead of surfacing at the first user.
 """
 
+from models.errors import PatternError
+
 TOKENS = ("UN", "UD", "TD", "IDP")
 ALLOWED = "allowed placeholders: {UN} {UD} {TD} {IDP}, written in one pair of braces separated by commas, " \
           "e.g. {UD, UN} (the connector's separator joins them)"
-
-
-class PatternError(ValueError):
-    pass
 
 
 def _error(pattern: str, position: int, what: str) -> PatternError:

@@ -10,11 +10,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator
 
+from models.errors import SecretError
+
 SCHEMES = ("env:", "file:", "prefect-secret:")
-
-
-class SecretError(Exception):
-    """A reference that cannot be resolved (names the reference, never a value)."""
 
 
 def _check(ref: str) -> str:

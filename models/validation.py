@@ -2,13 +2,7 @@
 
 from pydantic import ValidationError
 
-
-class InvalidInput(ValueError):
-    """Input that was refused; `str()` names every bad field and its value."""
-
-    def __init__(self, what: str, problems: list[str]):
-        self.problems = problems
-        super().__init__(f"invalid {what}:\n" + "\n".join(f"  - {p}" for p in problems))
+from models.errors import InvalidInput
 
 
 def escaped(key: str) -> str:

@@ -12,12 +12,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from connectors.probe import check
 from models.capabilities import save
 from models.config import ConnectorConfig
+from models.errors import ProvisioningError
 
 log = logging.getLogger("outbound.capabilities")
 
 
-class NotStored(Exception):
+class NotStored(ProvisioningError):
     """The profiles were found but the store could not keep them."""
+
+    code = "not_stored"
 
 
 def refresh(connectors: Iterable[ConnectorConfig]) -> list[dict[str, Any]]:
