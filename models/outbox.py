@@ -14,10 +14,11 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from models.db import session_scope
+from models.kinds import EventStatus
 from models.locks import acquire_many, new_owner, release_many, run_of
 from models.tables import Event, User, utcnow
 
-UNFINISHED = ("accepted", "running")
+UNFINISHED = (EventStatus.ACCEPTED, EventStatus.RUNNING)
 CLAIM_TTL = 900.0  # seconds: a drain that dies frees its users after this (at once on this machine)
 MAX_ATTEMPTS = 8  # runs that failed for a passing reason before the event is failed for good
 FIRST_RETRY, LAST_RETRY = 30.0, 3600.0  # seconds: 30 s, 1 min, 2 min, … capped at an hour
@@ -30,8 +31,8 @@ def retry_delay(attempts: int) -> float:
 def _claimable(now, named: bool = False):
     """Events a drain may take: new or cut short, and those whose retry is due (any retry, when named)."""
     if named:
-        return Event.status.in_((*UNFINISHED, "retrying"))
-    return Event.status.in_(UNFINISHED) | ((Event.status == "retrying") & (Event.retry_at <= now))
+        return Event.status.in_((*UNFINISHED, EventStatus.RETRYING))
+    return Event.status.in_(UNFINISHED) | ((Event.status == EventStatus.RETRYING) & (Event.retry_at <= now))
 
 
 @dataclass
@@ -95,7 +96,7 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
             batch.names[user_id] = f"{username}@{store}"
             batch.triggers.add(trigger)
         if rows:
-            session.exec(update(Event).where(Event.id.in_([r[0] for r in rows])).values(status="running"))
+            session.exec(update(Event).where(Event.id.in_([r[0] for r in rows])).values(status=EventStatus.RUNNING))
     idle = [_lease(u) for u in held if u not in batch.events]
     if idle:
         release_many(idle, owner)
@@ -115,7 +116,7 @@ def finish(batch: Batch, outcome: dict[str, tuple[str, Optional[str]]]) -> None:
             ids = [e for u in users for e in batch.events.get(u, [])]
             for start in range(0, len(ids), 500):
                 part = ids[start:start + 500]
-                if status != "retrying":
+                if status != EventStatus.RETRYING:
                     session.exec(update(Event).where(Event.id.in_(part))
                                  .values(status=status, error=error, finished_at=now, retry_at=None))
                     continue
@@ -123,10 +124,10 @@ def finish(batch: Batch, outcome: dict[str, tuple[str, Optional[str]]]) -> None:
                     event.attempts += 1
                     event.error = error
                     if event.attempts >= MAX_ATTEMPTS:
-                        event.status, event.finished_at, event.retry_at = "failed", now, None
+                        event.status, event.finished_at, event.retry_at = EventStatus.FAILED, now, None
                         event.error = f"{error} (gave up after {event.attempts} runs)"
                     else:
-                        event.status = "retrying"
+                        event.status = EventStatus.RETRYING
                         event.retry_at = now + timedelta(seconds=retry_delay(event.attempts))
                     session.add(event)
     release(batch)
@@ -139,8 +140,8 @@ def retry_now(event_id: str) -> Optional[str]:
         if event is None:
             return None
         before = event.status
-        if before != "running":
-            event.status, event.retry_at, event.finished_at = "accepted", None, None
+        if before != EventStatus.RUNNING:
+            event.status, event.retry_at, event.finished_at = EventStatus.ACCEPTED, None, None
             session.add(event)
         return before
 
@@ -156,4 +157,5 @@ def waiting_count() -> int:
 
     with session_scope() as session:
         return session.exec(select(func.count()).select_from(Event).where(
-            (Event.status == "accepted") | ((Event.status == "retrying") & (Event.retry_at <= utcnow())))).one()
+            (Event.status == EventStatus.ACCEPTED)
+            | ((Event.status == EventStatus.RETRYING) & (Event.retry_at <= utcnow())))).one()

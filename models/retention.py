@@ -18,11 +18,12 @@ from sqlalchemy import and_, delete, func, not_, select
 
 from models.config import RetentionSettings
 from models.db import session_scope
+from models.kinds import OperationStatus, RunStatus
 from models.runstate import FINAL
 from models.tables import Event, Operation, OperationAttempt, ReconciliationRun, utcnow
 
-OPEN_OPERATIONS = ("running", "retrying")
-OPEN_RECONCILIATIONS = ("running",)  # awaiting-approval ends a CLI run: nothing waits on it
+OPEN_OPERATIONS = (OperationStatus.RUNNING, OperationStatus.RETRYING)
+OPEN_RECONCILIATIONS = (RunStatus.RUNNING,)  # awaiting-approval ends a CLI run: nothing waits on it
 
 
 @dataclass(frozen=True)

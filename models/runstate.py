@@ -6,9 +6,10 @@ from typing import Any, Optional
 
 from sqlmodel import Session, select
 
+from models.kinds import OperationStatus
 from models.tables import Event, Mapping, Operation, utcnow
 
-FINAL = ("succeeded", "failed", "skipped", "abandoned")
+FINAL = (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.SKIPPED, OperationStatus.ABANDONED)
 
 
 def pushed_hash(values: dict[str, Any]) -> str:

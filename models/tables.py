@@ -10,6 +10,8 @@ from uuid import uuid4
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from models.kinds import EventStatus, HealthState, OperationStatus, RunStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -105,7 +107,7 @@ class Event(SQLModel, table=True):
     idp: Optional[str] = Field(default=None, max_length=255)
     user_id: Optional[str] = Field(default=None, max_length=64, index=True)
     payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="accepted", max_length=16, index=True)  # accepted|running|retrying|succeeded|failed
+    status: str = Field(default=EventStatus.ACCEPTED, max_length=16, index=True)  # an EventStatus
     # Runs that ended for a passing reason (a target's 5xx, a quarantine, an orchestrator error):
     # how many, and when the event may be claimed again (status retrying).
     attempts: int = 0
@@ -130,9 +132,9 @@ class Operation(SQLModel, table=True):
     entity_type: str = Field(default="user", max_length=16)
     entity_id: str = Field(max_length=64)
     entity_name: str = Field(max_length=320)
-    action: str = Field(max_length=16)  # provision | deprovision | skip
-    operation: Optional[str] = Field(default=None, max_length=16)  # create|update|link|relink|noop|delete|disable|...
-    status: str = Field(default="running", max_length=16)  # running|retrying|succeeded|failed|skipped|abandoned
+    action: str = Field(max_length=16)  # an Intent
+    operation: Optional[str] = Field(default=None, max_length=16)  # an Action
+    status: str = Field(default=OperationStatus.RUNNING, max_length=16)
     attempts: int = 0
     reason: Optional[str] = Field(default=None, sa_column=Column(Text))
     error_code: Optional[str] = Field(default=None, max_length=64)
@@ -153,7 +155,7 @@ class OperationAttempt(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     operation_id: int = Field(foreign_key="operations.id", index=True)
     number: int
-    status: str = Field(default="running", max_length=16)
+    status: str = Field(default=OperationStatus.RUNNING, max_length=16)
     error_code: Optional[str] = Field(default=None, max_length=64)
     error_message: Optional[str] = Field(default=None, sa_column=Column(Text))
     flow_run_id: Optional[str] = Field(default=None, max_length=64)
@@ -172,8 +174,7 @@ class ReconciliationRun(SQLModel, table=True):
     connector: str = Field(max_length=64)
     flow_run_id: Optional[str] = Field(default=None, max_length=64)
     dry_run: bool = False
-    # running|succeeded|failed|partial|busy|rejected|stopped-by-guard|abandoned (awaiting-approval: older rows)
-    status: str = Field(default="running", max_length=32)
+    status: str = Field(default=RunStatus.RUNNING, max_length=32)
     counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # per plan action
     outcomes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # succeeded/failed/skipped
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
@@ -207,7 +208,7 @@ class ConnectorHealth(SQLModel, table=True):
 
     connector: str = Field(primary_key=True, max_length=64)
     consecutive_failures: int = 0
-    state: str = Field(default="closed", max_length=8)  # closed | open
+    state: str = Field(default=HealthState.CLOSED, max_length=8)
     opened_at: Optional[datetime] = None
     retry_at: Optional[datetime] = None  # when the next probe may go
     backoff: float = 0.0  # seconds of the current wait; grows with every failed probe
