@@ -223,8 +223,9 @@ class ConnectorConfig(Strict):
     # and how many deletes+disables one run may apply unreviewed (None: min(10% of the target, 50)).
     orphans: Literal["report", "disable", "delete"] = "report"
     max_deletions: Optional[int] = Field(default=None, ge=0)
-    # Issue 8: quarantine the connector after this many consecutive transient failures (an auth
-    # failure quarantines at once); its operations then wait with growing back-off.
+    # Quarantine the connector after this many consecutive transient failures (an auth failure
+    # quarantines at once), so a target that is down is not sent calls that cannot succeed; its
+    # operations then wait with growing back-off.
     quarantine_after: int = Field(default=10, ge=1, le=10000)
     quarantine_backoff: QuarantineBackoff = Field(default_factory=QuarantineBackoff)
     scim2: Optional[Scim2Settings] = None

@@ -202,7 +202,7 @@ class Lease(SQLModel, table=True):
 
 
 class ConnectorHealth(SQLModel, table=True):
-    """A connector's health: consecutive failures, and the quarantine they opened (issue 8)."""
+    """A connector's health: consecutive failures, and the quarantine they opened."""
 
     __tablename__ = "connector_health"
 

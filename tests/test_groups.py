@@ -1,4 +1,4 @@
-"""Groups (issue #3, behaviour 4): a connector's `groups` are pushed to the SCIM sandbox and the
+"""Groups: a connector's `groups` are pushed to the SCIM sandbox and the
 user's membership follows the local state: join, leave, lose scope, deletion."""
 
 

@@ -1,4 +1,4 @@
-"""Issue 8, part 4: a target that keeps failing is quarantined, left alone, probed, and recovers by itself."""
+"""A target that keeps failing is quarantined, left alone, probed, and recovers by itself."""
 
 import json
 import os

@@ -239,7 +239,7 @@ def test_migration_0002_upgrades_sqlite_and_postgresql(db_url):
 
     from models.db import current_revision, get_engine
 
-    upgrade(db_url, revision="0002")  # later migrations (of other issues) may follow it
+    upgrade(db_url, revision="0002")  # stop at 0002: the later migrations build on this one
     assert current_revision(db_url) == "0002"
     assert "reconciliation_runs" in inspect(get_engine(db_url, migrate=False)).get_table_names()
     with session_scope(db_url) as session:

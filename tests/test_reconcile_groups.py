@@ -1,4 +1,4 @@
-"""Reconciliation of groups (issue 6, behaviour 2): a connector's configured groups exist in the target and
+"""Reconciliation of groups: a connector's configured groups exist in the target and
 their membership follows the store, as set differences; members we do not manage are left alone."""
 
 import pandas as pd

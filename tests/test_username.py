@@ -13,7 +13,7 @@ from tasks.username import PatternError, build_user_name, parse_pattern, user_na
 
 # (pattern, separator, domain, username, user_store, tenant, idp) -> expected
 PATTERNS = [
-    # The two examples from WSO2's documentation (issue #3).
+    # The two examples in WSO2's documentation: a pattern must name users as WSO2 named them.
     (("{UD, UN, TD, IDP}", "-", None, "user@provisioning.com", "PRIMARY", "carbon.super", "salesforce"),
      "primary-user@provisioning.com-carbon.super-salesforce"),
     (("{UN,TD}", "_", "testmail.com", "testUser", "PRIMARY", "TestTenant.com", None),

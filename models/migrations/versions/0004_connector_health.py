@@ -1,4 +1,4 @@
-"""connector health: consecutive failures and quarantine per connector (issue 8)
+"""connector health: consecutive failures and quarantine per connector, kept in the store so every worker sees it
 
 Revision ID: 0004
 Revises: 0003
