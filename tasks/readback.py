@@ -15,7 +15,7 @@ from connectors.factory import get_connector
 from models.config import Config
 from models.db import session_scope
 from models.runstate import record_operations
-from tasks import health
+from tasks import health, retry
 from tasks.apply import apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import make_plan
@@ -56,4 +56,5 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
 def reconcile(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
               run_id: str) -> Optional[dict]:
     """Read the batch's accounts back and fix what differs from the desired state."""
-    return verify_batch(connector_name, outcomes, events, config, run_id)
+    return retry.run_task(lambda: verify_batch(connector_name, outcomes, events, config, run_id), config.retry,
+                          f"connector={connector_name} read-back")
