@@ -24,7 +24,7 @@ from models.runstate import get_event
 from tasks.explain import attach_explanation
 from tasks.policy import resolve_policy
 from tasks.provision import Outcome, provision
-from tasks.reconcile import reconcile
+from tasks.readback import reconcile
 from tasks.retry import task_options
 from tasks.username import generate_username
 

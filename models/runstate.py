@@ -4,6 +4,7 @@ import hashlib
 import json
 from typing import Any, Optional
 
+from sqlalchemy import insert
 from sqlmodel import Session, select
 
 from models.kinds import OperationStatus
@@ -52,6 +53,11 @@ def record(session: Session, **fields) -> Operation:
     session.add(op)
     session.flush()
     return op
+
+
+def record_operations(session: Session, rows: list[dict]) -> None:
+    """Insert operation rows in bulk."""
+    session.exec(insert(Operation), params=rows)
 
 
 def operations_of_event(session: Session, event_id: str) -> list[Operation]:

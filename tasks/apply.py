@@ -9,8 +9,6 @@ run: the plan finds the account by its externalId and links it. Every try of a r
 
 import inspect
 import logging
-import random
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -19,13 +17,14 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import delete, insert
 
 from connectors.base import Account, BatchOp
-from connectors.errors import AlreadyExists, ConnectorError, TransientError
-from connectors.outcome import group_created, known_not_applied, unless_applied
+from connectors.errors import AlreadyExists, ConnectorError
+from connectors.outcome import group_created, unless_applied
 from models.config import ConnectorConfig, RetryPolicy
 from models.db import session_scope
 from models.runstate import pushed_hash
 from models.tables import Mapping, Operation, OperationAttempt, utcnow
-from tasks.retry import delays
+from tasks import retry
+from tasks.retry import Tries
 
 log = logging.getLogger("outbound.apply")
 
@@ -87,42 +86,12 @@ def _send_all(connector, ops: list[BatchOp], workers: int) -> list[Any]:
         return [exc] * len(ops)
 
 
-@dataclass
-class Tries:
-    """What each try of one row met: (started, finished, error or None), in order."""
-
-    history: list[list[tuple]] = field(default_factory=list)
-
-    def count(self, i: int) -> int:
-        return len(self.history[i])
-
-
 def _with_retries(connector, ops: list[BatchOp], workers: int, policy: RetryPolicy) -> tuple[list[Any], Tries]:
     """Send ops; re-send the transiently failed ones by the retry policy. Return results and every try."""
-    started = utcnow()
-    results = _send_all(connector, ops, workers)
-    finished = utcnow()
-    tries = Tries([[(started, finished, r if isinstance(r, BaseException) else None)] for r in results])
-    for delay in delays(policy)[:policy.attempts - 1]:
-        again = [i for i, r in enumerate(results) if isinstance(r, TransientError)]
-        if not again:
-            break
-        wait = max([delay * (1 - policy.jitter * random.random())] +
-                   [min(results[i].retry_after or 0, policy.max_delay) for i in again])
-        log.info("connector=%s retrying=%d attempt=%d wait=%.2fs first_error=%s", connector.name, len(again),
-                 tries.count(again[0]) + 1, wait, results[again[0]])
-        time.sleep(wait)
-        started = utcnow()
-        # The answer may have been lost after the target applied the op: look before resending.
-        again = unless_applied(connector, ops, results, again)
-        if not again:
-            continue
-        answers = _send_all(connector, [ops[i] for i in again], workers)
-        finished = utcnow()
-        for i, result in zip(again, answers):
-            results[i] = result
-            tries.history[i].append((started, finished, result if isinstance(result, BaseException) else None))
-    return results, tries
+    # The answer may have been lost after the target applied the op: look before resending.
+    return retry.run_batch(lambda batch: _send_all(connector, batch, workers), ops, policy,
+                           look=lambda items, results, again: unless_applied(connector, items, results, again),
+                           label=f"connector={connector.name}", logger=log)
 
 
 def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple]]) -> list[dict]:
@@ -341,33 +310,6 @@ def _local_group(name: str) -> tuple[str, str]:
         return group.id, group.name
 
 
-def _retried(call: Callable[[], Any], policy: RetryPolicy, look: Callable[[], Any]) -> tuple[Any, int]:
-    """Run `call`, again after each transient failure by the retry policy; return (result, tries).
-
-    Before each resend `look` reads the target: a result other than None means the lost try applied
-    and stands for the call's own. The last error is raised when the tries run out.
-    """
-    tries = 0
-    error: Optional[TransientError] = None
-    for delay in [0.0, *delays(policy)[:policy.attempts - 1]]:
-        if error is not None:
-            wait = delay * (1 - policy.jitter * random.random())
-            time.sleep(max(wait, min(error.retry_after or 0, policy.max_delay)))
-            if not known_not_applied(error):
-                try:
-                    found = look()
-                except ConnectorError:
-                    found = None
-                if found is not None:
-                    return found, tries
-        tries += 1
-        try:
-            return call(), tries
-        except TransientError as exc:
-            error = exc
-    raise error
-
-
 def _members_in_effect(connector, group_remote_id: str, member_ids: list[str], present: bool) -> Optional[bool]:
     """True when every one of `member_ids` is (present) or is not (not present) in the group; else None."""
     have = connector.get_group(group_remote_id).member_ids
@@ -414,8 +356,8 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
             if not dry_run:
                 try:
                     group_id = _local_group(name)[0]  # a configured group nobody has joined yet
-                    created, tries = _retried(lambda: connector.create_group(name, [], external_id=group_id), policy,
-                                              lambda: group_created(connector, name, group_id))
+                    created, tries = retry.run(lambda: connector.create_group(name, [], external_id=group_id), policy,
+                                               look=lambda: group_created(connector, name, group_id))
                     group_remote_id = created.id
                 except ConnectorError as exc:
                     failed = exc
@@ -436,7 +378,7 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
             if error is None and not dry_run:
                 ids = [r["remote_id"] or members[r["local_id"]] for r in todo]
                 try:
-                    _, tries = _retried(lambda: call(group_remote_id, ids), policy, lambda: _members_in_effect(
+                    _, tries = retry.run(lambda: call(group_remote_id, ids), policy, look=lambda: _members_in_effect(
                         connector, group_remote_id, ids, present=action == "member_add"))
                 except ConnectorError as exc:
                     error = exc

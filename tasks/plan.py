@@ -605,7 +605,13 @@ def plan_task(connector_name: str, config: Config, dry_run: bool = False) -> Pla
     """Snapshot the target and the desired state, and diff them into a plan."""
     from connectors.factory import get_connector
     from models.db import session_scope
+    from tasks import retry
 
     cfg = config.connector(connector_name)
-    with session_scope() as session:
-        return make_plan(config, cfg, get_connector(cfg, dry_run=dry_run), session)
+
+    def snapshot() -> Plan:
+        with session_scope() as session:
+            return make_plan(config, cfg, get_connector(cfg, dry_run=dry_run), session)
+
+    # Listing is a read: a transient failure of the target lists again, by the retry policy.
+    return retry.run_task(snapshot, config.retry, f"connector={cfg.name} plan")

@@ -22,7 +22,7 @@ from models.config import Config
 from models.db import session_scope
 from models.locks import LockTimeout
 from models.tables import Mapping, Operation, OperationAttempt, utcnow
-from tasks import health
+from tasks import health, retry
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
@@ -240,4 +240,6 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
 def provision(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
               run_id: str) -> list[Outcome]:
     """Create, update, link, disable or delete the batch's accounts on one connector."""
-    return provision_batch(connector_name, state, events, config, run_id)
+    # Each failed try is recorded (an operation and its attempt per user) before the runner waits.
+    return retry.run_task(lambda: provision_batch(connector_name, state, events, config, run_id), config.retry,
+                          f"connector={connector_name} provision")

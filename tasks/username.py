@@ -135,8 +135,13 @@ def generate_username(connector_name: str, user_ids: list[str], config: Config):
     """The batch's desired accounts on one connector: policy, pattern, collisions, the target's rules."""
     from connectors.factory import get_connector
     from models.db import session_scope
+    from tasks import retry
     from tasks.plan import desired_state  # the plan reads the store; this module stays pure
 
     cfg = config.connector(connector_name)
-    with session_scope() as session:
-        return desired_state(session, config, cfg, user_ids, check_name=get_connector(cfg).check_user_name)
+
+    def names():
+        with session_scope() as session:
+            return desired_state(session, config, cfg, user_ids, check_name=get_connector(cfg).check_user_name)
+
+    return retry.run_task(names, config.retry, f"connector={cfg.name} generate-username")

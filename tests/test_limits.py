@@ -34,7 +34,7 @@ class ConcurrencyCounter:
         self._lock = threading.Lock()
 
     def __call__(self, environ, start_response):
-        # Every request counts: the read-back after provisioning takes a slot too (tasks/reconcile.py).
+        # Every request counts: the read-back after provisioning takes a slot too (tasks/readback.py).
         counted = True
         if counted:
             with self._lock:

@@ -1,4 +1,4 @@
-"""reconcile (a batch): read the accounts back after provisioning, and fix any drift once.
+"""Read-back, the event flow's `reconcile` step: read a batch's accounts back, and fix any drift once.
 
 The read-back is the plan again, for the users just provisioned: their accounts as the target now
 holds them against the desired state. A target that dropped or rewrote a value shows as plan rows,
@@ -10,13 +10,12 @@ from typing import Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import insert
 
 from connectors.factory import get_connector
 from models.config import Config
 from models.db import session_scope
-from models.tables import Operation
-from tasks import health
+from models.runstate import record_operations
+from tasks import health, retry
 from tasks.apply import apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import make_plan
@@ -48,12 +47,14 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
                             remote_name=by_user[u].remote_name, drift=drift.get(u), flow_run_id=flow_run_id)
               for u in users]
     with session_scope() as session:
-        session.exec(insert(Operation), params=event_rows(checks, events, run_id))
+        record_operations(session, event_rows(checks, events, run_id))
     return drift
 
 
+# The DAG's step is named `reconcile` (resolve-policy → generate-username → provision → reconcile).
 @task(name="reconcile", task_run_name="reconcile {connector_name}", cache_policy=NO_CACHE)
 def reconcile(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
               run_id: str) -> Optional[dict]:
     """Read the batch's accounts back and fix what differs from the desired state."""
-    return verify_batch(connector_name, outcomes, events, config, run_id)
+    return retry.run_task(lambda: verify_batch(connector_name, outcomes, events, config, run_id), config.retry,
+                          f"connector={connector_name} read-back")
