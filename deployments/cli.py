@@ -172,20 +172,13 @@ def runs(status: Optional[str] = typer.Option(None, help="Only operations with t
          wide: bool = typer.Option(False, "--wide", help="Every field (event, action, tries, flow run), one block each."),
          config: Optional[Path] = ConfigOption) -> None:
     """List recorded operations, newest first: who, what, the outcome, the remote id and the reason."""
-    from sqlmodel import select
-
     from deployments.commands_reconcile import action_name
     from deployments.tables import console, table
     from models.db import session_scope
-    from models.tables import Operation
+    from models.runstate import recent_operations
 
     with session_scope() as session:
-        query = select(Operation).order_by(Operation.id.desc()).limit(limit)
-        if status:
-            query = query.where(Operation.status == status)
-        if connector:
-            query = query.where(Operation.connector == connector)
-        rows = [op.model_dump(mode="json") for op in session.exec(query)]
+        rows = [op.model_dump(mode="json") for op in recent_operations(session, limit, status, connector)]
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))

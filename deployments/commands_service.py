@@ -66,21 +66,6 @@ def setup(config: Optional[Path] = ConfigOption) -> None:
 
 # --- status ----------------------------------------------------------------------------------
 
-def _reconciliations(session) -> dict[str, dict]:
-    """The last reconciliation per connector, if the reconciliation_runs table exists."""
-    from sqlalchemy import MetaData, Table, inspect
-
-    bind = session.get_bind()
-    if not inspect(bind).has_table("reconciliation_runs"):
-        return {}
-    runs = Table("reconciliation_runs", MetaData(), autoload_with=bind)
-    last: dict[str, dict] = {}
-    for row in session.execute(runs.select().order_by(runs.c.started_at.desc()).limit(1000)).mappings():
-        if row["connector"] not in last:
-            last[row["connector"]] = dict(row)
-    return last
-
-
 def _as_dict(value) -> dict:
     if isinstance(value, str):
         try:
@@ -128,20 +113,15 @@ def guard_line(connector: str, run: dict) -> Optional[str]:
 
 def status_summary(names: list[str]) -> dict:
     """Per connector: last reconciliation, operations failed in the last day; and the oldest unfinished event."""
-    from sqlmodel import func, select
-
     from models.db import session_scope
-    from models.tables import Event, Operation
+    from models.runstate import failures_by_connector, last_reconciliations, oldest_unfinished_event, unfinished_count
 
     since = datetime.now(timezone.utc) - timedelta(days=1)
     with session_scope() as session:
-        last = _reconciliations(session)
-        failed = dict(session.exec(select(Operation.connector, func.count()).where(
-            Operation.status == "failed", Operation.started_at >= since).group_by(Operation.connector)).all())
-        oldest = session.exec(select(Event).where(Event.status.in_(("accepted", "running")))
-                              .order_by(Event.received_at).limit(1)).first()
-        unfinished = session.exec(select(func.count()).select_from(Event)
-                                  .where(Event.status.in_(("accepted", "running")))).one()
+        last = last_reconciliations(session)
+        failed = failures_by_connector(session, since)
+        oldest = oldest_unfinished_event(session)
+        unfinished = unfinished_count(session)
     from tasks.health import all_health, as_dict  # issue 8: quarantine state per connector
 
     health = all_health()

@@ -148,16 +148,14 @@ def _failed(name: str, exc: BaseException, batch: Batch, logger) -> list[Outcome
 
 
 def _record_failures(outcomes: list[Outcome], batch: Batch, run_id: str) -> None:
-    from sqlalchemy import insert
-
-    from models.tables import Operation
+    from models.runstate import record_operations
     from tasks.apply import event_rows, operation_row
 
     rows = [operation_row(o.connector, o.user_id, o.entity_name, o.action, status="failed", reason=o.reason,
                           error_code=o.code, error_message=o.error.partition(": ")[2],
                           flow_run_id=str(flow_run.id) if flow_run.id else None) for o in outcomes]
     with session_scope() as session:
-        session.exec(insert(Operation), params=event_rows(rows, batch.events, run_id))
+        record_operations(session, event_rows(rows, batch.events, run_id))
 
 
 def event_status(outcomes: list[Outcome]) -> tuple[str, Optional[str]]:

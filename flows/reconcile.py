@@ -21,7 +21,6 @@ import re
 import threading
 from collections import deque
 from contextlib import ExitStack, contextmanager
-from datetime import timedelta
 from typing import Iterator, Optional
 
 from prefect import flow, get_run_logger, tags
@@ -32,13 +31,10 @@ from prefect.flow_runs import pause_flow_run
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Failed, State
 
-from sqlalchemy import update
-
 from models.config import Config, load_config
-from models.db import session_scope
 from models.errors import ProvisioningError
-from models.locks import LockTimeout, lease
-from models.tables import Lease, ReconciliationRun, utcnow
+from models.locks import LockTimeout, lease, renew_lease
+from models.runstate import abandon_stale_runs, finish_run, start_run
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
 from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision, approval_description, cli_user,
@@ -100,10 +96,7 @@ async def _label_run(suffix: Optional[str] = None, add_tags: tuple[str, ...] = (
 
 def _keep_alive(name: str, owner: str, stop: threading.Event) -> None:
     while not stop.wait(LOCK_TTL / 3):
-        with session_scope() as session:
-            renewed = session.exec(update(Lease).where(Lease.name == name, Lease.owner == owner)
-                                   .values(expires_at=utcnow() + timedelta(seconds=LOCK_TTL))).rowcount
-        if not renewed:
+        if not renew_lease(name, owner, LOCK_TTL):
             logging.getLogger("outbound.reconcile").warning("lease=%s lost: expired and taken over", name)
             return
 
@@ -132,30 +125,6 @@ def reconcile_lock(connector: str, wait: float) -> Iterator[str]:
         finally:
             stop.set()
             keeper.join()
-
-
-def _abandon_stale_runs(connector: str) -> int:
-    """Mark runs of `connector` still `running` as abandoned: we hold its lease, so their process is gone."""
-    with session_scope() as session:
-        return session.exec(update(ReconciliationRun)
-                            .where(ReconciliationRun.connector == connector, ReconciliationRun.status == "running")
-                            .values(status="abandoned", finished_at=utcnow(),
-                                    error="interrupted: the process ended before the run finished")).rowcount
-
-
-def _start_run(connector: str, dry_run: bool) -> str:
-    with session_scope() as session:
-        run = ReconciliationRun(connector=connector, dry_run=dry_run,
-                                flow_run_id=str(flow_run.id) if flow_run.id else None)
-        session.add(run)
-        return run.id
-
-
-def _finish_run(run_id: str, status: str, counts: dict, outcomes: dict, error: Optional[str] = None) -> None:
-    with session_scope() as session:
-        run = session.get(ReconciliationRun, run_id)
-        run.status, run.counts, run.outcomes, run.error, run.finished_at = status, counts, outcomes, error, utcnow()
-        session.add(run)
 
 
 def _plan_artifacts(plan: Plan, dry_run: bool) -> Optional[str]:
@@ -248,7 +217,8 @@ async def run_connector(config: Config, connector: str, dry_run: bool = False, y
     cfg = config.connector(connector)
     try:
         with reconcile_lock(cfg.name, lock_wait):
-            abandoned = _abandon_stale_runs(cfg.name)
+            # We hold the connector's lease, so the process of any run still `running` is gone.
+            abandoned = abandon_stale_runs(cfg.name)
             if abandoned:
                 logger.warning("connector=%s marked %d interrupted run(s) abandoned", cfg.name, abandoned)
             return await _run_locked(config, cfg.name, dry_run, yes, report, chunk_size)
@@ -264,12 +234,12 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
                       chunk_size: int) -> dict:
     logger = get_run_logger()
     cfg = config.connector(connector)
-    run_id = _start_run(cfg.name, dry_run)
+    run_id = start_run(cfg.name, dry_run, str(flow_run.id) if flow_run.id else None)
     try:
         # Listing is a read: retried by the one retry policy when the target fails transiently.
         plan = plan_task.with_options(**task_options(config.retry))(cfg.name, config, dry_run)
     except Exception as exc:
-        _finish_run(run_id, "failed", {}, {}, f"{type(exc).__name__}: {exc}")
+        finish_run(run_id, "failed", {}, {}, f"{type(exc).__name__}: {exc}")
         raise
     counts = plan.counts()
     logger.info("connector=%s %s", cfg.name, plan.summary())
@@ -308,7 +278,7 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
         result["decision"] = decision
         if decision["decision"] in (REJECTED, STOPPED):
             status = "rejected" if decision["decision"] == REJECTED else STOPPED_BY_GUARD
-            _finish_run(run_id, status, counts, {}, message)
+            finish_run(run_id, status, counts, {}, message)
             _summary_artifact(plan, status, Counts(skipped=len(plan.rows) + len(plan.group_rows)), dry_run, decision)
             await _label_run("rejected" if status == "rejected" else "stopped by guard")
             return {**result, "status": status, "outcomes": {"succeeded": 0, "failed": 0, "skipped": 0},
@@ -317,7 +287,7 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
 
     outcome = _apply(plan, config, run_id, dry_run, chunk_size)
     status = "failed" if outcome.failed and not outcome.succeeded else "partial" if outcome.failed else "succeeded"
-    _finish_run(run_id, status, counts, outcome.as_dict())
+    finish_run(run_id, status, counts, outcome.as_dict())
     _summary_artifact(plan, status, outcome, dry_run, decision)
     if dry_run:
         logger.info("connector=%s dry run finished, nothing written: would apply %d, would fail %d, skipped %d",
@@ -336,7 +306,7 @@ async def _ask_approval(plan: Plan, run_id: str, message: str, digest: str, drif
     try:
         answer = await pause_flow_run(wait_for_input=form, timeout=24 * 3600, poll_interval=5)
     except Exception as exc:  # no answer within the timeout: the run fails, the row must not stay `running`
-        _finish_run(run_id, "failed", plan.counts(), {}, f"no decision: {type(exc).__name__}: {exc}")
+        finish_run(run_id, "failed", plan.counts(), {}, f"no decision: {type(exc).__name__}: {exc}")
         raise
     if answer.decision == Decision.approve:
         logger.info("connector=%s approved by %s: %s (plan sha256 %s)", plan.connector, answer.approver,

@@ -13,24 +13,11 @@ indexed query, done first; the run then renames itself after what it found (`swe
 overdue`, `sweep: 3 overdue events`), so the empty ones are recognisable at a glance.
 """
 
-from datetime import timedelta
 from typing import Optional
 
 from prefect import flow, get_run_logger, tags
-from sqlmodel import select
 
-from models.db import session_scope
-from models.outbox import UNFINISHED
-from models.tables import Event, utcnow
-
-def stuck_events(older_than_seconds: float, limit: int = 100) -> list[tuple[str, str]]:
-    """(id, trigger) of unfinished events received more than `older_than_seconds` ago, oldest first."""
-    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
-    with session_scope() as session:
-        rows = session.exec(select(Event.id, Event.trigger).where(Event.status.in_(UNFINISHED),
-                                                                  Event.received_at <= cutoff)
-                            .order_by(Event.received_at).limit(limit))
-        return [(r[0], r[1]) for r in rows]
+from models.runstate import stuck_events
 
 
 async def _name_run(name: str) -> None:

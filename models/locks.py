@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Iterator, Optional
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import delete
+from sqlmodel import delete, update
 
 from models.db import session_scope
 from models.errors import LockTimeout
@@ -125,3 +125,10 @@ def release_many(names: list[str], owner: str) -> None:
 
 def new_owner(run: Optional[str] = None) -> str:
     return _owner(run)
+
+
+def renew_lease(name: str, owner: str, ttl: float) -> bool:
+    """Push the expiry of `owner`'s lease `name` to `ttl` seconds from now; False when it is no longer held."""
+    with session_scope() as session:
+        return bool(session.exec(update(Lease).where(Lease.name == name, Lease.owner == owner)
+                                 .values(expires_at=utcnow() + timedelta(seconds=ttl))).rowcount)

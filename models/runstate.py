@@ -1,14 +1,17 @@
-"""Run state: mappings (local id ↔ remote id), operations and their attempts, the outbox."""
+"""Run state: mappings (local id ↔ remote id), operations and their attempts, reconciliation runs, the outbox."""
 
 import hashlib
 import json
-from typing import Any, Optional
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Optional
 
-from sqlalchemy import insert
+from sqlalchemy import MetaData, Table, delete, func, inspect, insert, update
 from sqlmodel import Session, select
 
+from models.db import session_scope
 from models.kinds import OperationStatus
-from models.tables import Event, Mapping, Operation, utcnow
+from models.outbox import UNFINISHED
+from models.tables import Event, Mapping, Operation, OperationAttempt, ReconciliationRun, utcnow
 
 FINAL = (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.SKIPPED, OperationStatus.ABANDONED)
 
@@ -33,16 +36,71 @@ def connectors_of_users(session: Session, local_ids: list[str]) -> dict[str, set
     return out
 
 
-def save_mapping(session: Session, connector: str, local_id: str, remote_id: str, remote_name: str,
-                 values_hash: Optional[str], entity_type: str = "user") -> Mapping:
-    mapping = get_mapping(session, connector, local_id, entity_type)
-    if mapping is None:
-        mapping = Mapping(connector=connector, entity_type=entity_type, local_id=local_id,
-                          remote_id=remote_id, remote_name=remote_name)
-    mapping.remote_id, mapping.remote_name, mapping.pushed_hash = remote_id, remote_name, values_hash
-    mapping.updated_at = utcnow()
-    session.add(mapping)
-    return mapping
+def link_accounts(session: Session, connector: str, links: list[dict], entity_type: str = "user") -> None:
+    """Link each local id to its account (`local_id`, `remote_id`, `remote_name`, `pushed_hash`), replacing
+    any link either side had, in two bulk statements."""
+    if not links:
+        return
+    now = utcnow()
+    rows = [{"connector": connector, "entity_type": entity_type, "created_at": now, "updated_at": now, **link}
+            for link in links]
+    session.exec(delete(Mapping).where(Mapping.connector == connector, Mapping.entity_type == entity_type,
+                                       Mapping.local_id.in_([r["local_id"] for r in rows])
+                                       | Mapping.remote_id.in_([r["remote_id"] for r in rows])))
+    session.exec(insert(Mapping), params=rows)
+
+
+def unlink_users(session: Session, connector: str, local_ids: list[str]) -> None:
+    """Drop the links of these local users on `connector` (their accounts are gone)."""
+    session.exec(delete(Mapping).where(Mapping.connector == connector, Mapping.entity_type == "user",
+                                       Mapping.local_id.in_(local_ids)))
+
+
+def unlink_accounts(session: Session, connector: str, remote_ids: list[str]) -> None:
+    """Drop the links to these accounts of `connector` (they were deleted)."""
+    session.exec(delete(Mapping).where(Mapping.connector == connector, Mapping.entity_type == "user",
+                                       Mapping.remote_id.in_(remote_ids)))
+
+
+def owner_of_account(session: Session, connector: str, remote_id: str) -> Optional[str]:
+    """The local user the account `remote_id` of `connector` is linked to, if any."""
+    return session.exec(select(Mapping.local_id).where(
+        Mapping.connector == connector, Mapping.entity_type == "user", Mapping.remote_id == remote_id)).first()
+
+
+def accounts_of(session: Session, connector: str, local_ids: list[str]) -> dict[str, str]:
+    """Local user id -> remote id of the linked ones among `local_ids`."""
+    return dict(session.exec(select(Mapping.local_id, Mapping.remote_id).where(
+        Mapping.connector == connector, Mapping.entity_type == "user", Mapping.local_id.in_(local_ids))).all())
+
+
+def user_links(session: Session, connector: str, local_ids: Optional[list[str]] = None,
+               names: Iterable[str] = ()) -> list[tuple[str, str, str]]:
+    """(local_id, remote_id, remote_name) of the connector's user links: all, or those of `local_ids`
+    and those holding one of `names` (lower case)."""
+    query = select(Mapping.local_id, Mapping.remote_id, Mapping.remote_name).where(
+        Mapping.connector == connector, Mapping.entity_type == "user")
+    if local_ids is not None:
+        query = query.where(Mapping.local_id.in_(local_ids) | func.lower(Mapping.remote_name).in_(names))
+    return list(session.exec(query))
+
+
+def links_of_accounts(session: Session, connector: str, remote_ids: list[str]) -> list[tuple[str, str, str]]:
+    """(local_id, remote_id, remote_name) of the user links to the accounts `remote_ids`."""
+    return list(session.exec(select(Mapping.local_id, Mapping.remote_id, Mapping.remote_name).where(
+        Mapping.connector == connector, Mapping.entity_type == "user", Mapping.remote_id.in_(remote_ids))))
+
+
+def count_user_links(session: Session, connector: str) -> int:
+    """How many users are linked to an account of `connector`."""
+    return session.exec(select(func.count()).select_from(Mapping).where(
+        Mapping.connector == connector, Mapping.entity_type == "user")).one()
+
+
+def group_links(session: Session, connector: str) -> dict[str, str]:
+    """Local group id -> remote group id, for the groups linked on `connector`."""
+    return dict(session.exec(select(Mapping.local_id, Mapping.remote_id)
+                             .where(Mapping.connector == connector, Mapping.entity_type == "group")).all())
 
 
 # --- operations ----------------------------------------------------------------------------
@@ -55,16 +113,123 @@ def record(session: Session, **fields) -> Operation:
     return op
 
 
-def record_operations(session: Session, rows: list[dict]) -> None:
-    """Insert operation rows in bulk."""
-    session.exec(insert(Operation), params=rows)
+def record_operations(session: Session, rows: list[dict], *, ids: bool = False) -> list[int]:
+    """Insert operation rows in bulk; with `ids`, return their ids in the order given."""
+    if not ids:
+        session.exec(insert(Operation), params=rows)
+        return []
+    return session.exec(insert(Operation).returning(Operation.id, sort_by_parameter_order=True),
+                        params=rows).scalars().all()
+
+
+def record_attempts(session: Session, rows: list[dict]) -> None:
+    """Insert operation attempt rows in bulk."""
+    session.exec(insert(OperationAttempt), params=rows)
 
 
 def operations_of_event(session: Session, event_id: str) -> list[Operation]:
     return list(session.exec(select(Operation).where(Operation.event_id == event_id).order_by(Operation.id)))
 
 
+def operations_but_verifications(session: Session) -> Iterable[Operation]:
+    """Every operation except the read-back verifications."""
+    return session.exec(select(Operation).where(Operation.action != "verify"))
+
+
+def recent_operations(session: Session, limit: int, status: Optional[str] = None,
+                      connector: Optional[str] = None) -> list[Operation]:
+    """The latest `limit` operations, newest first, of `status` and `connector` when given."""
+    query = select(Operation).order_by(Operation.id.desc()).limit(limit)
+    if status:
+        query = query.where(Operation.status == status)
+    if connector:
+        query = query.where(Operation.connector == connector)
+    return list(session.exec(query))
+
+
+def last_operation(session: Session, connector: str, user_id: str) -> Optional[Operation]:
+    """The user's latest operation on `connector` other than a verification."""
+    return session.exec(select(Operation).where(Operation.connector == connector, Operation.entity_id == user_id,
+                                                Operation.entity_type == "user", Operation.action != "verify")
+                        .order_by(Operation.id.desc())).first()
+
+
+def recent_flow_runs(session: Session, connector: str, user_id: str, scan: int = 50) -> Iterable[str]:
+    """Flow run ids of the user's latest `scan` operations on `connector` that have one, newest first."""
+    return session.exec(select(Operation.flow_run_id).where(
+        Operation.connector == connector, Operation.entity_id == user_id, Operation.flow_run_id.is_not(None))
+        .order_by(Operation.id.desc()).limit(scan))
+
+
+def failures_by_connector(session: Session, since: datetime) -> dict[str, int]:
+    """Connector -> operations failed since `since`."""
+    return dict(session.exec(select(Operation.connector, func.count()).where(
+        Operation.status == "failed", Operation.started_at >= since).group_by(Operation.connector)).all())
+
+
+# --- reconciliation runs -------------------------------------------------------------------
+
+def start_run(connector: str, dry_run: bool, flow_run_id: Optional[str]) -> str:
+    """Record a reconciliation of `connector` as running; return its id."""
+    with session_scope() as session:
+        run = ReconciliationRun(connector=connector, dry_run=dry_run, flow_run_id=flow_run_id)
+        session.add(run)
+        return run.id
+
+
+def finish_run(run_id: str, status: str, counts: dict, outcomes: dict, error: Optional[str] = None) -> None:
+    """Record how the reconciliation `run_id` ended."""
+    with session_scope() as session:
+        run = session.get(ReconciliationRun, run_id)
+        run.status, run.counts, run.outcomes, run.error, run.finished_at = status, counts, outcomes, error, utcnow()
+        session.add(run)
+
+
+def abandon_stale_runs(connector: str) -> int:
+    """Mark runs of `connector` still `running` as abandoned; return how many."""
+    with session_scope() as session:
+        return session.exec(update(ReconciliationRun)
+                            .where(ReconciliationRun.connector == connector, ReconciliationRun.status == "running")
+                            .values(status="abandoned", finished_at=utcnow(),
+                                    error="interrupted: the process ended before the run finished")).rowcount
+
+
+def last_reconciliations(session: Session) -> dict[str, dict]:
+    """The last reconciliation per connector, if the reconciliation_runs table exists."""
+    bind = session.get_bind()
+    if not inspect(bind).has_table("reconciliation_runs"):
+        return {}
+    runs = Table("reconciliation_runs", MetaData(), autoload_with=bind)
+    last: dict[str, dict] = {}
+    for row in session.execute(runs.select().order_by(runs.c.started_at.desc()).limit(1000)).mappings():
+        if row["connector"] not in last:
+            last[row["connector"]] = dict(row)
+    return last
+
+
 # --- events --------------------------------------------------------------------------------
 
 def get_event(session: Session, event_id: str) -> Optional[Event]:
     return session.get(Event, event_id)
+
+
+def stuck_events(older_than_seconds: float, limit: int = 100) -> list[tuple[str, str]]:
+    """(id, trigger) of unfinished events received more than `older_than_seconds` ago, oldest first."""
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    with session_scope() as session:
+        rows = session.exec(select(Event.id, Event.trigger).where(Event.status.in_(UNFINISHED),
+                                                                  Event.received_at <= cutoff)
+                            .order_by(Event.received_at).limit(limit))
+        return [(r[0], r[1]) for r in rows]
+
+
+def oldest_unfinished_event(session: Session) -> Optional[Event]:
+    """The event accepted or running the longest."""
+    return session.exec(select(Event).where(Event.status.in_(("accepted", "running")))
+                        .order_by(Event.received_at).limit(1)).first()
+
+
+def unfinished_count(session: Session) -> int:
+    """How many events are accepted or running."""
+    return session.exec(select(func.count()).select_from(Event)
+                        .where(Event.status.in_(("accepted", "running")))).one()

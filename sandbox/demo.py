@@ -45,14 +45,12 @@ def _drain(config_path: str) -> tuple[int, float]:
 
 
 def summary(database: str) -> list[dict]:
-    from sqlmodel import select
-
     from models.db import session_scope
-    from models.tables import Operation
+    from models.runstate import operations_but_verifications
 
     counts: dict[str, Counter] = {}
     with session_scope(database) as session:
-        for op in session.exec(select(Operation).where(Operation.action != "verify")):
+        for op in operations_but_verifications(session):
             c = counts.setdefault(op.connector, Counter())
             if op.status == "failed":
                 c["failed"] += 1

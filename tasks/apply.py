@@ -14,15 +14,15 @@ from typing import Any, Callable, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import delete, insert
 
 from connectors.base import Account, BatchOp
 from connectors.errors import AlreadyExists, ConnectorError
 from connectors.outcome import group_created, unless_applied
 from models.config import ConnectorConfig, RetryPolicy
 from models.db import session_scope
-from models.runstate import pushed_hash
-from models.tables import Mapping, Operation, OperationAttempt, utcnow
+from models.runstate import (accounts_of, link_accounts, owner_of_account, pushed_hash, record_attempts,
+                             record_operations, unlink_accounts)
+from models.tables import utcnow
 from tasks import retry
 from tasks.retry import Tries
 
@@ -126,11 +126,8 @@ def _adopt(connector, cfg: ConnectorConfig, row: dict) -> Optional[Account]:
         return None
     if found is None or (found.external_id and found.external_id != row["local_id"]):
         return None
-    from sqlmodel import select
-
     with session_scope() as session:
-        owner = session.exec(select(Mapping.local_id).where(
-            Mapping.connector == cfg.name, Mapping.entity_type == "user", Mapping.remote_id == found.id)).first()
+        owner = owner_of_account(session, cfg.name, found.id)
     return found if owner in (None, row["local_id"]) else None
 
 
@@ -198,18 +195,14 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
                 remote_id = result.id
             if action in MAPPED and row["local_id"] and remote_id:
                 account = accounts[row["local_id"]]
-                new_maps.append({"connector": cfg.name, "entity_type": "user", "local_id": row["local_id"],
-                                 "remote_id": remote_id, "remote_name": account.user_name,
-                                 "pushed_hash": pushed_hash(account.managed()), "created_at": now,
-                                 "updated_at": now})
+                new_maps.append({"local_id": row["local_id"], "remote_id": remote_id,
+                                 "remote_name": account.user_name, "pushed_hash": pushed_hash(account.managed())})
             elif kind in UNMAPPED and remote_id:
                 gone_remote.append(remote_id)
             elif kind == "update" and "user_name" in (row["changes"] or {}) and row["local_id"] in accounts:
                 account = accounts[row["local_id"]]  # a rename: the mapping follows the account's new name
-                new_maps.append({"connector": cfg.name, "entity_type": "user", "local_id": row["local_id"],
-                                 "remote_id": remote_id, "remote_name": account.user_name,
-                                 "pushed_hash": pushed_hash(account.managed()), "created_at": now,
-                                 "updated_at": now})
+                new_maps.append({"local_id": row["local_id"], "remote_id": remote_id,
+                                 "remote_name": account.user_name, "pushed_hash": pushed_hash(account.managed())})
         error = result if isinstance(result, BaseException) else None
         op_rows.append({
             "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "user",
@@ -227,24 +220,17 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
         op_rows = event_rows(op_rows, events, run_id)
         history = _spread(history, rows, events)
     with session_scope() as session:  # operations and mappings in one transaction
-        if new_maps:
-            ids = [m["local_id"] for m in new_maps]
-            remotes = [m["remote_id"] for m in new_maps]
-            session.exec(delete(Mapping).where(Mapping.connector == cfg.name, Mapping.entity_type == "user",
-                                               Mapping.local_id.in_(ids) | Mapping.remote_id.in_(remotes)))
-            session.exec(insert(Mapping), params=new_maps)
+        link_accounts(session, cfg.name, new_maps)
         if gone_remote:
-            session.exec(delete(Mapping).where(Mapping.connector == cfg.name, Mapping.entity_type == "user",
-                                               Mapping.remote_id.in_(gone_remote)))
+            unlink_accounts(session, cfg.name, gone_remote)
         # Every try of every row, in bulk: the operations' ids come back in the order they were given.
         sent = [(k, h) for k, h in enumerate(history) if h]
         if sent:
-            ids = session.exec(insert(Operation).returning(Operation.id, sort_by_parameter_order=True),
-                               params=op_rows).scalars().all()
-            session.exec(insert(OperationAttempt), params=_attempt_rows(
+            ids = record_operations(session, op_rows, ids=True)
+            record_attempts(session, _attempt_rows(
                 [ids[k] for k, _ in sent], [op_rows[k] for k, _ in sent], [h for _, h in sent]))
         else:
-            session.exec(insert(Operation), params=op_rows)
+            record_operations(session, op_rows)
     return counts
 
 
@@ -287,26 +273,17 @@ def _group_member_ids(cfg: ConnectorConfig, rows: list[dict]) -> dict[str, Optio
     pending = [r["local_id"] for r in rows if r["remote_id"] is None and r["local_id"]]
     mapped: dict[str, str] = {}
     if pending:
-        from sqlmodel import select
-
         with session_scope() as session:
-            mapped = dict(session.exec(select(Mapping.local_id, Mapping.remote_id).where(
-                Mapping.connector == cfg.name, Mapping.entity_type == "user", Mapping.local_id.in_(pending))).all())
+            mapped = accounts_of(session, cfg.name, pending)
     return {r["local_id"]: r["remote_id"] or mapped.get(r["local_id"]) for r in rows if r["local_id"]}
 
 
 def _local_group(name: str) -> tuple[str, str]:
     """The local group's (id, name); a configured group nobody has joined yet is created empty."""
-    from sqlmodel import select
-
-    from models.tables import Group
+    from models.identity import ensure_group
 
     with session_scope() as session:
-        group = session.exec(select(Group).where(Group.name == name)).first()
-        if group is None:
-            group = Group(name=name)
-            session.add(group)
-            session.flush()
+        group = ensure_group(session, name)
         return group.id, group.name
 
 
@@ -387,17 +364,16 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
                         tries=tries)
     if dry_run:
         return counts
-    from models.runstate import save_mapping
-
     if events is not None:
         counts.operations.extend(op_rows)
     op_rows = event_rows(op_rows, events, run_id) if events is not None else [
         {k: v for k, v in r.items() if k != "_member"} for r in op_rows]
     with session_scope() as session:
-        for group_id, group_remote_id, name in group_maps:
-            save_mapping(session, cfg.name, group_id, group_remote_id, name, None, entity_type="group")
+        link_accounts(session, cfg.name, [{"local_id": group_id, "remote_id": group_remote_id, "remote_name": name,
+                                           "pushed_hash": None} for group_id, group_remote_id, name in group_maps],
+                      entity_type="group")
         if op_rows:
-            session.exec(insert(Operation), params=op_rows)
+            record_operations(session, op_rows)
     return counts
 
 

@@ -8,13 +8,12 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from models.config import ORG_TRIGGERS, Config, ConnectorConfig
 from models.identity import UserView
 from models.mapping import local_values
-from models.runstate import get_mapping
-from models.tables import Operation
+from models.runstate import get_mapping, last_operation, recent_flow_runs
 from tasks.policy import decide, scope
 from tasks.username import PatternError, user_name_for
 
@@ -59,9 +58,7 @@ def _levels(user: UserView, cfg: ConnectorConfig, config: Config) -> list[str]:
 
 
 def _last_operation(session: Session, connector: str, user_id: str) -> Optional[dict]:
-    op = session.exec(select(Operation).where(Operation.connector == connector, Operation.entity_id == user_id,
-                                              Operation.entity_type == "user", Operation.action != "verify")
-                      .order_by(Operation.id.desc())).first()
+    op = last_operation(session, connector, user_id)
     if op is None:
         return None
     return {"event_id": op.event_id, "action": op.action, "operation": op.operation, "status": op.status,
@@ -80,9 +77,7 @@ def _ui_url() -> Optional[str]:
 def _recent_runs(session: Session, connector: str, user_id: str, n: int = 3) -> list[str]:
     """The last `n` flow runs that recorded an operation for the user here, as UI links (or ids)."""
     ids: list[str] = []
-    for run_id in session.exec(select(Operation.flow_run_id).where(
-            Operation.connector == connector, Operation.entity_id == user_id, Operation.flow_run_id.is_not(None))
-            .order_by(Operation.id.desc()).limit(50)):
+    for run_id in recent_flow_runs(session, connector, user_id):
         if run_id not in ids:
             ids.append(run_id)
         if len(ids) == n:

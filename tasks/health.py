@@ -22,12 +22,11 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
 
 from connectors.errors import AuthFailed, ConnectorError, RateLimited, TransientError
 from models.config import Config, ConnectorConfig
+from models import health as store
 from models.db import session_scope
 from models.locks import _owner, release, try_acquire
 from models.tables import ConnectorHealth, utcnow
@@ -89,8 +88,7 @@ def get(connector: str) -> Optional[ConnectorHealth]:
 
 def all_health() -> dict[str, ConnectorHealth]:
     """Every connector's health row, by name (for `outbound status`)."""
-    with session_scope() as session:
-        return {h.connector: h for h in session.exec(select(ConnectorHealth))}
+    return store.all_rows()
 
 
 def describe(h: Optional[ConnectorHealth]) -> str:
@@ -173,9 +171,7 @@ def _close(connector: str) -> None:
     h = get(connector)
     if h is None or (h.state == "closed" and not h.consecutive_failures):
         return
-    with session_scope() as session:
-        session.exec(update(ConnectorHealth).where(ConnectorHealth.connector == connector).values(
-            consecutive_failures=0, state="closed", opened_at=None, retry_at=None, backoff=0.0, updated_at=utcnow()))
+    store.reset(connector)
     if h.state == "open":
         _logger().warning("connector=%s recovered: quarantine closed (was open since %s)", connector,
                           _stamp(h.opened_at))
@@ -197,9 +193,7 @@ def _count_failure(connector: str, exc: BaseException, cfg: ConnectorConfig, pro
     with session_scope() as session:
         # Write first: the increment is atomic, and it takes the row (PostgreSQL) or the database
         # (SQLite) for the rest of this transaction, so two workers never open it twice.
-        session.exec(update(ConnectorHealth).where(ConnectorHealth.connector == connector).values(
-            consecutive_failures=ConnectorHealth.consecutive_failures + 1, last_error_code=code,
-            last_error=str(exc)[:MAX_ERROR_CHARS], updated_at=now))
+        store.add_failure(session, connector, code, str(exc)[:MAX_ERROR_CHARS], now)
         h = session.get(ConnectorHealth, connector)
         opened = False
         if h.state == "open":

@@ -33,15 +33,14 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from connectors.base import MANAGED, Account, RemoteGroup
 from connectors.errors import NotFound, Rejected
 from models.config import Config, ConnectorConfig
-from models.identity import UserView
+from models.identity import UserView, group_ids, group_members, load_views, qualified_names
 from models.mapping import local_values
-from models.tables import Group, GroupMember, Mapping, Role, User, UserRole
+from models.runstate import count_user_links, group_links, links_of_accounts, user_links
 from tasks.policy import Decision, decide
 from tasks.username import MAX_SUFFIX, assign_names, user_name_for, with_suffix
 
@@ -167,54 +166,29 @@ class DesiredState:
     user_ids: Optional[list[str]] = None  # the batch, or None for every user
 
 
-def load_views(session: Session, tenant: str, user_ids: Optional[list[str]] = None) -> list[UserView]:
-    """Users of the tenant as the policy sees them (all, or `user_ids`), oldest first, in three queries."""
-    users = select(User).where(User.tenant == tenant).order_by(User.created_at, User.id)
-    role_q = select(UserRole.user_id, Role.name).join(Role, Role.id == UserRole.role_id)
-    group_q = select(GroupMember.user_id, Group.name).join(Group, Group.id == GroupMember.group_id)
-    if user_ids is not None:
-        users = users.where(User.id.in_(user_ids))
-        role_q, group_q = role_q.where(UserRole.user_id.in_(user_ids)), group_q.where(GroupMember.user_id.in_(user_ids))
-    roles: dict[str, set] = {}
-    for user_id, name in session.exec(role_q):
-        roles.setdefault(user_id, set()).add(name)
-    groups: dict[str, set] = {}
-    for user_id, name in session.exec(group_q):
-        groups.setdefault(user_id, set()).add(name)
-    return [UserView(id=u.id, username=u.username, user_store=u.user_store, tenant=u.tenant, email=u.email,
-                     given_name=u.given_name, family_name=u.family_name, display_name=u.display_name,
-                     active=u.active, deleted=u.deleted_at is not None, source=u.source, idps=tuple(u.idps),
-                     roles=frozenset(roles.get(u.id, ())), groups=frozenset(groups.get(u.id, ())),
-                     attributes=dict(u.attributes))
-            for u in session.exec(users)]
-
-
 MAPPING_COLUMNS = ["local_id", "remote_id", "remote_name"]
 
 
 def _mappings(session: Session, cfg: ConnectorConfig, views: list[UserView], config: Config,
               user_ids: Optional[list[str]]) -> pd.DataFrame:
     """The connector's user mappings: all of them, or for a batch its own and those holding a name it may take."""
-    query = select(Mapping.local_id, Mapping.remote_id, Mapping.remote_name).where(
-        Mapping.connector == cfg.name, Mapping.entity_type == "user")
+    links = None
     if user_ids is not None:
         generated = {user_name_for(u, cfg, config).user_name for u in views}
         wanted = {g.lower() for g in generated}
         if cfg.on_collision == "suffix":
             wanted |= {with_suffix(g, n).lower() for g in generated for n in range(2, MAX_SUFFIX + 1)}
         if len(wanted) <= 5000:  # else reading every mapping is cheaper than a huge IN list
-            query = query.where(Mapping.local_id.in_(user_ids) | func.lower(Mapping.remote_name).in_(wanted))
-    return pd.DataFrame.from_records(list(session.exec(query)), columns=MAPPING_COLUMNS)
+            links = user_links(session, cfg.name, user_ids, wanted)
+    if links is None:
+        links = user_links(session, cfg.name)
+    return pd.DataFrame.from_records(links, columns=MAPPING_COLUMNS)
 
 
 def _qualified_names(session: Session, views: list[UserView], mapped: dict[str, str]) -> dict[str, str]:
     """user@STORE of the users planned and of every other user holding a name they may collide with."""
     names = {u.id: u.qualified_name for u in views}
-    others = [i for i in mapped if i not in names]
-    for start in range(0, len(others), 500):
-        for user_id, username, store in session.exec(select(User.id, User.username, User.user_store)
-                                                     .where(User.id.in_(others[start:start + 500]))):
-            names[user_id] = f"{username}@{store}"
+    names.update(qualified_names(session, [i for i in mapped if i not in names]))
     return names
 
 
@@ -528,14 +502,9 @@ def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: Desire
                 rows: pd.DataFrame) -> pd.DataFrame:
     """The group rows of connector `cfg`, given the user plan `rows` (creates, links, deletes to come)."""
     names = list(cfg.groups)
-    local_groups = dict(session.exec(select(Group.name, Group.id).where(Group.name.in_(names))).all())
-    local_members: dict[str, set[str]] = {}
-    for name, user_id in session.exec(select(Group.name, GroupMember.user_id)
-                                      .join(GroupMember, GroupMember.group_id == Group.id)
-                                      .where(Group.name.in_(names))):
-        local_members.setdefault(name, set()).add(user_id)
-    group_maps = dict(session.exec(select(Mapping.local_id, Mapping.remote_id)
-                                   .where(Mapping.connector == cfg.name, Mapping.entity_type == "group")).all())
+    local_groups = group_ids(session, names)
+    local_members = group_members(session, names)
+    group_maps = group_links(session, cfg.name)
     # Each desired user's account: the mapped one, the one this plan links, or None (this plan creates it).
     mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
     members: dict[str, Optional[str]] = {u: mapped.get(u) for u in state.desired["local_id"]}
@@ -562,10 +531,7 @@ def _mapped_elsewhere(session: Session, cfg: ConnectorConfig, remote_ids: list[s
     ids = [r for r in remote_ids if r not in set(known["remote_id"])]
     if not ids:
         return known
-    more = pd.DataFrame.from_records(list(session.exec(
-        select(Mapping.local_id, Mapping.remote_id, Mapping.remote_name).where(
-            Mapping.connector == cfg.name, Mapping.entity_type == "user", Mapping.remote_id.in_(ids)))),
-        columns=MAPPING_COLUMNS)
+    more = pd.DataFrame.from_records(links_of_accounts(session, cfg.name, ids), columns=MAPPING_COLUMNS)
     return pd.concat([known, more], ignore_index=True) if len(more) else known
 
 
@@ -581,8 +547,7 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
     if user_ids is None:
         accounts = connector.iter_users()
     else:
-        known = session.exec(select(func.count()).select_from(Mapping).where(
-            Mapping.connector == cfg.name, Mapping.entity_type == "user")).one()
+        known = count_user_links(session, cfg.name)
         accounts = observe(connector, cfg, state, cfg.max_concurrency or 4, target_size=known + len(state.desired))
         state.mappings = _mapped_elsewhere(session, cfg, [a.id for a in accounts], state.mappings)
     target = target_frame(accounts, cfg.attribute_map.extra_targets)

@@ -70,8 +70,8 @@ def resolve(user: UserView, config: Config, provisioned_on: set[str]) -> list[De
 def resolve_policy(user_ids: list[str], config: Config, label: str = "") -> dict[str, list[Decision]]:
     """Decide, for every user of the batch and every connector, whether to provision, deprovision or skip, and why."""
     from models.db import session_scope
+    from models.identity import load_views
     from models.runstate import connectors_of_users
-    from tasks.plan import load_views
 
     with session_scope() as session:
         users = load_views(session, config.tenant_domain, user_ids)

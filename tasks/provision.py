@@ -14,14 +14,14 @@ from typing import Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from sqlalchemy import delete, insert
 
 from connectors.errors import AuthFailed, ProvisioningError
 from connectors.factory import evict, get_connector
 from models.config import Config
 from models.db import session_scope
 from models.locks import LockTimeout
-from models.tables import Mapping, Operation, OperationAttempt, utcnow
+from models.runstate import record_attempts, record_operations, unlink_users
+from models.tables import utcnow
 from tasks import health, retry
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
@@ -81,10 +81,9 @@ def _record(rows: list[dict], events: dict[str, list[str]], cfg_name: str, run_i
     gone = [r["entity_id"] for r in rows if r["operation"] == "gone"]
     with session_scope() as session:
         if gone:  # the account is already gone from the target: so is our link to it
-            session.exec(delete(Mapping).where(Mapping.connector == cfg_name, Mapping.entity_type == "user",
-                                               Mapping.local_id.in_(gone)))
+            unlink_users(session, cfg_name, gone)
         if rows:
-            session.exec(insert(Operation), params=event_rows(rows, events, run_id))
+            record_operations(session, event_rows(rows, events, run_id))
 
 
 def _refresh_profile(cfg) -> None:
@@ -111,9 +110,8 @@ def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[st
                       user_id=r["entity_id"], entity_name=r["entity_name"], code=code) for r in rows]
     rows = event_rows(rows, events, run_id)
     with session_scope() as session:
-        ids = session.exec(insert(Operation).returning(Operation.id, sort_by_parameter_order=True),
-                           params=rows).scalars().all()
-        session.exec(insert(OperationAttempt), params=[
+        ids = record_operations(session, rows, ids=True)
+        record_attempts(session, [
             {"operation_id": i, "number": 1, "status": "failed", "error_code": code, "error_message": str(exc),
              "flow_run_id": flow_run_id, "task_run_id": task_run_id, "started_at": now, "finished_at": now}
             for i in ids])

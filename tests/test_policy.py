@@ -11,7 +11,7 @@ from models.config import Config
 from models.db import session_scope
 from models.events import parse_event
 from models.identity import UserView
-from models.runstate import save_mapping
+from models.runstate import link_accounts
 from models.tables import User
 from models.validation import InvalidInput
 from tasks.policy import decide, resolve, scope
@@ -214,7 +214,8 @@ def test_explain_in_and_out_of_scope(tmp_path, sqlite_url):
     accept({"id": "e1", "type": "user.created", "user": {"username": "Alice", "roles": ["sales"]}}, cfg)
     with session_scope() as session:
         alice = session.query(User).one()
-        save_mapping(session, "crm", alice.id, "remote-42", "alice_example.com@mail.example.com", None)
+        link_accounts(session, "crm", [{"local_id": alice.id, "remote_id": "remote-42",
+                                        "remote_name": "alice_example.com@mail.example.com", "pushed_hash": None}])
 
     result = runner.invoke(app, ["explain", "Alice", "--config", path])
     assert result.exit_code == 0, result.output
@@ -237,7 +238,8 @@ def test_explain_a_user_who_lost_the_role_says_deprovision(tmp_path, sqlite_url)
     cfg = Config.model_validate(EXPLAIN_CONFIG)
     accept({"id": "e1", "type": "user.created", "user": {"username": "bob", "roles": ["hr"]}}, cfg)
     with session_scope() as session:
-        save_mapping(session, "crm", session.query(User).one().id, "r1", "bob_example.com@mail.example.com", None)
+        link_accounts(session, "crm", [{"local_id": session.query(User).one().id, "remote_id": "r1",
+                                        "remote_name": "bob_example.com@mail.example.com", "pushed_hash": None}])
     data = json.loads(runner.invoke(app, ["explain", "bob", "-c", path, "--connector", "crm", "--json"]).output)
     crm = data["connectors"][0]
     assert crm["in_scope"] is False and crm["decision"] == "deprovision"

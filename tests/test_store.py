@@ -8,7 +8,7 @@ from deployments.ingest import accept
 from models.config import parse_config
 from models.db import current_revision, session_scope
 from models.identity import load_view
-from models.runstate import save_mapping
+from models.runstate import link_accounts
 from models.tables import Event, Mapping, User
 
 CONFIG = parse_config({"tenant_domain": "example.com"})
@@ -34,12 +34,26 @@ def test_event_applied_with_roles_and_groups(db_url):
     assert event.status == "accepted" and event.payload["user"]["username"] == "alice"
 
 
+def _link(local_id: str, remote_id: str, remote_name: str) -> dict:
+    return {"local_id": local_id, "remote_id": remote_id, "remote_name": remote_name, "pushed_hash": None}
+
+
 def test_mapping_is_unique_on_both_sides(db_url):
     with session_scope() as session:
-        save_mapping(session, "app", "local-1", "remote-1", "alice", None)
+        link_accounts(session, "app", [_link("local-1", "remote-1", "alice")])
     with pytest.raises(IntegrityError):
         with session_scope() as session:
-            save_mapping(session, "app", "local-2", "remote-1", "bob", None)
+            session.add(Mapping(connector="app", entity_type="user", local_id="local-2", remote_id="remote-1",
+                                remote_name="bob"))
     with session_scope() as session:  # the same remote id on another connector is fine
-        save_mapping(session, "other", "local-2", "remote-1", "bob", None)
+        link_accounts(session, "other", [_link("local-2", "remote-1", "bob")])
         assert len(session.exec(select(Mapping)).all()) == 2
+
+
+def test_linking_replaces_the_link_either_side_had(db_url):
+    with session_scope() as session:
+        link_accounts(session, "app", [_link("local-1", "remote-1", "alice"), _link("local-2", "remote-2", "bob")])
+    with session_scope() as session:  # local-1 takes bob's account: both old links go
+        link_accounts(session, "app", [_link("local-1", "remote-2", "bob")])
+        links = session.exec(select(Mapping.local_id, Mapping.remote_id).where(Mapping.connector == "app")).all()
+    assert [tuple(r) for r in links] == [("local-1", "remote-2")]
