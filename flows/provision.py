@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from connectors.errors import is_permanent
-from flows.crashed import mark_crashed
+from flows.crashed import expired, mark_crashed
 from models.config import Config, load_config
 from models.db import session_scope
 from models.outbox import Batch, claim, finish, release, retry_now
@@ -85,6 +85,7 @@ def claim_event(event_id: str, limit: int) -> Batch:
         batch.names.update(more.names)
         batch.triggers |= more.triggers
         batch.crashed_runs |= more.crashed_runs
+        batch.expired_runs.update(more.expired_runs)
     return batch
 
 
@@ -184,6 +185,8 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
         batch = claim_event(event_id, limit) if (first and event_id) else claim(limit, run=_this_run())
         if batch.crashed_runs:  # runs whose process died holding these users: close them in Prefect
             mark_crashed(batch.crashed_runs, _this_run())
+        for host in set(batch.expired_runs.values()):  # runs elsewhere whose leases expired: likewise
+            mark_crashed([r for r, h in batch.expired_runs.items() if h == host], _this_run(), expired(host))
         if first:  # named after what it holds, even when another drain was quicker and it holds nothing
             _label(batch, config)
         if not len(batch):

@@ -36,7 +36,9 @@ from sqlalchemy import update
 
 from models.config import Config, load_config
 from models.db import session_scope
+from flows.crashed import mark_crashed
 from models.locks import LockTimeout, lease
+from models.runstate import running_reconciliation_flow_runs
 from models.tables import Lease, ReconciliationRun, utcnow
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
@@ -245,9 +247,14 @@ async def run_connector(config: Config, connector: str, dry_run: bool = False, y
     cfg = config.connector(connector)
     try:
         with reconcile_lock(cfg.name, lock_wait):
+            interrupted = running_reconciliation_flow_runs(cfg.name)
             abandoned = _abandon_stale_runs(cfg.name)
             if abandoned:
                 logger.warning("connector=%s marked %d interrupted run(s) abandoned", cfg.name, abandoned)
+            if interrupted:  # their processes died, so Prefect still reads them Running: close them
+                mark_crashed(interrupted, str(flow_run.id) if flow_run.id else None,
+                             f"its reconciliation of {cfg.name} was interrupted (marked abandoned); its lease "
+                             f"was taken over")
             return await _run_locked(config, cfg.name, dry_run, yes, report, chunk_size)
     except Busy as exc:
         message = f"another reconciliation of {cfg.name} is running: {exc}"

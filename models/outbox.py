@@ -14,7 +14,7 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from models.db import session_scope
-from models.locks import acquire_many, new_owner, release_many, run_of
+from models.locks import acquire_many, host_of, new_owner, release_many, run_of
 from models.tables import Event, User, utcnow
 
 UNFINISHED = ("accepted", "running")
@@ -45,6 +45,9 @@ class Batch:
     # Flow runs whose process died holding some of these users: they never ended, so they read
     # Running in Prefect until someone closes them (flows.crashed).
     crashed_runs: set[str] = field(default_factory=set)
+    # Flow run id -> host, for runs whose leases on these users expired (a process on another
+    # machine that stopped): Prefect reads them Running too.
+    expired_runs: dict[str, str] = field(default_factory=dict)
 
     @property
     def user_ids(self) -> list[str]:
@@ -77,9 +80,11 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
             query = query.where(Event.id.in_(event_ids))
         pending = session.exec(query.order_by(Event.received_at, Event.id).limit(limit)).all()
     users = list(dict.fromkeys(u for _, u in pending))
-    dead: set[str] = set()
-    held = {name.removeprefix("user:") for name in acquire_many([_lease(u) for u in users], CLAIM_TTL, owner, dead)}
-    batch = Batch(owner, crashed_runs={r for o in dead if (r := run_of(o))})
+    dead, expired = set(), set()
+    held = {name.removeprefix("user:")
+            for name in acquire_many([_lease(u) for u in users], CLAIM_TTL, owner, dead, expired)}
+    batch = Batch(owner, crashed_runs={r for o in dead if (r := run_of(o))},
+                  expired_runs={r: host_of(o) for o in expired if (r := run_of(o))})
     if not held:
         return batch
     with session_scope() as session:

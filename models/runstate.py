@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 from sqlmodel import Session, select
 
-from models.tables import Event, Mapping, Operation, utcnow
+from models.db import session_scope
+from models.tables import Event, Mapping, Operation, ReconciliationRun, utcnow
 
 FINAL = ("succeeded", "failed", "skipped", "abandoned")
 
@@ -61,3 +62,12 @@ def operations_of_event(session: Session, event_id: str) -> list[Operation]:
 
 def get_event(session: Session, event_id: str) -> Optional[Event]:
     return session.get(Event, event_id)
+
+
+# --- reconciliation runs -------------------------------------------------------------------
+
+def running_reconciliation_flow_runs(connector: str) -> list[str]:
+    """The Prefect flow run ids of `connector`'s reconciliation runs still marked running."""
+    with session_scope() as session:
+        return [r for r in session.exec(select(ReconciliationRun.flow_run_id).where(
+            ReconciliationRun.connector == connector, ReconciliationRun.status == "running")) if r]
