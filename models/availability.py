@@ -17,3 +17,10 @@ def store_up() -> bool:
         return True
     except STORE_UNAVAILABLE:
         return False
+
+
+def unreachable_message(consequence: str = "the events stay accepted and are retried when it returns") -> str:
+    """`state store unreachable: <url without its password>; <consequence>`: a failed run's message."""
+    from models.db import database_url, redacted
+
+    return f"state store unreachable: {redacted(database_url())}; {consequence}"
