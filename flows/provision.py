@@ -17,7 +17,7 @@ from prefect.states import Failed
 
 from connectors.errors import is_permanent
 from flows.crashed import expired, mark_crashed
-from models.availability import STORE_UNAVAILABLE, unreachable_message
+from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
 from models.db import session_scope
 from models.outbox import Batch, claim, finish, release_or_defer, retry_now
@@ -288,7 +288,7 @@ async def drain_events(config_path: Optional[str] = None, run_for_seconds: float
             state = await provision_user(config_path=config_path, limit=limit, return_state=True)
             # _sync: inside this async flow, State.result would otherwise hand back a coroutine.
             done += state.result(_sync=True) if state.is_completed() else 0
-            if state.is_failed() and (state.message or "").startswith("state store unreachable"):
+            if state.is_failed() and (state.message or "").startswith(UNREACHABLE):
                 down = True
         else:
             await asyncio.sleep(poll_seconds)
