@@ -16,10 +16,11 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from connectors.errors import is_permanent
-from flows.crashed import mark_crashed
+from flows.crashed import expired, mark_crashed
+from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
 from models.db import session_scope
-from models.outbox import Batch, claim, finish, release, retry_now
+from models.outbox import Batch, claim, finish, release_or_defer, retry_now
 from models.runstate import get_event
 from tasks.explain import attach_explanation
 from tasks.policy import resolve_policy
@@ -35,9 +36,12 @@ def _run_name() -> str:
     event_id = flow_run.parameters.get("event_id")
     if not event_id:
         return "provision pending events"
-    with session_scope() as session:
-        event = get_event(session, event_id)
-        user = event.payload.get("user", {}) if event else {}
+    try:
+        with session_scope() as session:
+            event = get_event(session, event_id)
+            user = event.payload.get("user", {}) if event else {}
+    except STORE_UNAVAILABLE:  # the run starts anyway, and fails saying why
+        return f"provision {event_id}"
     return f"provision {user.get('username', '?')}@{user.get('user_store', 'PRIMARY')} ({event_id})"
 
 
@@ -85,6 +89,7 @@ def claim_event(event_id: str, limit: int) -> Batch:
         batch.names.update(more.names)
         batch.triggers |= more.triggers
         batch.crashed_runs |= more.crashed_runs
+        batch.expired_runs.update(more.expired_runs)
     return batch
 
 
@@ -111,6 +116,7 @@ def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
             provisioning[name] = provision.with_options(**options).submit(name, future.result(), batch.events,
                                                                         config, run_id)
         except Exception as exc:  # no desired state: provision never ran, so record the failure here
+            _raise_if_store_down(exc)
             failed = _failed(name, exc, batch, logger)
             _record_failures(failed, batch, run_id)
             _add(per_user, failed)
@@ -119,6 +125,7 @@ def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
         try:
             outcomes = future.result()
         except Exception as exc:  # the whole connector failed for this batch (it recorded each user)
+            _raise_if_store_down(exc)
             outcomes = _failed(name, exc, batch, logger)
         else:
             checking[name] = reconcile.with_options(**options).submit(name, outcomes, batch.events, config, run_id)
@@ -129,6 +136,12 @@ def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
         except Exception as exc:
             logger.warning("connector=%s read-back failed: %s", name, exc)
     return per_user
+
+
+def _raise_if_store_down(exc: Exception) -> None:
+    """A store that went away is no connector's failure: the batch stops, its events stay to run again."""
+    if isinstance(exc, STORE_UNAVAILABLE):
+        raise exc
 
 
 def _add(per_user: dict[str, list[Outcome]], outcomes: list[Outcome]) -> None:
@@ -182,6 +195,8 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
         batch = claim_event(event_id, limit) if (first and event_id) else claim(limit, run=_this_run())
         if batch.crashed_runs:  # runs whose process died holding these users: close them in Prefect
             mark_crashed(batch.crashed_runs, _this_run())
+        for host in set(batch.expired_runs.values()):  # runs elsewhere whose leases expired: likewise
+            mark_crashed([r for r, h in batch.expired_runs.items() if h == host], _this_run(), expired(host))
         if first:  # named after what it holds, even when another drain was quicker and it holds nothing
             _label(batch, config)
         if not len(batch):
@@ -190,13 +205,20 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
         try:
             per_user = run_batch(batch, config)
         except BaseException as exc:  # an orchestrator or store error is not a target's verdict: retry later
+            if isinstance(exc, STORE_UNAVAILABLE):  # nothing to record: the events stay running, claimable
+                release_or_defer(batch)
+                raise
             try:
                 finish(batch, {u: ("retrying", f"internal: {type(exc).__name__}: {exc}") for u in batch.user_ids})
             except Exception:
-                release(batch)  # the store itself is down: the events stay running, the sweeper takes them
+                release_or_defer(batch)  # the store itself is down: the events stay running, the sweeper takes them
             raise
         outcome = {user: event_status(outs) for user, outs in per_user.items()}
-        finish(batch, outcome)
+        try:
+            finish(batch, outcome)
+        except STORE_UNAVAILABLE:  # run again when the store returns: what was applied is found in place
+            release_or_defer(batch)
+            raise
         if len(batch) == 1:
             attach_explanation(batch.user_ids[0], config, batch.event_ids[-1])
         total += len(batch.event_ids)
@@ -211,12 +233,18 @@ async def provision_user(event_id: Optional[str] = None, config_path: Optional[s
     """Provision the users of pending events (this one first), in batches, to every connector the policy selects.
 
     Ends Failed, naming who failed where, when any user's provisioning failed; the events say
-    whether they will be retried (status retrying) or need someone to act (failed).
+    whether they will be retried (status retrying) or need someone to act (failed). Ends Failed
+    naming the store when the state store is unreachable: its events are run again when it returns.
     """
     failures: dict[str, str] = {}
     # The body blocks (store I/O, waiting on task futures): run it in a thread, with this run's
     # context, so the event loop stays free and several runs progress at once in one process.
-    done = await asyncio.to_thread(drain, load_config(config_path), event_id, limit, failures)
+    try:
+        done = await asyncio.to_thread(drain, load_config(config_path), event_id, limit, failures)
+    except STORE_UNAVAILABLE as exc:
+        message = unreachable_message()
+        get_run_logger().error("%s (%s)", message, type(exc).__name__)  # the driver's text may be long; not needed
+        return Failed(message=message)
     if failures:
         return Failed(message=failure_message(failures, done))
     return done
@@ -244,12 +272,24 @@ async def drain_events(config_path: Optional[str] = None, run_for_seconds: float
     """
     from models.outbox import waiting_count
 
-    deadline, done = time.monotonic() + run_for_seconds, 0
+    deadline, done, down = time.monotonic() + run_for_seconds, 0, False
     while time.monotonic() < deadline:
-        if await asyncio.to_thread(waiting_count):
+        try:
+            waiting = await asyncio.to_thread(waiting_count)
+        except STORE_UNAVAILABLE as exc:  # keep watching: the store may return before the run ends
+            if not down:
+                get_run_logger().warning("%s (%s)", unreachable_message(), type(exc).__name__)
+            down = True
+            await asyncio.sleep(1.0)
+            continue
+        if waiting:
             state = await provision_user(config_path=config_path, limit=limit, return_state=True)
             # _sync: inside this async flow, State.result would otherwise hand back a coroutine.
             done += state.result(_sync=True) if state.is_completed() else 0
+            if state.is_failed() and (state.message or "").startswith(UNREACHABLE):
+                down = True
         else:
             await asyncio.sleep(poll_seconds)
+    if down:
+        return Failed(message=f"{unreachable_message()} (it was down during this run; {done} events run)")
     return done

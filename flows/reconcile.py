@@ -32,9 +32,10 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Failed, State
 
 from models.config import Config, load_config
+from flows.crashed import mark_crashed
 from models.errors import ProvisioningError
 from models.locks import LockTimeout, lease, renew_lease
-from models.runstate import abandon_stale_runs, finish_run, start_run
+from models.runstate import abandon_stale_runs, finish_run, running_reconciliation_flow_runs, start_run
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
 from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision, approval_description, cli_user,
@@ -218,9 +219,14 @@ async def run_connector(config: Config, connector: str, dry_run: bool = False, y
     try:
         with reconcile_lock(cfg.name, lock_wait):
             # We hold the connector's lease, so the process of any run still `running` is gone.
+            interrupted = running_reconciliation_flow_runs(cfg.name)
             abandoned = abandon_stale_runs(cfg.name)
             if abandoned:
                 logger.warning("connector=%s marked %d interrupted run(s) abandoned", cfg.name, abandoned)
+            if interrupted:  # their processes died, so Prefect still reads them Running: close them
+                mark_crashed(interrupted, str(flow_run.id) if flow_run.id else None,
+                             f"its reconciliation of {cfg.name} was interrupted (marked abandoned); its lease "
+                             f"was taken over")
             return await _run_locked(config, cfg.name, dry_run, yes, report, chunk_size)
     except Busy as exc:
         message = f"another reconciliation of {cfg.name} is running: {exc}"

@@ -16,7 +16,9 @@ overdue`, `sweep: 3 overdue events`), so the empty ones are recognisable at a gl
 from typing import Optional
 
 from prefect import flow, get_run_logger, tags
+from prefect.states import Failed
 
+from models.availability import STORE_UNAVAILABLE, unreachable_message
 from models.runstate import stuck_events
 
 
@@ -37,7 +39,21 @@ async def _name_run(name: str) -> None:
 @flow(name="sweep-events", flow_run_name="sweep overdue events", retries=0)
 async def sweep_events(older_than_seconds: float = 300, config_path: Optional[str] = None,
                        limit: int = 100) -> dict:
-    """Run again every event accepted or running for longer than `older_than_seconds`."""
+    """Run again every event accepted or running for longer than `older_than_seconds`.
+
+    Ends Failed naming the store when the state store is unreachable: the next sweep tries again.
+    """
+    logger = get_run_logger()
+    try:
+        return await _sweep(older_than_seconds, config_path, limit)
+    except STORE_UNAVAILABLE as exc:
+        message = unreachable_message("the unfinished events wait for it; the next sweep runs them")
+        await _name_run("sweep: state store unreachable")
+        logger.error("%s (%s)", message, type(exc).__name__)
+        return Failed(message=message)
+
+
+async def _sweep(older_than_seconds: float, config_path: Optional[str], limit: int) -> dict:
     logger = get_run_logger()
     stuck = stuck_events(older_than_seconds, limit)
     if not stuck:  # the usual case: one query, no import of the provisioning engine, a plain name

@@ -5,6 +5,7 @@ from sqlalchemy import exc, text
 # Raised (wrapped by SQLAlchemy) when the store cannot be reached or drops the connection:
 # the caller should answer "try again later", not fail the request for good.
 STORE_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
+UNREACHABLE = "state store unreachable"  # how a run's message begins when the store was the problem
 
 
 def store_up() -> bool:
@@ -17,3 +18,10 @@ def store_up() -> bool:
         return True
     except STORE_UNAVAILABLE:
         return False
+
+
+def unreachable_message(consequence: str = "the events stay accepted and are retried when it returns") -> str:
+    """`state store unreachable: <url without its password>; <consequence>`: a failed run's message."""
+    from models.db import database_url, redacted
+
+    return f"{UNREACHABLE}: {redacted(database_url())}; {consequence}"

@@ -31,6 +31,11 @@ def run_of(owner: str) -> Optional[str]:
     return run if found and run else None
 
 
+def host_of(owner: str) -> str:
+    """The machine an owner string names."""
+    return owner.partition(":")[0]
+
+
 def _dead_here(owner: str) -> bool:
     """Whether `owner` was a process on this machine that no longer runs (killed or crashed)."""
     host, _, rest = owner.partition(":")
@@ -84,12 +89,14 @@ def lease(name: str, ttl: float = 600.0, wait: float = 120.0, poll: float = 0.05
         release(name, owner)
 
 
-def acquire_many(names: list[str], ttl: float, owner: str, taken_from_dead: Optional[set[str]] = None) -> set[str]:
+def acquire_many(names: list[str], ttl: float, owner: str, taken_from_dead: Optional[set[str]] = None,
+                 taken_from_expired: Optional[set[str]] = None) -> set[str]:
     """Take every free one of the leases `names` in one transaction; return those now held by `owner`.
 
     A drain claims the users of a batch this way: a user another drain is working on is left for
     later instead of being waited for. The owners of leases taken over from dead local processes
-    are added to `taken_from_dead`.
+    are added to `taken_from_dead`; those of expired leases whose process is not known to be alive
+    (it ran on another machine, or died here) to `taken_from_expired`.
     """
     from sqlalchemy.dialects.postgresql import insert as pg_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -102,7 +109,11 @@ def acquire_many(names: list[str], ttl: float, owner: str, taken_from_dead: Opti
     with session_scope() as session:
         for start in range(0, len(names), 500):
             part = names[start:start + 500]
-            session.exec(delete(Lease).where(Lease.name.in_(part), Lease.expires_at < now))
+            expired = session.exec(delete(Lease).where(Lease.name.in_(part), Lease.expires_at < now)
+                                   .returning(Lease.owner)).scalars().all()
+            if taken_from_expired is not None:
+                # A live process here only ran late; elsewhere (or dead) nobody will close its run.
+                taken_from_expired.update(o for o in expired if host_of(o) != socket.gethostname() or _dead_here(o))
             for lease_ in session.exec(select(Lease).where(Lease.name.in_(part))).all():
                 if _dead_here(lease_.owner):
                     session.delete(lease_)

@@ -6,6 +6,7 @@ for the next drain. Event statuses are set before the leases are released, so a 
 a user later never runs an event another drain has just finished.
 """
 
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Optional
@@ -14,8 +15,9 @@ from sqlalchemy import update
 from sqlmodel import select
 
 from models.db import session_scope
+from models.availability import STORE_UNAVAILABLE
 from models.kinds import EventStatus
-from models.locks import acquire_many, new_owner, release_many, run_of
+from models.locks import acquire_many, host_of, new_owner, release_many, run_of
 from models.tables import Event, User, utcnow
 
 UNFINISHED = (EventStatus.ACCEPTED, EventStatus.RUNNING)
@@ -46,6 +48,9 @@ class Batch:
     # Flow runs whose process died holding some of these users: they never ended, so they read
     # Running in Prefect until someone closes them (flows.crashed).
     crashed_runs: set[str] = field(default_factory=set)
+    # Flow run id -> host, for runs whose leases on these users expired (a process on another
+    # machine that stopped): Prefect reads them Running too.
+    expired_runs: dict[str, str] = field(default_factory=dict)
 
     @property
     def user_ids(self) -> list[str]:
@@ -71,6 +76,7 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
     process can mark that run crashed.
     """
     owner = owner or new_owner(run)
+    _release_leftovers()
     with session_scope() as session:
         query = select(Event.id, Event.user_id).where(_claimable(utcnow(), event_ids is not None),
                                                       Event.user_id.is_not(None))
@@ -78,11 +84,26 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
             query = query.where(Event.id.in_(event_ids))
         pending = session.exec(query.order_by(Event.received_at, Event.id).limit(limit)).all()
     users = list(dict.fromkeys(u for _, u in pending))
-    dead: set[str] = set()
-    held = {name.removeprefix("user:") for name in acquire_many([_lease(u) for u in users], CLAIM_TTL, owner, dead)}
-    batch = Batch(owner, crashed_runs={r for o in dead if (r := run_of(o))})
+    dead, expired = set(), set()
+    held = {name.removeprefix("user:")
+            for name in acquire_many([_lease(u) for u in users], CLAIM_TTL, owner, dead, expired)}
+    batch = Batch(owner, crashed_runs={r for o in dead if (r := run_of(o))},
+                  expired_runs={r: host_of(o) for o in expired if (r := run_of(o))})
     if not held:
         return batch
+    try:
+        _read_under_leases(batch, held, event_ids)
+    except STORE_UNAVAILABLE:  # the store went away after the leases were taken: give them back when it returns
+        release_or_defer(Batch(owner, events={u: [] for u in held}))
+        raise
+    idle = [_lease(u) for u in held if u not in batch.events]
+    if idle:
+        release_many(idle, owner)
+    return batch
+
+
+def _read_under_leases(batch: Batch, held: set[str], event_ids: Optional[list[str]]) -> None:
+    """Add the claimable events of the `held` users to `batch` and mark them running."""
     with session_scope() as session:
         # Read again under the leases: an event finished meanwhile by another drain is not ours to run.
         query = (select(Event.id, Event.user_id, Event.trigger, User.username, User.user_store)
@@ -97,10 +118,6 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
             batch.triggers.add(trigger)
         if rows:
             session.exec(update(Event).where(Event.id.in_([r[0] for r in rows])).values(status=EventStatus.RUNNING))
-    idle = [_lease(u) for u in held if u not in batch.events]
-    if idle:
-        release_many(idle, owner)
-    return batch
 
 
 def finish(batch: Batch, outcome: dict[str, tuple[str, Optional[str]]]) -> None:
@@ -149,6 +166,29 @@ def retry_now(event_id: str) -> Optional[str]:
 def release(batch: Batch) -> None:
     """Give the batch's users back without finishing their events (they stay pending)."""
     release_many([_lease(u) for u in batch.events], batch.owner)
+
+
+# Leases a drain could not give back because the store was down. The next claim in this process
+# gives them back, so their users wait for the store to return, not for the leases to expire.
+_unreleased: list[tuple[list[str], str]] = []
+_unreleased_lock = threading.Lock()
+
+
+def release_or_defer(batch: Batch) -> None:
+    """Give the batch's users back; while the store is unreachable, keep them for the next claim here."""
+    try:
+        release(batch)
+    except STORE_UNAVAILABLE:
+        with _unreleased_lock:
+            _unreleased.append(([_lease(u) for u in batch.events], batch.owner))
+
+
+def _release_leftovers() -> None:
+    with _unreleased_lock:
+        while _unreleased:
+            names, owner = _unreleased[-1]
+            release_many(names, owner)  # the store is still down: raise, keep them for the next claim
+            _unreleased.pop()
 
 
 def waiting_count() -> int:

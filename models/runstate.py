@@ -233,3 +233,12 @@ def unfinished_count(session: Session) -> int:
     """How many events are accepted or running."""
     return session.exec(select(func.count()).select_from(Event)
                         .where(Event.status.in_(("accepted", "running")))).one()
+
+
+# --- reconciliation runs -------------------------------------------------------------------
+
+def running_reconciliation_flow_runs(connector: str) -> list[str]:
+    """The Prefect flow run ids of `connector`'s reconciliation runs still marked running."""
+    with session_scope() as session:
+        return [r for r in session.exec(select(ReconciliationRun.flow_run_id).where(
+            ReconciliationRun.connector == connector, ReconciliationRun.status == "running")) if r]

@@ -110,6 +110,15 @@ def scim():
         yield server
 
 
+def prefect_state(flow_run_id: str):
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(UUID(flow_run_id)).state
+
+
 def add_users(n: int, start: int = 0) -> list[str]:
     with session_scope() as session:
         return [upsert_user(session, EventUser(username=f"u{i}", email=f"u{i}@example.com", given_name=f"G{i}",
@@ -162,6 +171,8 @@ def test_reconciliation_killed_then_run_again_converges(point, tmp_path, sqlite_
         run = session.get(ReconciliationRun, killed.id)
         assert run.status == "abandoned" and "interrupted" in run.error and run.finished_at
         ops = session.exec(select(Operation)).all()
+    state = prefect_state(killed.flow_run_id)  # its process never said it ended: the next run closed it
+    assert state.type.value == "CRASHED" and "interrupted (marked abandoned)" in state.message, state
     if point == "batch-returned":  # the accounts created before the kill were adopted, not created again
         assert "link" in {o.operation for o in ops}
     code, out = reconcile(config)
@@ -241,3 +252,57 @@ def test_a_drain_killed_mid_batch_is_marked_crashed_in_prefect_when_its_events_a
     with session_scope() as session:
         ids = [e.user_id for e in session.exec(select(Event))]
     assert_converged(scim, ids)  # every event succeeded, one account per user
+
+
+def test_a_drain_whose_lease_expired_on_another_machine_is_marked_crashed_when_its_events_are_taken_over(
+        tmp_path, sqlite_url, scim):
+    """No pid to check there: the lease's expiry is the only sign that its process stopped."""
+    import socket
+    from datetime import timedelta
+    from uuid import UUID
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from deployments.ingest import accept
+    from flows.sweep import sweep_events
+    from models.config import load_config
+    from models.outbox import CLAIM_TTL
+    from models.tables import Lease, utcnow
+
+    @flow(name="provision-user")
+    def elsewhere():
+        """Stands for a drain on another machine: Prefect reads its run Running, and nothing will end it."""
+
+    config = write_config(tmp_path, scim)
+    kim, lee = event(username="kim"), event(username="lee")
+    for ev in (kim, lee):
+        accept(ev, load_config(config))
+    with get_client(sync_client=True) as client:
+        gone, alive = (client.create_flow_run(elsewhere, state=Running()).id for _ in range(2))
+    host = "worker-b"
+    assert host != socket.gethostname()
+    now = utcnow()
+    with session_scope() as session:
+        users = {e.id: e.user_id for e in session.exec(select(Event))}
+        for event_id, run, expires in ((kim["id"], gone, now - timedelta(seconds=1)),
+                                       (lee["id"], alive, now + timedelta(seconds=CLAIM_TTL))):
+            session.get(Event, event_id).status = "running"  # claimed there, never finished
+            session.add(Lease(name=f"user:{users[event_id]}", owner=f"{host}:4242:0badc0de:run={run}",
+                              acquired_at=expires - timedelta(seconds=CLAIM_TTL), expires_at=expires))
+
+    result = asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config)))
+    assert result["redispatched"] == [kim["id"]] and result["failed"] == [lee["id"]]  # lee's lease still holds
+    state = prefect_state(str(gone))
+    assert state.type.value == "CRASHED", state
+    assert f"its lease expired (its process on {host} stopped renewing it)" in state.message, state.message
+    taker = state.message.rpartition("taken over by flow run ")[2]  # the sweep's drain, which finished kim
+    with get_client(sync_client=True) as client:
+        taker = client.read_flow_run(UUID(taker))
+    assert taker.state.is_completed() and kim["id"] in taker.name, (taker.name, taker.state)
+    assert prefect_state(str(alive)).is_running()  # not expired: its process may still be at work
+    with session_scope() as session:
+        assert session.get(Event, kim["id"]).status == "succeeded"
+        assert session.get(Event, lee["id"]).status == "running"
+    assert [u.get("externalId") for u in scim.users()] == [users[kim["id"]]]
