@@ -257,7 +257,7 @@ def demo(users: int = typer.Option(50, help="How many sample users to provision.
         os.environ.setdefault("PREFECT_HOME", str(Path(".prefect-demo").resolve()))
         os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "10")
     prefect_ready()
-    from sandbox.demo import run_demo
+    from deployments.demo import run_demo
 
     raise typer.Exit(run_demo(users, database))
 
