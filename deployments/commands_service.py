@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from deployments.catalog import named
 from deployments.console import ConfigOption, fail, prefect_ready, read_config
 
 app = typer.Typer()
@@ -41,8 +42,9 @@ def api(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
 
 @app.command()
 def serve(config: Optional[Path] = ConfigOption,
-          reconcile_cron: str = typer.Option("0 2 * * *", help="When reconcile-all runs."),
-          sweep_after: float = typer.Option(300, help="sweep-events re-dispatches events unfinished this long (s)."),
+          reconcile_cron: str = typer.Option(named("reconcile-all").cron, help="When reconcile-all runs."),
+          sweep_after: float = typer.Option(named("sweep-events").parameters["older_than_seconds"],
+                                            help="sweep-events re-dispatches events unfinished this long (s)."),
           limit: Optional[int] = typer.Option(None, help="At most this many flow runs at once.")) -> None:
     """Serve every deployment (provision-user, reconcile-all, reconcile-connector, sweep-events) from this process."""
     from deployments.serve import serve_all
