@@ -38,8 +38,6 @@ class Deployment:
 
 
 DEPLOYMENTS = (
-    # Each run watches the outbox for a little longer than the schedule's minute, so two overlap at
-    # every hand-over (docs/operations.md).
     Deployment("drain-events", "flows/provision.py:drain_events",
                "Watch the outbox and provision what arrives, in batches (one run a minute, each lasting 75 s, "
                "so two overlap at every hand-over; see docs/operations.md).",
