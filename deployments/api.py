@@ -347,7 +347,7 @@ async def _store_answers(timeout: float = 5.0) -> bool:
 
 
 def _event_status(event_id: str) -> Optional[EventStatus]:
-    from deployments.cli import stored_outcomes
+    from deployments.outcomes import stored_outcomes
     from models.db import session_scope
     from models.runstate import get_event
 

@@ -1,4 +1,4 @@
-"""CLI command: check. Registered on deployments.cli.app when that module loads.
+"""CLI command: check.
 
 Exit codes (check): 0 every connector checked is usable (warnings allowed); 1 at least one is not;
 2 bad input (an unknown connector, a configuration that does not load).
@@ -10,7 +10,9 @@ from typing import Optional
 
 import typer
 
-from deployments.cli import ConfigOption, _load, app, fail
+from deployments.console import ConfigOption, fail, read_config
+
+app = typer.Typer()
 
 
 @app.command()
@@ -25,7 +27,7 @@ def check(connector: Optional[str] = typer.Option(None, "--connector", help="Onl
     from connectors.probe import summary
     from tasks.capabilities import NotStored, refresh
 
-    cfg = _load(config)
+    cfg = read_config(config)
     known = [c.name for c in cfg.connectors]
     if connector and connector not in known:
         fail(f"--connector: no connector {connector!r} in the configuration (have: {', '.join(known) or 'none'})")

@@ -1,4 +1,4 @@
-"""CLI commands: policy. Registered on deployments.cli.app when that module loads."""
+"""CLI command: explain (why a user is, or is not, on each connector)."""
 
 import json
 from pathlib import Path
@@ -6,7 +6,9 @@ from typing import Optional
 
 import typer
 
-from deployments.cli import ConfigOption, _load, app, fail
+from deployments.console import ConfigOption, fail, read_config
+
+app = typer.Typer()
 
 
 @app.command()
@@ -20,7 +22,7 @@ def explain(username: str = typer.Argument(..., help="The local username (STORE/
     from models.identity import find_user, view
     from tasks.explain import as_dicts, explain as explain_user, render_text
 
-    cfg = _load(config)
+    cfg = read_config(config)
     if "/" in username:  # WSO2's STORE/name form, as events accept it
         store, _, name = username.partition("/")
         if store and name:

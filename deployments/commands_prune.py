@@ -1,4 +1,4 @@
-"""CLI command: prune. Registered on deployments.cli.app when that module loads.
+"""CLI command: prune.
 
 Exit codes: 0 pruned (or counted, with --dry-run); 1 the state store failed; 2 bad configuration.
 """
@@ -9,7 +9,9 @@ from typing import Optional
 
 import typer
 
-from deployments.cli import ConfigOption, _load, app, fail
+from deployments.console import ConfigOption, fail, read_config
+
+app = typer.Typer()
 
 
 @app.command()
@@ -22,7 +24,7 @@ def prune(dry_run: bool = typer.Option(False, "--dry-run", help="Count what woul
     from models.db import database_url, redacted
     from models.retention import prune as prune_state
 
-    cfg = _load(config)
+    cfg = read_config(config)
     try:
         pruned = prune_state(cfg.retention, dry_run=dry_run)
     except SQLAlchemyError as exc:  # an unreachable or locked store: say so, no traceback

@@ -1,4 +1,4 @@
-"""CLI commands: import, reconcile. Registered on deployments.cli.app when that module loads.
+"""CLI commands: import, reconcile.
 
 Exit codes (reconcile): 0 done; 1 some rows failed; 2 bad input; 3 the plan needs --yes (it deletes or
 disables more than the connector's max_deletions); 4 another reconciliation of a connector was running
@@ -13,7 +13,9 @@ from typing import Optional
 
 import typer
 
-from deployments.cli import ConfigOption, _load, _quiet_prefect, app, fail, prefect_ready
+from deployments.console import ConfigOption, action_name, fail, prefect_ready, quiet_prefect, read_config
+
+app = typer.Typer()
 
 IMPORT_COLUMNS = ("username", "user_store", "email", "given_name", "family_name", "display_name", "active",
                   "roles", "groups")
@@ -80,7 +82,7 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
     from models.db import session_scope
     from models.identity import upsert_user
 
-    cfg = _load(config)
+    cfg = read_config(config)
     try:
         frame = pd.read_csv(file, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as exc:
@@ -98,13 +100,6 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
     for line in errors:
         typer.echo(line, err=True)
     raise typer.Exit(2 if errors else 0)
-
-
-def action_name(action: str, connector_type: Optional[str]) -> str:
-    """The target's own word for an action: Google calls a disable `suspend` (and an enable `unsuspend`)."""
-    if connector_type == "google":
-        return {"disable": "suspend", "enable": "unsuspend"}.get(action, action)
-    return action
 
 
 def plan_line(result: dict, connector_type: Optional[str]) -> str:
@@ -162,8 +157,8 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
     from flows.reconcile import reconcile as reconcile_flow
     from tasks.apply import progress_listeners
 
-    _quiet_prefect(verbose)
-    cfg = _load(config)
+    quiet_prefect(verbose)
+    cfg = read_config(config)
     names = [connector] if connector else [c.name for c in cfg.connectors if c.enabled]
     if connector and connector not in [c.name for c in cfg.connectors]:
         fail(f"no connector {connector!r} in the configuration")

@@ -1,4 +1,4 @@
-"""CLI commands: service (`api`, `serve`, `setup`, `status`). Registered on deployments.cli.app when that module loads."""
+"""CLI commands: service (`api`, `serve`, `setup`, `status`)."""
 
 import json
 from datetime import datetime, timedelta, timezone
@@ -7,7 +7,10 @@ from typing import Optional
 
 import typer
 
-from deployments.cli import ConfigOption, _load, app, fail, prefect_ready
+from deployments.catalog import named
+from deployments.console import ConfigOption, fail, prefect_ready, read_config
+
+app = typer.Typer()
 
 
 @app.command()
@@ -27,7 +30,7 @@ def api(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
 
     if dispatch not in ("auto", "prefect", "in-process"):
         fail(f"--dispatch: expected auto, prefect or in-process, got {dispatch!r}")
-    cfg = _load(config)
+    cfg = read_config(config)
     if dispatch != "prefect":
         prefect_ready()  # one Prefect API for the process, started before the first request needs it
     try:
@@ -39,13 +42,14 @@ def api(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
 
 @app.command()
 def serve(config: Optional[Path] = ConfigOption,
-          reconcile_cron: str = typer.Option("0 2 * * *", help="When reconcile-all runs."),
-          sweep_after: float = typer.Option(300, help="sweep-events re-dispatches events unfinished this long (s)."),
+          reconcile_cron: str = typer.Option(named("reconcile-all").cron, help="When reconcile-all runs."),
+          sweep_after: float = typer.Option(named("sweep-events").parameters["older_than_seconds"],
+                                            help="sweep-events re-dispatches events unfinished this long (s)."),
           limit: Optional[int] = typer.Option(None, help="At most this many flow runs at once.")) -> None:
     """Serve every deployment (provision-user, reconcile-all, reconcile-connector, sweep-events) from this process."""
     from deployments.serve import serve_all
 
-    _load(config)  # refuse a bad configuration now rather than at the first run
+    read_config(config)  # refuse a bad configuration now rather than at the first run
     serve_all(str(config.resolve()) if config else None, limit=limit, reconcile_cron=reconcile_cron,
               sweep_after_seconds=sweep_after)
 
@@ -55,7 +59,7 @@ def setup(config: Optional[Path] = ConfigOption) -> None:
     """Create or update the Prefect global concurrency and rate limits `outbound:<connector>`."""
     from tasks.limits import apply_limits
 
-    cfg = _load(config)
+    cfg = read_config(config)
     done = apply_limits(cfg)
     for name, slots, decay in done:
         kind = f"rate limit, {decay:g} slots/s" if decay else "concurrency limit"
@@ -169,7 +173,7 @@ def status(config: Optional[Path] = ConfigOption,
     """Summarise per connector: last reconciliation and its counts, failures in the last day, health (quarantine), the last `outbound check` (age, problems); the oldest unfinished event."""
     names: list[str] = []
     if config is not None or Path("outbound.yaml").exists():
-        names = [c.name for c in _load(config).connectors]
+        names = [c.name for c in read_config(config).connectors]
     summary = status_summary(names)
     if as_json:
         typer.echo(json.dumps(summary, default=str))

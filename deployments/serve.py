@@ -1,62 +1,45 @@
-"""Serve every deployment of prefect.yaml from one process (`outbound serve`), schedules and triggers included.
+"""Serve every deployment of the catalog from one process (`outbound serve`), schedules and triggers included.
 
 For a single-machine installation that needs no work pool: the Prefect server still records and
 shows every run. `drain-events` watches the outbox (a run a minute, each lasting 75 s), so an event
 stored by the API is provisioned within a poll interval, in batches under a burst.
 """
 
-import logging
+import importlib
+from dataclasses import replace
 from typing import Optional
 
-log = logging.getLogger("outbound.serve")
-
-DRAIN_CRON = "* * * * *"
-DRAIN_SECONDS = 75  # a little longer than the schedule's minute: two drainers overlap at each hand-over
-RECONCILE_CRON = "0 2 * * *"
-PRUNE_CRON = "30 3 * * *"  # after the nightly reconciliation, before the working day
-SWEEP_INTERVAL_SECONDS = 600  # see flows/sweep.py: every minute flooded the run list
+from deployments.catalog import DEPLOYMENTS, Deployment
 
 
-def build_deployments(config_path: Optional[str] = None, reconcile_cron: str = RECONCILE_CRON,
-                      sweep_after_seconds: float = 300, prune_cron: str = PRUNE_CRON) -> list:
-    """The RunnerDeployments that mirror prefect.yaml (reconciliation only when flows/reconcile.py exists)."""
+def runner_deployment(deployment: Deployment, config_path: Optional[str] = None):
+    """The RunnerDeployment of one catalog entry (with the configuration file as a parameter, when given)."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.schedules import Cron, Interval
 
-    from flows.provision import drain_events, provision_user
-    from flows.prune import prune_state
-    from flows.sweep import sweep_events
-
+    flow = getattr(importlib.import_module(deployment.module), deployment.function)
+    schedule = (Cron(deployment.cron, timezone="UTC") if deployment.cron
+                else Interval(deployment.interval) if deployment.interval else None)
+    concurrency = (ConcurrencyLimitConfig(limit=deployment.concurrency, collision_strategy="ENQUEUE")
+                   if deployment.concurrency else None)
     params = {"config_path": config_path} if config_path else {}
-    deployments = [
-        drain_events.to_deployment(name="drain-events", cron=DRAIN_CRON,
-                                   parameters={**params, "run_for_seconds": DRAIN_SECONDS},
-                                   concurrency_limit=ConcurrencyLimitConfig(limit=2, collision_strategy="ENQUEUE"),
-                                   tags=["outbound", "trigger:event"],
-                                   description="Watch the outbox and provision what arrives, in batches."),
-        provision_user.to_deployment(name="provision-user", parameters=params, tags=["outbound", "trigger:manual"],
-                                     description="Provision one event's user now (event_id), with what else is pending."),
-        sweep_events.to_deployment(name="sweep-events", interval=SWEEP_INTERVAL_SECONDS,
-                                   parameters={**params, "older_than_seconds": sweep_after_seconds},
-                                   tags=["outbound", "trigger:schedule"],
-                                   description="Re-dispatch events accepted but unfinished."),
-        prune_state.to_deployment(name="prune-state", cron=prune_cron, parameters=params,
-                                  tags=["outbound", "trigger:schedule"],
-                                  description="Nightly retention: prune old events, operations and attempts."),
-    ]
-    try:
-        from flows.reconcile import reconcile_all, reconcile_connector
-    except ImportError as exc:  # another issue adds the reconciliation flows
-        log.warning("reconciliation deployments not served: flows.reconcile is not importable (%s)", exc)
-        return deployments
-    deployments += [
-        reconcile_all.to_deployment(name="reconcile-all", cron=reconcile_cron, parameters=params,
-                                    tags=["outbound", "trigger:schedule"],
-                                    description="Nightly reconciliation of every connector."),
-        reconcile_connector.to_deployment(name="reconcile-connector", parameters=params,
-                                          tags=["outbound", "trigger:on-demand"],
-                                          description="Reconcile one connector on demand (connector, dry_run)."),
-    ]
-    return deployments
+    return flow.to_deployment(name=deployment.name, schedule=schedule, concurrency_limit=concurrency,
+                              parameters={**params, **deployment.parameters}, tags=deployment.tags,
+                              description=deployment.description)
+
+
+def build_deployments(config_path: Optional[str] = None, reconcile_cron: Optional[str] = None,
+                      sweep_after_seconds: Optional[float] = None) -> list:
+    """The RunnerDeployments of the catalog; `outbound serve`'s options may move reconcile-all and the sweep."""
+    chosen = []
+    for deployment in DEPLOYMENTS:
+        if deployment.name == "reconcile-all" and reconcile_cron:
+            deployment = replace(deployment, cron=reconcile_cron)
+        if deployment.name == "sweep-events" and sweep_after_seconds is not None:
+            deployment = replace(deployment, parameters={**deployment.parameters,
+                                                         "older_than_seconds": sweep_after_seconds})
+        chosen.append(runner_deployment(deployment, config_path))
+    return chosen
 
 
 def serve_all(config_path: Optional[str] = None, limit: Optional[int] = None, **kwargs) -> None:

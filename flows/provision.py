@@ -22,12 +22,11 @@ from models.config import Config, load_config
 from models.db import session_scope
 from models.outbox import Batch, claim, finish, release_or_defer, retry_now
 from models.runstate import get_event
+from tasks.desired import generate_username, resolve_policy
 from tasks.explain import attach_explanation
-from tasks.policy import resolve_policy
 from tasks.provision import Outcome, provision
 from tasks.readback import reconcile
 from tasks.retry import task_options
-from tasks.username import generate_username
 
 WAIT_FOR_USER = 300.0  # seconds an `outbound event` waits while another drain works on its user
 

@@ -7,9 +7,6 @@ IdPs they came through, their roles and user store), never on the event's payloa
 from dataclasses import dataclass
 from typing import Optional
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from models.config import ORG_TRIGGERS, Config, ConnectorConfig
 from models.identity import UserView
 
@@ -65,15 +62,3 @@ def resolve(user: UserView, config: Config, provisioned_on: set[str]) -> list[De
     """One decision per configured connector."""
     return [decide(user, cfg, config, cfg.name in provisioned_on) for cfg in config.connectors]
 
-
-@task(name="resolve-policy", task_run_name="resolve-policy {label}", cache_policy=NO_CACHE)
-def resolve_policy(user_ids: list[str], config: Config, label: str = "") -> dict[str, list[Decision]]:
-    """Decide, for every user of the batch and every connector, whether to provision, deprovision or skip, and why."""
-    from models.db import session_scope
-    from models.identity import load_views
-    from models.runstate import connectors_of_users
-
-    with session_scope() as session:
-        users = load_views(session, config.tenant_domain, user_ids)
-        provisioned = connectors_of_users(session, user_ids)
-    return {u.qualified_name: resolve(u, config, provisioned.get(u.id, set())) for u in users}

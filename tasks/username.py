@@ -7,9 +7,6 @@ the result is lower-cased, and with a `domain` any `@` becomes `.` before `@<dom
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from connectors.errors import Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView
@@ -129,19 +126,3 @@ def assign_names(users: list[UserView], cfg: ConnectorConfig, config: Config, ma
         out[user.id] = generated if n == 1 else GeneratedName(candidate, f"{generated.how}; suffix {n} (collision)")
     return out, errors
 
-
-@task(name="generate-username", task_run_name="generate-username {connector_name}", cache_policy=NO_CACHE)
-def generate_username(connector_name: str, user_ids: list[str], config: Config):
-    """The batch's desired accounts on one connector: policy, pattern, collisions, the target's rules."""
-    from connectors.factory import get_connector
-    from models.db import session_scope
-    from tasks import retry
-    from tasks.plan import desired_state  # the plan reads the store; this module stays pure
-
-    cfg = config.connector(connector_name)
-
-    def names():
-        with session_scope() as session:
-            return desired_state(session, config, cfg, user_ids, check_name=get_connector(cfg).check_user_name)
-
-    return retry.run_task(names, config.retry, f"connector={cfg.name} generate-username")

@@ -169,7 +169,8 @@ def _column(table: str, header: str, next_header: str) -> str:
 
 
 def test_google_suspend_is_called_suspend():
-    from deployments.commands_reconcile import _print_result, action_name, plan_line
+    from deployments.commands_reconcile import _print_result, plan_line
+    from deployments.console import action_name
 
     result = {"connector": "gw", "status": "succeeded", "dry_run": False, "counts": {"create": 1, "disable": 2},
               "deletions": 2, "threshold": 5, "desired_count": 3, "target_count": 4, "unmanaged": 0,
@@ -210,9 +211,9 @@ def test_cli_keeps_prefect_logs_off_the_terminal_but_in_the_api(guarded):
         assert code == 0, out
         assert console_levels() == {logging.NOTSET}
     finally:
-        from deployments.cli import _quiet_prefect
+        from deployments.console import quiet_prefect
 
-        _quiet_prefect(True)
+        quiet_prefect(True)
 
 
 def test_migration_0007_stores_guard_decisions_and_statuses_longer_than_16(db_url):

@@ -117,14 +117,17 @@ def test_a_bad_retention_is_refused_with_exit_2(tmp_path, sqlite_url):
 
 
 def test_the_nightly_deployment_is_declared_in_prefect_yaml_and_serve():
-    from deployments.serve import PRUNE_CRON, build_deployments
+    from deployments.catalog import named
+    from deployments.serve import build_deployments
+
+    prune_cron = named("prune-state").cron
 
     declared = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
     assert declared["prune-state"]["entrypoint"] == "flows/prune.py:prune_state"
-    assert declared["prune-state"]["schedules"][0]["cron"] == PRUNE_CRON
+    assert declared["prune-state"]["schedules"][0]["cron"] == prune_cron
     served = {d.name: d for d in build_deployments()}
     assert set(served) == set(declared)
-    assert served["prune-state"].schedules[0].schedule.cron == PRUNE_CRON
+    assert served["prune-state"].schedules[0].schedule.cron == prune_cron
 
 
 def test_the_prune_flow_logs_and_returns_the_counts(tmp_path, sqlite_url, prefect_harness, caplog):

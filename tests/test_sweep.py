@@ -65,11 +65,11 @@ def test_the_sweeper_is_scheduled_every_ten_minutes_not_every_minute():
 
     import yaml
 
-    from deployments.serve import SWEEP_INTERVAL_SECONDS
+    from deployments.catalog import named
 
     deployments = yaml.safe_load((Path(__file__).parent.parent / "prefect.yaml").read_text())["deployments"]
     sweep = next(d for d in deployments if d["name"] == "sweep-events")
-    assert sweep["schedules"][0]["interval"] == SWEEP_INTERVAL_SECONDS == 600  # 144 runs a day, not 1,440
+    assert sweep["schedules"][0]["interval"] == named("sweep-events").interval == 600  # 144 runs a day, not 1,440
 
 
 def test_status_shows_failures_reconciliations_and_the_oldest_unfinished_event(tmp_path, sqlite_url):

@@ -10,9 +10,10 @@ import os
 import tempfile
 import time
 from collections import Counter
+from importlib.resources import files
 from pathlib import Path
 
-USERS_FILE = Path(__file__).with_name("users.json")
+USERS_FILE = files("sandbox") / "users.json"
 
 
 def sample_events(count: int) -> tuple[list[dict], list[dict]]:

@@ -1,0 +1,39 @@
+"""resolve-policy and generate-username: an event batch's decisions and desired accounts, read from the store.
+
+The rules themselves are pure (`tasks.policy`, `tasks.username`); these two tasks load the batch's
+users and what is already provisioned, and hand them to the rules through the planner.
+"""
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from models.config import Config
+from models.db import session_scope
+from models.identity import load_views
+from models.runstate import connectors_of_users
+from tasks import retry
+from tasks.plan import desired_state
+from tasks.policy import Decision, resolve
+
+
+@task(name="resolve-policy", task_run_name="resolve-policy {label}", cache_policy=NO_CACHE)
+def resolve_policy(user_ids: list[str], config: Config, label: str = "") -> dict[str, list[Decision]]:
+    """Decide, for every user of the batch and every connector, whether to provision, deprovision or skip, and why."""
+    with session_scope() as session:
+        users = load_views(session, config.tenant_domain, user_ids)
+        provisioned = connectors_of_users(session, user_ids)
+    return {u.qualified_name: resolve(u, config, provisioned.get(u.id, set())) for u in users}
+
+
+@task(name="generate-username", task_run_name="generate-username {connector_name}", cache_policy=NO_CACHE)
+def generate_username(connector_name: str, user_ids: list[str], config: Config):
+    """The batch's desired accounts on one connector: policy, pattern, collisions, the target's rules."""
+    from connectors.factory import get_connector  # every connector's client library: only when a batch runs
+
+    cfg = config.connector(connector_name)
+
+    def names():
+        with session_scope() as session:
+            return desired_state(session, config, cfg, user_ids, check_name=get_connector(cfg).check_user_name)
+
+    return retry.run_task(names, config.retry, f"connector={cfg.name} generate-username")
