@@ -10,7 +10,6 @@ that type, `customSchemas.<schema>.<field>` a custom field, `orgUnitPath` itself
 arrays whole, so an update of one of them starts from the arrays the user has.
 """
 
-import logging
 import re
 import secrets
 import unicodedata
@@ -21,7 +20,6 @@ from connectors.errors import Rejected
 from models.config import GoogleSettings
 from models.mapping import as_text
 
-log = logging.getLogger("connectors.google")
 RESERVED = {"abuse", "postmaster"}
 _LOCAL = re.compile(r"[a-z0-9_'.\-]+")
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -125,8 +123,7 @@ def patch_body(changes: dict[str, Any], settings: GoogleSettings, extra_targets:
             body["externalIds"] = kept + ([{"type": "organization", "value": value}] if value else [])
         elif key.startswith("extra.") and key[len("extra."):] in extra_targets:
             write_mapped(body, key[len("extra."):], value, current or {})
-        else:  # email is primaryEmail here (user_name)
-            log.debug("google: change %s not applicable", key)
+        # anything else (email is primaryEmail here, user_name) has nothing to change
     if name:
         body["name"] = name
     return body

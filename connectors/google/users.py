@@ -20,7 +20,10 @@ class Users(Transport):
 
     def _patch_body(self, changes: dict[str, Any], external_ids: Optional[list] = None,
                     current: Optional[dict] = None) -> dict:
-        return patch_body(changes, self.settings, self.extra_targets, external_ids, current)
+        body = patch_body(changes, self.settings, self.extra_targets, external_ids, current)
+        if not body and changes:
+            log.debug("google: changes %s not applicable connector=%s", sorted(changes), self.name)
+        return body
 
     def check_user_name(self, user_name: str) -> None:
         """Raise Rejected unless Google would accept this primary address."""

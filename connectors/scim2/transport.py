@@ -2,6 +2,7 @@
 
 import json
 import logging
+from dataclasses import replace
 from typing import Any, Iterator, Optional
 
 import requests
@@ -121,8 +122,6 @@ class Transport:
         if isinstance(spc, dict) and spc:
             self._spc = spc
         if capabilities.get("group_type") is False:
-            from dataclasses import replace
-
             self.capabilities = replace(self.capabilities, groups=False)
             log.warning("connector=%s: the SCIM server has no Group resource type (outbound check): group sync "
                         "is off; remove groups: from this connector or enable groups on the server", self.name)
