@@ -6,7 +6,7 @@ import time
 import requests
 from requests.auth import AuthBase
 
-from connectors.errors import AuthFailed, TransientError
+from connectors.errors import TransientError, retry_after_seconds, token_error
 
 
 class BearerToken(AuthBase):
@@ -43,11 +43,9 @@ class ClientCredentials(AuthBase):
             response = self._session.post(self.token_url, data=data, auth=(self.client_id, self._secret))
         except requests.RequestException as exc:
             raise TransientError(f"token endpoint {self.token_url}: {type(exc).__name__}") from None
-        if response.status_code >= 500:
-            raise TransientError(f"token endpoint {self.token_url}: HTTP {response.status_code}", status=response.status_code)
         if response.status_code != 200:
-            raise AuthFailed(f"token endpoint {self.token_url} refused the client credentials: HTTP {response.status_code}",
-                             status=response.status_code)
+            raise token_error(response.status_code, f"token endpoint {self.token_url}: HTTP {response.status_code}",
+                              retry_after=retry_after_seconds(response.headers.get("Retry-After")))
         body = response.json()
         self._token = body["access_token"]
         self._expires = time.monotonic() + float(body.get("expires_in", 3600)) - 30

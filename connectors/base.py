@@ -48,11 +48,25 @@ class BatchOp:
     changes: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a connector can do, declared rather than probed: callers read this, never getattr."""
+
+    groups: bool = True  # the group calls work (False: callers never call them)
+    deletes_users: bool = True  # False: delete_user deactivates instead (the account stays)
+    max_batch: Optional[int] = None  # the most ops one batch request carries (None: the server says, or no limit)
+    read_only_attributes: tuple[str, ...] = ()  # managed attributes the target derives itself: never drift
+
+
 class Connector(Protocol):
-    """One remote system. Returns remote ids; never touches the store, sleeps or retries."""
+    """One remote system. Returns remote ids; never touches the store, sleeps or retries.
+
+    On a dry run every write raises DryRunRejected (reads go through); the group calls are only
+    made when `capabilities.groups`.
+    """
 
     name: str
-    supports_groups: bool
+    capabilities: Capabilities
 
     def check_user_name(self, user_name: str) -> None:
         """Raise Rejected (naming the rule) when the target would refuse this username."""
@@ -67,6 +81,15 @@ class Connector(Protocol):
     def delete_user(self, remote_id: str) -> None: ...
     def iter_users(self) -> Iterator[Account]: ...
 
+    # Results align with `ops`: each is the resulting Account (create/update), None (done), or the
+    # ConnectorError that call met. Never raises for one op. `max_workers` bounds parallel calls
+    # where the target has no batch endpoint.
+    def apply_batch(self, ops: list[BatchOp], *, max_workers: int = 1) -> list[Any]: ...
+
+
+class GroupConnector(Connector, Protocol):
+    """A connector whose `capabilities.groups` is True also has these."""
+
     def create_group(self, name: str, member_ids: list[str], external_id: Optional[str] = None) -> RemoteGroup: ...
     def get_group(self, remote_id: str) -> RemoteGroup: ...
     def find_group(self, name: str) -> Optional[RemoteGroup]: ...
@@ -74,10 +97,6 @@ class Connector(Protocol):
     def remove_members(self, group_id: str, member_ids: list[str]) -> None: ...
     def delete_group(self, remote_id: str) -> None: ...
     def iter_groups(self) -> Iterator[RemoteGroup]: ...
-
-    # Where the target has a batch API: results align with `ops`; each is the resulting Account
-    # (create/update), None (done), or the ConnectorError that call met. Never raises for one op.
-    def apply_batch(self, ops: list[BatchOp]) -> list[Any]: ...
 
 
 def canonical(value: Any) -> Any:

@@ -10,7 +10,8 @@
         ├── NotFound             the account is not there: re-create or treat as gone
         ├── AlreadyExists        a uniqueness conflict: find the account and adopt it
         ├── Rejected             the target refused the request (bad field): record, do not retry
-        └── AuthFailed           credentials refused even after one refresh: stop, do not retry
+        ├── AuthFailed           credentials refused even after one refresh: stop, do not retry
+        └── DryRunRejected       a dry run reached a write: not sent; says what would have been sent
 
 Messages name the field and the target's own detail, never a credential.
 """
@@ -61,6 +62,20 @@ class AuthFailed(ConnectorError):
     code = "auth_failed"
 
 
+class DryRunRejected(ConnectorError):
+    """A dry-run connector refused to send a write: `method`, `path` and `body` say what it would have sent.
+
+    A ConnectorError so a batch records it per operation like any other answer; never headers, so
+    no credential travels with it.
+    """
+
+    code = "dry_run"
+
+    def __init__(self, method: str, path: str, body: object = None):
+        super().__init__(f"dry-run: {method} {path} not sent")
+        self.method, self.path, self.body = method, path, body
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """Parse a Retry-After header (seconds or an HTTP date)."""
     if not value:
@@ -92,6 +107,19 @@ def for_status(status: int, text: str, *, retry_after: float | None = None, fiel
     if status in (408, 412) or status >= 500:
         return TransientError(text, status=status, retry_after=retry_after)
     return Rejected(text, status=status, field=field)
+
+
+def token_error(status: int, text: str, *, retry_after: float | None = None) -> ConnectorError:
+    """The error a token endpoint's refusal means, the same for every connector.
+
+    A 429 is the endpoint pacing us, and a 5xx or 408 says nothing about the credentials: both pass.
+    Any other refusal (400/401 invalid_client, invalid_grant, ...) is the credentials: AuthFailed.
+    """
+    if status == 429:
+        return RateLimited(text, status=status, retry_after=retry_after)
+    if status >= 500 or status == 408:
+        return TransientError(text, status=status, retry_after=retry_after)
+    return AuthFailed(text, status=status)
 
 
 # A target's own refusal of this user: running the event again changes nothing until someone acts.

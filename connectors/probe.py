@@ -2,7 +2,7 @@
 
 For every connector: can the target be reached (and its TLS certificate trusted), are the
 credentials accepted (a token really obtained and used), and what the target offers — per type
-in `probe_scim`, `probe_google`, `probe_salesforce`. The connector is built in dry-run, so not one
+in each connector package's `probe` module. The connector is built in dry-run, so not one
 mutating request can leave. The result is a capability profile:
 
     {connector, type, usable, checked_at, capabilities: {...}, problems: [{severity, what, fix}]}
@@ -25,8 +25,8 @@ from models.secrets import SecretError
 from models.tables import utcnow
 
 log = logging.getLogger("outbound.probe")
-_MODULES = {"scim2": "connectors.probe_scim", "google": "connectors.probe_google",
-            "salesforce": "connectors.probe_salesforce"}
+_MODULES = {"scim2": "connectors.scim2.probe", "google": "connectors.google.probe",
+            "salesforce": "connectors.salesforce.probe"}
 
 
 @dataclass

@@ -7,7 +7,6 @@ run: the plan finds the account by its externalId and links it. Every try of a r
 (one OperationAttempt per try, bulk-inserted in the same transaction), so retries stay visible.
 """
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -16,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from connectors.base import Account, BatchOp
-from connectors.errors import AlreadyExists, ConnectorError
+from connectors.errors import AlreadyExists, ConnectorError, DryRunRejected
 from connectors.outcome import group_created, unless_applied
 from models.config import ConnectorConfig, RetryPolicy
 from models.db import session_scope
@@ -69,19 +68,10 @@ def _batch_op(row: dict, accounts: dict[str, Account]) -> Optional[BatchOp]:
     return None
 
 
-def _send(connector, ops: list[BatchOp], workers: int) -> list[Any]:
-    batch = getattr(connector, "apply_batch", None)
-    if batch is None:
-        raise TypeError(f"connector {connector.name} has no apply_batch")
-    if "max_workers" in inspect.signature(batch).parameters:
-        return batch(ops, max_workers=workers)
-    return batch(ops)
-
-
 def _send_all(connector, ops: list[BatchOp], workers: int) -> list[Any]:
     """Send ops; a failure of the whole call (e.g. the capability probe) is every op's result."""
     try:
-        return _send(connector, ops, workers)
+        return connector.apply_batch(ops, max_workers=workers)
     except ConnectorError as exc:
         return [exc] * len(ops)
 
@@ -108,6 +98,11 @@ def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple
                         "error_message": message, "flow_run_id": op["flow_run_id"], "started_at": started,
                         "finished_at": finished})
     return out
+
+
+def _would_apply(result: Any) -> Any:
+    """A dry-run connector refuses every write with DryRunRejected: that row would have been applied."""
+    return None if isinstance(result, DryRunRejected) else result
 
 
 def _code(error: Optional[BaseException]) -> Optional[str]:
@@ -175,6 +170,7 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
     op_rows, new_maps, gone_remote = [], [], []
     for row, result, tried in zip(rows, outcomes, history):
         n = len(tried)
+        result = _would_apply(result)
         action, kind = row["action"], row["op"]
         remote_id = row["remote_id"]
         if isinstance(result, AlreadyExists) and kind == "create" and not dry_run:
@@ -301,8 +297,8 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
     Each row is recorded as an operation (entity_type="group"); a failed call fails its rows only.
     A call that fails transiently is retried by `policy` like a user row, and, as for a user row,
     the target is read first: a group create whose answer was lost is found by name rather than
-    made twice, a member change found in effect is not sent again. Dry-run sends nothing and
-    records nothing.
+    made twice, a member change found in effect is not sent again. On a dry run the connector refuses
+    each write (DryRunRejected): its rows count as would-apply, and nothing is recorded.
     """
     policy = policy or RetryPolicy()
     counts, op_rows, group_maps = Counts(), [], []
@@ -312,6 +308,8 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
 
     def outcome(row: dict, status: str, group_remote_id: Optional[str], group_id: Optional[str],
                 started, error: Optional[BaseException] = None, reason: Optional[str] = None, tries: int = 1) -> None:
+        error = _would_apply(error)
+        status = "succeeded" if status == "failed" and error is None else status
         setattr(counts, status, getattr(counts, status) + 1)
         if error is not None:
             counts.failures.append({"action": row["action"], "user": row["entity_name"], "error": str(error)})
@@ -330,14 +328,14 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
         failed: Optional[BaseException] = None
         for row in creates:
             started, tries = utcnow(), 1
-            if not dry_run:
-                try:
+            try:
+                if not dry_run:
                     group_id = _local_group(name)[0]  # a configured group nobody has joined yet
-                    created, tries = retry.run(lambda: connector.create_group(name, [], external_id=group_id), policy,
-                                               look=lambda: group_created(connector, name, group_id))
-                    group_remote_id = created.id
-                except ConnectorError as exc:
-                    failed = exc
+                created, tries = retry.run(lambda: connector.create_group(name, [], external_id=group_id), policy,
+                                           look=lambda: group_created(connector, name, group_id))
+                group_remote_id = created.id
+            except ConnectorError as exc:  # on a dry run, DryRunRejected: its member rows are not sent either
+                failed = exc
             outcome(row, "failed" if failed else "succeeded", group_remote_id, group_id, started, failed, tries=tries)
         if group_remote_id and group_id and not dry_run:
             group_maps.append((group_id, group_remote_id, name))
@@ -352,7 +350,7 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
             if not todo:
                 continue
             started, error, tries = utcnow(), failed, 1
-            if error is None and not dry_run:
+            if error is None:
                 ids = [r["remote_id"] or members[r["local_id"]] for r in todo]
                 try:
                     _, tries = retry.run(lambda: call(group_remote_id, ids), policy, look=lambda: _members_in_effect(

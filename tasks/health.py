@@ -15,7 +15,6 @@ configuration) says nothing about the target. A 429 is neither a failure nor a s
 is up but pacing us); an answer such as 404/409/400 is a success (the target is up).
 """
 
-import inspect
 import logging
 import threading
 import time
@@ -259,12 +258,10 @@ class Guarded:
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
 
-    def apply_batch(self, ops: list, max_workers: Optional[int] = None) -> list[Any]:
-        batch = self._inner.apply_batch
-        kw = {"max_workers": max_workers} if max_workers and "max_workers" in inspect.signature(batch).parameters else {}
+    def apply_batch(self, ops: list, *, max_workers: int = 1) -> list[Any]:
         check(self._cfg.name)  # raises Quarantined: the apply's retry loop waits its retry_after
         try:
-            results = batch(ops, **kw)
+            results = self._inner.apply_batch(ops, max_workers=max_workers)
         except Exception as exc:
             record_failure(self._cfg.name, exc, self._cfg)
             raise

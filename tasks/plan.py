@@ -552,7 +552,7 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
         state.mappings = _mapped_elsewhere(session, cfg, [a.id for a in accounts], state.mappings)
     target = target_frame(accounts, cfg.attribute_map.extra_targets)
     rows, unmanaged = diff(state.desired, target, state.mappings, state.deprovision, state.known_ids,
-                           read_only=tuple(getattr(connector, "read_only_attributes", ())), orphans=cfg.orphans,
+                           read_only=connector.capabilities.read_only_attributes, orphans=cfg.orphans,
                            match=tuple(cfg.match), partial=user_ids is not None)
     if state.conflicts and len(rows):  # a user who cannot be named keeps the account it has, untouched
         rows = rows[~rows["local_id"].isin(list(state.conflicts))].reset_index(drop=True)
@@ -560,7 +560,7 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
                 max_deletions=cfg.max_deletions, desired=state.accounts, conflicts=state.conflicts,
                 decisions=state.decisions, mapped=dict(zip(state.mappings["local_id"], state.mappings["remote_id"])),
                 present=set(target["remote_id"]) if user_ids is not None else set())
-    if cfg.groups and getattr(connector, "supports_groups", False):
+    if cfg.groups and connector.capabilities.groups:
         plan.group_rows = plan_groups(session, cfg, connector, state, rows)
     return plan
 

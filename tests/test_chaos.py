@@ -41,7 +41,7 @@ class _Flaky:
     def __init__(self, fail: int):
         self.fail, self.calls = fail, 0
 
-    def apply_batch(self, ops):
+    def apply_batch(self, ops, *, max_workers=1):
         self.calls += 1
         if self.calls <= self.fail:
             return [TransientError("HTTP 503", status=503)] * len(ops)

@@ -62,7 +62,7 @@ def test_a_missing_group_type_is_reported_and_turns_group_sync_off(tmp_path, sql
         assert "no Group resource type" in problem["what"] and "groups (staff)" in problem["what"]
         assert problem["fix"] == "remove groups: from connector app, or enable groups on the server"
         connector = get_connector(load_config(config).connectors[0])
-        assert connector.supports_groups is False  # the stored profile drives the connector
+        assert connector.capabilities.groups is False  # the stored profile drives the connector
         from models.db import session_scope
         from tasks.plan import make_plan
 

@@ -312,17 +312,25 @@ def test_groups_members_in_batches_and_pages(sandbox):
 # --- dry run ----------------------------------------------------------------------------
 
 def test_dry_run_sends_no_mutating_request(sandbox):
+    from connectors.errors import DryRunRejected
+
     real = connect(sandbox)
     existing = real.create_user(account())
     connector = connect(sandbox, dry_run=True)
     before = len(sandbox.requests)
-    connector.create_user(account())
-    assert connector.update_user(existing.id, {"family_name": "Byron"}, existing).family_name == "Byron"
-    connector.disable_user(existing.id)
-    connector.delete_user(existing.id)
-    connector.create_group("dry", [existing.id])
+    with pytest.raises(DryRunRejected) as refused:
+        connector.create_user(account())
+    assert (refused.value.method, refused.value.path) == ("POST", "users")
+    assert refused.value.body["password"] == "***"  # the generated password is not carried
+    with pytest.raises(DryRunRejected, match=f"PATCH users/{existing.id}"):
+        connector.update_user(existing.id, {"family_name": "Byron"}, existing)
+    for call in (lambda: connector.disable_user(existing.id), lambda: connector.delete_user(existing.id),
+                 lambda: connector.create_group("dry", [existing.id])):
+        with pytest.raises(DryRunRejected):
+            call()
     results = connector.apply_batch([BatchOp("create", account=account()), BatchOp("delete", remote_id=existing.id)])
-    assert results[0].user_name and results[1] is None
+    assert all(isinstance(r, DryRunRejected) for r in results)
+    assert '"password": "***"' in results[0].body  # a batch body, as text, without the password
     assert connector.find_user(user_name=existing.user_name).id == existing.id
     sent = sandbox.requests[before:]
     assert all(method in ("GET",) or path == "/token" for method, path in sent), sent

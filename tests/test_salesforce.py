@@ -161,7 +161,7 @@ def test_create_sends_required_fields_and_maps_back(sandbox):
     assert got.extra == {"Department": "R&D"} and got.display_name == "Zoë Ångström"
     assert differences(acct, got) == {}
     # Name is computed by Salesforce: a display name that differs is drift the connector cannot close.
-    assert "display_name" in sf.read_only_attributes
+    assert "display_name" in sf.capabilities.read_only_attributes
     assert differences(replace(acct, display_name="Dr. Z"), got) == {"display_name": "Dr. Z"}
     updated = sf.update_user(created.id, {"extra.Department": "Ops", "display_name": "ignored"}, got)
     assert sandbox.users[created.id]["Department"] == "Ops" and updated.extra["Department"] == "Ops"
@@ -300,11 +300,19 @@ def test_iter_users_pages_and_skips_non_standard_users(sandbox, sf):
 
 
 def test_dry_run_sends_nothing_mutating(sandbox):
+    from connectors.errors import DryRunRejected
+
     sf = build(salesforce_config(sandbox), dry_run=True)
-    before = len(sandbox.users)
-    result = sf.create_user(account())
-    sf.disable_user("005000000000001AAA")
-    assert result.id is None and len(sandbox.users) == before
+    before, sent = len(sandbox.users), len(sandbox.requests)
+    with pytest.raises(DryRunRejected) as refused:
+        sf.create_user(account())
+    assert (refused.value.method, refused.value.path) == ("POST", "sobjects/User")
+    with pytest.raises(DryRunRejected, match="PATCH sobjects/User/005000000000001AAA"):
+        sf.disable_user("005000000000001AAA")
+    results = sf.apply_batch([BatchOp("create", account=account()), BatchOp("disable", remote_id="005000000000001AAA")])
+    assert all(isinstance(r, DryRunRejected) for r in results)
+    assert len(sandbox.users) == before
+    assert not [(m, p) for m, p in sandbox.requests[sent:] if m != "GET" and not p.endswith("/oauth2/token")]
 
 
 # --- batches --------------------------------------------------------------------------------

@@ -272,11 +272,11 @@ def test_garbled_answers_are_outcome_unknown_or_named_errors_never_a_crash():
 
 
 def test_a_bulk_answer_keeps_retry_after_and_the_shared_status_mapping():
-    from connectors.scim2 import Scim2Connector
+    from connectors.scim2.transport import scim_error
 
-    error = Scim2Connector._bulk_error(None, {"method": "PATCH", "path": "/Users/x"}, 429, {"detail": "slow"}, 2.5)
+    error = scim_error("PATCH /Users/x", 429, {"detail": "slow"}, 2.5)
     assert isinstance(error, RateLimited) and error.retry_after == 2.5
-    error = Scim2Connector._bulk_error(None, {"method": "PATCH", "path": "/Users/x"}, 503, {}, 4.0)
+    error = scim_error("PATCH /Users/x", 503, {}, 4.0)
     assert isinstance(error, ConnectorError) and error.retry_after == 4.0 and error.status == 503
 
 

@@ -48,7 +48,7 @@ def probe(cfg, found: Findings) -> None:
                     f"set salesforce.api_version: \"{offered[-1]}\" for connector {cfg.name}")
         return
     try:
-        connector._json_call("GET /sobjects/User/describe", "GET", "sobjects/User/describe", mutating=False)
+        connector._json_call("GET /sobjects/User/describe", "GET", "sobjects/User/describe")
         caps["authenticated"] = True
         _profile(cfg, connector, found)
         _required_fields(cfg, connector, found)
@@ -83,7 +83,7 @@ def _profile(cfg, connector, found: Findings) -> None:
 
 
 def _required_fields(cfg, connector, found: Findings) -> None:
-    describe = connector._json_call("GET /sobjects/User/describe", "GET", "sobjects/User/describe", mutating=False)
+    describe = connector._json_call("GET /sobjects/User/describe", "GET", "sobjects/User/describe")
     required = sorted(f["name"] for f in (describe or {}).get("fields") or []
                       if f.get("createable") and not f.get("nillable") and not f.get("defaultedOnCreate"))
     found.capabilities["required_fields"] = required
@@ -110,7 +110,7 @@ def _required_fields(cfg, connector, found: Findings) -> None:
 
 def _limits(connector, found: Findings) -> None:
     try:
-        limits = connector._json_call("GET /limits", "GET", "limits", mutating=False) or {}
+        limits = connector._json_call("GET /limits", "GET", "limits") or {}
     except ConnectorError as exc:
         found.warn(f"GET /limits: {exc}", "give the integration user the View Setup and Configuration permission")
         return

@@ -120,9 +120,9 @@ def _client_id(settings) -> str:
 
 
 def _detail(exc: Exception) -> str:
-    from connectors.google import _refresh_detail
+    from connectors.google import refresh_detail
 
-    return _refresh_detail(exc)
+    return refresh_detail(exc)
 
 
 def summary(caps: dict[str, Any]) -> list[str]:
