@@ -38,6 +38,7 @@ class Action(StrEnum):
     GONE = "gone"  # the account was already absent
     VERIFY = "verify"  # read back and found as planned
     FIX = "fix"  # read back and found drifted
+    CONFLICT = "conflict"  # a plan's count of users who cannot be named (never a row or an operation)
 
 
 class EventStatus(StrEnum):

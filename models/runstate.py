@@ -9,7 +9,7 @@ from sqlalchemy import MetaData, Table, delete, func, inspect, insert, update
 from sqlmodel import Session, select
 
 from models.db import session_scope
-from models.kinds import OperationStatus
+from models.kinds import Intent, OperationStatus, RunStatus
 from models.outbox import UNFINISHED
 from models.tables import Event, Mapping, Operation, OperationAttempt, ReconciliationRun, utcnow
 
@@ -133,7 +133,7 @@ def operations_of_event(session: Session, event_id: str) -> list[Operation]:
 
 def operations_but_verifications(session: Session) -> Iterable[Operation]:
     """Every operation except the read-back verifications."""
-    return session.exec(select(Operation).where(Operation.action != "verify"))
+    return session.exec(select(Operation).where(Operation.action != Intent.VERIFY))
 
 
 def recent_operations(session: Session, limit: int, status: Optional[str] = None,
@@ -150,7 +150,7 @@ def recent_operations(session: Session, limit: int, status: Optional[str] = None
 def last_operation(session: Session, connector: str, user_id: str) -> Optional[Operation]:
     """The user's latest operation on `connector` other than a verification."""
     return session.exec(select(Operation).where(Operation.connector == connector, Operation.entity_id == user_id,
-                                                Operation.entity_type == "user", Operation.action != "verify")
+                                                Operation.entity_type == "user", Operation.action != Intent.VERIFY)
                         .order_by(Operation.id.desc())).first()
 
 
@@ -164,7 +164,7 @@ def recent_flow_runs(session: Session, connector: str, user_id: str, scan: int =
 def failures_by_connector(session: Session, since: datetime) -> dict[str, int]:
     """Connector -> operations failed since `since`."""
     return dict(session.exec(select(Operation.connector, func.count()).where(
-        Operation.status == "failed", Operation.started_at >= since).group_by(Operation.connector)).all())
+        Operation.status == OperationStatus.FAILED, Operation.started_at >= since).group_by(Operation.connector)).all())
 
 
 # --- reconciliation runs -------------------------------------------------------------------
@@ -189,8 +189,8 @@ def abandon_stale_runs(connector: str) -> int:
     """Mark runs of `connector` still `running` as abandoned; return how many."""
     with session_scope() as session:
         return session.exec(update(ReconciliationRun)
-                            .where(ReconciliationRun.connector == connector, ReconciliationRun.status == "running")
-                            .values(status="abandoned", finished_at=utcnow(),
+                            .where(ReconciliationRun.connector == connector, ReconciliationRun.status == RunStatus.RUNNING)
+                            .values(status=RunStatus.ABANDONED, finished_at=utcnow(),
                                     error="interrupted: the process ended before the run finished")).rowcount
 
 
@@ -225,14 +225,14 @@ def stuck_events(older_than_seconds: float, limit: int = 100) -> list[tuple[str,
 
 def oldest_unfinished_event(session: Session) -> Optional[Event]:
     """The event accepted or running the longest."""
-    return session.exec(select(Event).where(Event.status.in_(("accepted", "running")))
+    return session.exec(select(Event).where(Event.status.in_(UNFINISHED))
                         .order_by(Event.received_at).limit(1)).first()
 
 
 def unfinished_count(session: Session) -> int:
     """How many events are accepted or running."""
     return session.exec(select(func.count()).select_from(Event)
-                        .where(Event.status.in_(("accepted", "running")))).one()
+                        .where(Event.status.in_(UNFINISHED))).one()
 
 
 # --- reconciliation runs -------------------------------------------------------------------
@@ -241,4 +241,4 @@ def running_reconciliation_flow_runs(connector: str) -> list[str]:
     """The Prefect flow run ids of `connector`'s reconciliation runs still marked running."""
     with session_scope() as session:
         return [r for r in session.exec(select(ReconciliationRun.flow_run_id).where(
-            ReconciliationRun.connector == connector, ReconciliationRun.status == "running")) if r]
+            ReconciliationRun.connector == connector, ReconciliationRun.status == RunStatus.RUNNING)) if r]

@@ -19,6 +19,7 @@ from connectors.errors import AlreadyExists, ConnectorError, DryRunRejected
 from connectors.outcome import group_created, unless_applied
 from models.config import ConnectorConfig, RetryPolicy
 from models.db import session_scope
+from models.kinds import Action, Intent, OperationStatus
 from models.runstate import (accounts_of, link_accounts, owner_of_account, pushed_hash, record_attempts,
                              record_operations, unlink_accounts)
 from models.tables import utcnow
@@ -28,8 +29,12 @@ from tasks.retry import Tries
 log = logging.getLogger("outbound.apply")
 
 DEFAULT_CHUNK = 500
-MAPPED = ("create", "relink", "link")  # successes that write a mapping
-UNMAPPED = ("delete",)  # successes that remove one (by remote id)
+# The members, bound once: the per-row loop compares against these, not `Action.X`.
+CREATE, UPDATE, LINK, NONE, DELETE = Action.CREATE, Action.UPDATE, Action.LINK, Action.NONE, Action.DELETE
+SUCCEEDED, FAILED, SKIPPED = OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.SKIPPED
+PROVISION, SKIP = Intent.PROVISION, Intent.SKIP
+MAPPED = (CREATE, Action.RELINK, LINK)  # successes that write a mapping
+UNMAPPED = (DELETE,)  # successes that remove one (by remote id)
 
 # Listeners told (done, total) as chunks finish: the CLI's progress bar registers here.
 progress_listeners: list[Callable[[int, int], None]] = []
@@ -58,12 +63,12 @@ class Counts:
 
 def _batch_op(row: dict, accounts: dict[str, Account]) -> Optional[BatchOp]:
     kind = row["op"]
-    if kind == "create":
-        return BatchOp("create", account=accounts[row["local_id"]])
-    if kind == "update":
+    if kind == CREATE:
+        return BatchOp(CREATE, account=accounts[row["local_id"]])
+    if kind == UPDATE:
         changes = {f: c["want"] for f, c in (row["changes"] or {}).items()}
-        return BatchOp("update", remote_id=row["remote_id"], changes=changes)
-    if kind in ("disable", "enable", "delete"):
+        return BatchOp(UPDATE, remote_id=row["remote_id"], changes=changes)
+    if kind in (Action.DISABLE, Action.ENABLE, DELETE):
         return BatchOp(kind, remote_id=row["remote_id"])
     return None
 
@@ -93,7 +98,7 @@ def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple
             if last:
                 status, code, message = op["status"], op["error_code"], op["error_message"]
             else:
-                status, code, message = "failed", _code(error), str(error)
+                status, code, message = FAILED, _code(error), str(error)
             out.append({"operation_id": op_id, "number": number, "status": status, "error_code": code,
                         "error_message": message, "flow_run_id": op["flow_run_id"], "started_at": started,
                         "finished_at": finished})
@@ -130,7 +135,7 @@ def operation_row(connector: str, entity_id: str, entity_name: Optional[str], ac
     """An operation as a row for a bulk insert: a finished one with no remote call, unless `fields` say more."""
     now = utcnow()
     return {"connector": connector, "entity_type": "user", "entity_id": entity_id, "entity_name": entity_name,
-            "action": action, "operation": "none", "status": "skipped", "attempts": 0, "reason": None,
+            "action": action, "operation": NONE, "status": SKIPPED, "attempts": 0, "reason": None,
             "error_code": None, "error_message": None, "remote_id": None, "remote_name": None, "drift": None,
             "flow_run_id": None, "started_at": now, "finished_at": now, **fields}
 
@@ -173,19 +178,19 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
         result = _would_apply(result)
         action, kind = row["action"], row["op"]
         remote_id = row["remote_id"]
-        if isinstance(result, AlreadyExists) and kind == "create" and not dry_run:
+        if isinstance(result, AlreadyExists) and kind == CREATE and not dry_run:
             adopted = _adopt(connector, cfg, row)
             if adopted is not None:
-                result, action = adopted, "link"
+                result, action = adopted, LINK
         if isinstance(result, BaseException):
-            status = "failed"
+            status = FAILED
             counts.failed += 1
             counts.failures.append({"action": action, "user": row["entity_name"], "error": str(result)})
-        elif kind == "none" and action != "link":
-            status = "skipped"
+        elif kind == NONE and action != LINK:
+            status = SKIPPED
             counts.skipped += 1
         else:
-            status = "succeeded"
+            status = SUCCEEDED
             counts.succeeded += 1
             if isinstance(result, Account) and result.id:
                 remote_id = result.id
@@ -195,7 +200,7 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
                                  "remote_name": account.user_name, "pushed_hash": pushed_hash(account.managed())})
             elif kind in UNMAPPED and remote_id:
                 gone_remote.append(remote_id)
-            elif kind == "update" and "user_name" in (row["changes"] or {}) and row["local_id"] in accounts:
+            elif kind == UPDATE and "user_name" in (row["changes"] or {}) and row["local_id"] in accounts:
                 account = accounts[row["local_id"]]  # a rename: the mapping follows the account's new name
                 new_maps.append({"local_id": row["local_id"], "remote_id": remote_id,
                                  "remote_name": account.user_name, "pushed_hash": pushed_hash(account.managed())})
@@ -203,7 +208,7 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
         op_rows.append({
             "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "user",
             "entity_id": row["local_id"] or remote_id or "-", "entity_name": row["entity_name"],
-            "action": "skip" if status == "skipped" else row.get("decision") or "provision",
+            "action": SKIP if status == SKIPPED else row.get("decision") or PROVISION,
             "operation": action, "status": status, "attempts": n, "reason": row["reason"],
             "error_code": _code(error),
             "error_message": str(error) if error else None, "remote_id": remote_id,
@@ -239,8 +244,8 @@ def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Accou
     from prefect.runtime import flow_run
     from tasks import health
 
-    # Issue 8: each batch call passes the quarantine gate (Quarantined is transient: the retry loop
-    # waits its retry_after) and reports the target's health.
+    # Each batch call passes the quarantine gate, so a target that keeps failing is left alone
+    # (Quarantined is transient: the retry loop waits its retry_after), and reports its health.
     connector = health.guarded(get_connector(cfg, dry_run=dry_run), cfg)
     counts = apply_rows(rows, accounts, cfg, connector, run_id=run_id, policy=policy, dry_run=dry_run,
                         flow_run_id=str(flow_run.id) if flow_run.id else None, events=events)
@@ -309,22 +314,22 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
     def outcome(row: dict, status: str, group_remote_id: Optional[str], group_id: Optional[str],
                 started, error: Optional[BaseException] = None, reason: Optional[str] = None, tries: int = 1) -> None:
         error = _would_apply(error)
-        status = "succeeded" if status == "failed" and error is None else status
+        status = SUCCEEDED if status == FAILED and error is None else status
         setattr(counts, status, getattr(counts, status) + 1)
         if error is not None:
             counts.failures.append({"action": row["action"], "user": row["entity_name"], "error": str(error)})
         op_rows.append({
             "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "group",
             "entity_id": group_id or row["group"], "entity_name": row["entity_name"],
-            "action": "skip" if status == "skipped" else "group", "operation": row["action"], "status": status,
-            "attempts": 0 if status == "skipped" else tries, "reason": reason or row["reason"],
+            "action": SKIP if status == SKIPPED else Intent.GROUP, "operation": row["action"], "status": status,
+            "attempts": 0 if status == SKIPPED else tries, "reason": reason or row["reason"],
             "error_code": _code(error), "error_message": str(error) if error else None,
             "remote_id": group_remote_id, "remote_name": row["group"], "drift": None, "flow_run_id": flow_run_id,
             "started_at": started, "finished_at": utcnow(), "_member": row["local_id"]})
 
     for name, group_rows in by_group.items():
         group_id, group_remote_id = group_rows[0]["group_id"], group_rows[0]["group_remote_id"]
-        creates = [r for r in group_rows if r["action"] == "group_create"]
+        creates = [r for r in group_rows if r["action"] == Action.GROUP_CREATE]
         failed: Optional[BaseException] = None
         for row in creates:
             started, tries = utcnow(), 1
@@ -336,15 +341,15 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
                 group_remote_id = created.id
             except ConnectorError as exc:  # on a dry run, DryRunRejected: its member rows are not sent either
                 failed = exc
-            outcome(row, "failed" if failed else "succeeded", group_remote_id, group_id, started, failed, tries=tries)
+            outcome(row, FAILED if failed else SUCCEEDED, group_remote_id, group_id, started, failed, tries=tries)
         if group_remote_id and group_id and not dry_run:
             group_maps.append((group_id, group_remote_id, name))
         members = _group_member_ids(cfg, group_rows)
-        for action, call in (("member_add", connector.add_members), ("member_remove", connector.remove_members)):
+        for action, call in ((Action.MEMBER_ADD, connector.add_members), (Action.MEMBER_REMOVE, connector.remove_members)):
             todo = [r for r in group_rows if r["action"] == action]
             if not dry_run:  # a member whose account was not created (its create failed) is skipped
                 for row in [r for r in todo if not members.get(r["local_id"]) and not r["remote_id"]]:
-                    outcome(row, "skipped", group_remote_id, group_id, utcnow(),
+                    outcome(row, SKIPPED, group_remote_id, group_id, utcnow(),
                             reason=f"{row['reason']}; skipped: the account does not exist on {cfg.name}")
                     todo.remove(row)
             if not todo:
@@ -354,11 +359,11 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
                 ids = [r["remote_id"] or members[r["local_id"]] for r in todo]
                 try:
                     _, tries = retry.run(lambda: call(group_remote_id, ids), policy, look=lambda: _members_in_effect(
-                        connector, group_remote_id, ids, present=action == "member_add"))
+                        connector, group_remote_id, ids, present=action == Action.MEMBER_ADD))
                 except ConnectorError as exc:
                     error = exc
             for row in todo:
-                outcome(row, "failed" if error else "succeeded", group_remote_id, group_id, started, error,
+                outcome(row, FAILED if error else SUCCEEDED, group_remote_id, group_id, started, error,
                         tries=tries)
     if dry_run:
         return counts

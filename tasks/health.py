@@ -1,4 +1,4 @@
-"""health: quarantine a connector whose target keeps failing, and let it recover by itself (issue 8).
+"""health: quarantine a connector whose target keeps failing, and let it recover by itself.
 
 A circuit breaker kept in the store (`connector_health`), so every worker sees the same state:
 
@@ -27,6 +27,7 @@ from connectors.errors import AuthFailed, ConnectorError, RateLimited, Transient
 from models.config import Config, ConnectorConfig
 from models import health as store
 from models.db import session_scope
+from models.kinds import HealthState
 from models.locks import _owner, release, try_acquire
 from models.tables import ConnectorHealth, utcnow
 
@@ -35,6 +36,7 @@ log = logging.getLogger("outbound.health")
 PROBE_TTL = 120.0  # a probe that takes longer (or whose worker died) lets another one through
 PROBE_WAIT = 10.0  # how long a call waits in-process for a probe in flight before giving up
 MAX_ERROR_CHARS = 1000
+OPEN = HealthState.OPEN  # bound once: the gate compares it on every call
 _MISSING = object()
 _local = threading.local()
 
@@ -93,17 +95,17 @@ def all_health() -> dict[str, ConnectorHealth]:
 def describe(h: Optional[ConnectorHealth]) -> str:
     """One line for humans: `closed`, or `open since …, retry at …, last error …`."""
     if h is None:
-        return "closed"
+        return HealthState.CLOSED
     last = f"last error {h.last_error_code}: {h.last_error}" if h.last_error_code else ""
     failures = f"{h.consecutive_failures} failure{'' if h.consecutive_failures == 1 else 's'} in a row"
-    if h.state != "open":
-        return "closed" + (f" ({failures}; {last})" if h.consecutive_failures else "")
+    if h.state != OPEN:
+        return HealthState.CLOSED + (f" ({failures}; {last})" if h.consecutive_failures else "")
     return f"open since {_stamp(h.opened_at)}, retry at {_stamp(h.retry_at)} (back-off {h.backoff:g} s), {failures}; {last}"
 
 
 def as_dict(h: Optional[ConnectorHealth]) -> dict:
     """The health row as plain values (for `outbound status --json`), `closed` when there is none."""
-    return {"state": h.state if h else "closed", "consecutive_failures": h.consecutive_failures if h else 0,
+    return {"state": h.state if h else HealthState.CLOSED, "consecutive_failures": h.consecutive_failures if h else 0,
             "opened_at": _aware(h.opened_at).isoformat() if h and h.opened_at else None,
             "retry_at": _aware(h.retry_at).isoformat() if h and h.retry_at else None,
             "backoff_seconds": h.backoff if h else 0.0,
@@ -125,7 +127,7 @@ def check(connector: str, wait: float = PROBE_WAIT) -> None:
     deadline, poll = time.monotonic() + wait, 0.05
     while True:
         h = get(connector)
-        if h is None or h.state != "open":
+        if h is None or h.state != OPEN:
             guarded[connector] = None
             return
         left = _seconds_until(h.retry_at)
@@ -136,7 +138,7 @@ def check(connector: str, wait: float = PROBE_WAIT) -> None:
         owner = _owner()
         if try_acquire(_probe_name(connector), PROBE_TTL, owner) is None:
             h = get(connector)  # a probe that just finished may have closed it or pushed retry_at back
-            if h is None or h.state != "open" or _seconds_until(h.retry_at) > 0:
+            if h is None or h.state != OPEN or _seconds_until(h.retry_at) > 0:
                 release(_probe_name(connector), owner)
                 continue
             guarded[connector] = owner
@@ -168,10 +170,10 @@ def _counts(exc: BaseException) -> bool:
 def _close(connector: str) -> None:
     """Reset the counter and close the quarantine; a read first, so the healthy path writes nothing."""
     h = get(connector)
-    if h is None or (h.state == "closed" and not h.consecutive_failures):
+    if h is None or (h.state == HealthState.CLOSED and not h.consecutive_failures):
         return
     store.reset(connector)
-    if h.state == "open":
+    if h.state == OPEN:
         _logger().warning("connector=%s recovered: quarantine closed (was open since %s)", connector,
                           _stamp(h.opened_at))
 
@@ -195,13 +197,13 @@ def _count_failure(connector: str, exc: BaseException, cfg: ConnectorConfig, pro
         store.add_failure(session, connector, code, str(exc)[:MAX_ERROR_CHARS], now)
         h = session.get(ConnectorHealth, connector)
         opened = False
-        if h.state == "open":
+        if h.state == OPEN:
             if probe:  # the probe failed: wait longer before the next one
                 h.backoff = cfg.quarantine_backoff.after(h.backoff)
                 h.retry_at = now + timedelta(seconds=h.backoff)
             # else: a call that passed the gate before the quarantine opened; it already covers it
         elif isinstance(exc, AuthFailed) or h.consecutive_failures >= cfg.quarantine_after:
-            h.state, h.opened_at, opened = "open", now, True
+            h.state, h.opened_at, opened = OPEN, now, True
             h.backoff = cfg.quarantine_backoff.after(0.0)
             h.retry_at = now + timedelta(seconds=h.backoff)
         session.add(h)

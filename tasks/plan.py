@@ -39,21 +39,28 @@ from connectors.base import MANAGED, Account, RemoteGroup
 from connectors.errors import NotFound, Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView, group_ids, group_members, load_views, qualified_names
+from models.kinds import Action, Intent
 from models.mapping import local_values
 from models.runstate import count_user_links, group_links, links_of_accounts, user_links
 from tasks.policy import Decision, decide
 from tasks.username import MAX_SUFFIX, assign_names, user_name_for, with_suffix
 
-ACTIONS = ("create", "update", "disable", "enable", "delete", "link", "relink", "orphan")
+# The members, bound once: the diff and the per-row loops compare against these, not `Action.X`.
+CREATE, UPDATE, DISABLE, ENABLE, DELETE = Action.CREATE, Action.UPDATE, Action.DISABLE, Action.ENABLE, Action.DELETE
+LINK, RELINK, ORPHAN, NONE = Action.LINK, Action.RELINK, Action.ORPHAN, Action.NONE
+GROUP_CREATE, MEMBER_ADD, MEMBER_REMOVE = Action.GROUP_CREATE, Action.MEMBER_ADD, Action.MEMBER_REMOVE
+PROVISION, DEPROVISION = Intent.PROVISION, Intent.DEPROVISION
+
+ACTIONS = (CREATE, UPDATE, DISABLE, ENABLE, DELETE, LINK, RELINK, ORPHAN)
 PLAN_COLUMNS = ("action", "op", "local_id", "entity_name", "user_name", "remote_id", "changes", "reason", "decision")
 # Compared as text; `active` is compared as a flag and planned as enable/disable.
 TEXT_FIELDS = tuple(f for f in MANAGED if f != "active")
-GROUP_ACTIONS = ("group_create", "member_add", "member_remove")
+GROUP_ACTIONS = (GROUP_CREATE, MEMBER_ADD, MEMBER_REMOVE)
 # group: the group's name; group_id: its local id (None until the local group exists); group_remote_id:
 # its id in the target (None before it is created); local_id/remote_id: the member (remote_id None when
 # its account is created by this plan: apply reads it from the mapping the create wrote).
 GROUP_COLUMNS = ("action", "group", "group_id", "group_remote_id", "local_id", "entity_name", "remote_id", "reason")
-DESTRUCTIVE = ("delete", "disable")
+DESTRUCTIVE = (DELETE, DISABLE)
 # Compared case-insensitively: emails, and usernames (SCIM userName is caseExact=false; Google and
 # Salesforce usernames are addresses), so a server that changes their case shows no drift.
 CASELESS = ("email", "user_name")
@@ -83,7 +90,7 @@ class Plan:
     def counts(self) -> dict[str, int]:
         counts = {a: 0 for a in ACTIONS}
         if self.conflicts:
-            counts["conflict"] = len(self.conflicts)
+            counts[Action.CONFLICT] = len(self.conflicts)
         counts.update(self.rows["action"].value_counts().to_dict())
         if len(self.group_rows):
             counts.update({a: 0 for a in GROUP_ACTIONS})
@@ -199,7 +206,7 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
     mappings = _mappings(session, cfg, views, config, user_ids)
     mapped = dict(zip(mappings["local_id"], mappings["remote_name"]))
     decisions = {u.id: decide(u, cfg, config, provisioned=u.id in mapped) for u in views}
-    wanted = [u for u in views if decisions[u.id].action == "provision"]
+    wanted = [u for u in views if decisions[u.id].action == PROVISION]
     names, errors = assign_names(wanted, cfg, config, mapped,
                                  taken={n.lower(): i for i, n in mapped.items()},
                                  names=_qualified_names(session, views, mapped), check=check_name)
@@ -207,13 +214,13 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
     extra = extra_columns(cfg)
     for user in views:
         decision = decisions[user.id]
-        if decision.action == "provision" and user.id in names:
+        if decision.action == PROVISION and user.id in names:
             account = desired_account(user, names[user.id].user_name, cfg)
             accounts[user.id] = account
             values = account.managed()
             desired.append((user.id, user.qualified_name, decision.reason,
                             *(values[f] for f in TEXT_FIELDS), bool(account.active), *(values[c] for c in extra)))
-        elif decision.action == "deprovision":
+        elif decision.action == DEPROVISION:
             deprovision.append((user.id, user.qualified_name, decision.mode or cfg.deprovision_mode, decision.reason))
     return DesiredState(
         desired=_typed(pd.DataFrame.from_records(desired, columns=["local_id", "entity_name", "reason", *TEXT_FIELDS,
@@ -310,7 +317,7 @@ def _differs(want: pd.Series, have: pd.Series, lower: bool = False) -> np.ndarra
 def _rows(frame: pd.DataFrame, **values) -> pd.DataFrame:
     out = pd.DataFrame(index=range(len(frame)))
     for col in PLAN_COLUMNS:
-        value = values.get(col, frame[col] if col in frame else "provision" if col == "decision" else None)
+        value = values.get(col, frame[col] if col in frame else PROVISION if col == "decision" else None)
         out[col] = value.to_numpy(dtype=object) if isinstance(value, pd.Series) else value
     return out
 
@@ -368,7 +375,7 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
     missing = unresolved
     relink = missing["remote_id"].notna().to_numpy()
     if len(missing):
-        parts.append(_rows(missing, action=np.where(relink, "relink", "create"), op="create", remote_id=None,
+        parts.append(_rows(missing, action=np.where(relink, RELINK, CREATE), op=CREATE, remote_id=None,
                            changes=None, reason=np.where(relink, "the mapped account is gone: create it again",
                                                          missing["reason"].to_numpy(dtype=object))))
 
@@ -400,13 +407,13 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
         reason = np.where(link_sel, np.where(relinked, "the mapped account is gone; adopt the account matching by ",
                                              "adopt the unlinked account matching by ") + how.astype(str),
                           "drift in managed attributes")
-        parts.append(_rows(sel, action=np.where(link_sel, "link", "update"),
-                           op=np.where(any_diff[rows], "update", "none"), changes=changes[rows], reason=reason))
+        parts.append(_rows(sel, action=np.where(link_sel, LINK, UPDATE),
+                           op=np.where(any_diff[rows], UPDATE, NONE), changes=changes[rows], reason=reason))
     want_active, have_active = cmp["active"].to_numpy(dtype=bool), cmp["active_t"].to_numpy(dtype=bool)
-    for action, mask in (("disable", ~want_active & have_active), ("enable", want_active & ~have_active)):
+    for action, mask in ((DISABLE, ~want_active & have_active), (ENABLE, want_active & ~have_active)):
         if mask.any():
             parts.append(_rows(cmp.loc[mask], action=action, op=action, changes=None,
-                               reason=f"the user is {'inactive' if action == 'disable' else 'active'} in the store"))
+                               reason=f"the user is {'inactive' if action == DISABLE else 'active'} in the store"))
 
     # 5. Mapped users the policy no longer wants here: deprovision as the event path would.
     claimed = [cmp["remote_id"]]
@@ -417,9 +424,9 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
         claimed.append(dep["remote_id"])
         delete = dep[dep["mode"] == "delete"]
         disable = dep[(dep["mode"] == "disable") & dep["active"].astype(bool)]
-        for action, frame in (("delete", delete), ("disable", disable)):
+        for action, frame in ((DELETE, delete), (DISABLE, disable)):
             if len(frame):
-                parts.append(_rows(frame, action=action, op=action, changes=None, decision="deprovision"))
+                parts.append(_rows(frame, action=action, op=action, changes=None, decision=DEPROVISION))
 
     # 6. Accounts we manage (mapped, or carrying an externalId of ours) that no desired user wants.
     rest = target[~target["remote_id"].isin(pd.concat(claimed, ignore_index=True))]
@@ -432,13 +439,13 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
     unmanaged = len(rest) - len(orphan)
     if len(orphan):
         if orphans == "delete":
-            op = "delete"
+            op = DELETE
         elif orphans == "disable":
-            op = np.where(orphan["active"].to_numpy(dtype=bool), "disable", "none")
+            op = np.where(orphan["active"].to_numpy(dtype=bool), DISABLE, NONE)
         else:
-            op = "none"
+            op = NONE
         owner = orphan[["remote_id"]].merge(mappings[["local_id", "remote_id"]], on="remote_id", how="left")
-        parts.append(_rows(orphan, action="orphan", op=op, decision="deprovision",
+        parts.append(_rows(orphan, action=ORPHAN, op=op, decision=DEPROVISION,
                            local_id=owner["local_id"].to_numpy(dtype=object),
                            entity_name=orphan["user_name"], changes=None,
                            reason=f"managed by us, wanted by no user (orphans: {orphans})"))
@@ -479,19 +486,19 @@ def group_diff(names: list[str], local_groups: dict[str, str], local_members: di
         group = _remote_group(name, group_id, group_maps, remote)
         have = set(group.member_ids) if group else set()
         if group is None:
-            out.append(("group_create", name, group_id, None, None, name, None,
+            out.append((GROUP_CREATE, name, group_id, None, None, name, None,
                         f"configured group {name} is missing from the target"))
         wanted = {u: members[u] for u in sorted(local_members.get(name, ())) if u in members}
         for local_id, remote_id in wanted.items():
             if remote_id is None or remote_id not in have:
-                out.append(("member_add", name, group_id, group and group.id, local_id,
+                out.append((MEMBER_ADD, name, group_id, group and group.id, local_id,
                             f"{name} ({entity_names.get(local_id, local_id)})", remote_id,
                             f"in group {name} locally and desired on the connector"))
         keep = {r for r in wanted.values() if r}
         for remote_id in sorted(have - keep):
             if remote_id in ours:  # a member we do not manage is left alone
                 local_id = ours[remote_id]
-                out.append(("member_remove", name, group_id, group.id, local_id,
+                out.append((MEMBER_REMOVE, name, group_id, group.id, local_id,
                             f"{name} ({entity_names.get(local_id, remote_id)})", remote_id,
                             f"our account is in {name} but should not be"))
     frame = pd.DataFrame.from_records(out, columns=list(GROUP_COLUMNS)).astype(object)
@@ -509,16 +516,16 @@ def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: Desire
     mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
     members: dict[str, Optional[str]] = {u: mapped.get(u) for u in state.desired["local_id"]}
     for row in rows.itertuples():
-        if row.local_id in members and row.action in ("create", "relink"):
+        if row.local_id in members and row.action in (CREATE, RELINK):
             members[row.local_id] = None
-        elif row.local_id in members and row.action == "link":
+        elif row.local_id in members and row.action == LINK:
             members[row.local_id] = row.remote_id
     ours = {r: u for u, r in mapped.items()}
     if state.user_ids is not None:  # a batch: only its own users' memberships are decided here
         batch = set(state.user_ids)
         local_members = {n: m & batch for n, m in local_members.items()}
         ours = {r: u for r, u in ours.items() if u in batch}
-    ours.update({row.remote_id: row.local_id for row in rows.itertuples() if row.action == "link"})
+    ours.update({row.remote_id: row.local_id for row in rows.itertuples() if row.action == LINK})
     # A deleted account is removed from its groups too: not every target drops the references itself.
     entity_names = dict(zip(state.desired["local_id"], state.desired["entity_name"]))
     entity_names.update(zip(state.deprovision["local_id"], state.deprovision["entity_name"]))

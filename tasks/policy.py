@@ -9,12 +9,13 @@ from typing import Optional
 
 from models.config import ORG_TRIGGERS, Config, ConnectorConfig
 from models.identity import UserView
+from models.kinds import Intent
 
 
 @dataclass(frozen=True)
 class Decision:
     connector: str
-    action: str  # provision | deprovision | skip
+    action: Intent  # provision | deprovision | skip
     reason: str
     mode: Optional[str] = None  # for deprovision: delete | disable | none
 
@@ -48,14 +49,14 @@ def scope(user: UserView, cfg: ConnectorConfig, config: Config) -> tuple[bool, s
 def decide(user: UserView, cfg: ConnectorConfig, config: Config, provisioned: bool) -> Decision:
     """The decision for one connector, given whether the user is provisioned there now."""
     if not cfg.enabled:
-        return Decision(cfg.name, "skip", "the connector is disabled")
+        return Decision(cfg.name, Intent.SKIP, "the connector is disabled")
     in_scope, why = scope(user, cfg, config)
     if in_scope:
-        return Decision(cfg.name, "provision", why)
+        return Decision(cfg.name, Intent.PROVISION, why)
     if provisioned:
         mode = cfg.deprovision_mode
-        return Decision(cfg.name, "deprovision", f"{why}: deprovision ({mode})", mode)
-    return Decision(cfg.name, "skip", why)
+        return Decision(cfg.name, Intent.DEPROVISION, f"{why}: deprovision ({mode})", mode)
+    return Decision(cfg.name, Intent.SKIP, why)
 
 
 def resolve(user: UserView, config: Config, provisioned_on: set[str]) -> list[Decision]:

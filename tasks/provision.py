@@ -19,6 +19,7 @@ from connectors.errors import AuthFailed, ProvisioningError
 from connectors.factory import evict, get_connector
 from models.config import Config
 from models.db import session_scope
+from models.kinds import Action, Intent, OperationStatus
 from models.locks import LockTimeout
 from models.runstate import record_attempts, record_operations, unlink_users
 from models.tables import utcnow
@@ -26,6 +27,8 @@ from tasks import health, retry
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
+
+FAILED = OperationStatus.FAILED
 
 log = logging.getLogger("outbound.provision")
 LOGGED_OUTCOMES = 50  # outcome lines per connector and batch; the rest are in the run's artifact
@@ -65,20 +68,20 @@ def _quiet_rows(plan: Plan, cfg_name: str, touched: set[str], flow_run_id: Optio
                             remote_id=plan.mapped.get(local_id), flow_run_id=flow_run_id)
         if local_id in plan.conflicts:
             error = plan.conflicts[local_id][1]
-            row.update(operation="none", status="failed", error_code=error.code, error_message=str(error))
-        elif action == "provision":
+            row.update(operation=Action.NONE, status=OperationStatus.FAILED, error_code=error.code, error_message=str(error))
+        elif action == Intent.PROVISION:
             account = plan.desired.get(local_id)
-            row.update(operation="noop", status="succeeded", remote_name=account.user_name if account else None)
-        elif action == "deprovision":
+            row.update(operation=Action.NOOP, status=OperationStatus.SUCCEEDED, remote_name=account.user_name if account else None)
+        elif action == Intent.DEPROVISION:
             gone = plan.mapped.get(local_id) not in plan.present
-            row.update(operation="gone" if gone else "none" if decision.mode == "none" else "noop",
-                       status="succeeded")
+            row.update(operation=Action.GONE if gone else Action.NONE if decision.mode == "none" else Action.NOOP,
+                       status=OperationStatus.SUCCEEDED)
         rows.append(row)
     return rows
 
 
 def _record(rows: list[dict], events: dict[str, list[str]], cfg_name: str, run_id: str) -> None:
-    gone = [r["entity_id"] for r in rows if r["operation"] == "gone"]
+    gone = [r["entity_id"] for r in rows if r["operation"] == Action.GONE]
     with session_scope() as session:
         if gone:  # the account is already gone from the target: so is our link to it
             unlink_users(session, cfg_name, gone)
@@ -101,18 +104,18 @@ def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[st
     """The batch could not be planned on this connector: a failed operation, and its attempt, per user."""
     code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
     now = utcnow()
-    rows = [operation_row(cfg_name, local_id, name, d.action, reason=d.reason, status="failed", attempts=1,
+    rows = [operation_row(cfg_name, local_id, name, d.action, reason=d.reason, status=OperationStatus.FAILED, attempts=1,
                           error_code=code, error_message=str(exc), flow_run_id=flow_run_id)
-            for local_id, (name, d) in state.decisions.items() if d.action != "skip"]
+            for local_id, (name, d) in state.decisions.items() if d.action != Intent.SKIP]
     if not rows:
         return []
-    failed = [Outcome(cfg_name, r["action"], "none", "failed", r["reason"], error=f"{code}: {exc}",
+    failed = [Outcome(cfg_name, r["action"], Action.NONE, OperationStatus.FAILED, r["reason"], error=f"{code}: {exc}",
                       user_id=r["entity_id"], entity_name=r["entity_name"], code=code) for r in rows]
     rows = event_rows(rows, events, run_id)
     with session_scope() as session:
         ids = record_operations(session, rows, ids=True)
         record_attempts(session, [
-            {"operation_id": i, "number": 1, "status": "failed", "error_code": code, "error_message": str(exc),
+            {"operation_id": i, "number": 1, "status": OperationStatus.FAILED, "error_code": code, "error_message": str(exc),
              "flow_run_id": flow_run_id, "task_run_id": task_run_id, "started_at": now, "finished_at": now}
             for i in ids])
     return failed
@@ -128,13 +131,13 @@ def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
         error = f"{op['error_code']}: {op['error_message']}" if op["error_code"] else None
         have = out.get(user)
         if op["entity_type"] == "group":
-            if have is not None and op["status"] == "failed" and have.status != "failed":
-                out[user] = Outcome(**{**have.__dict__, "status": "failed", "code": op["error_code"],
+            if have is not None and op["status"] == FAILED and have.status != FAILED:
+                out[user] = Outcome(**{**have.__dict__, "status": FAILED, "code": op["error_code"],
                                        "error": f"group {op['remote_name']}: {error}"})
             continue
-        mine = Outcome(op["connector"], op["action"], op["operation"] or "none", op["status"], op["reason"] or "",
+        mine = Outcome(op["connector"], op["action"], op["operation"] or Action.NONE, op["status"], op["reason"] or "",
                        op["remote_id"], op["remote_name"], error, user, op["entity_name"], op["error_code"])
-        if have is None or (mine.status == "failed" and have.status != "failed") or have.status == "skipped":
+        if have is None or (mine.status == FAILED and have.status != FAILED) or have.status == OperationStatus.SKIPPED:
             out[user] = mine
     return out
 
@@ -147,7 +150,7 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
     # The target's quota, shared by every worker, is held from the first lookup to the last write.
     slot = ExitStack()
     try:
-        if any(d.action != "skip" for _, d in state.decisions.values()):
+        if any(d.action != Intent.SKIP for _, d in state.decisions.values()):
             health.check(cfg.name)  # raises Quarantined (transient: the retry policy waits), sends nothing
         connector = health.guarded(get_connector(cfg), cfg)
         slot.enter_context(connector_slot(cfg.name, config, occupy=1))
@@ -187,8 +190,8 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
 
 
 # What each operation tells a user's history in Prefect's Event Feed.
-HISTORY = {"create": "created", "relink": "created", "update": "updated", "link": "updated", "enable": "updated",
-           "disable": "disabled", "delete": "deleted", "gone": "deleted"}
+HISTORY = {Action.CREATE: "created", Action.RELINK: "created", Action.UPDATE: "updated", Action.LINK: "updated",
+           Action.ENABLE: "updated", Action.DISABLE: "disabled", Action.DELETE: "deleted", Action.GONE: "deleted"}
 ARTIFACT_ROWS = 1000
 
 
@@ -216,7 +219,7 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
                                   description=f"{connector}: {len(outcomes)} users"
                                   + (f" (first {ARTIFACT_ROWS})" if len(outcomes) > ARTIFACT_ROWS else ""))
         for o in outcomes:
-            kind = "failed" if o.status == "failed" else HISTORY.get(o.operation)
+            kind = "failed" if o.status == FAILED else HISTORY.get(o.operation)
             if kind is None or not flow_run_id:
                 continue
             related = [{"prefect.resource.id": f"outbound.connector.{connector}",

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from connectors.factory import get_connector
 from models.config import Config
 from models.db import session_scope
+from models.kinds import Action, Intent, OperationStatus
 from models.runstate import record_operations
 from tasks import health, retry
 from tasks.apply import apply_rows, event_rows, operation_row
@@ -25,7 +26,7 @@ from tasks.provision import Outcome, _runtime_ids
 def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
                  run_id: str) -> dict[str, dict]:
     """Read back the accounts provisioned in this batch; fix drift once; return the drift per user."""
-    users = [o.user_id for o in outcomes if o.status == "succeeded" and o.action == "provision" and o.user_id]
+    users = [o.user_id for o in outcomes if o.status == OperationStatus.SUCCEEDED and o.action == Intent.PROVISION and o.user_id]
     if not users:
         return {}
     cfg = config.connector(connector_name)
@@ -42,8 +43,8 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
                        flow_run_id=flow_run_id, events=events)
     drift = {r["local_id"]: r["changes"] or {r["action"]: True} for r in rows}
     by_user = {o.user_id: o for o in outcomes}
-    checks = [operation_row(cfg.name, u, by_user[u].entity_name, "verify", operation="fix" if u in drift else "verify",
-                            status="succeeded", reason="read back after provisioning", remote_id=by_user[u].remote_id,
+    checks = [operation_row(cfg.name, u, by_user[u].entity_name, Intent.VERIFY,
+                            operation=Action.FIX if u in drift else Action.VERIFY, status=OperationStatus.SUCCEEDED, reason="read back after provisioning", remote_id=by_user[u].remote_id,
                             remote_name=by_user[u].remote_name, drift=drift.get(u), flow_run_id=flow_run_id)
               for u in users]
     with session_scope() as session:
