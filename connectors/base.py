@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Optional, Protocol
 
+from models.kinds import Action
+
 # The attributes we manage on a remote account; reconciliation compares only these.
 MANAGED = ("user_name", "given_name", "family_name", "display_name", "email", "active", "external_id")
 
@@ -42,7 +44,7 @@ class RemoteGroup:
 class BatchOp:
     """One call in a batch: create (account), update (remote_id, changes), disable/enable/delete (remote_id)."""
 
-    kind: str
+    kind: Action  # CREATE, UPDATE, DISABLE, ENABLE or DELETE
     account: Optional[Account] = None
     remote_id: Optional[str] = None
     changes: dict[str, Any] = field(default_factory=dict)
@@ -54,7 +56,9 @@ class Capabilities:
 
     groups: bool = True  # the group calls work (False: callers never call them)
     deletes_users: bool = True  # False: delete_user deactivates instead (the account stays)
-    max_batch: Optional[int] = None  # the most ops one batch request carries (None: the server says, or no limit)
+    # The most ops one batch request of the target carries; the connector chunks by it (None: the
+    # server says, as SCIM's bulk.maxOperations does).
+    max_batch: Optional[int] = None
     read_only_attributes: tuple[str, ...] = ()  # managed attributes the target derives itself: never drift
 
 

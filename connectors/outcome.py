@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from connectors.base import BatchOp, RemoteGroup, canonical
 from connectors.errors import ConnectorError, NotFound, RateLimited, TransientError
+from models.kinds import Action
 
 
 def known_not_applied(error: BaseException) -> bool:
@@ -25,24 +26,24 @@ def applied(connector, op: BatchOp) -> tuple[bool, Any]:
     externalId). A delete: the account is gone. An update, disable or enable: the account holds the
     values it sets. Raises ConnectorError when the target cannot be read.
     """
-    if op.kind == "create":
+    if op.kind == Action.CREATE:
         account = op.account
         found = connector.find_user(external_id=account.external_id, user_name=account.user_name)
         mine = found is not None and (not account.external_id or found.external_id == account.external_id)
         return mine, found
-    if op.kind == "delete":
+    if op.kind == Action.DELETE:
         try:
             connector.get_user(op.remote_id)
         except NotFound:
             return True, None
         return False, None
-    if op.kind not in ("update", "disable", "enable"):
+    if op.kind not in (Action.UPDATE, Action.DISABLE, Action.ENABLE):
         return False, None
     current = connector.get_user(op.remote_id)
-    want = op.changes if op.kind == "update" else {"active": op.kind == "enable"}
+    want = op.changes if op.kind == Action.UPDATE else {"active": op.kind == Action.ENABLE}
     have = current.managed()
     same = all(_same(key, value, have.get(key)) for key, value in want.items())
-    return same, (current if op.kind == "update" else None)
+    return same, (current if op.kind == Action.UPDATE else None)
 
 
 def unless_applied(connector, ops: list[BatchOp], results: list[Any], again: list[int]) -> list[int]:

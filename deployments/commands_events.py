@@ -10,6 +10,7 @@ import typer
 from deployments.console import (ConfigOption, action_name, connector_types, fail, prefect_ready, quiet_prefect,
                                  read_config)
 from deployments.outcomes import stored_outcomes
+from models.kinds import EventStatus, OperationStatus
 
 app = typer.Typer()
 
@@ -56,14 +57,14 @@ def event(file: str = typer.Argument(..., help="Event JSON file, or - for standa
         accepted = accept(raw, cfg)
     except InvalidInput as exc:
         fail(str(exc))
-    if not accepted.new and accepted.status in ("succeeded", "failed"):
+    if not accepted.new and accepted.status in (EventStatus.SUCCEEDED, EventStatus.FAILED):
         typer.echo(f"event {accepted.event_id} was already processed ({accepted.status}); not applied again")
         outcomes = stored_outcomes(accepted.event_id)
     else:
         prefect_ready()
         outcomes = run_flow(accepted.event_id, config)
     print_outcomes(outcomes)
-    raise typer.Exit(1 if any(o["status"] == "failed" for o in outcomes) else 0)
+    raise typer.Exit(1 if any(o["status"] == OperationStatus.FAILED for o in outcomes) else 0)
 
 
 @app.command()
@@ -82,7 +83,7 @@ def retry(event_id: str = typer.Argument(..., help="The event's id."),
     prefect_ready()
     outcomes = run_flow(event_id, config)
     print_outcomes(outcomes)
-    raise typer.Exit(1 if any(o["status"] == "failed" for o in outcomes) else 0)
+    raise typer.Exit(1 if any(o["status"] == OperationStatus.FAILED for o in outcomes) else 0)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from deployments.console import ConfigOption, action_name, fail, prefect_ready, quiet_prefect, read_config
+from models.kinds import Action, RunStatus
 
 app = typer.Typer()
 
@@ -108,12 +109,13 @@ def plan_line(result: dict, connector_type: Optional[str]) -> str:
     sizes = (f"{result['desired_count']} desired, {result['target_count']} in the target "
              f"({result['unmanaged']} unmanaged); " if "desired_count" in result else "")
     return (f"{result['connector']}: {sizes}plan: {counts or 'nothing to do'}; "
-            f"deletes+{action_name('disable', connector_type)}s {result['deletions']} (limit {result['threshold']})")
+            f"deletes+{action_name(Action.DISABLE, connector_type)}s {result['deletions']} "
+            f"(limit {result['threshold']})")
 
 
 def _print_result(result: dict, connector_type: Optional[str] = None) -> None:
     name = result["connector"]
-    if result["status"] == "busy":
+    if result["status"] == RunStatus.BUSY:
         typer.echo(f"{name}: busy: {result['message']}; nothing done (try again later, or pass "
                    f"--wait SECONDS)", err=True)
         return
@@ -125,7 +127,7 @@ def _print_result(result: dict, connector_type: Optional[str] = None) -> None:
                  else "the real run would pass the deletion guard")
         typer.echo(f"{name}: dry run, nothing written: would apply {o['succeeded']}, would fail {o['failed']}, "
                    f"skipped {o['skipped']}; {guard}")
-    elif result["status"] in ("stopped-by-guard", "awaiting-approval"):
+    elif result["status"] in (RunStatus.STOPPED_BY_GUARD, RunStatus.AWAITING_APPROVAL):
         typer.echo(f"{name}: stopped by the deletion guard: {result['message']}; nothing applied. Review the plan "
                    f"(outbound reconcile --connector {name} --dry-run --report plan.csv), then run again with "
                    f"--yes to apply it", err=True)
@@ -188,8 +190,8 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
     types = {c.name: c.type for c in cfg.connectors}
     for result in results:
         _print_result(result, types.get(result["connector"]))
-    if any(r["status"] == "stopped-by-guard" for r in results):
+    if any(r["status"] == RunStatus.STOPPED_BY_GUARD for r in results):
         raise typer.Exit(3)
-    if any(r["status"] == "busy" for r in results):
+    if any(r["status"] == RunStatus.BUSY for r in results):
         raise typer.Exit(4)
     raise typer.Exit(1 if any(r["outcomes"]["failed"] for r in results) else 0)

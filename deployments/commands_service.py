@@ -9,6 +9,7 @@ import typer
 
 from deployments.catalog import named
 from deployments.console import ConfigOption, fail, prefect_ready, read_config
+from models.kinds import HealthState, RunStatus
 
 app = typer.Typer()
 
@@ -89,7 +90,7 @@ def _when(value) -> str:
 
 def _status_name(status: Optional[str]) -> Optional[str]:
     # Older rows: a CLI guard stop was recorded as awaiting-approval, though nothing waits for one.
-    return "stopped-by-guard" if status == "awaiting-approval" else status
+    return RunStatus.STOPPED_BY_GUARD if status == RunStatus.AWAITING_APPROVAL else status
 
 
 def _guard(run: dict) -> Optional[dict]:
@@ -103,7 +104,7 @@ def _guard(run: dict) -> Optional[dict]:
 def guard_line(connector: str, run: dict) -> Optional[str]:
     """One sentence on the last run's guard decision, with what to do next when something waits on the operator."""
     guard = run.get("guard")
-    if run.get("status") == "stopped-by-guard":
+    if run.get("status") == RunStatus.STOPPED_BY_GUARD:
         return (f"{connector}: the last reconciliation ({run['started_at']} UTC) stopped at the deletion guard, "
                 f"nothing applied: {run.get('error') or 'too many deletions'}. Nothing is waiting; review with "
                 f"`outbound reconcile --connector {connector} --dry-run --report plan.csv`, then re-run with --yes.")
@@ -201,7 +202,7 @@ def status(config: Optional[Path] = ConfigOption,
         line = guard_line(c["connector"], c["last_reconciliation"]) if c["last_reconciliation"] else None
         if line:
             out.print(line, markup=False, highlight=False)
-        if c["health"]["state"] == "open" or c["health"]["consecutive_failures"]:
+        if c["health"]["state"] == HealthState.OPEN or c["health"]["consecutive_failures"]:
             out.print(f"health of {c['connector']}: {c['health']['summary']}", markup=False, highlight=False)
         if c["capabilities"]:
             out.print(f"{c['connector']}: last checked: {_checked(c['capabilities'])}", markup=False, highlight=False)

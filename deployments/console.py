@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from models.kinds import Action
+
 # Before Prefect is imported: no phoning home, and the CLI's own output stays readable.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -73,5 +75,5 @@ def connector_types(config: Optional[Path]) -> dict[str, str]:
 def action_name(action: str, connector_type: Optional[str]) -> str:
     """The target's own word for an action: Google calls a disable `suspend` (and an enable `unsuspend`)."""
     if connector_type == "google":
-        return {"disable": "suspend", "enable": "unsuspend"}.get(action, action)
+        return {Action.DISABLE: "suspend", Action.ENABLE: "unsuspend"}.get(action, action)
     return action

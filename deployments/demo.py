@@ -47,19 +47,20 @@ def _drain(config_path: str) -> tuple[int, float]:
 
 def summary(database: str) -> list[dict]:
     from models.db import session_scope
+    from models.kinds import Action, OperationStatus
     from models.runstate import operations_but_verifications
 
     counts: dict[str, Counter] = {}
     with session_scope(database) as session:
         for op in operations_but_verifications(session):
             c = counts.setdefault(op.connector, Counter())
-            if op.status == "failed":
+            if op.status == OperationStatus.FAILED:
                 c["failed"] += 1
-            elif op.operation in ("create", "relink"):
+            elif op.operation in (Action.CREATE, Action.RELINK):
                 c["created"] += 1
-            elif op.operation in ("update", "link", "disable"):
+            elif op.operation in (Action.UPDATE, Action.LINK, Action.DISABLE):
                 c["updated"] += 1
-            elif op.operation in ("delete", "gone"):
+            elif op.operation in (Action.DELETE, Action.GONE):
                 c["deleted"] += 1
     return [{"connector": name, **{k: c[k] for k in ("created", "updated", "deleted", "failed")}}
             for name, c in sorted(counts.items())]

@@ -12,6 +12,7 @@ from models.config import Config
 from models.db import session_scope
 from models.events import IdentityEvent, parse_event
 from models.identity import CREATING, apply_event, username_problems
+from models.kinds import EventStatus
 from models.runstate import get_event
 from models.tables import Event
 from models.validation import InvalidInput
@@ -59,4 +60,4 @@ def accept(raw: bytes | str | dict, config: Config) -> Accepted:
         if seen is None:
             raise
         return Accepted(event.id, False, seen.status)
-    return Accepted(event.id, True, "accepted")
+    return Accepted(event.id, True, EventStatus.ACCEPTED)

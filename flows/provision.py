@@ -20,7 +20,8 @@ from flows.crashed import expired, mark_crashed
 from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
 from models.db import session_scope
-from models.outbox import Batch, claim, finish, release_or_defer, retry_now
+from models.kinds import Action, EventStatus, Intent, OperationStatus
+from models.outbox import UNFINISHED, Batch, claim, finish, release_or_defer, retry_now
 from models.runstate import get_event
 from tasks.desired import generate_username, resolve_policy
 from tasks.explain import attach_explanation
@@ -78,7 +79,7 @@ def claim_event(event_id: str, limit: int) -> Batch:
             break
         with session_scope() as session:
             event = get_event(session, event_id)
-            if event is None or event.status not in ("accepted", "running", "retrying"):
+            if event is None or event.status not in (*UNFINISHED, EventStatus.RETRYING):
                 return batch  # another drain finished it
         time.sleep(0.2)
     if len(batch) and limit > 1:
@@ -155,28 +156,28 @@ def _failed(name: str, exc: BaseException, batch: Batch, logger) -> list[Outcome
         logger.warning("connector=%s not provisioned: the connector is quarantined (%s)", name, exc)
     elif logger is not None:
         logger.warning("connector=%s failed for the batch: %s: %s", name, code, exc)
-    return [Outcome(name, "provision", "none", "failed", "the connector failed for the batch", error=f"{code}: {exc}",
-                    user_id=u, entity_name=batch.names.get(u), code=code) for u in batch.user_ids]
+    return [Outcome(name, Intent.PROVISION, Action.NONE, OperationStatus.FAILED, "the connector failed for the batch",
+                    error=f"{code}: {exc}", user_id=u, entity_name=batch.names.get(u), code=code) for u in batch.user_ids]
 
 
 def _record_failures(outcomes: list[Outcome], batch: Batch, run_id: str) -> None:
     from models.runstate import record_operations
     from tasks.apply import event_rows, operation_row
 
-    rows = [operation_row(o.connector, o.user_id, o.entity_name, o.action, status="failed", reason=o.reason,
-                          error_code=o.code, error_message=o.error.partition(": ")[2],
+    rows = [operation_row(o.connector, o.user_id, o.entity_name, o.action, status=OperationStatus.FAILED,
+                          reason=o.reason, error_code=o.code, error_message=o.error.partition(": ")[2],
                           flow_run_id=str(flow_run.id) if flow_run.id else None) for o in outcomes]
     with session_scope() as session:
         record_operations(session, event_rows(rows, batch.events, run_id))
 
 
-def event_status(outcomes: list[Outcome]) -> tuple[str, Optional[str]]:
+def event_status(outcomes: list[Outcome]) -> tuple[EventStatus, Optional[str]]:
     """A user's events' status from its outcomes: succeeded; failed (a target refused it); or retrying."""
-    failed = [o for o in outcomes if o.status == "failed"]
+    failed = [o for o in outcomes if o.status == OperationStatus.FAILED]
     if not failed:
-        return "succeeded", None
+        return EventStatus.SUCCEEDED, None
     error = "; ".join(f"{o.connector}: {o.error}" for o in failed)
-    return ("failed" if all(is_permanent(o.code) for o in failed) else "retrying"), error
+    return (EventStatus.FAILED if all(is_permanent(o.code) for o in failed) else EventStatus.RETRYING), error
 
 
 def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
@@ -208,7 +209,8 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
                 release_or_defer(batch)
                 raise
             try:
-                finish(batch, {u: ("retrying", f"internal: {type(exc).__name__}: {exc}") for u in batch.user_ids})
+                finish(batch, {u: (EventStatus.RETRYING, f"internal: {type(exc).__name__}: {exc}")
+                                for u in batch.user_ids})
             except Exception:
                 release_or_defer(batch)  # the store itself is down: the events stay running, the sweeper takes them
             raise
@@ -221,7 +223,8 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
         if len(batch) == 1:
             attach_explanation(batch.user_ids[0], config, batch.event_ids[-1])
         total += len(batch.event_ids)
-        failed = {batch.names.get(u, u): error for u, (status, error) in outcome.items() if status != "succeeded"}
+        failed = {batch.names.get(u, u): error for u, (status, error) in outcome.items()
+                  if status != EventStatus.SUCCEEDED}
         failures.update(failed)
         logger.info("batch of %d events (%d users) done: %d failed", len(batch.event_ids), len(batch), len(failed))
 

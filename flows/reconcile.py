@@ -34,6 +34,7 @@ from prefect.states import Cancelled, Failed, State
 from models.config import Config, load_config
 from flows.crashed import mark_crashed
 from models.errors import ProvisioningError
+from models.kinds import OperationStatus, RunStatus
 from models.locks import LockTimeout, lease, renew_lease
 from models.runstate import abandon_stale_runs, finish_run, running_reconciliation_flow_runs, start_run
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
@@ -54,10 +55,10 @@ class Busy(ProvisioningError):
 
 
 __all__ = ["Approval", "Decision", "reconcile", "reconcile_all", "reconcile_connector", "run_connector"]
-STOPPED_BY_GUARD = "stopped-by-guard"
+STOPPED_BY_GUARD = RunStatus.STOPPED_BY_GUARD
 # Final Prefect state per reconciliation status: anything not applied in full is not green.
-CANCELLED_STATUSES = ("rejected", STOPPED_BY_GUARD, "busy")
-FAILED_STATUSES = ("failed", "partial")
+CANCELLED_STATUSES = (RunStatus.REJECTED, STOPPED_BY_GUARD, RunStatus.BUSY)
+FAILED_STATUSES = (RunStatus.FAILED, RunStatus.PARTIAL)
 
 
 def _run_name() -> str:
@@ -161,7 +162,7 @@ def _summary_artifact(plan: Plan, status: str, outcome: Counts, dry_run: bool,
         lines += [f"**Deletion guard:** {decision['decision']}" + (f" by {decision['by']}" if decision.get("by") else "")
                   + (f": {decision['comment']}" if decision.get("comment") else "")
                   + f" (plan sha256 `{decision['plan_hash'][:16]}`)", ""]
-    labels = {"succeeded": "would apply", "failed": "would fail", "skipped": "skipped"} if dry_run else {}
+    labels = {OperationStatus.SUCCEEDED: "would apply", OperationStatus.FAILED: "would fail"} if dry_run else {}
     lines += [plan.summary(), "", "| outcome | count |", "|---|---|"]
     lines += [f"| {labels.get(k, k)} | {v} |" for k, v in outcome.as_dict().items()]
     if outcome.failures:
@@ -231,7 +232,7 @@ async def run_connector(config: Config, connector: str, dry_run: bool = False, y
     except Busy as exc:
         message = f"another reconciliation of {cfg.name} is running: {exc}"
         logger.warning("connector=%s status=busy %s", cfg.name, message)
-        return {"connector": cfg.name, "run_id": None, "dry_run": dry_run, "status": "busy", "message": message,
+        return {"connector": cfg.name, "run_id": None, "dry_run": dry_run, "status": RunStatus.BUSY, "message": message,
                 "summary": f"{cfg.name}: not reconciled", "counts": {}, "deletions": 0, "threshold": None,
                 "outcomes": {"succeeded": 0, "failed": 0, "skipped": 0}, "failures": []}
 
@@ -245,7 +246,7 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
         # Listing is a read: retried by the one retry policy when the target fails transiently.
         plan = plan_task.with_options(**task_options(config.retry))(cfg.name, config, dry_run)
     except Exception as exc:
-        finish_run(run_id, "failed", {}, {}, f"{type(exc).__name__}: {exc}")
+        finish_run(run_id, RunStatus.FAILED, {}, {}, f"{type(exc).__name__}: {exc}")
         raise
     counts = plan.counts()
     logger.info("connector=%s %s", cfg.name, plan.summary())
@@ -283,16 +284,17 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
         record_decision(run_id, decision["decision"], decision["by"], decision["comment"], digest)
         result["decision"] = decision
         if decision["decision"] in (REJECTED, STOPPED):
-            status = "rejected" if decision["decision"] == REJECTED else STOPPED_BY_GUARD
+            status = RunStatus.REJECTED if decision["decision"] == REJECTED else STOPPED_BY_GUARD
             finish_run(run_id, status, counts, {}, message)
             _summary_artifact(plan, status, Counts(skipped=len(plan.rows) + len(plan.group_rows)), dry_run, decision)
-            await _label_run("rejected" if status == "rejected" else "stopped by guard")
+            await _label_run("rejected" if status == RunStatus.REJECTED else "stopped by guard")
             return {**result, "status": status, "outcomes": {"succeeded": 0, "failed": 0, "skipped": 0},
                     "message": message, "failures": []}
         await _label_run("approved" if decision["decision"] == APPROVED else "forced with --yes")
 
     outcome = _apply(plan, config, run_id, dry_run, chunk_size)
-    status = "failed" if outcome.failed and not outcome.succeeded else "partial" if outcome.failed else "succeeded"
+    status = (RunStatus.FAILED if outcome.failed and not outcome.succeeded else RunStatus.PARTIAL if outcome.failed
+              else RunStatus.SUCCEEDED)
     finish_run(run_id, status, counts, outcome.as_dict())
     _summary_artifact(plan, status, outcome, dry_run, decision)
     if dry_run:
@@ -312,7 +314,7 @@ async def _ask_approval(plan: Plan, run_id: str, message: str, digest: str, drif
     try:
         answer = await pause_flow_run(wait_for_input=form, timeout=24 * 3600, poll_interval=5)
     except Exception as exc:  # no answer within the timeout: the run fails, the row must not stay `running`
-        finish_run(run_id, "failed", plan.counts(), {}, f"no decision: {type(exc).__name__}: {exc}")
+        finish_run(run_id, RunStatus.FAILED, plan.counts(), {}, f"no decision: {type(exc).__name__}: {exc}")
         raise
     if answer.decision == Decision.approve:
         logger.info("connector=%s approved by %s: %s (plan sha256 %s)", plan.connector, answer.approver,
@@ -332,13 +334,13 @@ def final_state(result: dict) -> "dict | State":
         detail = f"; first: {first['action']} {first['user']}: {first['error']}" if first else ""
         return Failed(message=f"{name}: {o['failed']} of {o['failed'] + o['succeeded']} operations failed{detail}",
                       data=result)
-    if status == "rejected":
+    if status == RunStatus.REJECTED:
         d = result["decision"] or {}
         return Cancelled(message=f"rejected by {d.get('by') or '?'}: {d.get('comment') or 'no comment'}", data=result)
     if status == STOPPED_BY_GUARD:
         return Cancelled(message=f"stopped by the deletion guard: {result['message']}; nothing applied, re-run "
                                  f"with --yes to apply", data=result)
-    if status == "busy":
+    if status == RunStatus.BUSY:
         return Cancelled(message=result["message"], data=result)
     return result
 
@@ -408,7 +410,8 @@ async def reconcile_all(dry_run: bool = False, config_path: Optional[str] = None
             try:
                 results.append(await result_of(state))
             except Exception as exc:  # this connector could not be reconciled; the others still are
-                results.append({"connector": cfg.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+                results.append({"connector": cfg.name, "status": RunStatus.FAILED,
+                                "error": f"{type(exc).__name__}: {exc}"})
     failed = [s for s in states if s.is_failed() or s.is_crashed()]
     cancelled = [s for s in states if s.is_cancelled()]
     if failed or cancelled:

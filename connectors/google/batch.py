@@ -12,23 +12,24 @@ from connectors.errors import ConnectorError, NotFound, Rejected, TransientError
 from connectors.google.mapping import needs_current
 from connectors.google.transport import API_PATH, body_of, error_for, key
 from connectors.google.users import Users
+from models.kinds import Action
 
 BATCH_PATH = "/batch/admin/directory_v1"
 
 
 class Batch(Users):
     def _op_call(self, op: BatchOp, current: Optional[dict] = None) -> tuple[str, str, Optional[dict]]:
-        if op.kind == "create" and op.account is not None:
+        if op.kind == Action.CREATE and op.account is not None:
             return "POST", "users", self._insert_body(op.account)
         if not op.remote_id:
             raise Rejected(f"batch op {op.kind!r} needs a remote_id")
         path = f"users/{key(op.remote_id)}"
-        if op.kind == "update":
+        if op.kind == Action.UPDATE:
             current = current or {}
             return "PATCH", path, self._patch_body(op.changes, current.get("externalIds"), current)
-        if op.kind in ("disable", "enable"):
-            return "PATCH", path, {"suspended": op.kind == "disable"}
-        if op.kind == "delete":
+        if op.kind in (Action.DISABLE, Action.ENABLE):
+            return "PATCH", path, {"suspended": op.kind == Action.DISABLE}
+        if op.kind == Action.DELETE:
             return "DELETE", path, None
         raise Rejected(f"unknown batch op {op.kind!r}")
 
@@ -52,17 +53,18 @@ class Batch(Users):
                 results[index] = exc
         for index, answer in zip(where, self._batch_calls(calls)):
             op = ops[index]
-            if isinstance(answer, NotFound) and op.kind == "delete":
+            if isinstance(answer, NotFound) and op.kind == Action.DELETE:
                 answer = None
             elif isinstance(answer, dict):
-                answer = self._account(answer) if op.kind in ("create", "update") and answer else None
+                answer = self._account(answer) if op.kind in (Action.CREATE, Action.UPDATE) and answer else None
             results[index] = answer
         return results
 
     def _current_users(self, ops: list[BatchOp], results: list[Any]) -> dict[int, dict]:
         """The users (as Google holds them) of updates that set one entry of an array, read in one batch;
         a user that cannot be read makes its update fail with that error."""
-        need = [i for i, op in enumerate(ops) if op.kind == "update" and op.remote_id and needs_current(op.changes)]
+        need = [i for i, op in enumerate(ops)
+                if op.kind == Action.UPDATE and op.remote_id and needs_current(op.changes)]
         if not need:
             return {}
         found = {}
@@ -77,8 +79,9 @@ class Batch(Users):
     def _batch_calls(self, calls: list[tuple[str, str, Optional[dict]]]) -> list[Any]:
         """Send calls as batch requests; each answer is the JSON body (dict) or a ConnectorError."""
         answers: list[Any] = []
-        for start in range(0, len(calls), self.batch_size):
-            chunk = calls[start:start + self.batch_size]
+        size = self.capabilities.max_batch
+        for start in range(0, len(calls), size):
+            chunk = calls[start:start + size]
             boundary = "batch_" + secrets.token_hex(12)
             try:
                 response = self._request("POST", BATCH_PATH, data=_multipart(chunk, boundary), cost=len(chunk),

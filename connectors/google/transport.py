@@ -84,9 +84,9 @@ def authorized_session(credentials, settings: GoogleSettings) -> google.auth.tra
 class Transport:
     """The connector's HTTP side: every call goes through `_request`."""
 
-    # Google's address is the username (primaryEmail): there is no separate email to manage.
+    # Google's address is the username (primaryEmail): there is no separate email to manage. A batch
+    # request carries at most 1000 calls.
     capabilities = Capabilities(groups=True, deletes_users=True, max_batch=1000, read_only_attributes=("email",))
-    batch_size = 1000  # Google's limit of calls in one batch request
 
     def __init__(self, name: str, settings: GoogleSettings, session: requests.Session, *,
                  domain: Optional[str] = None, requests_per_second: Optional[float] = None, dry_run: bool = False,

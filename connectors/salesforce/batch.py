@@ -7,8 +7,7 @@ from connectors.errors import AlreadyExists, ConnectorError, NotFound, Rejected
 from connectors.salesforce.mapping import created, freed_username, patch_fields, soql_quote
 from connectors.salesforce.transport import translate
 from connectors.salesforce.users import Users
-
-COLLECTION_SIZE = 200  # sObject Collections accept at most 200 records per request
+from models.kinds import Action
 
 
 class Batch(Users):
@@ -16,15 +15,17 @@ class Batch(Users):
         """Apply ops through sObject Collections (200 records a request); results align with ops.
         The collections do the parallel work: `max_workers` is not needed here."""
         results: list[Any] = [None] * len(ops)
-        creates = [i for i, op in enumerate(ops) if op.kind == "create"]
-        updates = [i for i, op in enumerate(ops) if op.kind in ("update", "disable", "enable", "delete")]
+        creates = [i for i, op in enumerate(ops) if op.kind == Action.CREATE]
+        updates = [i for i, op in enumerate(ops)
+                   if op.kind in (Action.UPDATE, Action.DISABLE, Action.ENABLE, Action.DELETE)]
         for i, op in enumerate(ops):
-            if op.kind not in ("create", "update", "disable", "enable", "delete"):
+            if op.kind not in (Action.CREATE, Action.UPDATE, Action.DISABLE, Action.ENABLE, Action.DELETE):
                 results[i] = Rejected(f"unknown batch operation {op.kind!r}")
-        for start in range(0, len(creates), COLLECTION_SIZE):
-            self._create_chunk(ops, creates[start:start + COLLECTION_SIZE], results)
-        for start in range(0, len(updates), COLLECTION_SIZE):
-            self._update_chunk(ops, updates[start:start + COLLECTION_SIZE], results)
+        size = self.capabilities.max_batch
+        for start in range(0, len(creates), size):
+            self._create_chunk(ops, creates[start:start + size], results)
+        for start in range(0, len(updates), size):
+            self._update_chunk(ops, updates[start:start + size], results)
         return results
 
     def _collection(self, what: str, method: str, records: list[dict]) -> Optional[list[dict]]:
@@ -59,7 +60,7 @@ class Batch(Users):
 
     def _update_chunk(self, ops: list[BatchOp], idx: list[int], results: list[Any]) -> None:
         fields_by_op: dict[int, dict] = {}
-        need_names = [ops[i].remote_id for i in idx if ops[i].kind == "delete"
+        need_names = [ops[i].remote_id for i in idx if ops[i].kind == Action.DELETE
                       and self.settings.free_username_on_deprovision]
         names = {}
         if need_names:
@@ -72,16 +73,16 @@ class Batch(Users):
                 return
         for i in idx:
             op = ops[i]
-            if op.kind == "update":
+            if op.kind == Action.UPDATE:
                 fields = patch_fields(op.changes)
-            elif op.kind == "delete":
+            elif op.kind == Action.DELETE:
                 fields = {"IsActive": False}
                 if op.remote_id in names:
                     freed = freed_username(names[op.remote_id], op.remote_id)
                     if freed != names[op.remote_id]:
                         fields["Username"] = freed
             else:
-                fields = {"IsActive": op.kind == "enable"}
+                fields = {"IsActive": op.kind == Action.ENABLE}
             if fields:
                 fields_by_op[i] = fields
         todo = list(fields_by_op)
@@ -98,7 +99,7 @@ class Batch(Users):
         for n, i in enumerate(todo):
             item = answer[n]
             if item.get("success"):
-                if ops[i].kind == "update":
+                if ops[i].kind == Action.UPDATE:
                     updated.append(i)
             else:
                 error = self._item_error(f"{ops[i].kind} user {ops[i].remote_id}", item)

@@ -45,7 +45,8 @@ class Transport:
     """The connector's API side: every REST call goes through `_call`, every query through `_query`."""
 
     # Salesforce refuses to delete users (delete_user deactivates); Name is computed from
-    # FirstName and LastName; public groups, permission sets and queues are out of scope.
+    # FirstName and LastName; public groups, permission sets and queues are out of scope. sObject
+    # Collections accept at most 200 records per request.
     capabilities = Capabilities(groups=False, deletes_users=False, max_batch=200,
                                 read_only_attributes=("display_name",))
 

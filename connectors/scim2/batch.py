@@ -10,6 +10,7 @@ from connectors.errors import ConnectorError, NotFound, OutcomeUnknown, Rejected
 from connectors.scim2.mapping import patch_body
 from connectors.scim2.transport import scim_error
 from connectors.scim2.users import Users
+from models.kinds import Action
 
 log = logging.getLogger("connectors.scim2")
 BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
@@ -48,7 +49,7 @@ class Batch(Users):
         did not answer is OutcomeUnknown). Never raises for one op.
         """
         limits = self.bulk_limits()
-        if limits is None or (not self.patch_supported() and any(o.kind != "create" and o.kind != "delete"
+        if limits is None or (not self.patch_supported() and any(o.kind != Action.CREATE and o.kind != Action.DELETE
                                                                  for o in ops)):
             return self._one_by_one(ops, max_workers)
         max_ops = limits[0]
@@ -81,12 +82,12 @@ class Batch(Users):
 
     def _bulk_item(self, index: int, op: BatchOp) -> dict:
         item: dict[str, Any] = {"bulkId": f"op{index}"}
-        if op.kind == "create":
+        if op.kind == Action.CREATE:
             item.update(method="POST", path="/Users", data=self._to_scim(op.account))
-        elif op.kind == "delete":
+        elif op.kind == Action.DELETE:
             item.update(method="DELETE", path=f"/Users/{op.remote_id}")
-        elif op.kind in ("update", "disable", "enable"):
-            changes = op.changes if op.kind == "update" else {"active": op.kind == "enable"}
+        elif op.kind in (Action.UPDATE, Action.DISABLE, Action.ENABLE):
+            changes = op.changes if op.kind == Action.UPDATE else {"active": op.kind == Action.ENABLE}
             item.update(method="PATCH", path=f"/Users/{op.remote_id}", data=patch_body(changes))
         else:
             raise Rejected(f"unknown batch operation {op.kind!r}")
@@ -122,8 +123,8 @@ class Batch(Users):
                                                 f"status; it may have been applied")
             elif status >= 400:
                 error = scim_error(f"{item['method']} {item['path']}", status, response_body, retry_after)
-                results[index] = None if isinstance(error, NotFound) and op.kind == "delete" else error
-            elif op.kind == "create":
+                results[index] = None if isinstance(error, NotFound) and op.kind == Action.DELETE else error
+            elif op.kind == Action.CREATE:
                 created = _created_id(answer)
                 results[index] = op.account.with_id(created) if created else OutcomeUnknown(
                     "POST /Users: created, but the bulk response gives no location or id")
@@ -150,13 +151,13 @@ class Batch(Users):
 
         def run(op: BatchOp) -> Any:
             try:
-                if op.kind == "create":
+                if op.kind == Action.CREATE:
                     return self.create_user(op.account)
-                if op.kind == "update":
+                if op.kind == Action.UPDATE:
                     return self.update_user(op.remote_id, op.changes, op.account or Account(user_name=""))
-                if op.kind in ("disable", "enable"):
-                    self._set_active(op.remote_id, op.kind == "enable")
-                elif op.kind == "delete":
+                if op.kind in (Action.DISABLE, Action.ENABLE):
+                    self._set_active(op.remote_id, op.kind == Action.ENABLE)
+                elif op.kind == Action.DELETE:
                     try:
                         self.delete_user(op.remote_id)
                     except NotFound:
