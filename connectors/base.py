@@ -60,13 +60,14 @@ class Capabilities:
     # server says, as SCIM's bulk.maxOperations does).
     max_batch: Optional[int] = None
     read_only_attributes: tuple[str, ...] = ()  # managed attributes the target derives itself: never drift
+    uses_profile: bool = False  # it acts on the stored capability profile (`use_profile`) rather than asking
 
 
 class Connector(Protocol):
     """One remote system. Returns remote ids; never touches the store, sleeps or retries.
 
     On a dry run every write raises DryRunRejected (reads go through); the group calls are only
-    made when `capabilities.groups`.
+    made when `capabilities.groups`, `use_profile` only when `capabilities.uses_profile`.
     """
 
     name: str
@@ -101,6 +102,13 @@ class GroupConnector(Connector, Protocol):
     def remove_members(self, group_id: str, member_ids: list[str]) -> None: ...
     def delete_group(self, remote_id: str) -> None: ...
     def iter_groups(self) -> Iterator[RemoteGroup]: ...
+
+
+class ProfiledConnector(Connector, Protocol):
+    """A connector whose `capabilities.uses_profile` is True also has this."""
+
+    def use_profile(self, capabilities: dict) -> None:
+        """Act on the stored capability profile (from `outbound check`) instead of asking the target."""
 
 
 def canonical(value: Any) -> Any:

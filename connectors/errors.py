@@ -1,22 +1,29 @@
-"""The error tree every connector translates its failures into, at its edge.
+"""The connector part of the error tree: what every connector translates its failures into, at its edge.
 
-    ProvisioningError
-    ├── ConfigError              the configuration cannot work (bad secret, unknown profile): stop
-    └── ConnectorError           a remote call failed
-        ├── TransientError       worth retrying later (5xx, timeouts, dropped connections)
-        │   ├── RateLimited      the target asked us to slow down (429, quota); `retry_after` seconds
-        │   └── OutcomeUnknown   sent, but no answer says whether it applied (a bulk operation the
-        │                        response leaves out, a bulk request cut off): look before resending
-        ├── NotFound             the account is not there: re-create or treat as gone
-        ├── AlreadyExists        a uniqueness conflict: find the account and adopt it
-        ├── Rejected             the target refused the request (bad field): record, do not retry
-        ├── AuthFailed           credentials refused even after one refresh: stop, do not retry
-        └── DryRunRejected       a dry run reached a write: not sent; says what would have been sent
+    ConnectorError           a remote call failed (a ProvisioningError: models/errors.py draws the whole tree)
+    ├── TransientError       worth retrying later (5xx, timeouts, dropped connections)
+    │   ├── RateLimited      the target asked us to slow down (429, quota); `retry_after` seconds
+    │   └── OutcomeUnknown   sent, but no answer says whether it applied (a bulk operation the
+    │                        response leaves out, a bulk request cut off): look before resending
+    ├── NotFound             the account is not there: re-create or treat as gone
+    ├── AlreadyExists        a uniqueness conflict: find the account and adopt it
+    ├── Rejected             the target refused the request (bad field): record, do not retry
+    ├── AuthFailed           credentials refused even after one refresh: stop, do not retry
+    └── DryRunRejected       a dry run reached a write: not sent; says what would have been sent
+
+Also here: the one status→error table (`for_status`), the one token-endpoint rule (`token_error`)
+and which error codes are permanent (`is_permanent`). ProvisioningError and ConfigError (a
+configuration that cannot work) are re-exported, so a connector imports every error it raises from
+this module.
 
 Messages name the field and the target's own detail, never a credential.
 """
 
-from models.errors import ConfigError, ProvisioningError  # noqa: F401 (the root of the tree; re-exported)
+from models.errors import ConfigError, ProvisioningError
+
+__all__ = ["AlreadyExists", "AuthFailed", "ConfigError", "ConnectorError", "DryRunRejected", "NotFound", "OutcomeUnknown",
+           "PERMANENT_CODES", "ProvisioningError", "RateLimited", "Rejected", "TransientError", "for_status",
+           "is_permanent", "retry_after_seconds", "token_error"]
 
 
 class ConnectorError(ProvisioningError):

@@ -30,14 +30,13 @@ def get_connector(cfg: ConnectorConfig, dry_run: bool = False) -> Connector:
 
 def _use_profile(connector: Connector, cfg: ConnectorConfig) -> None:
     """Hand the connector its stored capability profile (from `outbound check`), when it takes one."""
-    use = getattr(connector, "use_profile", None)
-    if use is None:
+    if not connector.capabilities.uses_profile:
         return
     from models.capabilities import fresh
 
     row = fresh(cfg.name)
     if row is not None and row.type == cfg.type:
-        use(row.capabilities)
+        connector.use_profile(row.capabilities)
 
 
 def evict(cfg: ConnectorConfig) -> None:

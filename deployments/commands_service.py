@@ -127,7 +127,7 @@ def status_summary(names: list[str]) -> dict:
         failed = failures_by_connector(session, since)
         oldest = oldest_unfinished_event(session)
         unfinished = unfinished_count(session)
-    from tasks.health import all_health, as_dict  # issue 8: quarantine state per connector
+    from tasks.health import all_health, as_dict  # whether each connector is quarantined now, and why
 
     health = all_health()
     from models.capabilities import all_profiles, describe_age

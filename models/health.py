@@ -6,6 +6,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from models.db import session_scope
+from models.kinds import HealthState
 from models.tables import ConnectorHealth, utcnow
 
 
@@ -19,7 +20,7 @@ def reset(connector: str) -> None:
     """Zero the connector's failure count and close its quarantine."""
     with session_scope() as session:
         session.exec(update(ConnectorHealth).where(ConnectorHealth.connector == connector).values(
-            consecutive_failures=0, state="closed", opened_at=None, retry_at=None, backoff=0.0, updated_at=utcnow()))
+            consecutive_failures=0, state=HealthState.CLOSED, opened_at=None, retry_at=None, backoff=0.0, updated_at=utcnow()))
 
 
 def add_failure(session: Session, connector: str, code: str, error: str, now: datetime) -> None:

@@ -13,9 +13,10 @@ from sqlmodel import Session
 from models.config import ORG_TRIGGERS, Config, ConnectorConfig
 from models.identity import UserView
 from models.mapping import local_values
+from models.patterns import PatternError
 from models.runstate import get_mapping, last_operation, recent_flow_runs
 from tasks.policy import decide, scope
-from tasks.username import PatternError, user_name_for
+from tasks.username import user_name_for
 
 log = logging.getLogger("outbound.explain")
 

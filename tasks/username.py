@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from connectors.errors import Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView
-from models.patterns import TOKENS, PatternError, parse_pattern  # noqa: F401 (re-exported)
+from models.patterns import parse_pattern
 
 
 @dataclass(frozen=True)

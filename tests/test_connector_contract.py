@@ -115,6 +115,7 @@ def test_capabilities_are_declared_not_probed(target):
     assert isinstance(caps, Capabilities) and isinstance(caps.read_only_attributes, tuple)
     if not caps.groups:  # no group calls to trip over: callers read the capability
         assert not hasattr(connector, "create_group") and not hasattr(connector, "iter_groups")
+    assert hasattr(connector, "use_profile") == caps.uses_profile  # the factory reads the capability
 
 
 def test_apply_batch_creates_updates_and_disables(target):

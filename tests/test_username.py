@@ -9,7 +9,8 @@ from connectors.salesforce import SalesforceConnector
 from connectors.scim2 import Scim2Connector
 from models.config import Config, GoogleSettings, SalesforceSettings, Scim2Settings
 from models.identity import UserView
-from tasks.username import PatternError, build_user_name, parse_pattern, user_name_for, with_suffix
+from models.patterns import PatternError
+from tasks.username import build_user_name, parse_pattern, user_name_for, with_suffix
 
 # (pattern, separator, domain, username, user_store, tenant, idp) -> expected
 PATTERNS = [

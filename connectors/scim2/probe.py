@@ -7,7 +7,7 @@ extension and any custom schema. Only GETs, through a dry-run connector.
 
 from typing import Any
 
-from connectors.errors import AuthFailed, ConnectorError, NotFound, Rejected, TransientError
+from connectors.errors import AuthFailed, ConnectorError, NotFound, TransientError
 from connectors.probe import Findings, network_problem, tls_of
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"

@@ -25,7 +25,7 @@ def filter_eq(attribute: str, value: str) -> str:
 class Transport:
     """The connector's HTTP side: every request goes through `_request`."""
 
-    capabilities = Capabilities(groups=True, deletes_users=True)
+    capabilities = Capabilities(groups=True, deletes_users=True, uses_profile=True)
 
     def __init__(self, name: str, settings: Scim2Settings, session: requests.Session, dry_run: bool = False,
                  extra_targets: tuple[str, ...] = ()):
