@@ -20,7 +20,7 @@ from flows.crashed import expired, mark_crashed
 from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
 from models.db import session_scope
-from models.outbox import Batch, claim, finish, release_or_defer, retry_now
+from models.outbox import Batch, claim, finish, leases_kept, release_or_defer, retry_now
 from models.runstate import get_event
 from tasks.desired import generate_username, resolve_policy
 from tasks.explain import attach_explanation
@@ -202,7 +202,8 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
             return total
         first = False
         try:
-            per_user = run_batch(batch, config)
+            with leases_kept(batch):
+                per_user = run_batch(batch, config)
         except BaseException as exc:  # an orchestrator or store error is not a target's verdict: retry later
             if isinstance(exc, STORE_UNAVAILABLE):  # nothing to record: the events stay running, claimable
                 release_or_defer(batch)
