@@ -21,7 +21,7 @@ from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_mess
 from models.config import Config, load_config
 from models.db import session_scope
 from models.kinds import Action, EventStatus, Intent, OperationStatus
-from models.outbox import UNFINISHED, Batch, claim, finish, release_or_defer, retry_now
+from models.outbox import UNFINISHED, Batch, claim, finish, leases_kept, release_or_defer, retry_now
 from models.runstate import get_event
 from tasks.desired import generate_username, resolve_policy
 from tasks.explain import attach_explanation
@@ -203,7 +203,8 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
             return total
         first = False
         try:
-            per_user = run_batch(batch, config)
+            with leases_kept(batch):
+                per_user = run_batch(batch, config)
         except BaseException as exc:  # an orchestrator or store error is not a target's verdict: retry later
             if isinstance(exc, STORE_UNAVAILABLE):  # nothing to record: the events stay running, claimable
                 release_or_defer(batch)

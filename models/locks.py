@@ -134,6 +134,16 @@ def release_many(names: list[str], owner: str) -> None:
             session.exec(delete(Lease).where(Lease.name.in_(names[start:start + 500]), Lease.owner == owner))
 
 
+def renew_many(names: list[str], owner: str, ttl: float) -> int:
+    """Push the expiry of `owner`'s leases `names` to `ttl` seconds from now; return how many it still holds."""
+    held = 0
+    with session_scope() as session:
+        for start in range(0, len(names), 500):
+            held += session.exec(update(Lease).where(Lease.name.in_(names[start:start + 500]), Lease.owner == owner)
+                                 .values(expires_at=utcnow() + timedelta(seconds=ttl))).rowcount
+    return held
+
+
 def new_owner(run: Optional[str] = None) -> str:
     return _owner(run)
 

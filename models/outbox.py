@@ -6,10 +6,12 @@ for the next drain. Event statuses are set before the leases are released, so a 
 a user later never runs an event another drain has just finished.
 """
 
+import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Optional
+from typing import Iterator, Optional
 
 from sqlalchemy import update
 from sqlmodel import select
@@ -17,8 +19,10 @@ from sqlmodel import select
 from models.db import session_scope
 from models.availability import STORE_UNAVAILABLE
 from models.kinds import EventStatus
-from models.locks import acquire_many, host_of, new_owner, release_many, run_of
+from models.locks import acquire_many, host_of, new_owner, release_many, renew_many, run_of
 from models.tables import Event, User, utcnow
+
+log = logging.getLogger(__name__)
 
 UNFINISHED = (EventStatus.ACCEPTED, EventStatus.RUNNING)
 CLAIM_TTL = 900.0  # seconds: a drain that dies frees its users after this (at once on this machine)
@@ -161,6 +165,34 @@ def retry_now(event_id: str) -> Optional[str]:
             event.status, event.retry_at, event.finished_at = EventStatus.ACCEPTED, None, None
             session.add(event)
         return before
+
+
+@contextmanager
+def leases_kept(batch: Batch, every: float = CLAIM_TTL / 3) -> Iterator[None]:
+    """Renew the batch's leases every `every` seconds while it runs.
+
+    A batch slowed by a throttling target can outlast CLAIM_TTL; without renewal a drain elsewhere
+    would take its users over (running them twice) and mark this live run Crashed.
+    """
+    names, stop = [_lease(u) for u in batch.events], threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(every):
+            try:
+                held = renew_many(names, batch.owner, CLAIM_TTL)
+            except Exception as exc:  # the store is away: the leases still have time left, try again later
+                log.warning("owner=%s lease renewal failed: %s", batch.owner, exc)
+                continue
+            if held < len(names):
+                log.warning("owner=%s holds %d of its batch's %d leases", batch.owner, held, len(names))
+
+    keeper = threading.Thread(target=keep, name="lease-keeper", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
 
 
 def release(batch: Batch) -> None:

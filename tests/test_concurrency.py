@@ -11,7 +11,7 @@ import pytest
 
 from deployments.ingest import accept
 from helpers import event, write_config
-from models.config import load_config
+from models.config import load_config, parse_config
 from models.locks import LockTimeout, lease, try_acquire
 from sandbox.scim import ScimSandbox
 
@@ -99,3 +99,33 @@ def test_role_removal_and_grant_at_once_follow_the_store(tmp_path, sqlite_url):
         _run_workers(tmp_path, config, [grant.event_id, removal.event_id])
         users = scim.users()
         assert len(users) == 1 and users[0]["active"] is True  # the store says: holds sales
+
+
+def test_a_running_batch_keeps_its_leases(sqlite_url):
+    """A batch that outlasts its leases' lifetime renews them, so no drain elsewhere takes its users."""
+    from models.db import session_scope
+    from models.outbox import CLAIM_TTL, claim, leases_kept, release
+    from models.tables import Lease
+
+    accept(event(username="slowpoke"), parse_config({"tenant_domain": "example.com"}))
+    batch = claim(10)
+    assert len(batch) == 1
+
+    def expiry():
+        with session_scope() as session:
+            return session.get(Lease, f"user:{batch.user_ids[0]}").expires_at
+
+    with session_scope() as session:  # as if the batch had run almost CLAIM_TTL already
+        lease_row = session.get(Lease, f"user:{batch.user_ids[0]}")
+        lease_row.expires_at = lease_row.expires_at.replace(year=2000)
+        session.add(lease_row)
+    before = expiry()
+    with leases_kept(batch, every=0.05):
+        deadline = time.monotonic() + 10
+        while expiry() == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert expiry() > before and expiry().year > 2000
+    assert try_acquire(f"user:{batch.user_ids[0]}", CLAIM_TTL, "a-drain-elsewhere") is not None  # still held
+    release(batch)
+    assert try_acquire(f"user:{batch.user_ids[0]}", CLAIM_TTL, "a-drain-elsewhere") is None
+
