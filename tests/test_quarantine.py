@@ -208,7 +208,8 @@ def test_migration_and_health_rows_on_sqlite_and_postgresql(db_url):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_auth_failure_quarantines_at_once_status_shows_it_and_waiting_work_completes(tmp_path, sqlite_url):
+def test_auth_failure_quarantines_at_once_status_shows_it_and_waiting_work_completes(tmp_path, sqlite_url,
+                                                                                   monkeypatch):
     with ScimSandbox() as scim:
         config = write_config(tmp_path, scim, after=5, initial=1.0, cap=5, attempts=6, max_delay=3)
         scim.app.bearer_tokens = {"a-token-that-was-revoked"}  # the target now refuses our credentials
@@ -230,10 +231,26 @@ def test_auth_failure_quarantines_at_once_status_shows_it_and_waiting_work_compl
         assert profile and profile["usable"] is False and scim.token not in json.dumps(profile)
 
         scim.app.bearer_tokens = {scim.token}  # the operator fixes the credentials on the target
-        with session_scope() as session:  # ...while 2.5 s of the back-off are left (whatever the above took)
-            h = session.get(health.ConnectorHealth, "app")
-            h.retry_at = health.utcnow() + timedelta(seconds=2.5)
-            session.add(h)
+
+        def set_probe_due(seconds: float) -> None:
+            with session_scope() as session:
+                h = session.get(health.ConnectorHealth, "app")
+                h.retry_at = health.utcnow() + timedelta(seconds=seconds)
+                session.add(h)
+
+        # The next event meets the quarantine whatever the run's start-up takes, and the probe falls
+        # due only once the gate has refused a try: the refused try and the later probe are both seen.
+        set_probe_due(600)
+        real_check = health.check
+
+        def check_then_fall_due(connector: str, *args, **kwargs) -> None:
+            try:
+                real_check(connector, *args, **kwargs)
+            except Quarantined:
+                set_probe_due(0)
+                raise
+
+        monkeypatch.setattr(health, "check", check_then_fall_due)  # observes the real gate; changes nothing it decides
         seen = len(scim.requests)
         waiting = tmp_path / "waiting.json"
         ev = event(username="eve")
