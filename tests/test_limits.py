@@ -32,6 +32,9 @@ class ConcurrencyCounter:
         self.app, self.delay = app, delay
         self.now = self.peak = 0
         self._lock = threading.Lock()
+        # With `meet`, a request alone in flight waits (up to 30 s) for a second one, once: whether two
+        # runs overlap then depends on the limit, not on how fast each run happens to start.
+        self.meet, self._met = False, threading.Event()
 
     def __call__(self, environ, start_response):
         # Every request counts: the read-back after provisioning takes a slot too (tasks/readback.py).
@@ -40,7 +43,11 @@ class ConcurrencyCounter:
             with self._lock:
                 self.now += 1
                 self.peak = max(self.peak, self.now)
+                if self.now >= 2:
+                    self._met.set()
         try:
+            if self.meet:
+                self._met.wait(30)
             time.sleep(self.delay)
             return list(self.app(environ, start_response))
         finally:
@@ -130,11 +137,12 @@ def test_no_limit_configured_or_created_is_a_no_op(tmp_path):
 def test_the_concurrency_limit_holds_across_two_concurrent_runs(tmp_path, sqlite_url):
     with ScimSandbox() as scim:
         counter = scim.faults = ConcurrencyCounter(scim.faults, delay=0.25)
+        counter.meet = True
         free = config_file(tmp_path, scim, "unlimited")
         run_concurrently(free, [["usr1", "usr2", "usr3", "usr7"], ["usr4", "usr5", "usr6", "usr8"]])
         unlimited_peak = counter.peak
 
-        counter.peak = 0
+        counter.peak, counter.meet = 0, False
         limited = config_file(tmp_path, scim, "limited", "max_concurrency: 1")
         assert runner.invoke(app, ["setup", "--config", str(limited)]).exit_code == 0
         run_concurrently(limited, [["lim1", "lim2"], ["lim3", "lim4"]])
