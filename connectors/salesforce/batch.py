@@ -9,17 +9,21 @@ from connectors.salesforce.transport import translate
 from connectors.salesforce.users import Users
 from models.kinds import Action
 
+_UPDATES = (Action.UPDATE, Action.DISABLE, Action.ENABLE, Action.DELETE)
+
 
 class Batch(Users):
     def apply_batch(self, ops: list[BatchOp], *, max_workers: int = 1) -> list[Any]:
         """Apply ops through sObject Collections (200 records a request); results align with ops.
         The collections do the parallel work: `max_workers` is not needed here."""
         results: list[Any] = [None] * len(ops)
-        creates = [i for i, op in enumerate(ops) if op.kind == Action.CREATE]
-        updates = [i for i, op in enumerate(ops)
-                   if op.kind in (Action.UPDATE, Action.DISABLE, Action.ENABLE, Action.DELETE)]
+        creates, updates = [], []
         for i, op in enumerate(ops):
-            if op.kind not in (Action.CREATE, Action.UPDATE, Action.DISABLE, Action.ENABLE, Action.DELETE):
+            if op.kind == Action.CREATE:
+                creates.append(i)
+            elif op.kind in _UPDATES:
+                updates.append(i)
+            else:
                 results[i] = Rejected(f"unknown batch operation {op.kind!r}")
         size = self.capabilities.max_batch
         for start in range(0, len(creates), size):
@@ -28,8 +32,15 @@ class Batch(Users):
             self._update_chunk(ops, updates[start:start + size], results)
         return results
 
-    def _collection(self, what: str, method: str, records: list[dict]) -> Optional[list[dict]]:
-        return self._json_call(what, method, "composite/sobjects", {"allOrNone": False, "records": records})
+    def _collection(self, what: str, method: str, records: list[dict], todo: list[int],
+                    results: list[Any]) -> Optional[list[dict]]:
+        """Send one collection; a failure of the whole call is each of its records' result (then None)."""
+        try:
+            return self._json_call(what, method, "composite/sobjects", {"allOrNone": False, "records": records})
+        except ConnectorError as exc:
+            for i in todo:
+                results[i] = exc
+            return None
 
     def _create_chunk(self, ops: list[BatchOp], idx: list[int], results: list[Any]) -> None:
         fields_by_op = {}
@@ -42,11 +53,8 @@ class Batch(Users):
         if not todo:
             return
         records = [{"attributes": {"type": "User"}, **fields_by_op[i]} for i in todo]
-        try:
-            answer = self._collection(f"create {len(records)} users", "POST", records)
-        except ConnectorError as exc:
-            for i in todo:
-                results[i] = exc
+        answer = self._collection(f"create {len(records)} users", "POST", records, todo, results)
+        if answer is None:
             return
         for n, i in enumerate(todo):
             item = answer[n]
@@ -89,11 +97,8 @@ class Batch(Users):
         if not todo:
             return
         records = [{"attributes": {"type": "User"}, "id": ops[i].remote_id, **fields_by_op[i]} for i in todo]
-        try:
-            answer = self._collection(f"update {len(records)} users", "PATCH", records)
-        except ConnectorError as exc:
-            for i in todo:
-                results[i] = exc
+        answer = self._collection(f"update {len(records)} users", "PATCH", records, todo, results)
+        if answer is None:
             return
         updated = []
         for n, i in enumerate(todo):
