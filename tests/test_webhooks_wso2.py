@@ -221,7 +221,8 @@ def test_every_documented_event_type_provisions_with_its_trigger_and_level(api, 
     # and org-app names accounts by {UN} alone (on_collision: fail), which refuses the second.
     john_default = f"wso2-{documented('registrationSuccess')['jti']}"
     statuses = {e.id: (e.status, e.error or "") for e in _events()}
-    assert statuses.pop(john_default)[0] == "failed"
+    status, error = statuses.pop(john_default)
+    assert status == "failed" and "'johndoe@aol.com' on org-app is already provisioned" in error, error
     assert {status for status, _ in statuses.values()} == {"succeeded"}, statuses
     assert not log.tracebacks()
 
