@@ -329,7 +329,9 @@ class Wso2WebhookSettings(Strict):
     """
 
     secrets: list[SecretRef] = Field(min_length=1, max_length=8)
-    iat_tolerance: int = Field(default=300, ge=10, le=86400)  # seconds either way from this server's clock
+    # Seconds either way from this server's clock; at most an hour, so that a receipt pruned with the
+    # events (retention.events_days, a day at least) is of a token refused for its age anyway.
+    iat_tolerance: int = Field(default=300, ge=10, le=3600)
     claims: dict[Annotated[str, Field(min_length=1, max_length=255)], str] = Field(default_factory=dict)
     # An entry of a loginSuccess's authenticationMethods -> the identity_providers[].name it stands for.
     federated_authenticators: dict[str, Name] = Field(default_factory=dict)

@@ -373,3 +373,26 @@ def test_a_secret_that_does_not_resolve_stops_the_start(config_path, sqlite_url,
     with pytest.raises(InvalidInput, match=r"sources.wso2.secrets\[1\]"):
         create_app(load_config(config_path), str(config_path), dispatch=Recorder())
 
+
+
+def test_receipts_are_pruned_with_the_events_and_the_user_links_kept(db_url):
+    from datetime import timedelta
+
+    from models.config import RetentionSettings
+    from models.retention import prune
+    from models.tables import SourceUser, utcnow
+
+    now = utcnow()
+    with session_scope() as session:
+        session.add(User(id="u1", username="alice", tenant="myorg.com", source="console"))
+        session.flush()
+        session.add(SourceUser(source="wso2", remote_id="r1", user_id="u1"))
+        session.add(WebhookReceipt(jti="wso2:old", source="wso2", issuer="i", received_at=now - timedelta(days=3)))
+        session.add(WebhookReceipt(jti="wso2:new", source="wso2", issuer="i", received_at=now))
+    settings = RetentionSettings(events_days=2)
+    assert prune(settings, dry_run=True).webhook_receipts == 1
+    pruned = prune(settings)
+    assert pruned.webhook_receipts == 1 and "1 webhook receipts" in pruned.summary()
+    with session_scope() as session:
+        assert [r.jti for r in session.exec(select(WebhookReceipt))] == ["wso2:new"]
+        assert session.get(SourceUser, ("wso2", "r1")) is not None
