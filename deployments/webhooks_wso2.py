@@ -79,8 +79,12 @@ class Received:
     ignored: list[str] = field(default_factory=list)
 
 
-def receive(hook, config: Config) -> Received:
-    """Map the webhook and store its events with its receipt; a jti seen before is a replay."""
+def receive(hook, config: Config, tries: int = 2) -> Received:
+    """Map the webhook and store its events with its receipt; a jti seen before is a replay.
+
+    A conflict that is not this jti (another webhook creating the same user at the same instant,
+    as userCreated and registrationSuccess do) is read again once: the user exists by then.
+    """
     from deployments.ingest import accept_all
     from models import receipts
     from models.db import session_scope
@@ -102,6 +106,8 @@ def receive(hook, config: Config) -> Received:
     except IntegrityError:  # the same jti (or event id) was stored concurrently: the other one won
         with session_scope() as session:
             prior = receipts.seen(session, SOURCE, hook.jti)
+        if prior is None and tries > 1:
+            return receive(hook, config, tries - 1)
         if prior is None:
             raise
         return Received(replay_of=prior.received_at.isoformat())

@@ -396,3 +396,44 @@ def test_receipts_are_pruned_with_the_events_and_the_user_links_kept(db_url):
     with session_scope() as session:
         assert [r.jti for r in session.exec(select(WebhookReceipt))] == ["wso2:new"]
         assert session.get(SourceUser, ("wso2", "r1")) is not None
+
+
+def test_the_same_jti_twice_at_once_is_stored_once(api_only):
+    """Whichever order the two deliveries reach the store in, one is stored and the other refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, recorder = api_only
+    body = documented("userCreated")
+    with ThreadPoolExecutor(2) as pool:
+        codes = sorted(pool.map(lambda _: post(url, body).status_code, range(2)))
+    assert codes == [202, 409]
+    assert len(stored_events()) == 1 and len(recorder.calls) == 1
+
+
+
+
+def test_two_webhooks_creating_one_user_at_once_are_both_stored(config_path, sqlite_url, monkeypatch):
+    """WSO2 sends userCreated and registrationSuccess for one creation. The second is made to lose
+    the race for sure: the first is stored after the second looked the user up and before it
+    wrote; its write then conflicts, and it is read again instead of failing."""
+    import models.identity as identity
+    from deployments.webhooks_wso2 import receive
+    from models.wso2 import parse_webhook
+
+    config = load_config(config_path)
+    first, second = (parse_webhook(json.dumps(b).encode()) for b in
+                     (created("d1", "dora"), created("d1", "dora", uri="registrationSuccess")))
+    real, lookups = identity.find_user, []
+
+    def first_wins(session, tenant, store, username):
+        lookups.append(username)
+        if len(lookups) == 1:  # the second's lookup: not there yet; the first is stored right after
+            monkeypatch.setattr(identity, "find_user", real)
+            receive(first, config)
+            return None
+        return real(session, tenant, store, username)
+
+    monkeypatch.setattr(identity, "find_user", first_wins)
+    received = receive(second, config)
+    assert [e[0] for e in received.events] == [f"wso2-{second.jti}"]
+    assert len(stored_events()) == 2 and user("dora").source == "console"
