@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from models.identity import find_user, roles_of
 from models.tables import SourceUser, User, WebhookReceipt
-from models.wso2 import Known
+from models.wso2 import Known, local_name
 
 
 def receipt_key(source: str, jti: str) -> str:
@@ -60,9 +60,7 @@ class StoreDirectory:
             link = self.session.get(SourceUser, (self.source, remote_id))
             user = self.session.get(User, link.user_id) if link else None
         if user is None and username:
-            store, slash, name = username.partition("/")  # WSO2's STORE/name form
-            user = find_user(self.session, self.tenant, store.upper() if slash else (user_store or "PRIMARY"),
-                             name if slash else username)
+            user = find_user(self.session, self.tenant, *local_name(user_store or "PRIMARY", username))
         if user is None or user.deleted_at is not None:
             return None
         return Known(user.user_store, user.username, roles_of(self.session, user.id))

@@ -24,6 +24,7 @@ engine's `tenant_domain` (its `{TD}`).
 """
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Union
 
@@ -79,6 +80,16 @@ class MalformedWebhook(InvalidInput):
 
     def __init__(self, problems: list[str]):
         super().__init__("webhook", problems)
+
+
+def local_name(user_store: str, username: str) -> tuple[str, str]:
+    """The (user store, username) the identity store keys a WSO2 user by, as models.events reads an
+    event's: WSO2's `STORE/name` form split, the name in NFC."""
+    username = username.strip()
+    store, slash, name = username.partition("/")
+    if slash and store and name:
+        user_store, username = store, name
+    return user_store.upper(), unicodedata.normalize("NFC", username)
 
 
 # --- the payload -----------------------------------------------------------------------------
@@ -243,7 +254,7 @@ class _Reader:
         idp = self.jit_idp(store)
         self.emit("user.created", "jit" if idp else self.trigger_of(data), {**user, "user_store": store}, idp)
         if data.user and data.user.id:
-            self.out.links.append((data.user.id, store, user["username"]))
+            self.out.links.append((data.user.id, *local_name(store, user["username"])))
 
     def updated(self, where: str, data: EventData) -> None:
         known = self.known(data.user, self.store_of(data))
@@ -285,7 +296,7 @@ class _Reader:
         else:
             user["user_store"] = store
             if data.user and data.user.id:
-                self.out.links.append((data.user.id, store, user["username"]))
+                self.out.links.append((data.user.id, *local_name(store, user["username"])))
         self.emit("user.federated_login", "federated_login", user, idp)
 
     def role_users(self, where: str, data: EventData) -> None:

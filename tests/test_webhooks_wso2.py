@@ -437,3 +437,43 @@ def test_two_webhooks_creating_one_user_at_once_are_both_stored(config_path, sql
     received = receive(second, config)
     assert [e[0] for e in received.events] == [f"wso2-{second.jti}"]
     assert len(stored_events()) == 2 and user("dora").source == "console"
+
+
+class FakeDirectory:
+    """models.wso2.Directory over a dict: the mapping is a pure function of payload, settings and store."""
+
+    def __init__(self, users: dict):
+        self.users = users  # remote id -> Known
+
+    def find(self, remote_id, user_store, username):
+        return self.users.get(remote_id)
+
+
+def test_claims_map_through_the_default_dialect_and_the_configuration():
+    from models.config import Wso2WebhookSettings
+    from models.wso2 import Known, parse_webhook, to_events
+
+    settings = Wso2WebhookSettings(secrets=["env:X"], claims={
+        "http://wso2.org/claims/department": "attributes.dept",      # a default URI, elsewhere
+        "http://wso2.org/claims/mobile": "",                          # a default URI, dropped
+        "http://wso2.org/claims/nickName": "display_name"})           # a URI of the configuration's own
+    body = created("r1", "EU/eve", department="R&D", mobile="+1 555", nickName="Evie", country=["NL", "BE"])
+    mapped = to_events(parse_webhook(json.dumps(body).encode()), settings, "myorg.com", FakeDirectory({}))
+    [event] = mapped.events
+    assert event["user"] == {"username": "EU/eve", "user_store": "PRIMARY", "display_name": "Evie",
+                             "attributes": {"dept": "R&D", "country": "NL,BE"}}
+    assert mapped.links == [("r1", "EU", "eve")]  # as the identity store keys the user
+    from models.events import parse_event
+
+    parsed = parse_event(event)  # the STORE/name form names the store
+    assert (parsed.user.user_store, parsed.user.username) == ("EU", "eve")
+
+    update = documented("userProfileUpdated")
+    data_of(update)["user"]["removedClaims"] = [{"uri": "http://wso2.org/claims/organization"},
+                                                {"uri": "http://wso2.org/claims/emailaddress"}]
+    data_of(update)["user"]["addedClaims"] = []
+    directory = FakeDirectory({"85071750-3d1f-4ba4-b58f-991532e2742b": Known("PRIMARY", "peter")})
+    [event] = to_events(parse_webhook(json.dumps(update).encode()), settings, "myorg.com", directory).events
+    # A removed claim empties its attribute; a removed profile field is left alone (see docs/sources.md).
+    assert event["user"] == {"username": "peter", "user_store": "PRIMARY",
+                             "attributes": {"email_addresses": "peter@aol.com", "organization": None}}
