@@ -31,10 +31,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import IntegrityError
 
+from deployments.ingest import accept_all
+from models import receipts
 from models.availability import STORE_UNAVAILABLE
 from models.config import Config
+from models.db import session_scope
 from models.secrets import SecretError, resolve
 from models.validation import InvalidInput
+from models.wso2 import MalformedWebhook, parse_webhook, to_events
 
 log = logging.getLogger("outbound.api.wso2")
 
@@ -85,11 +89,6 @@ def receive(hook, config: Config, tries: int = 2) -> Received:
     A conflict that is not this jti (another webhook creating the same user at the same instant,
     as userCreated and registrationSuccess do) is read again once: the user exists by then.
     """
-    from deployments.ingest import accept_all
-    from models import receipts
-    from models.db import session_scope
-    from models.wso2 import to_events
-
     tenant = config.tenant_domain
     with session_scope() as session:
         prior = receipts.seen(session, SOURCE, hook.jti)
@@ -136,7 +135,6 @@ def mount_wso2(app: FastAPI, config: Config, dispatcher, problem, read_limited, 
     if config.sources.wso2 is None:
         return
     _problem, _read_limited, _unavailable = problem, read_limited, unavailable
-    from models.wso2 import MalformedWebhook, parse_webhook
 
     keys = _secret_keys(config)  # resolved once, at start; a reference that does not resolve stops it
     settings, limit = config.sources.wso2, config.api.max_body_bytes if config.api else 64 * 1024
