@@ -50,6 +50,7 @@ from pydantic import BaseModel
 from models.config import ApiSettings, Config
 from models.events import IdentityEvent
 from deployments import webhooks
+from deployments.webhooks_wso2 import mount_wso2
 from models.availability import STORE_UNAVAILABLE, store_up
 from models.secrets import SecretError, resolve
 from models.validation import InvalidInput
@@ -461,6 +462,8 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
         if status is None:
             return _problem(404, f"no event {event_id!r}")
         return JSONResponse(status.model_dump(mode="json"))
+
+    mount_wso2(app, config, dispatcher, _problem, _read_limited, _unavailable)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

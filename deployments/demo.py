@@ -2,7 +2,8 @@
 
 Loads the users of `sandbox/users.json` as identity events, drains them through the provisioning
 flow (in batches, in this process, on Prefect's temporary API), then updates some, disables one and
-deletes one, and prints a summary read from the state store.
+deletes one, sends a few WSO2-shaped webhooks through the real endpoint, and prints a summary read
+from the state store.
 """
 
 import json
@@ -70,6 +71,7 @@ def run_demo(count: int, database: str) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from deployments import demo_wso2
     from deployments.ingest import accept
     from models.config import load_config
     from models.db import redacted
@@ -87,7 +89,7 @@ def run_demo(count: int, database: str) -> int:
             console.print(f"sandbox: {line.split('(')[0].strip()}")
         boxes.export_secrets()
         config_path = Path(tmp, "outbound.yaml")
-        config_path.write_text(boxes.config_yaml())
+        config_path.write_text(boxes.config_yaml() + demo_wso2.config_section())
         config = load_config(config_path)
 
         created, later = sample_events(count)
@@ -96,6 +98,12 @@ def run_demo(count: int, database: str) -> int:
             console.print(f"[bold]{phase}[/]: {len(ids)} events accepted, provisioning through Prefect…")
             ran, seconds = _drain(str(config_path))
             console.print(f"  {ran} events provisioned in one flow run (batches of up to 1,000) in {seconds:.1f} s")
+
+        console.print("[bold]WSO2 webhooks[/] through POST /v1/webhooks/wso2:")
+        for line in demo_wso2.send(config, str(config_path)):
+            console.print(f"  {line}")
+        ran, seconds = _drain(str(config_path))
+        console.print(f"  {ran} events provisioned in {seconds:.1f} s")
 
         rows = summary(database)
         table = Table("connector", "created", "updated", "deleted", "failed", title="Demo summary")

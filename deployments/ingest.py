@@ -5,6 +5,9 @@ lost; an event id seen before is answered from the outbox and not applied again.
 """
 
 from dataclasses import dataclass
+from typing import Callable, Optional
+
+from sqlmodel import Session
 
 from sqlalchemy.exc import IntegrityError
 
@@ -51,9 +54,7 @@ def accept(raw: bytes | str | dict, config: Config) -> Accepted:
             return Accepted(event.id, False, seen.status)
     try:
         with session_scope() as session:
-            user = apply_event(session, event, config)
-            session.add(Event(id=event.id, type=event.type, trigger=event.trigger, idp=event.idp, user_id=user.id,
-                              payload=event.model_dump(mode="json")))
+            _store(session, event, config)
     except IntegrityError:  # the same id arrived concurrently: the other one won
         with session_scope() as session:
             seen = get_event(session, event.id)
@@ -61,3 +62,34 @@ def accept(raw: bytes | str | dict, config: Config) -> Accepted:
             raise
         return Accepted(event.id, False, seen.status)
     return Accepted(event.id, True, EventStatus.ACCEPTED)
+
+
+def _store(session: Session, event: IdentityEvent, config: Config) -> None:
+    user = apply_event(session, event, config)
+    session.add(Event(id=event.id, type=event.type, trigger=event.trigger, idp=event.idp, user_id=user.id,
+                      payload=event.model_dump(mode="json")))
+
+
+def accept_all(raws: list[dict], config: Config, also: Optional[Callable[[Session], None]] = None) -> list[Accepted]:
+    """Validate every event, then store them all and what `also` adds in one transaction, or nothing.
+
+    For a message that stands for several events (a webhook): InvalidInput names each bad event by
+    its position; an IntegrityError means an id (or `also`'s row) was stored concurrently.
+    """
+    events, problems = [], []
+    for n, raw in enumerate(raws):
+        try:
+            event = parse_event(raw)
+            check_against_config(event, config)
+            events.append(event)
+        except InvalidInput as exc:
+            problems += [f"events[{n}] ({raw.get('type')} {raw.get('user', {}).get('username')!r}): {p}"
+                         for p in exc.problems]
+    if problems:
+        raise InvalidInput("event", problems)
+    with session_scope() as session:
+        for event in events:
+            _store(session, event, config)
+        if also is not None:
+            also(session)
+    return [Accepted(event.id, True, EventStatus.ACCEPTED) for event in events]

@@ -19,6 +19,7 @@ from models.patterns import PatternError, parse_pattern
 from models.secrets import SecretRef
 from models.usernames import WSO2_DEFAULT_PATTERN, WSO2_DEFAULT_WORDS, UsernameRule
 from models.validation import InvalidInput, field_path, pattern, problems_of
+from models.wso2 import claim_target_problem
 
 ORG_TRIGGERS = ("api", "console", "self_signup", "jit")
 DEFAULT_CONFIG_FILE = "outbound.yaml"
@@ -319,6 +320,42 @@ class ApiSettings(Strict):
         return self
 
 
+class Wso2WebhookSettings(Strict):
+    """`POST /v1/webhooks/wso2`: WSO2 Identity Server 7 and Asgardeo webhooks (see docs/sources.md).
+
+    Each secret is the webhook's **Secret** as typed in the WSO2 console (the HMAC key is its UTF-8
+    bytes); list two while one is rotated. `claims` adds to (or, naming a default URI, replaces)
+    WSO2's default claim dialect: claim URI -> a user field or `attributes.<key>` ("" drops it).
+    """
+
+    secrets: list[SecretRef] = Field(min_length=1, max_length=8)
+    # Seconds either way from this server's clock; at most an hour, so that a receipt pruned with the
+    # events (retention.events_days, a day at least) is of a token refused for its age anyway.
+    iat_tolerance: int = Field(default=300, ge=10, le=3600)
+    claims: dict[Annotated[str, Field(min_length=1, max_length=255)], str] = Field(default_factory=dict)
+    # An entry of a loginSuccess's authenticationMethods -> the identity_providers[].name it stands for.
+    federated_authenticators: dict[str, Name] = Field(default_factory=dict)
+    # A user store that an IdP's JIT provisioning writes to (the IdP's "Provisioning user store
+    # domain") -> that IdP: a user created there arrived by JIT through it.
+    jit_user_stores: dict[StoreName, Name] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _claims(self):
+        problems = [f"claims.{uri}: {p}" for uri, target in self.claims.items()
+                    if (p := claim_target_problem(target))]
+        if len(set(self.secrets)) != len(self.secrets):
+            problems.append("secrets: the same reference is listed twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class SourceSettings(Strict):
+    """Identity providers that push events to `outbound api` in their own format."""
+
+    wso2: Optional[Wso2WebhookSettings] = None
+
+
 class UserStoreSettings(Strict):
     """A user store's username rule; stores not listed follow WSO2's default (`^[\\S]{3,30}$`)."""
 
@@ -371,6 +408,7 @@ class Config(Strict):
     user_stores: dict[StoreName, UserStoreSettings] = Field(default_factory=dict)
     events: EventSettings = Field(default_factory=EventSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    sources: SourceSettings = Field(default_factory=SourceSettings)
 
     @model_validator(mode="after")
     def _references(self):
@@ -419,6 +457,22 @@ def cross_problems(data: object) -> list[str]:
             problems.append(f"{field_path(('identity_providers', i, 'connectors'))}: identity provider "
                             f"{idp.get('name')!r} names unknown connectors: {', '.join(unknown)} "
                             f"(configured: {', '.join(names) or 'none'})")
+    problems += _source_idp_problems(data, {i.get("name") for i in idps if isinstance(i, dict)})
+    return problems
+
+
+def _source_idp_problems(data: dict, idp_names: set) -> list[str]:
+    """The identity providers that sources.wso2 names must be configured."""
+    wso2 = (data.get("sources") or {}).get("wso2") if isinstance(data.get("sources"), dict) else None
+    if not isinstance(wso2, dict):
+        return []
+    problems = []
+    for section in ("federated_authenticators", "jit_user_stores"):
+        entries = wso2.get(section) if isinstance(wso2.get(section), dict) else {}
+        for key, idp in entries.items():
+            if isinstance(idp, str) and idp not in idp_names:
+                problems.append(f"sources.wso2.{section}.{key}: unknown identity provider {idp!r} "
+                                f"(configured: {', '.join(sorted(n for n in idp_names if n)) or 'none'})")
     return problems
 
 

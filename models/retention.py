@@ -3,7 +3,9 @@
 What is never pruned: events that are not finished (the sweeper still owes them a run), operations
 still running or retrying, the latest operation per (connector, entity) — it is what `outbound runs`
 and `explain` show as the entity's last known state — and the latest reconciliation run per
-connector. Attempts go after `attempts_days`, or with their operation.
+connector. Attempts go after `attempts_days`, or with their operation. Webhook receipts (the token
+ids kept to refuse replays) go with the events, after `events_days`: a token that old is refused
+for its `iat` anyway.
 
 Each table is pruned in its own transaction (attempts before their operations, for the foreign
 key) with set-based statements: one window function over the table, no row-by-row loop, so a
@@ -20,7 +22,7 @@ from models.config import RetentionSettings
 from models.db import session_scope
 from models.kinds import OperationStatus, RunStatus
 from models.runstate import FINAL
-from models.tables import Event, Operation, OperationAttempt, ReconciliationRun, utcnow
+from models.tables import Event, Operation, OperationAttempt, ReconciliationRun, WebhookReceipt, utcnow
 
 OPEN_OPERATIONS = (OperationStatus.RUNNING, OperationStatus.RETRYING)
 OPEN_RECONCILIATIONS = (RunStatus.RUNNING,)  # awaiting-approval ends a CLI run: nothing waits on it
@@ -35,6 +37,7 @@ class Pruned:
     attempts: int
     reconciliation_runs: int
     dry_run: bool
+    webhook_receipts: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -42,7 +45,7 @@ class Pruned:
     def summary(self) -> str:
         verb = "would prune" if self.dry_run else "pruned"
         return (f"{verb} {self.events} events, {self.operations} operations, {self.attempts} attempts, "
-                f"{self.reconciliation_runs} reconciliation runs")
+                f"{self.reconciliation_runs} reconciliation runs, {self.webhook_receipts} webhook receipts")
 
 
 def _superseded_operations(cutoff: datetime):
@@ -93,4 +96,6 @@ def prune(settings: RetentionSettings, *, dry_run: bool = False, now: Optional[d
                      dry_run, url)
     runs = _delete(ReconciliationRun, ReconciliationRun.id.in_(
         _superseded_reconciliations(now - settings.reconciliation_runs_days * days)), dry_run, url)
-    return Pruned(events=events, operations=operations, attempts=attempts, reconciliation_runs=runs, dry_run=dry_run)
+    receipts = _delete(WebhookReceipt, WebhookReceipt.received_at < now - settings.events_days * days, dry_run, url)
+    return Pruned(events=events, operations=operations, attempts=attempts, reconciliation_runs=runs, dry_run=dry_run,
+                  webhook_receipts=receipts)

@@ -233,3 +233,27 @@ class CapabilityProfile(SQLModel, table=True):
     capabilities: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     problems: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     checked_at: datetime = Field(default_factory=utcnow)
+
+
+class WebhookReceipt(SQLModel, table=True):
+    """A webhook received from an identity provider, by its token id (`jti`): a second one with the
+    same id is a replay. Stored in the transaction that stores the events it became."""
+
+    __tablename__ = "webhook_receipts"
+
+    jti: str = Field(primary_key=True, max_length=128)  # "<source>:<jti>"
+    source: str = Field(max_length=16)  # wso2
+    issuer: str = Field(max_length=1024)
+    events: int = 0  # identity events stored
+    ignored: int = 0  # event types, users or changes left out (each said why in the answer)
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class SourceUser(SQLModel, table=True):
+    """An identity provider's id for a local user, for its events that name the user only by id."""
+
+    __tablename__ = "source_users"
+
+    source: str = Field(primary_key=True, max_length=16)
+    remote_id: str = Field(primary_key=True, max_length=255)
+    user_id: str = Field(foreign_key="users.id", max_length=64, index=True)

@@ -27,7 +27,7 @@ def field_path(loc: tuple) -> str:
 
 # Fields that hold secrets (or references to them): their values are never echoed back.
 SECRET_FIELDS = {"token", "password", "secret", "client_secret", "private_key", "hmac_secret",
-                 "webhook_secrets", "security_token", "service_account_key", "api_key"}
+                 "webhook_secrets", "secrets", "security_token", "service_account_key", "api_key"}
 # Sections whose wrong values are not echoed either (`auth: "Bearer <token>"`).
 NO_ECHO = {"auth"}
 

@@ -105,7 +105,7 @@ def test_the_cli_prints_counts_and_dry_run_changes_nothing(tmp_path, sqlite_url)
     result = runner.invoke(app, ["prune", "--json", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"events": 2, "operations": 3, "attempts": before["attempts"] - 4,
-                                         "reconciliation_runs": 2, "dry_run": False}
+                                         "reconciliation_runs": 2, "dry_run": False, "webhook_receipts": 0}
 
 
 def test_a_bad_retention_is_refused_with_exit_2(tmp_path, sqlite_url):
