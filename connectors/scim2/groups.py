@@ -5,7 +5,7 @@ from typing import Iterator, Optional
 
 from scim2_models import Group, GroupMember
 
-from connectors.base import RemoteGroup
+from connectors.base import RemoteGroup, group_named
 from connectors.scim2.mapping import PATCH_OP, group_from_scim
 from connectors.scim2.transport import Transport, filter_eq
 
@@ -20,10 +20,11 @@ class Groups(Transport):
         return group_from_scim(self._json(self._request("GET", f"/Groups/{remote_id}")))
 
     def find_group(self, name: str) -> Optional[RemoteGroup]:
-        for item in self._search("Groups", filter_eq("displayName", name)):
-            if item.get("displayName") == name:
-                return group_from_scim(item)
-        return None
+        """The group named `name` as the server compares displayName (`same_group_name`): its `eq`
+        filter is caseless for a caseExact=false attribute (RFC 7644 §3.4.2.2), so its answers are
+        sorted out here, the exact spelling first."""
+        found = [group_from_scim(item) for item in self._search("Groups", filter_eq("displayName", name), count=10)]
+        return group_named(found, name, self.capabilities.group_names_case_exact)
 
     def _members_patch(self, group_id: str, op: str, member_ids: list[str]) -> None:
         if not member_ids:
