@@ -200,3 +200,33 @@ def test_a_case_exact_server_keeps_groups_of_other_cases_apart(tmp_path, sqlite_
         code, out = reconcile(config)
         assert code == 0 and "group_create 1" in out, out
         assert sorted(g["displayName"] for g in server.groups()) == ["Engineering", "engineering"]
+
+
+def test_google_groups_are_found_by_address_whatever_the_case(tmp_path, sqlite_url):
+    """Google compares group addresses without case: `Engineering` made elsewhere is found for
+    `engineering`, the plan adopts it, and a create refused as a duplicate adopts it too."""
+    from connectors.factory import get_connector
+    from sandbox.google import GoogleSandbox
+    from targets import google_config
+    from tasks.apply import apply_group_rows
+    from tasks.plan import group_diff
+
+    with GoogleSandbox() as sandbox:
+        cfg = google_config(sandbox)
+        connector = get_connector(cfg)
+        existing = connector.create_group("Engineering", [])
+        assert connector.find_group("engineering").id == existing.id
+        assert connector.find_group("ENGINEERING@" + sandbox.domains[0]).id == existing.id
+        rows = group_diff(["engineering"], {}, {}, list(connector.iter_groups()), {}, {}, {}, {},
+                          connector.capabilities.group_names_case_exact)
+        assert rows.empty  # adopted: nothing to create, nobody to add
+
+        with session_scope() as session:
+            group_id = ensure_group(session, "engineering").id
+        row = {"action": "group_create", "group": "engineering", "group_id": group_id, "group_remote_id": None,
+               "local_id": None, "entity_name": "engineering", "remote_id": None, "reason": "missing"}
+        counts = apply_group_rows([row], cfg, connector, run_id="t", policy=RetryPolicy(attempts=1))
+        assert (counts.succeeded, counts.failed) == (1, 0), counts.failures
+        with session_scope() as session:
+            assert session.exec(select(Mapping).where(Mapping.entity_type == "group")).one().remote_id == existing.id
+        assert [g.id for g in connector.iter_groups()] == [existing.id]
