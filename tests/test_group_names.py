@@ -170,6 +170,12 @@ def test_a_failed_group_operation_fails_the_event_and_names_it(tmp_path, sqlite_
     with session_scope() as session:
         stored = session.get(Event, ev["id"])
     assert stored.status == "failed" and "group_create engineering" in stored.error, stored.error
+    # The run is Failed, naming the user and the group; its artifact row for erin says so too.
+    run = _run_of(ev["id"])
+    assert run.state_type.value == "FAILED" and "erin@PRIMARY" in run.state.message, run.state.message
+    assert "group_create engineering" in run.state.message, run.state.message
+    [row] = _artifact_rows(run.id, "outbound-app-operations")
+    assert row["status"] == "failed" and row["error"].startswith("group_create engineering: already_exists"), row
 
     # A group none of the event's users is in fails the event too: the event asked for it to exist.
     ev = event(username="frank", groups=[])
@@ -177,6 +183,28 @@ def test_a_failed_group_operation_fails_the_event_and_names_it(tmp_path, sqlite_
         assert session.exec(select(Mapping).where(Mapping.remote_name == "admins")).one()
     code, out = send(tmp_path, config, ev)
     assert code == 1 and "group_create" in out and "member_add" not in out, out
+
+
+def _run_of(event_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=event_id)))
+        return run
+
+
+def _artifact_rows(flow_run_id, key: str) -> list[dict]:
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), key=ArtifactFilterKey(any_=[key])))
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data
 
 
 def test_a_failed_group_operation_fails_reconcile(tmp_path, sqlite_url, scimmy_like):
