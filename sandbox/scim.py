@@ -9,7 +9,8 @@ request bodies with 413 whatever the configuration says (a proxy in front of the
 second POST of one userName makes a second account); `unique_group_names=True` makes Group displayName
 unique on the server (uniqueness "server" in /Schemas; a second group of a name, in whatever case, is
 refused with 409 scimType uniqueness, as SCIMMY and most directories do); `group_names_case_exact=True`
-declares displayName caseExact (then "Eng" and "eng" are two names); `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
+declares displayName caseExact (then "Eng" and "eng" are two names); `exact_filters=True` answers
+`eq` filters comparing exactly whatever the schema says (SCIMMY's filter); `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
 of every BulkResponse, `rewrite_bulk_answer(answer)` changes each answer in place. `answered` lists (method, path, status, request body bytes) per request;
 `peak_in_flight` is the most requests it ever served at once.
 """
@@ -28,7 +29,7 @@ from scim2_server.service import ScimService
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
 from scim2_server.testserver.cli import ThreadingWSGIServer
 from sandbox.faults import FaultInjector, FaultPlan
-from sandbox.scim_variants import BodyLimit, BulkAnswers, IdOnlyStorage
+from sandbox.scim_variants import BodyLimit, BulkAnswers, ExactFilters, IdOnlyStorage
 from scim2_server.utils import (load_default_resource_types, load_default_schemas,
                                 load_default_service_provider_config)
 
@@ -57,7 +58,8 @@ class ScimSandbox:
                  bulk: tuple[bool, int, int] | None = None, bulk_ids: str = "all", body_limit: int | None = None,
                  group_type: bool = True, drop_bulk_answers: int = 0, rewrite_bulk_answer=None,
                  custom_schemas: tuple[str, ...] = (), unique_user_names: bool = True,
-                 unique_group_names: bool = False, group_names_case_exact: bool = False):
+                 unique_group_names: bool = False, group_names_case_exact: bool = False,
+                 exact_filters: bool = False):
         self.token = token or secrets.token_urlsafe(24)
         # Besides its bearer token, the sandbox can accept HTTP Basic users and OAuth 2.0 clients
         # (client credentials grant at /oauth/token), so every auth mode is tested over real HTTP.
@@ -92,6 +94,8 @@ class ScimSandbox:
         if bulk_ids == "post" or drop_bulk_answers or rewrite_bulk_answer:
             app = BulkAnswers(app, post_only_ids=bulk_ids == "post", drop_last=drop_bulk_answers,
                               rewrite=rewrite_bulk_answer)
+        if exact_filters:
+            app = ExactFilters(app)
         self.faults = FaultInjector(BodyLimit(app, body_limit) if body_limit else app, faults)
         self.in_flight = self.peak_in_flight = 0
         self._in_flight_lock = threading.Lock()

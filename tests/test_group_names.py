@@ -121,8 +121,16 @@ def test_an_event_adopts_the_group_and_a_second_event_reuses_it(tmp_path, sqlite
     assert members(scimmy_like) == {"Engineering": {stranger, ids["carol"], ids["dave"]}}
 
 
-def test_a_409_on_a_group_create_is_followed_by_adoption_when_the_group_is_ours(tmp_path, sqlite_url, scimmy_like):
-    """The plan saw no group (it appeared between plan and apply): the create meets 409 and adopts it."""
+@pytest.mark.parametrize("exact_filters", [False, True], ids=["caseless-filter", "exact-filter"])
+def test_a_409_on_a_group_create_is_followed_by_adoption_when_the_group_is_ours(tmp_path, sqlite_url, exact_filters):
+    """The plan saw no group (it appeared between plan and apply): the create meets 409 and adopts it,
+    also from a server whose `eq` filter compares exactly (SCIMMY's): the look-up reads the listing."""
+
+    with ScimSandbox(unique_group_names=True, exact_filters=exact_filters) as server:
+        _a_409_is_followed_by_adoption(tmp_path, server, exact_filters)
+
+
+def _a_409_is_followed_by_adoption(tmp_path, scimmy_like, exact_filters: bool):
     from connectors.factory import get_connector
     from tasks.apply import apply_group_rows
 
@@ -131,6 +139,9 @@ def test_a_409_on_a_group_create_is_followed_by_adoption_when_the_group_is_ours(
     with session_scope() as session:
         group_id = ensure_group(session, "engineering").id
     existing = _post_group(scimmy_like, "Engineering")
+    filtered = requests.get(f"{scimmy_like.url}/Groups", headers={"Authorization": f"Bearer {scimmy_like.token}"},
+                            params={"filter": 'displayName eq "engineering"'}).json()
+    assert filtered["totalResults"] == (0 if exact_filters else 1)  # the server is the one the test says
     row = {"action": "group_create", "group": "engineering", "group_id": group_id, "group_remote_id": None,
            "local_id": None, "entity_name": "engineering", "remote_id": None,
            "reason": "configured group engineering is missing from the target"}

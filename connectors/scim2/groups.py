@@ -20,11 +20,17 @@ class Groups(Transport):
         return group_from_scim(self._json(self._request("GET", f"/Groups/{remote_id}")))
 
     def find_group(self, name: str) -> Optional[RemoteGroup]:
-        """The group named `name` as the server compares displayName (`same_group_name`): its `eq`
-        filter is caseless for a caseExact=false attribute (RFC 7644 §3.4.2.2), so its answers are
-        sorted out here, the exact spelling first."""
+        """The group named `name` as the server compares displayName (`same_group_name`), the exact
+        spelling first. Its `eq` filter should be caseless for a caseExact=false attribute (RFC 7644
+        §3.4.2.2), but some servers compare exactly whatever their schema says (SCIMMY's filter uses
+        ===): when the filter finds none, the listing is read. Only a create refused as a duplicate
+        or whose answer was lost looks a group up, so that listing is rare."""
+        case_exact = self.capabilities.group_names_case_exact
         found = [group_from_scim(item) for item in self._search("Groups", filter_eq("displayName", name), count=10)]
-        return group_named(found, name, self.capabilities.group_names_case_exact)
+        group = group_named(found, name, case_exact)
+        if group is None and not case_exact:
+            group = group_named((group_from_scim(item) for item in self._iter("Groups")), name)
+        return group
 
     def _members_patch(self, group_id: str, op: str, member_ids: list[str]) -> None:
         if not member_ids:
