@@ -269,3 +269,79 @@ def test_google_groups_are_found_by_address_whatever_the_case(tmp_path, sqlite_u
         with session_scope() as session:
             assert session.exec(select(Mapping).where(Mapping.entity_type == "group")).one().remote_id == existing.id
         assert [g.id for g in connector.iter_groups()] == [existing.id]
+
+
+# --- SCIMMY (npm), when installed: `npm ci --prefix tests/scimmy` ------------------------------
+
+SCIMMY_DIR = __import__("pathlib").Path(__file__).parent / "scimmy"
+
+
+class _Scimmy:
+    def __init__(self, url: str, token: str):
+        self.url, self.token = url, token
+
+
+@pytest.fixture
+def scimmy():
+    """A SCIM server built on SCIMMY (tests/scimmy/server.mjs): its filter compares exactly, its
+    handlers refuse a second group of one name in any case with 409 uniqueness."""
+    import os
+    import secrets
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None or not (SCIMMY_DIR / "node_modules" / "scimmy").is_dir():
+        pytest.skip("SCIMMY is not installed: npm ci --prefix tests/scimmy")
+    token = secrets.token_urlsafe(16)
+    process = subprocess.Popen(["node", str(SCIMMY_DIR / "server.mjs")], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "SCIMMY_TOKEN": token})
+    try:
+        first = process.stdout.readline()  # "listening <port>" once it accepts connections
+        assert first.startswith("listening "), first
+        yield _Scimmy(f"http://127.0.0.1:{int(first.split()[1])}/v2", token)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _scimmy_groups(server) -> dict[str, set[str]]:
+    body = requests.get(f"{server.url}/Groups", headers={"Authorization": f"Bearer {server.token}"},
+                        params={"startIndex": 1, "count": 100}).json()
+    return {g["displayName"]: {m["value"] for m in g.get("members") or []} for g in body["Resources"]}
+
+
+def test_scimmy_engineering_is_adopted_and_a_foreign_group_fails_the_event(tmp_path, sqlite_url, scimmy):
+    stranger = _post_user(scimmy, "stranger")
+    _post_group(scimmy, "Engineering", members=[stranger])
+    with pytest.raises(requests.HTTPError):  # the premise: SCIMMY-built servers refuse the other case
+        _post_group(scimmy, "engineering")
+    config = write_config(tmp_path, scimmy, extra_connector="    groups: [engineering]\n")
+    add_user("ivan", ["engineering"])
+    code, out = reconcile(config)
+    assert code == 0 and "group_create" not in out, out
+    users = requests.get(f"{scimmy.url}/Users", headers={"Authorization": f"Bearer {scimmy.token}"},
+                         params={"filter": 'userName eq "ivan"'}).json()["Resources"]
+    assert _scimmy_groups(scimmy) == {"Engineering": {stranger, users[0]["id"]}}
+    code, out = reconcile(config)
+    assert code == 0 and "nothing to do" in out, out
+
+    # Its filter misses "ops" for "OPS": a create refused as a duplicate still finds and adopts it.
+    from connectors.factory import get_connector
+    from tasks.apply import apply_group_rows
+
+    existing = _post_group(scimmy, "OPS")
+    cfg = load_config(config).connectors[0]
+    with session_scope() as session:
+        group_id = ensure_group(session, "ops").id
+    row = {"action": "group_create", "group": "ops", "group_id": group_id, "group_remote_id": None,
+           "local_id": None, "entity_name": "ops", "remote_id": None, "reason": "missing"}
+    counts = apply_group_rows([row], cfg, get_connector(cfg), run_id="t", policy=RetryPolicy(attempts=1))
+    assert (counts.succeeded, counts.failed) == (1, 0), counts.failures
+    with session_scope() as session:
+        assert session.exec(select(Mapping).where(Mapping.remote_name == "ops")).one().remote_id == existing["id"]
+
+    # A group of another system (its externalId) is neither adopted nor made again: the event fails.
+    _post_group(scimmy, "Sales", external_id="someone-else")
+    config = write_config(tmp_path, scimmy, extra_connector="    groups: [sales]\n")
+    code, out = send(tmp_path, config, event(username="judy", groups=["sales"]))
+    assert code == 1 and "group_create" in out and "not adopted" in out, out
