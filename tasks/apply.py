@@ -24,6 +24,7 @@ from models.runstate import (accounts_of, link_accounts, owner_of_account, pushe
                              record_operations, unlink_accounts)
 from models.tables import utcnow
 from tasks import retry
+from tasks.plan import group_owned
 from tasks.retry import Tries
 
 log = logging.getLogger("outbound.apply")
@@ -300,8 +301,6 @@ def _adopt_group(connector, cfg: ConnectorConfig, name: str, group_id: Optional[
     """After a group create met AlreadyExists: the group the target holds under that name (as it
     compares names), when it is ours to link by the plan's rule (`group_owned`); else AlreadyExists
     saying why it was not adopted."""
-    from tasks.plan import group_owned
-
     try:
         found = connector.find_group(name)
     except ConnectorError as exc:
