@@ -345,3 +345,21 @@ def test_scimmy_engineering_is_adopted_and_a_foreign_group_fails_the_event(tmp_p
     config = write_config(tmp_path, scimmy, extra_connector="    groups: [sales]\n")
     code, out = send(tmp_path, config, event(username="judy", groups=["sales"]))
     assert code == 1 and "group_create" in out and "not adopted" in out, out
+
+
+def test_a_failed_member_add_of_an_unchanged_account_fails_the_event(tmp_path, sqlite_url, scim):
+    """The account needs nothing (a no-op), its join fails: the event is not a success."""
+    from sandbox.faults import FaultPlan
+
+    config = write_config(tmp_path, scim, attempts=2, extra_connector="    groups: [engineering]\n")
+    assert send(tmp_path, config, event(username="kim", groups=[]))[0] == 0
+    scim.faults.plan = FaultPlan(rate=1.0, kinds=("5xx",), only_methods=("PATCH",), only_paths=("/Groups",))
+    ev = event("user.updated", username="kim", groups=["engineering"])
+    code, out = send(tmp_path, config, ev)
+    assert code == 1, out
+    lines = [line.split()[2:4] for line in out.splitlines() if line.startswith("app ")]
+    assert lines == [["noop", "succeeded"], ["member_add", "failed"]], out
+    with session_scope() as session:
+        stored = session.get(Event, ev["id"])
+    assert stored.status == "retrying" and "member_add engineering: transient" in stored.error, stored.error
+    assert members(scim) == {"engineering": set()}
