@@ -1,7 +1,8 @@
 """An event's outcome per connector, read from the store: what `outbound event` prints and GET /v1/events/{id} returns.
 
-Per connector: the user's last operation, then each group operation the same run made for the event (a group created, the user added to or removed from one), so a failed
-group_create or member_add is shown and counted like a failed account.
+Per connector: the user's last operation, then each group operation the same run made for the
+event (a group created, the user added to or removed from one), so a failed group_create or
+member_add is shown and counted like a failed account.
 """
 
 

@@ -8,9 +8,10 @@ request bodies with 413 whatever the configuration says (a proxy in front of the
 `group_type=False` serves no Group resource type; `unique_user_names=False` keys accounts on id alone (a
 second POST of one userName makes a second account); `unique_group_names=True` makes Group displayName
 unique on the server (uniqueness "server" in /Schemas; a second group of a name, in whatever case, is
-refused with 409 scimType uniqueness, as SCIMMY and most directories do); `group_names_case_exact=True`
-declares displayName caseExact (then "Eng" and "eng" are two names); `exact_filters=True` answers
-`eq` filters comparing exactly whatever the schema says (SCIMMY's filter); `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
+refused with 409 scimType uniqueness, as servers built on SCIMMY and most directories do);
+`group_names_case_exact=True` declares displayName caseExact (then "Eng" and "eng" are two names);
+`exact_filters=True` answers `eq` filters comparing exactly whatever the schema says (SCIMMY's
+filter); `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
 of every BulkResponse, `rewrite_bulk_answer(answer)` changes each answer in place. `answered` lists (method, path, status, request body bytes) per request;
 `peak_in_flight` is the most requests it ever served at once.
 """
