@@ -1,7 +1,7 @@
 """The small protocol every connector implements, and the account shape they exchange."""
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Iterable, Iterator, Optional, Protocol
 
 from models.kinds import Action
 
@@ -61,6 +61,9 @@ class Capabilities:
     max_batch: Optional[int] = None
     read_only_attributes: tuple[str, ...] = ()  # managed attributes the target derives itself: never drift
     uses_profile: bool = False  # it acts on the stored capability profile (`use_profile`) rather than asking
+    # Whether the target tells group names apart by case (see `same_group_name`): SCIM's Group
+    # displayName is caseExact=false unless the server's /Schemas say otherwise; Google compares addresses.
+    group_names_case_exact: bool = False
 
 
 class Connector(Protocol):
@@ -118,6 +121,25 @@ def canonical(value: Any) -> Any:
     if isinstance(value, str):
         return value.strip()
     return value
+
+
+def same_group_name(want: str, have: Optional[str], case_exact: bool = False) -> bool:
+    """Whether a target holding a group named `have` holds the group named `want`: compared as the
+    target compares them (trimmed; without case unless `case_exact`), as `differences` compares users."""
+    a, b = canonical(want), canonical(have)
+    if isinstance(a, str) and isinstance(b, str) and not case_exact:
+        return a.casefold() == b.casefold()
+    return a == b
+
+
+def group_named(groups: Iterable[RemoteGroup], name: str, case_exact: bool = False) -> Optional[RemoteGroup]:
+    """The target's group `name` is (by `same_group_name`): the one spelt exactly so, else the only
+    one equal to it; None when there is none, or several and none exact (no guess between them)."""
+    alike = [g for g in groups if same_group_name(name, g.name, case_exact)]
+    exact = [g for g in alike if g.name == name]
+    if exact:
+        return exact[0]
+    return alike[0] if len(alike) == 1 else None
 
 
 def differences(desired: Account, current: Account, ignore: tuple[str, ...] = ()) -> dict[str, Any]:

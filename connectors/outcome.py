@@ -76,7 +76,8 @@ def resolve_unknown(connector, ops: list[BatchOp], results: list[Any]) -> list[A
 
 
 def group_created(connector, name: str, external_id: Optional[str]) -> Optional[RemoteGroup]:
-    """The group a create whose answer was lost made, found by name (and externalId when both carry one)."""
+    """The group a create whose answer was lost made: found by name as the target compares names
+    (`find_group` applies `same_group_name`), and by externalId when both carry one."""
     found = connector.find_group(name)
     if found is None or (external_id and found.external_id and found.external_id != external_id):
         return None

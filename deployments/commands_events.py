@@ -10,9 +10,10 @@ import typer
 from deployments.console import (ConfigOption, action_name, connector_types, fail, prefect_ready, quiet_prefect,
                                  read_config)
 from deployments.outcomes import stored_outcomes
-from models.kinds import EventStatus, OperationStatus
+from models.kinds import Action, EventStatus, OperationStatus
 
 app = typer.Typer()
+GROUP_OPERATIONS = (Action.GROUP_CREATE, Action.MEMBER_ADD, Action.MEMBER_REMOVE)
 
 
 def print_outcomes(outcomes: list[dict]) -> None:
@@ -20,7 +21,7 @@ def print_outcomes(outcomes: list[dict]) -> None:
         line = (f"{o['connector']:<16} {o['action']:<11} {o['operation']:<7} {o['status']:<9} "
                 f"remote_id={o.get('remote_id') or '-'}")
         if o.get("remote_name"):
-            line += f" username={o['remote_name']}"
+            line += f" {'group' if o['operation'] in GROUP_OPERATIONS else 'username'}={o['remote_name']}"
         if o.get("error"):
             line += f" error={o['error']}"
         else:

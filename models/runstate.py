@@ -62,10 +62,10 @@ def unlink_accounts(session: Session, connector: str, remote_ids: list[str]) -> 
                                        Mapping.remote_id.in_(remote_ids)))
 
 
-def owner_of_account(session: Session, connector: str, remote_id: str) -> Optional[str]:
-    """The local user the account `remote_id` of `connector` is linked to, if any."""
+def owner_of_account(session: Session, connector: str, remote_id: str, entity_type: str = "user") -> Optional[str]:
+    """The local user (or group) the account (or group) `remote_id` of `connector` is linked to, if any."""
     return session.exec(select(Mapping.local_id).where(
-        Mapping.connector == connector, Mapping.entity_type == "user", Mapping.remote_id == remote_id)).first()
+        Mapping.connector == connector, Mapping.entity_type == entity_type, Mapping.remote_id == remote_id)).first()
 
 
 def accounts_of(session: Session, connector: str, local_ids: list[str]) -> dict[str, str]:

@@ -6,7 +6,12 @@ itself answers 413 beyond them, and 501 when /Bulk is not supported); `bulk_ids=
 BulkResponse operation's bulkId only for POSTs (§3.7.3 requires no more); `body_limit` refuses larger
 request bodies with 413 whatever the configuration says (a proxy in front of the server);
 `group_type=False` serves no Group resource type; `unique_user_names=False` keys accounts on id alone (a
-second POST of one userName makes a second account); `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
+second POST of one userName makes a second account); `unique_group_names=True` makes Group displayName
+unique on the server (uniqueness "server" in /Schemas; a second group of a name, in whatever case, is
+refused with 409 scimType uniqueness, as servers built on SCIMMY and most directories do);
+`group_names_case_exact=True` declares displayName caseExact (then "Eng" and "eng" are two names);
+`exact_filters=True` answers `eq` filters comparing exactly whatever the schema says (SCIMMY's
+filter); `custom_schemas` adds User extensions; `drop_bulk_answers=n` leaves the last n answers out
 of every BulkResponse, `rewrite_bulk_answer(answer)` changes each answer in place. `answered` lists (method, path, status, request body bytes) per request;
 `peak_in_flight` is the most requests it ever served at once.
 """
@@ -19,15 +24,18 @@ import threading
 from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from scim2_models import Schema, SchemaExtension, ScimProvider
+from scim2_models import Schema, SchemaExtension, ScimProvider, Uniqueness
 from scim2_server.memory import InMemoryStorage
 from scim2_server.service import ScimService
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
 from scim2_server.testserver.cli import ThreadingWSGIServer
 from sandbox.faults import FaultInjector, FaultPlan
-from sandbox.scim_variants import BodyLimit, BulkAnswers, IdOnlyStorage
+from sandbox.scim_variants import BodyLimit, BulkAnswers, ExactFilters, IdOnlyStorage
 from scim2_server.utils import (load_default_resource_types, load_default_schemas,
                                 load_default_service_provider_config)
+
+
+GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
 
 def _extension_schema(urn: str) -> Schema:
@@ -50,7 +58,9 @@ class ScimSandbox:
                  basic_users: dict[str, str] | None = None, oauth_clients: dict[str, str] | None = None,
                  bulk: tuple[bool, int, int] | None = None, bulk_ids: str = "all", body_limit: int | None = None,
                  group_type: bool = True, drop_bulk_answers: int = 0, rewrite_bulk_answer=None,
-                 custom_schemas: tuple[str, ...] = (), unique_user_names: bool = True):
+                 custom_schemas: tuple[str, ...] = (), unique_user_names: bool = True,
+                 unique_group_names: bool = False, group_names_case_exact: bool = False,
+                 exact_filters: bool = False):
         self.token = token or secrets.token_urlsafe(24)
         # Besides its bearer token, the sandbox can accept HTTP Basic users and OAuth 2.0 clients
         # (client credentials grant at /oauth/token), so every auth mode is tested over real HTTP.
@@ -70,6 +80,11 @@ class ScimSandbox:
             schemas[urn] = _extension_schema(urn)
             resource_types["User"].schema_extensions.append(
                 SchemaExtension(schema_=urn, required=False))
+        group_name = next(a for a in schemas[GROUP].attributes if a.name == "displayName")
+        if unique_group_names:
+            group_name.uniqueness = Uniqueness.server
+        if group_names_case_exact:
+            group_name.case_exact = True
         provider = ScimProvider.from_discovery(schemas.values(), resource_types.values(), config=config)
         self.storage = InMemoryStorage() if unique_user_names else IdOnlyStorage()
         self.app = BearerTokenApplication(self.storage, provider, service=ScimService(provider, secret=secrets.token_urlsafe(16)),
@@ -80,6 +95,8 @@ class ScimSandbox:
         if bulk_ids == "post" or drop_bulk_answers or rewrite_bulk_answer:
             app = BulkAnswers(app, post_only_ids=bulk_ids == "post", drop_last=drop_bulk_answers,
                               rewrite=rewrite_bulk_answer)
+        if exact_filters:
+            app = ExactFilters(app)
         self.faults = FaultInjector(BodyLimit(app, body_limit) if body_limit else app, faults)
         self.in_flight = self.peak_in_flight = 0
         self._in_flight_lock = threading.Lock()

@@ -66,3 +66,40 @@ class IdOnlyStorage(InMemoryStorage):
 
     def _values_of(self, resource):
         return {}
+
+
+class ExactFilters:
+    """Answer `attribute eq "value"` filters comparing exactly, whatever caseExact the schema gives the
+    attribute: SCIMMY's filter (its Filter.match uses ===) does so, so on a server built with it
+    `displayName eq "engineering"` does not find `Engineering`. scim2-server's own (caseless) answer
+    is narrowed to the exact matches."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        import re
+        from urllib.parse import parse_qs
+
+        wanted = parse_qs(environ.get("QUERY_STRING", "")).get("filter", [""])[0]
+        match = re.fullmatch(r'\s*(\w+) eq "((?:[^"\\]|\\.)*)"\s*', wanted)
+        if environ["REQUEST_METHOD"] != "GET" or not match:
+            return self.app(environ, start_response)
+        attribute, value = match.group(1), json.loads(f'"{match.group(2)}"')
+        captured: dict = {}
+
+        def capture(status, headers, exc_info=None):
+            captured.update(status=status, headers=headers)
+
+        body = b"".join(self.app(environ, capture))
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("Resources"), list):
+            doc["Resources"] = [r for r in doc["Resources"] if r.get(attribute) == value]
+            doc["totalResults"] = len(doc["Resources"])
+            body = json.dumps(doc).encode()
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        start_response(captured["status"], [*headers, ("Content-Length", str(len(body)))])
+        return [body]

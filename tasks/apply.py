@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from connectors.base import Account, BatchOp
+from connectors.base import Account, BatchOp, RemoteGroup
 from connectors.errors import AlreadyExists, ConnectorError, DryRunRejected
 from connectors.outcome import group_created, unless_applied
 from models.config import ConnectorConfig, RetryPolicy
@@ -24,6 +24,7 @@ from models.runstate import (accounts_of, link_accounts, owner_of_account, pushe
                              record_operations, unlink_accounts)
 from models.tables import utcnow
 from tasks import retry
+from tasks.plan import group_owned
 from tasks.retry import Tries
 
 log = logging.getLogger("outbound.apply")
@@ -144,13 +145,20 @@ def event_rows(op_rows: list[dict], events: Optional[dict[str, list[str]]], run_
     """Give each operation row its event: the user's latest event of the batch, or the reconciliation.
 
     When a batch coalesced several events of one user, the same outcome is recorded for each, so every
-    event can be asked what became of it.
+    event can be asked what became of it. A group's create (`_member` a tuple: the group's members in
+    the batch) is recorded for each of its members' events, or for every event of the batch when none
+    of its users is a member: each asked for the group to exist.
     """
     if events is None:
         return op_rows
     out = []
     for row in op_rows:
-        ids = events.get(row["entity_id"]) or events.get(row.get("_member") or "") or [f"reconcile:{run_id}"]
+        member = row.get("_member")
+        if isinstance(member, tuple):
+            ids = [e for user in (member or events) for e in events.get(user, [])]
+        else:
+            ids = events.get(row["entity_id"]) or events.get(member or "")
+        ids = ids or [f"reconcile:{run_id}"]
         for event_id in reversed(ids):
             out.append({**{k: v for k, v in row.items() if k != "_member"}, "event_id": event_id})
     return out
@@ -288,6 +296,26 @@ def _local_group(name: str) -> tuple[str, str]:
         return group.id, group.name
 
 
+def _adopt_group(connector, cfg: ConnectorConfig, name: str, group_id: Optional[str],
+                 refused: AlreadyExists) -> RemoteGroup:
+    """After a group create met AlreadyExists: the group the target holds under that name (as it
+    compares names), when it is ours to link by the plan's rule (`group_owned`); else AlreadyExists
+    saying why it was not adopted."""
+    try:
+        found = connector.find_group(name)
+    except ConnectorError as exc:
+        raise AlreadyExists(f"{refused}; looking the group up to adopt it failed: {exc}") from exc
+    if found is None:
+        raise AlreadyExists(f"{refused}; no group named {name} was found to adopt")
+    with session_scope() as session:
+        owner = owner_of_account(session, cfg.name, found.id, entity_type="group")
+    if not group_owned(found, group_id, owner):
+        why = (f"it is linked to another local group ({owner})" if owner not in (None, group_id)
+               else f"it carries another externalId ({found.external_id})")
+        raise AlreadyExists(f"{refused}; group {found.name} ({found.id}) is not adopted: {why}")
+    return found
+
+
 def _members_in_effect(connector, group_remote_id: str, member_ids: list[str], present: bool) -> Optional[bool]:
     """True when every one of `member_ids` is (present) or is not (not present) in the group; else None."""
     have = connector.get_group(group_remote_id).member_ids
@@ -312,7 +340,8 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
         by_group.setdefault(row["group"], []).append(row)
 
     def outcome(row: dict, status: str, group_remote_id: Optional[str], group_id: Optional[str],
-                started, error: Optional[BaseException] = None, reason: Optional[str] = None, tries: int = 1) -> None:
+                started, error: Optional[BaseException] = None, reason: Optional[str] = None, tries: int = 1,
+                member=None) -> None:
         error = _would_apply(error)
         status = SUCCEEDED if status == FAILED and error is None else status
         setattr(counts, status, getattr(counts, status) + 1)
@@ -325,23 +354,30 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
             "attempts": 0 if status == SKIPPED else tries, "reason": reason or row["reason"],
             "error_code": _code(error), "error_message": str(error) if error else None,
             "remote_id": group_remote_id, "remote_name": row["group"], "drift": None, "flow_run_id": flow_run_id,
-            "started_at": started, "finished_at": utcnow(), "_member": row["local_id"]})
+            "started_at": started, "finished_at": utcnow(), "_member": row["local_id"] if member is None else member})
 
     for name, group_rows in by_group.items():
         group_id, group_remote_id = group_rows[0]["group_id"], group_rows[0]["group_remote_id"]
         creates = [r for r in group_rows if r["action"] == Action.GROUP_CREATE]
         failed: Optional[BaseException] = None
+        # A create is the concern of the group's members in the batch (see event_rows).
+        in_group = tuple(sorted({r["local_id"] for r in group_rows if r["local_id"]}))
         for row in creates:
-            started, tries = utcnow(), 1
+            started, tries, reason = utcnow(), 1, None
             try:
                 if not dry_run:
                     group_id = _local_group(name)[0]  # a configured group nobody has joined yet
-                created, tries = retry.run(lambda: connector.create_group(name, [], external_id=group_id), policy,
-                                           look=lambda: group_created(connector, name, group_id))
+                try:
+                    created, tries = retry.run(lambda: connector.create_group(name, [], external_id=group_id),
+                                               policy, look=lambda: group_created(connector, name, group_id))
+                except AlreadyExists as exc:  # the target has it (under another case, say): adopt it if ours
+                    created = _adopt_group(connector, cfg, name, group_id, exc)
+                    reason = f"{row['reason']}; the target already has it as {created.name}: adopted"
                 group_remote_id = created.id
             except ConnectorError as exc:  # on a dry run, DryRunRejected: its member rows are not sent either
                 failed = exc
-            outcome(row, FAILED if failed else SUCCEEDED, group_remote_id, group_id, started, failed, tries=tries)
+            outcome(row, FAILED if failed else SUCCEEDED, group_remote_id, group_id, started, failed, reason=reason,
+                    tries=tries, member=in_group)
         if group_remote_id and group_id and not dry_run:
             group_maps.append((group_id, group_remote_id, name))
         members = _group_member_ids(cfg, group_rows)

@@ -35,7 +35,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlmodel import Session
 
-from connectors.base import MANAGED, Account, RemoteGroup
+from connectors.base import MANAGED, Account, RemoteGroup, group_named
 from connectors.errors import NotFound, Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView, group_ids, group_members, load_views, qualified_names
@@ -462,28 +462,40 @@ def _isna(value) -> bool:
 # --- groups --------------------------------------------------------------------------------
 
 def _remote_group(name: str, group_id: Optional[str], group_maps: dict[str, str],
-                  remote: list[RemoteGroup]) -> Optional[RemoteGroup]:
-    """The target's group for configured group `name`: the mapped one, else the one of that name (adopted)."""
+                  remote: list[RemoteGroup], case_exact: bool = False) -> Optional[RemoteGroup]:
+    """The target's group for configured group `name`: the mapped one, else the one of that name as the
+    target compares names (adopted, spelt as the target has it), when it is ours to take (`group_owned`)."""
     by_id = {g.id: g for g in remote}
     if group_id and group_maps.get(group_id) in by_id:
         return by_id[group_maps[group_id]]
-    return next((g for g in remote if g.name == name), None)
+    found = group_named(remote, name, case_exact)
+    owner = next((local for local, remote_id in group_maps.items() if found and remote_id == found.id), None)
+    return found if found is not None and group_owned(found, group_id, owner) else None
+
+
+def group_owned(group: RemoteGroup, group_id: Optional[str], owner: Optional[str]) -> bool:
+    """Whether the target's `group` may be adopted as local group `group_id`: not when it carries
+    another externalId, nor when it is linked to another local group (`owner`), as for accounts."""
+    if group.external_id and group_id and group.external_id != group_id:
+        return False
+    return owner is None or owner == group_id
 
 
 def group_diff(names: list[str], local_groups: dict[str, str], local_members: dict[str, set[str]],
                remote: list[RemoteGroup], group_maps: dict[str, str], members: dict[str, Optional[str]],
-               entity_names: dict[str, str], ours: dict[str, Optional[str]]) -> pd.DataFrame:
+               entity_names: dict[str, str], ours: dict[str, Optional[str]], case_exact: bool = False) -> pd.DataFrame:
     """The group rows: each configured group's membership as set differences.
 
     names: the configured groups; local_groups: name -> local group id; local_members: name -> local
     user ids; remote: the target's groups; group_maps: local group id -> remote id; members: every user
     desired on the connector -> its account's remote id (None when this plan creates it); ours: remote
-    ids of the accounts we manage -> their local id (only those can be removed from a group).
+    ids of the accounts we manage -> their local id (only those can be removed from a group);
+    case_exact: whether the target tells group names apart by case (`same_group_name`).
     """
     out = []
     for name in names:
         group_id = local_groups.get(name)
-        group = _remote_group(name, group_id, group_maps, remote)
+        group = _remote_group(name, group_id, group_maps, remote, case_exact)
         have = set(group.member_ids) if group else set()
         if group is None:
             out.append((GROUP_CREATE, name, group_id, None, None, name, None,
@@ -530,7 +542,7 @@ def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: Desire
     entity_names = dict(zip(state.desired["local_id"], state.desired["entity_name"]))
     entity_names.update(zip(state.deprovision["local_id"], state.deprovision["entity_name"]))
     return group_diff(names, local_groups, local_members, list(connector.iter_groups()), group_maps, members,
-                      entity_names, ours)
+                      entity_names, ours, connector.capabilities.group_names_case_exact)
 
 
 def _mapped_elsewhere(session: Session, cfg: ConnectorConfig, remote_ids: list[str], known: pd.DataFrame) -> pd.DataFrame:

@@ -122,23 +122,31 @@ def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[st
 
 
 def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
-    """One outcome per user from the batch's operation rows (its account, then its groups)."""
+    """One outcome per user from the batch's operation rows: its account's, failed when one of its
+    group operations failed (a member change of it; a group create of a group it is in, or of a
+    group none of the batch is in: see event_rows)."""
     out: dict[str, Outcome] = {}
     for op in operations:
-        user = op.get("_member") if op["entity_type"] == "group" else op["entity_id"]
-        if not user:
+        user = op["entity_id"]
+        if op["entity_type"] == "group" or not user:
             continue
         error = f"{op['error_code']}: {op['error_message']}" if op["error_code"] else None
         have = out.get(user)
-        if op["entity_type"] == "group":
-            if have is not None and op["status"] == FAILED and have.status != FAILED:
-                out[user] = Outcome(**{**have.__dict__, "status": FAILED, "code": op["error_code"],
-                                       "error": f"group {op['remote_name']}: {error}"})
-            continue
         mine = Outcome(op["connector"], op["action"], op["operation"] or Action.NONE, op["status"], op["reason"] or "",
                        op["remote_id"], op["remote_name"], error, user, op["entity_name"], op["error_code"])
         if have is None or (mine.status == FAILED and have.status != FAILED) or have.status == OperationStatus.SKIPPED:
             out[user] = mine
+    for op in operations:  # after every account's row, whatever order the rows came in
+        if op["entity_type"] != "group" or op["status"] != FAILED:
+            continue
+        member = op.get("_member")
+        users = (member or tuple(out)) if isinstance(member, tuple) else (member,) if member else ()
+        for user in users:
+            have = out.get(user)
+            if have is not None and have.status != FAILED:
+                out[user] = Outcome(**{**have.__dict__, "status": FAILED, "code": op["error_code"],
+                                       "error": f"{op['operation']} {op['remote_name']}: {op['error_code']}: "
+                                                f"{op['error_message']}"})
     return out
 
 

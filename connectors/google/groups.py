@@ -37,7 +37,8 @@ class Groups(Batch):
         return self._group(self._json(self._request("GET", f"groups/{key(remote_id)}")))
 
     def find_group(self, name: str) -> Optional[RemoteGroup]:
-        """The group with the address `name` maps to (see group_email), or None."""
+        """The group with the address `name` maps to (see group_email), or None: Google compares
+        addresses without case, as `same_group_name` does."""
         try:
             return self.get_group(self.group_email(name))
         except NotFound:

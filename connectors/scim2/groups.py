@@ -5,7 +5,7 @@ from typing import Iterator, Optional
 
 from scim2_models import Group, GroupMember
 
-from connectors.base import RemoteGroup
+from connectors.base import RemoteGroup, group_named
 from connectors.scim2.mapping import PATCH_OP, group_from_scim
 from connectors.scim2.transport import Transport, filter_eq
 
@@ -20,10 +20,17 @@ class Groups(Transport):
         return group_from_scim(self._json(self._request("GET", f"/Groups/{remote_id}")))
 
     def find_group(self, name: str) -> Optional[RemoteGroup]:
-        for item in self._search("Groups", filter_eq("displayName", name)):
-            if item.get("displayName") == name:
-                return group_from_scim(item)
-        return None
+        """The group named `name` as the server compares displayName (`same_group_name`), the exact
+        spelling first. Its `eq` filter should be caseless for a caseExact=false attribute (RFC 7644
+        §3.4.2.2), but some servers compare exactly whatever their schema says (SCIMMY's filter uses
+        ===): when the filter finds none, the listing is read. Only a create refused as a duplicate
+        or whose answer was lost looks a group up, so that listing is rare."""
+        case_exact = self.capabilities.group_names_case_exact
+        found = [group_from_scim(item) for item in self._search("Groups", filter_eq("displayName", name), count=10)]
+        group = group_named(found, name, case_exact)
+        if group is None and not case_exact:
+            group = group_named((group_from_scim(item) for item in self._iter("Groups")), name)
+        return group
 
     def _members_patch(self, group_id: str, op: str, member_ids: list[str]) -> None:
         if not member_ids:

@@ -5,13 +5,14 @@ sort, changePassword. ResourceTypes: is there a User and a Group type. Schemas: 
 extension and any custom schema. Only GETs, through a dry-run connector.
 """
 
-from typing import Any
+from typing import Any, Optional
 
 from connectors.errors import AuthFailed, ConnectorError, NotFound, TransientError
 from connectors.probe import Findings, network_problem, tls_of
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
-CORE = {"urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:core:2.0:Group", ENTERPRISE}
+GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+CORE = {"urn:ietf:params:scim:schemas:core:2.0:User", GROUP, ENTERPRISE}
 
 
 def _auth_fix(cfg) -> str:
@@ -131,8 +132,18 @@ def _schemas(connector, found: Findings, cfg=None) -> None:
     caps["schemas"] = ids
     caps["enterprise_extension"] = ENTERPRISE in ids
     caps["custom_schemas"] = [s for s in ids if s not in CORE]
+    caps["group_name_case_exact"] = group_name_case_exact(next((s for s in schemas if s["id"] == GROUP), None))
     if cfg is not None:
         _mapped_schemas(cfg, {s["id"]: s for s in schemas}, found)
+
+
+def group_name_case_exact(schema: Optional[dict]) -> bool:
+    """Whether the server's Group schema makes displayName caseExact; RFC 7643 §4.2's false when it
+    does not say (no Group schema, no displayName, no caseExact)."""
+    for attribute in (schema or {}).get("attributes") or []:
+        if isinstance(attribute, dict) and str(attribute.get("name", "")).lower() == "displayname":
+            return attribute.get("caseExact") is True
+    return False
 
 
 def _mapped_schemas(cfg, schemas: dict[str, dict], found: Findings) -> None:
@@ -173,5 +184,6 @@ def summary(caps: dict[str, Any]) -> list[str]:
                      f"groups {yes(caps.get('group_type'))}")
     if caps.get("schemas") is not None and "schemas" in caps:
         lines.append(f"enterprise extension {yes(caps.get('enterprise_extension'))}; custom schemas: "
-                     f"{', '.join(caps.get('custom_schemas') or []) or 'none'}")
+                     f"{', '.join(caps.get('custom_schemas') or []) or 'none'}; group names compared "
+                     f"{'with' if caps.get('group_name_case_exact') else 'without'} case")
     return lines

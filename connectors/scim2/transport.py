@@ -115,12 +115,15 @@ class Transport:
     def use_profile(self, capabilities: dict) -> None:
         """Act on a stored capability profile (from `outbound check`) instead of asking the server:
         its ServiceProviderConfig decides PATCH or PUT and the bulk sizes; no Group resource type
-        turns group sync off."""
+        turns group sync off; its Group schema says whether displayName is caseExact."""
         if capabilities.get("base_url") not in (None, self.base_url):
             return  # probed at another address: it says nothing about this one
         spc = capabilities.get("service_provider_config")
         if isinstance(spc, dict) and spc:
             self._spc = spc
+        if isinstance(capabilities.get("group_name_case_exact"), bool):
+            self.capabilities = replace(self.capabilities,
+                                        group_names_case_exact=capabilities["group_name_case_exact"])
         if capabilities.get("group_type") is False:
             self.capabilities = replace(self.capabilities, groups=False)
             log.warning("connector=%s: the SCIM server has no Group resource type (outbound check): group sync "
