@@ -5,6 +5,7 @@ filter) and never holds the password. Searches are always paged: a server's size
 never cuts a pull short silently.
 """
 
+import math
 import ssl
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -31,7 +32,7 @@ def _server(settings: LdapSourceSettings) -> ldap3.Server:
                     version=ssl.PROTOCOL_TLS_CLIENT) if secure else None
     return ldap3.Server(url.hostname, port=url.port or (636 if url.scheme == "ldaps" else 389),
                         use_ssl=url.scheme == "ldaps", tls=tls, get_info=ldap3.NONE,
-                        connect_timeout=settings.timeout)
+                        connect_timeout=math.ceil(settings.timeout))
 
 
 @contextmanager
@@ -39,7 +40,7 @@ def connected(settings: LdapSourceSettings) -> Iterator[ldap3.Connection]:
     """A bound, read-only connection; DirectoryError naming the URL or the bind DN when it cannot be had."""
     password = resolve(settings.bind.password)
     conn = ldap3.Connection(_server(settings), user=settings.bind.dn, password=password, read_only=True,
-                            raise_exceptions=True, receive_timeout=settings.timeout, auto_bind=ldap3.AUTO_BIND_NONE)
+                            raise_exceptions=True, receive_timeout=math.ceil(settings.timeout), auto_bind=ldap3.AUTO_BIND_NONE)
     try:
         try:
             conn.open()
