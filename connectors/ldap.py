@@ -79,6 +79,9 @@ def search(conn: ldap3.Connection, base: str, ldap_filter: str, attributes: list
                 yield entry["dn"], entry["raw_attributes"]
     except ldap_errors.LDAPInvalidFilterError as exc:
         raise DirectoryError(f"{setting} {ldap_filter!r}: not a valid LDAP filter ({_reason(exc)})") from None
+    except (ldap_errors.LDAPAdminLimitExceededResult, ldap_errors.LDAPSizeLimitExceededResult) as exc:
+        raise DirectoryError(f"page_size {page_size}: the server refuses it for this bind account "
+                             f"({_reason(exc)}); lower page_size to its limit (AD: MaxPageSize, 1000)") from None
     except ldap_errors.LDAPNoSuchObjectResult:
         raise DirectoryError(f"base DN {base!r}: no such entry in the directory") from None
     except (ldap_errors.LDAPSocketReceiveError, ldap_errors.LDAPSessionTerminatedByServerError,

@@ -128,6 +128,18 @@ access to * by * read
     def rename(self, dn: str, new_rdn: str) -> None:
         self._admin.modify_dn(dn, new_rdn)
 
+    def wait_past(self, stamp: str, timeout: float = 5.0) -> None:
+        """Return once the server's clock (a probe write's modifyTimestamp) is past `stamp`'s second."""
+        deadline, n = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            n += 1
+            self.modify(GROUPS, description=f"probe {n}")
+            self._admin.search(GROUPS, "(objectClass=*)", ldap3.BASE, attributes=["modifyTimestamp"])
+            if self._admin.response[0]["raw_attributes"]["modifyTimestamp"][0].decode()[:14] > stamp[:14]:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"the server's clock did not pass {stamp} within {timeout} s")
+
     def entry_uuid(self, dn: str) -> str:
         self._admin.search(dn, "(objectClass=*)", ldap3.BASE, attributes=["entryUUID"])
         return self._admin.response[0]["raw_attributes"]["entryUUID"][0].decode()
