@@ -64,9 +64,13 @@ def user_ids_by_name(session: Session, tenant: str, user_store: str, usernames: 
 def link(session: Session, directory: str, tenant: str, user_store: str, entries: list[tuple[str, str, str]]) -> None:
     """Record (anchor, DN, username) of pulled entries against the users their events created or updated."""
     ids = user_ids_by_name(session, tenant, user_store, [username for _, _, username in entries])
+    anchors = [anchor for anchor, _, _ in entries]
+    known = {row.anchor: row for start in range(0, len(anchors), CHUNK) for row in session.exec(
+        select(DirectoryEntry).where(DirectoryEntry.directory == directory,
+                                     DirectoryEntry.anchor.in_(anchors[start:start + CHUNK])))}
     now = utcnow()
     for anchor, dn, username in entries:
-        row = session.get(DirectoryEntry, (directory, anchor))
+        row = known.get(anchor)
         if row is None:
             session.add(DirectoryEntry(directory=directory, anchor=anchor, dn=dn, user_id=ids[username], pulled_at=now))
         else:

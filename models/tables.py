@@ -37,7 +37,7 @@ class User(SQLModel, table=True):
     display_name: Optional[str] = Field(default=None, max_length=255)
     active: bool = True
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    # How the user arrived (api, console, self_signup, jit, federated_login, import) and
+    # How the user arrived (api, console, self_signup, jit, federated_login, import, directory) and
     # every IdP the user has come through: the policy's level rules read both.
     source: str = Field(max_length=32)
     idps: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
