@@ -24,6 +24,9 @@ def pull_directory(full: bool = False, max_deletions: Optional[int] = None, conf
     watermark unusable). Raises (a Failed run) when an entry is refused or the guard stops it."""
     logger = get_run_logger()
     config = load_config(config_path)
+    if config.sources.ldap is None:  # the deployment is scheduled for everyone; without a directory it idles
+        logger.info("sources.ldap is not configured: nothing to pull")
+        return {"directory": None, "skipped": "sources.ldap is not configured"}
     result = pull(config, full=full, max_deletions=max_deletions, log=logger.warning)
     logger.info("%s", result.summary())
     return result.as_dict()
