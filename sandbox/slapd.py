@@ -31,10 +31,19 @@ def available() -> bool:
 class Slapd:
     """`with Slapd(size_limit=50) as ldap:` → ldap.url, ldap.add(...), ldap.modify(...), ldap.delete(...)."""
 
-    def __init__(self, size_limit: int = 50):
+    def __init__(self, size_limit: int = 50, tls: bool = False):
         self.port = _free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self.root = Path(tempfile.mkdtemp(prefix="outbound-slapd-"))
+        # tls: a CA of its own (ca_file), StartTLS on `url`, and ldaps:// on `ldaps_url`.
+        self.ca_file = self.ldaps_url = None
+        self._tls = ""
+        if tls:
+            from sandbox.salesforce import _make_pki
+
+            self.ca_file, cert, key = _make_pki(self.root)
+            self.ldaps_url = f"ldaps://127.0.0.1:{_free_port()}"
+            self._tls = f"TLSCACertificateFile {self.ca_file}\nTLSCertificateFile {cert}\nTLSCertificateKeyFile {key}\n"
         self.size_limit = size_limit
         self._process = None
         self._admin = None
@@ -43,7 +52,7 @@ class Slapd:
         (self.root / "db").mkdir()
         schemas = "\n".join(f"include {SCHEMA / n}.schema" for n in ("core", "cosine", "inetorgperson", "nis"))
         return f"""{schemas}
-modulepath {MODULES}
+{self._tls}modulepath {MODULES}
 moduleload back_mdb
 moduleload ppolicy
 pidfile {self.root}/slapd.pid
@@ -66,7 +75,8 @@ access to * by * read
         conf.write_text(self._config())
         slapd = shutil.which("slapd") or "/usr/sbin/slapd"
         # -d 0: in the foreground, so the process is ours to stop; no debug output.
-        self._process = subprocess.Popen([slapd, "-f", str(conf), "-h", f"{self.url}/", "-d", "0"],
+        listen = " ".join(f"{u}/" for u in (self.url, self.ldaps_url) if u)
+        self._process = subprocess.Popen([slapd, "-f", str(conf), "-h", listen, "-d", "0"],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while True:

@@ -24,7 +24,6 @@ from sandbox.slapd import GROUPS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD, Slapd
 from tasks.pull import PullFailed, pull
 
 runner = CliRunner()
-needs_slapd = pytest.mark.skipif(not slapd_sandbox.available(), reason="slapd is not installed (.ci/run installs it)")
 
 
 def settings(url: str = "ldap://127.0.0.1:389", **changes) -> dict:
@@ -291,6 +290,33 @@ def test_a_directory_that_cannot_be_read_fails_the_pull_and_stores_nothing(direc
     assert message in cli.output and "Nothing was stored" in cli.output
     assert SERVICE_PASSWORD not in cli.output
     assert users() == {} and current_watermark(config_of()) is None
+
+
+def test_ldaps_and_starttls_verify_the_server_against_the_ca_file(sqlite_url, monkeypatch, tmp_path):
+    if not slapd_sandbox.available():
+        pytest.skip("slapd is not installed (.ci/run installs it)")
+    from connectors.ldap import DirectoryError
+    from sandbox.salesforce import _make_pki
+
+    monkeypatch.setenv("TEST_LDAP_PASSWORD", SERVICE_PASSWORD)
+    other_ca = _make_pki(tmp_path)[0]
+    with Slapd(size_limit=3, tls=True) as server:
+        server.add_person("alice")
+        assert pull(config_of(server.ldaps_url, ca_file=server.ca_file)).events == {"user.created": 1}
+        assert pull(config_of(server.url, start_tls=True, ca_file=server.ca_file), full=True).users_read == 1
+        for url, tls in ((server.ldaps_url, {}), (server.url, {"start_tls": True})):
+            with pytest.raises(DirectoryError) as exc:  # a server the CA file does not vouch for
+                pull(config_of(url, ca_file=other_ca, **tls))
+            assert f"url {url}: cannot connect" in str(exc.value)
+
+
+def test_an_unconfigured_pull_directory_run_completes_idle(tmp_path, sqlite_url, prefect_harness):
+    from flows.pull import pull_directory
+
+    path = tmp_path / "outbound.yaml"
+    path.write_text("tenant_domain: example.com\n")
+    state = pull_directory(config_path=str(path), return_state=True)
+    assert state.is_completed() and state.result()["skipped"] == "sources.ldap is not configured"
 
 
 def test_changed_settings_make_the_next_pull_full(seeded):
