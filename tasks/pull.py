@@ -140,6 +140,9 @@ def pull(config: Config, full: bool = False, max_deletions: Optional[int] = None
             entry = map_entry(dn, raw, settings)
             (problems if isinstance(entry, EntryProblem) else mapped).append(entry)
         result.users_read = len(mapped) + len(problems)
+    # Every anchor the search returned, refused entries' too: none of them is absent, and a refused
+    # entry emits nothing (not even a role change).
+    read_anchors = {m.anchor for m in mapped}
     username_attribute = next(a for a, t in settings.attributes.items() if t == "username")
     for m in [m for m in mapped if _username_problem(m, username_attribute, problems)]:
         mapped.remove(m)
@@ -156,15 +159,17 @@ def pull(config: Config, full: bool = False, max_deletions: Optional[int] = None
 
     # Each entry's events, validated one entry at a time: a bad one is refused alone.
     batches: list[tuple[list[dict], list[tuple[str, str, str]]]] = []
-    seen = {m.anchor for m in mapped}
+    owners = {link.user_id: anchor for anchor, link in linked.items()}
     for start in range(0, len(mapped), BATCH):
         chunk = mapped[start:start + BATCH]
-        raws, linking = _chunk_events(config, settings, chunk, linked, role_of, problems, event, username_attribute)
-        batches.append((raws, linking))
-    roles_only = _role_changes(config, settings, linked, seen, role_of, event) if role_of is not None else []
+        batches.append(_chunk_events(config, settings, chunk, linked, owners, role_of, problems, event,
+                                     username_attribute))
+    # A full pull reads every entry: what it did not read is gone, not a role change.
+    roles_only = _role_changes(config, settings, linked, read_anchors, role_of, event) \
+        if role_of is not None and not result.full else []
     deletes: list[dict] = []
     if result.full and not problems:
-        deletes = _deletions(config, settings, linked, seen, event)
+        deletes = _deletions(config, settings, linked, read_anchors, event)
     result.problems = [str(p) for p in problems]
     result.deletions = len(deletes)
     if result.full and problems:
@@ -206,14 +211,13 @@ def _username_problem(m: Mapped, attribute: str, problems: list[EntryProblem]) -
     return False
 
 
-def _chunk_events(config, settings, chunk, linked, role_of, problems, event, username_attribute):
+def _chunk_events(config, settings, chunk, linked, owners, role_of, problems, event, username_attribute):
     """The events of one batch of entries, and (anchor, DN, username) of those to link."""
     with session_scope() as session:
         by_name = user_ids_by_name(session, config.tenant_domain, settings.user_store,
                                    [_username(m) for m in chunk if m.anchor not in linked])
         ids = [linked[m.anchor].user_id if m.anchor in linked else by_name.get(_username(m)) for m in chunk]
         stored = views(session, config.tenant_domain, [i for i in ids if i])
-    owners = {link.user_id: anchor for anchor, link in linked.items()}
     raws, linking = [], []
     for m, user_id in zip(chunk, ids):
         view = stored.get(user_id) if user_id else None

@@ -319,6 +319,18 @@ def test_an_unconfigured_pull_directory_run_completes_idle(tmp_path, sqlite_url,
     assert state.is_completed() and state.result()["skipped"] == "sources.ldap is not configured"
 
 
+def test_a_refused_entry_emits_nothing_not_even_the_role_change_its_groups_made(seeded):
+    directory, config, dns, groups = seeded
+    pull(config)
+    before = event_types()
+    directory.modify(dns["alice"], mail="alice-at-example")
+    directory.modify(groups["staff"], member=[groups["builders"]])  # alice leaves staff (and so builders)
+    with pytest.raises(PullFailed) as exc:
+        pull(config)
+    assert f"uid=alice,{PEOPLE}: mail: user.email" in str(exc.value)
+    assert event_types() == before and users()["alice"][2] == ["builder", "staff"]
+
+
 def test_changed_settings_make_the_next_pull_full(seeded):
     directory, config, _, _ = seeded
     pull(config)
