@@ -2,7 +2,8 @@
 
 Exit codes: 0 pulled; 1 the directory could not be read, or entries were refused (each named by its
 DN and attribute; the others' events are stored, the watermark is not moved); 2 bad configuration;
-3 the full pull would delete more users than max_deletions (nothing stored).
+3 the full pull would delete more users than max_deletions (nothing stored); 4 another pull of the
+directory was running (nothing done).
 """
 
 from pathlib import Path
@@ -26,7 +27,7 @@ def pull(full: bool = typer.Option(False, "--full", help="Read every entry (also
     """Read the directory (sources.ldap) and store what changed as events for the drain."""
     from connectors.ldap import DirectoryError
     from flows.pull import pull_directory
-    from models.errors import SecretError
+    from models.errors import LockTimeout, SecretError
     from tasks.pull import PullFailed
 
     quiet_prefect(verbose)
@@ -40,6 +41,8 @@ def pull(full: bool = typer.Option(False, "--full", help="Read every entry (also
         if exc.result.events:
             typer.echo(f"stored: {', '.join(f'{n} {t}' for t, n in sorted(exc.result.events.items()))}", err=True)
         fail(str(exc), 3 if exc.result.stopped_by_guard else 1)
+    except LockTimeout as exc:
+        fail(f"{cfg.sources.ldap.name}: not pulled: another pull is running ({exc}); nothing was done.", 4)
     except (DirectoryError, SecretError) as exc:
         fail(f"{cfg.sources.ldap.name}: not pulled: {exc}. Nothing was stored; the watermark was not moved.", 1)
     counts = ", ".join(f"{n} {t}" for t, n in sorted(result["events"].items())) or "no changes"

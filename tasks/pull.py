@@ -27,6 +27,7 @@ from models.directory_state import links, link, roles_of_linked, set_watermark, 
 from models.errors import ProvisioningError
 from models.events import parse_event
 from models.ingest import accept_all, check_against_config
+from models.locks import lease
 from models.usernames import normalized
 from models.validation import InvalidInput
 
@@ -114,11 +115,20 @@ def _username(m: Mapped) -> str:
     return normalized(m.user["username"])
 
 
+LEASE_SECONDS = 3 * 3600  # longer than a full pull of a large directory; a killed pull's lease is taken over
+
+
 def pull(config: Config, full: bool = False, max_deletions: Optional[int] = None, log=print) -> PullResult:
-    """One pull of `sources.ldap`; raise DirectoryError (nothing stored) or PullFailed (see the module)."""
+    """One pull of `sources.ldap`; raise DirectoryError (nothing stored), PullFailed (see the module),
+    or LockTimeout when another pull of the directory is running (two would store the same events)."""
     settings = config.sources.ldap
     if settings is None:
         raise DirectoryError("sources.ldap is not configured: there is no directory to pull")
+    with lease(f"pull:{settings.name}", ttl=LEASE_SECONDS, wait=0):
+        return _pull(config, settings, full, max_deletions, log)
+
+
+def _pull(config: Config, settings: LdapSourceSettings, full: bool, max_deletions: Optional[int], log) -> PullResult:
     started = time.monotonic()
     digest = settings_hash(settings)
     with session_scope() as session:

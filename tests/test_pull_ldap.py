@@ -331,6 +331,18 @@ def test_a_refused_entry_emits_nothing_not_even_the_role_change_its_groups_made(
     assert event_types() == before and users()["alice"][2] == ["builder", "staff"]
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_second_pull_while_one_runs_does_nothing_and_exits_4(seeded, tmp_path):
+    from models.locks import lease
+
+    directory, _, _, _ = seeded
+    path = write_directory_config(tmp_path, directory)
+    with lease("pull:directory"):
+        cli = runner.invoke(app, ["pull", "--config", str(path)])
+    assert cli.exit_code == 4 and "another pull is running" in cli.output
+    assert users() == {} and current_watermark(config_of()) is None
+
+
 def test_changed_settings_make_the_next_pull_full(seeded):
     directory, config, _, _ = seeded
     pull(config)
