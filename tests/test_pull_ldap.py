@@ -18,7 +18,7 @@ from models.db import session_scope
 from models.directory import changed_filter, is_disabled, map_entry, next_watermark, roles_by_dn, watermark_problem
 from models.directory_state import watermark
 from models.errors import InvalidInput
-from models.tables import Event, User
+from models.tables import Event
 from sandbox import slapd as slapd_sandbox
 from sandbox.slapd import GROUPS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD, Slapd
 from tasks.pull import PullFailed, pull
