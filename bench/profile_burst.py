@@ -294,11 +294,13 @@ def hot_spots(profiles: list[cProfile.Profile], top: int = 30) -> None:
     for (file, line, name), (cc, nc, tt, ct, callers) in sorted(rows, key=lambda r: -r[1][2])[:top]:
         where = file.replace(str(ROOT) + "/", "").split("site-packages/")[-1]
         print(f"  {tt:7.2f} s own {ct:8.2f} s cum {nc:8d} calls  {where}:{line} {name}")
-    ours = [(fn, st) for fn, st in stats.stats.items() if fn[0].startswith(str(ROOT)) and ".venv" not in fn[0]
-            and "bench/" not in fn[0]]
-    print(f"\nthe engine's own functions by cumulative time, top {top}")
-    for (file, line, name), (cc, nc, tt, ct, callers) in sorted(ours, key=lambda r: -r[1][3])[:top]:
-        print(f"  {ct:8.2f} s cum {tt:7.2f} s own {nc:8d} calls  {file.replace(str(ROOT) + '/', '')}:{line} {name}")
+    for title, mine in (("the engine's own functions", lambda f: ".venv" not in f and "bench/" not in f),
+                        ("Prefect's functions", lambda f: "site-packages/prefect/" in f)):
+        rows = [(fn, st) for fn, st in stats.stats.items() if fn[0].startswith(str(ROOT)) and mine(fn[0])]
+        print(f"\n{title} by cumulative time, top {top}")
+        for (file, line, name), (cc, nc, tt, ct, callers) in sorted(rows, key=lambda r: -r[1][3])[:top]:
+            where = file.replace(str(ROOT) + "/", "").split("site-packages/")[-1]
+            print(f"  {ct:8.2f} s cum {tt:7.2f} s own {nc:8d} calls  {where}:{line} {name}")
 
 
 def main() -> int:
