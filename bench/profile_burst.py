@@ -142,9 +142,10 @@ def instrument() -> None:
     import tasks.readback
 
     deployments.ingest.accept = T.wrap("accept (validate + store, one event)", deployments.ingest.accept)
-    deployments.ingest._stage = T.wrap("accept: apply + add one event", deployments.ingest._stage)
-    deployments.ingest.GroupCommit._commit = staticmethod(T.wrap("accept: one group's transaction",
-                                                                 deployments.ingest.GroupCommit._commit))
+    if hasattr(deployments.ingest, "GroupCommit"):  # (absent from older versions, for before/after runs)
+        deployments.ingest._stage = T.wrap("accept: apply + add one event", deployments.ingest._stage)
+        deployments.ingest.GroupCommit._commit = staticmethod(T.wrap("accept: one group's transaction",
+                                                                     deployments.ingest.GroupCommit._commit))
     fp.claim = T.wrap("claim", fp.claim)
     fp.finish = T.wrap("finish (event statuses)", fp.finish)
     fp.run_batch = T.wrap("run_batch (the four tasks)", fp.run_batch)
