@@ -314,6 +314,7 @@ def main() -> int:
     parser.add_argument("--drainers", type=int, default=1)
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--accept-only", action="store_true", help="stop after the accepting phase")
     args = parser.parse_args()
     n = args.events
     with tempfile.TemporaryDirectory(prefix="outbound-profile-") as tmp, scim_process() as (url, token), \
@@ -336,6 +337,8 @@ def main() -> int:
         print(f"accepting: {n} POST /v1/events from {args.clients} clients in {accepting:.2f} s = "
               f"{n / accepting:.0f} events/s ({n / accepting / bare:.2f} × bare)")
         report("accepting", accepting)
+        if args.accept_only:
+            return 0
         T.clear()
         profiles: list[cProfile.Profile] = []
         if args.profile:
