@@ -462,6 +462,11 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
             return _problem(404, f"no event {event_id!r}")
         return JSONResponse(status.model_dump(mode="json"))
 
+    if config.api.scim_token:  # the SCIM 2.0 service provider, an event source of its own
+        from deployments.scim_source import scim_router
+
+        app.include_router(scim_router(config, lambda: dispatcher))
+
     def openapi() -> dict:
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi

@@ -5,6 +5,7 @@ lost; an event id seen before is answered from the outbox and not applied again.
 """
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 from sqlalchemy.exc import IntegrityError
 
@@ -23,6 +24,7 @@ class Accepted:
     event_id: str
     new: bool
     status: str
+    user_id: Optional[str] = None
 
 
 def check_against_config(event: IdentityEvent, config: Config) -> None:
@@ -51,13 +53,35 @@ def accept(raw: bytes | str | dict, config: Config) -> Accepted:
             return Accepted(event.id, False, seen.status)
     try:
         with session_scope() as session:
-            user = apply_event(session, event, config)
-            session.add(Event(id=event.id, type=event.type, trigger=event.trigger, idp=event.idp, user_id=user.id,
-                              payload=event.model_dump(mode="json")))
+            user = _store(session, event, config)
     except IntegrityError:  # the same id arrived concurrently: the other one won
         with session_scope() as session:
             seen = get_event(session, event.id)
         if seen is None:
             raise
         return Accepted(event.id, False, seen.status)
-    return Accepted(event.id, True, EventStatus.ACCEPTED)
+    return Accepted(event.id, True, EventStatus.ACCEPTED, user.id)
+
+
+def _store(session, event: IdentityEvent, config: Config):
+    user = apply_event(session, event, config)
+    session.add(Event(id=event.id, type=event.type, trigger=event.trigger, idp=event.idp, user_id=user.id,
+                      payload=event.model_dump(mode="json")))
+    return user
+
+
+def accept_all(raws: list[dict], config: Config, prepare: Optional[Callable] = None) -> list[Accepted]:
+    """Validate every event, then store them all in one transaction, or none (InvalidInput).
+
+    For a source whose one request changes several users at once (a SCIM group's members): the
+    ids are new ones, so there is no duplicate to look for. `prepare(session)` runs first in the
+    same transaction, for what no event says (a group renamed in place).
+    """
+    events = [parse_event(raw) for raw in raws]
+    for event in events:
+        check_against_config(event, config)
+    with session_scope() as session:
+        if prepare is not None:
+            prepare(session)
+        users = [_store(session, event, config) for event in events]
+    return [Accepted(e.id, True, EventStatus.ACCEPTED, u.id) for e, u in zip(events, users)]
