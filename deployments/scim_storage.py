@@ -21,7 +21,7 @@ import logging
 import uuid
 from typing import Any, Callable, Optional
 
-from scim2_models import (InvalidValueException, MutabilityException, NotFoundException, NotImplementedException,
+from scim2_models import (InvalidValueException, NotFoundException, NotImplementedException,
                           PreconditionFailedException, Resource, ResourceType, ResponseParameters, SearchRequest,
                           UniquenessException)
 from scim2_models.path import CompareOperator, Comparison
@@ -283,10 +283,15 @@ class StoreStorage(ScimStorage):
         with session_scope() as session:
             current = self._check_version(session, resource_type, resource.id, expected_version)
             user = live_user(session, self.tenant, resource.id)
-            if (fields["user_store"], fields["username"].lower()) != (user.user_store, user.username.lower()):
-                raise MutabilityException(detail=f"userName: {current['userName']!r} cannot become "
-                                                 f"{resource.user_name!r}: the identity store keys users by it")
-            fields["username"] = user.username  # the stored spelling
+            renamed = (fields["user_store"], fields["username"].lower()) != (user.user_store, user.username.lower())
+            if renamed:  # Entra ID replaces userName when the UPN changes: the user keeps its id
+                self._taken(session, fields["user_store"], fields["username"], other_than=user.id)
+                problem = self.config.username_rule(fields["user_store"]).problem(
+                    "userName", fields["username"], fields["user_store"])
+                if problem:
+                    raise InvalidValueException(detail=problem)
+            else:
+                fields["username"] = user.username  # the stored spelling
             if "groups" in self.roles_from and fields["roles"] is not None:  # group-given roles stay with the membership
                 _, groups = memberships(session, [user.id])
                 fields["roles"] = sorted(set(fields["roles"]) | {n for _, n in groups.get(user.id, [])})
@@ -296,7 +301,7 @@ class StoreStorage(ScimStorage):
                       "attributes": {k: (user.attributes or {}).get(k) for k in fields["attributes"]}}
         if fields["roles"] is None:
             del before["roles"]
-        changed = {k for k in before if before[k] != fields[k]}
+        changed = {k for k in before if before[k] != fields[k]} | ({"userName"} if renamed else set())
         if not changed:
             return self.get(resource_type, resource.id)
         cleared = [k for k in PROFILE if before[k] is not None and fields[k] is None]
@@ -310,15 +315,18 @@ class StoreStorage(ScimStorage):
             event = _event("user.updated", {**fields, "attributes": {k: v for k, v in fields["attributes"].items()
                                                                      if v is not None} or None})
 
-        def clear(session):  # what an event cannot say: a value removed
+        def clear(session):  # what an event cannot say: a value removed, a user renamed
             row = live_user(session, self.tenant, resource.id)
+            if renamed:
+                self._taken(session, fields["user_store"], fields["username"], other_than=row.id)
+                row.username, row.user_store = fields["username"], fields["user_store"]
             for name in cleared:
                 setattr(row, name, None)
             if gone:
                 row.attributes = {k: v for k, v in row.attributes.items() if k not in gone}
             session.add(row)
 
-        self._accept([event], prepare=clear if cleared or gone else None)
+        self._accept([event], prepare=clear if cleared or gone or renamed else None)
         return self.get(resource_type, resource.id)
 
     def _delete_user(self, resource_type, resource_id, expected_version) -> None:
