@@ -12,7 +12,8 @@ them like any accepted event.
 
 The dialects of the big pushers are accepted as they are sent: Entra ID's capitalised `"op":
 "Replace"`, `"active": "False"` as a string and PATCH without `path` carrying `{"name.givenName":
-...}`; Okta's PUT for updates and `active: false` instead of DELETE.
+...}` (scim2-models reads them), its members removed by value and its ADSCIM group schema
+(`in_rfc_dialect`); Okta's PUT for updates and `active: false` instead of DELETE.
 
 The models, schemas and the provider are built when the router is, and one request of each kind is
 served against a throw-away in-memory store then: nothing compiles a pydantic model while requests
@@ -46,6 +47,7 @@ log = logging.getLogger("outbound.scim")
 
 PREFIX = "/scim/v2"
 MAX_RESULTS = 200
+IGNORED_SCHEMAS = ("http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group",)
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -61,6 +63,36 @@ def build_provider() -> ScimProvider:
     config.filter = Filter(supported=True, max_results=MAX_RESULTS)
     return ScimProvider.from_discovery(load_default_schemas().values(), load_default_resource_types().values(),
                                        config=config)
+
+
+def _remove_by_value(op) -> list:
+    """Entra ID's `{"op": "Remove", "path": "members", "value": [{"value": id}, ...]}` as the RFC says
+    it: one remove per member, `members[value eq "id"]`; any other operation as it is."""
+    if not (isinstance(op, dict) and str(op.get("op", "")).lower() == "remove" and isinstance(op.get("path"), str)
+            and "[" not in op["path"] and isinstance(op.get("value"), list) and op["value"]
+            and all(isinstance(v, dict) and isinstance(v.get("value"), str) for v in op["value"])):
+        return [op]
+    return [{"op": op["op"], "path": f'{op["path"]}[value eq {json.dumps(v["value"])}]'} for v in op["value"]]
+
+
+def in_rfc_dialect(method: str, body: bytes) -> bytes:
+    """What the big pushers send that scim2-server's strict reading refuses, said the RFC's way:
+    the schema names of IGNORED_SCHEMAS dropped (Entra ID names one in every group it creates: not a
+    URN, no attributes), and Entra ID's remove-by-value. Any other body as it came."""
+    patching = method == "PATCH" and b"emove" in body
+    if not patching and not any(name.encode() in body for name in IGNORED_SCHEMAS):
+        return body
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body  # scim2-server names the syntax error
+    if not isinstance(doc, dict):
+        return body
+    if isinstance(doc.get("schemas"), list):
+        doc["schemas"] = [s for s in doc["schemas"] if s not in IGNORED_SCHEMAS]
+    if patching and isinstance(doc.get("Operations"), list):
+        doc["Operations"] = [one for op in doc["Operations"] for one in _remove_by_value(op)]
+    return json.dumps(doc).encode()
 
 
 class StoreApplication(WSGIApplication):
@@ -152,7 +184,7 @@ def scim_router(config: Config, dispatcher_of=lambda: None) -> APIRouter:
     @router.api_route(PREFIX + "/{path:path}", methods=METHODS, include_in_schema=False)
     @router.api_route(PREFIX, methods=METHODS, include_in_schema=False)
     async def scim(request: Request, path: str = ""):
-        body = await request.body()
+        body = in_rfc_dialect(request.method, await request.body())
         scim_request = ScimRequest(
             method=request.method, base_url=str(request.base_url).rstrip("/") + PREFIX, path="/" + path,
             query=dict(request.query_params), headers=list(request.headers.items()), body=body)
