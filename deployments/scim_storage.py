@@ -5,7 +5,9 @@ scim2-server does the protocol (parsing, filters, PATCH, PUT, errors, discovery)
 answers its reads from the identity store and turns each write into identity events (trigger
 `scim`), stored through `deployments.ingest` in one transaction with whatever the events cannot
 say, before the request is answered. The SCIM id of a user is the local user id; of a group, the
-local group id. `externalId` is kept as the user's attribute `scim.externalId`.
+local group id. The store keeps a user's own fields (username, email, names, active, roles,
+groups) in its columns, `externalId` and the simple strings as attributes `scim.<name>` (for
+attribute maps), and the rest of the resource as written (`scim.resource`, without the password).
 
 What a write becomes:
   POST /Users                         user.created
@@ -17,6 +19,7 @@ What a write becomes:
 """
 
 import hashlib
+import json
 import logging
 import uuid
 from typing import Any, Callable, Optional
@@ -44,8 +47,12 @@ PRIMARY = "PRIMARY"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 EXTERNAL_ID = "scim.externalId"
-# Single-valued SCIM strings the store keeps as attributes `scim.<name>` (mappable to targets).
+RESOURCE = "scim.resource"  # the User as last written (JSON), less what NOT_KEPT names
+NOT_KEPT = ("id", "meta", "password", "groups")  # ours, never stored (a secret), or the store's
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+# Single-valued SCIM strings also kept as attributes `scim.<name>`, for attribute maps to targets.
 KEPT = ("nickName", "title", "userType", "preferredLanguage", "locale", "timezone", "profileUrl")
+ENTERPRISE_KEPT = ("employeeNumber", "costCenter", "organization", "division", "department")
 PROFILE = ("email", "given_name", "family_name", "display_name")
 
 Dispatch = Callable[[str, str, str], object]
@@ -68,29 +75,41 @@ def split_user_name(user_name: str) -> tuple[str, str]:
 
 
 def user_document(user: User, roles: list[str], groups: list[tuple[str, str]]) -> dict:
-    doc: dict[str, Any] = {"schemas": [USER_SCHEMA], "id": user.id, "userName": scim_user_name(user),
-                           "active": user.active}
+    """The SCIM User: what the pusher last wrote (kept as `scim.resource`), with the store's own
+    fields over it, so a change from another source shows too."""
     attrs = user.attributes or {}
-    if attrs.get(EXTERNAL_ID) is not None:
-        doc["externalId"] = str(attrs[EXTERNAL_ID])
-    name = {k: v for k, v in (("givenName", user.given_name), ("familyName", user.family_name)) if v}
-    if name:
-        doc["name"] = name
-    if user.display_name:
-        doc["displayName"] = user.display_name
-    for key in KEPT:
-        if attrs.get(f"scim.{key}") is not None:
-            doc[key] = str(attrs[f"scim.{key}"])
-    if user.email:
-        doc["emails"] = [{"value": user.email, "primary": True, "type": "work"}]
-    if roles:
-        doc["roles"] = [{"value": r} for r in roles]
-    if groups:
-        doc["groups"] = [{"value": gid, "display": name, "$ref": f"Groups/{gid}"} for gid, name in groups]
+    doc: dict[str, Any] = json.loads(attrs[RESOURCE]) if isinstance(attrs.get(RESOURCE), str) else {}
+    doc.setdefault("schemas", [USER_SCHEMA])
+    doc.update(id=user.id, userName=scim_user_name(user), active=user.active)
+    _put(doc, "externalId", attrs.get(EXTERNAL_ID))
+    _put(doc, "displayName", user.display_name)
+    name = {**(doc.get("name") or {})}
+    _put(name, "givenName", user.given_name)
+    _put(name, "familyName", user.family_name)
+    _put(doc, "name", name or None)
+    emails = [dict(e) for e in doc.get("emails") or [] if isinstance(e, dict)]
+    primary = next((e for e in emails if e.get("primary")), emails[0] if emails else None)
+    if user.email is None and primary is not None:
+        emails.remove(primary)
+    elif user.email is not None and primary is None:
+        emails.insert(0, {"value": user.email, "primary": True, "type": "work"})
+    elif user.email is not None:
+        primary["value"] = user.email
+    _put(doc, "emails", emails or None)
+    detail = {r.get("value"): r for r in doc.get("roles") or [] if isinstance(r, dict)}
+    _put(doc, "roles", [detail.get(r, {"value": r}) for r in roles] or None)
+    _put(doc, "groups", [{"value": gid, "display": name, "$ref": f"Groups/{gid}"} for gid, name in groups] or None)
     doc["meta"] = {"resourceType": "User", "created": user.created_at.isoformat(),
                    "lastModified": user.updated_at.isoformat(),
                    "version": _version(user.updated_at.isoformat(), user.active, roles, groups)}
     return doc
+
+
+def _put(doc: dict, key: str, value) -> None:
+    if value is None:
+        doc.pop(key, None)
+    else:
+        doc[key] = value
 
 
 def group_document(group: Group, members: list[User]) -> dict:
@@ -127,16 +146,22 @@ def user_fields(resource, roles_from: list[str]) -> dict:
     if "entitlements" in roles_from:
         roles += _values(resource.entitlements)
     fields["roles"] = sorted(set(roles)) if roles_from else None  # no role source: roles are not SCIM's to set
-    attrs = {EXTERNAL_ID: resource.external_id}
+    doc = resource.model_dump(mode="json", exclude_none=True)
+    for key in NOT_KEPT:
+        doc.pop(key, None)
+    attrs = {EXTERNAL_ID: resource.external_id, RESOURCE: json.dumps(doc, separators=(",", ":"), sort_keys=True)}
     for key in KEPT:
-        value = getattr(resource, _snake(key), None)
-        attrs[f"scim.{key}"] = None if value is None else str(value)
+        attrs[f"scim.{key}"] = _scalar(doc.get(key))
+    enterprise = doc.get(ENTERPRISE) or {}
+    for key in ENTERPRISE_KEPT:
+        attrs[f"scim.{key}"] = _scalar(enterprise.get(key))
+    attrs["scim.manager"] = _scalar((enterprise.get("manager") or {}).get("value"))
     fields["attributes"] = attrs
     return fields
 
 
-def _snake(camel: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+def _scalar(value) -> Optional[str]:
+    return None if value is None or isinstance(value, (dict, list)) else str(value)
 
 
 def _event(type_: str, user: dict) -> dict:
