@@ -13,7 +13,8 @@ them like any accepted event.
 The dialects of the big pushers are accepted as they are sent: Entra ID's capitalised `"op":
 "Replace"`, `"active": "False"` as a string and PATCH without `path` carrying `{"name.givenName":
 ...}` (scim2-models reads them), its members removed by value and its ADSCIM group schema
-(`in_rfc_dialect`); Okta's PUT for updates and `active: false` instead of DELETE.
+(`in_rfc_dialect`); Okta's PUT for updates and `active: false` instead of DELETE; WSO2's SCIM2
+connector's unquoted `userName Eq john` (`filter_in_rfc_dialect`) and `PRIMARY/john` userNames.
 
 The models, schemas and the provider are built when the router is, and one request of each kind is
 served against a throw-away in-memory store then: nothing compiles a pydantic model while requests
@@ -24,6 +25,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 from typing import Optional
 
 from fastapi import APIRouter, Request
@@ -73,6 +75,19 @@ def _remove_by_value(op) -> list:
             and all(isinstance(v, dict) and isinstance(v.get("value"), str) for v in op["value"])):
         return [op]
     return [{"op": op["op"], "path": f'{op["path"]}[value eq {json.dumps(v["value"])}]'} for v in op["value"]]
+
+
+# WSO2's SCIM2 outbound connector finds a resource by `userName Eq john` / `displayName Eq sales team`:
+# the whole filter one comparison, its value unquoted.
+_UNQUOTED = re.compile(r"^\s*(userName|displayName)\s+eq\s+([^\s\"].*?)\s*$", re.IGNORECASE)
+
+
+def filter_in_rfc_dialect(query: dict) -> dict:
+    """The query with WSO2's unquoted `attr Eq value` filter quoted; any other query as it came."""
+    match = _UNQUOTED.match(query.get("filter") or "")
+    if match is None:
+        return query
+    return {**query, "filter": f"{match.group(1)} eq {json.dumps(match.group(2))}"}
 
 
 def in_rfc_dialect(method: str, body: bytes) -> bytes:
@@ -187,7 +202,7 @@ def scim_router(config: Config, dispatcher_of=lambda: None) -> APIRouter:
         body = in_rfc_dialect(request.method, await request.body())
         scim_request = ScimRequest(
             method=request.method, base_url=str(request.base_url).rstrip("/") + PREFIX, path="/" + path,
-            query=dict(request.query_params), headers=list(request.headers.items()), body=body)
+            query=filter_in_rfc_dialect(dict(request.query_params)), headers=list(request.headers.items()), body=body)
         if len(body) > limit:
             answer = application.finalize_response(scim_request, application.service.error_response(
                 PayloadTooLargeException(detail=f"the body is larger than {limit} bytes (api.max_body_bytes)")))

@@ -231,23 +231,24 @@ class StoreStorage(ScimStorage):
                     total = group_count(session)
                     docs = self._groups(session, all_groups(session, start, count)) if count != 0 else []
                 return SearchPage(total=total, resources=[model.model_validate(d) for d in docs])
-            docs = self._candidates(session, resource_type, scim_filter)
-        found = [r for r in (model.model_validate(d) for d in docs) if scim_filter.match(r)]
+            docs, exact = self._candidates(session, resource_type, scim_filter)
+        found = [r for r in (model.model_validate(d) for d in docs) if exact or scim_filter.match(r)]
         stop = None if count is None else start + count
         return SearchPage(total=len(found), resources=found[start:stop])
 
-    def _candidates(self, session, resource_type: ResourceType, scim_filter) -> list[dict]:
-        """Documents the filter may match: the few an `eq` on userName/displayName names, else all."""
+    def _candidates(self, session, resource_type: ResourceType, scim_filter) -> tuple[list[dict], bool]:
+        """Documents the filter may match, and whether they are exactly its matches: those a lone `eq` on
+        userName (`PRIMARY/john` is john) or displayName names, from an index; else every one."""
         node = scim_filter.ast
         if isinstance(node, Comparison) and node.op == CompareOperator.eq and isinstance(node.value, str):
             attr = str(node.attr_path).rsplit(":", 1)[-1]
             if resource_type.name == "User" and attr.lower() == "username":
-                return self._users(session, users_named(session, self.tenant, *split_user_name(node.value)))
+                return self._users(session, users_named(session, self.tenant, *split_user_name(node.value))), True
             if resource_type.name == "Group" and attr.lower() == "displayname":
-                return self._groups(session, groups_named(session, node.value))
+                return self._groups(session, groups_named(session, node.value)), True
         if resource_type.name == "User":
-            return self._users(session, live_users(session, self.tenant))
-        return self._groups(session, all_groups(session))
+            return self._users(session, live_users(session, self.tenant)), False
+        return self._groups(session, all_groups(session)), False
 
     # --- writes
 

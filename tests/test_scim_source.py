@@ -267,6 +267,46 @@ def test_okta_sequence(api, target):
     assert stored_user(uid)["given_name"] == "Another" and stored_user(uid)["active"] is False
 
 
+# --- WSO2 Identity Server's SCIM2 outbound connector, as its code sends the requests -----------
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_wso2_scim2_connector_sequence(api, target):
+    h = api.http
+    # With "User Store Domain" set, the connector prefixes the domain; it finds users by an unquoted filter.
+    created = h.post("/Users", json={"schemas": [USER], "userName": "PRIMARY/john", "password": "a-random-uuid",
+                                     "name": {"givenName": "John", "familyName": "Doe"},
+                                     "emails": [{"value": "john@example.com", "primary": True}]})
+    assert created.status_code == 201, created.text
+    uid = created.json()["id"]
+    found = h.get("/Users", params={"filter": "userName Eq PRIMARY/john", "startIndex": 1, "count": 1}).json()
+    assert [r["id"] for r in found["Resources"]] == [uid]
+    # PUT sends the domain-free name: the same user.
+    put = h.put(f"/Users/{uid}", json={"schemas": [USER], "userName": "john", "name": {"givenName": "Johnny",
+                                                                                      "familyName": "Doe"},
+                                       "emails": [{"value": "john@example.com", "primary": True}]})
+    assert put.status_code == 200, put.text
+    assert h.patch(f"/Users/{uid}", json={"schemas": [PATCH], "Operations": [
+        {"op": "replace", "path": "name.familyName", "value": "Dough"}]}).status_code in (200, 204)
+    eu = h.post("/Users", json={"schemas": [USER], "userName": "EU/jane"}).json()
+    assert h.get(f"/Users/{eu['id']}").json()["userName"] == "EU/jane"
+    group = h.post("/Groups", json={"schemas": [GROUP], "displayName": "sales team", "members": [{"value": uid}]})
+    assert group.status_code == 201, group.text
+    gid = group.json()["id"]
+    assert [g["id"] for g in h.get("/Groups", params={"filter": "displayName Eq sales team"}).json()["Resources"]] == [gid]
+    assert h.patch(f"/Groups/{gid}", json={"schemas": [PATCH], "Operations": [
+        {"op": "replace", "path": "displayName", "value": "sales"},
+        {"op": "add", "path": "members", "value": [{"value": eu["id"], "display": "EU/jane"}]},
+        {"op": "remove", "path": f'members[value eq "{uid}"]'}]}).status_code in (200, 204)
+    assert stored_user(uid)["groups"] == [] and stored_user(eu["id"])["groups"] == ["sales"]
+    api.drain()
+    assert remote(target, "john")["name"] == {"givenName": "Johnny", "familyName": "Dough"} | remote(target, "john")["name"]
+    assert h.delete(f"/Users/{uid}").status_code == 204
+    assert [t for t, _, _ in events()] == ["user.created", "user.updated", "user.updated", "user.created",
+                                           "user.updated", "user.updated", "user.updated", "user.deleted"]
+    with session_scope() as session:
+        assert "a-random-uuid" not in json.dumps([e.payload for e in session.exec(select(Event))])
+
+
 # --- roles --------------------------------------------------------------------------------------
 
 def test_roles_come_from_the_roles_attribute_and_group_membership(api):
