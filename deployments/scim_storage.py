@@ -145,6 +145,9 @@ def user_fields(resource, roles_from: list[str]) -> dict:
         roles += _values(resource.roles)
     if "entitlements" in roles_from:
         roles += _values(resource.entitlements)
+    for key in PROFILE:  # an empty string is no value (Okta sends "middleName": "")
+        if isinstance(fields[key], str) and not fields[key].strip():
+            fields[key] = None
     fields["roles"] = sorted(set(roles)) if roles_from else None  # no role source: roles are not SCIM's to set
     doc = resource.model_dump(mode="json", exclude_none=True)
     for key in NOT_KEPT:
@@ -158,6 +161,18 @@ def user_fields(resource, roles_from: list[str]) -> dict:
     attrs["scim.manager"] = _scalar((enterprise.get("manager") or {}).get("value"))
     fields["attributes"] = attrs
     return fields
+
+
+def _beyond_columns(attrs: dict, roles_from: list[str]) -> dict:
+    """The attributes less what the store's columns already say (`active`, the roles), so that a
+    change of `active` alone stays a user.disabled/enabled and of roles alone a user.roles_changed."""
+    out = dict(attrs)
+    if isinstance(out.get(RESOURCE), str):
+        doc = json.loads(out[RESOURCE])
+        for key in ("active", *(k for k in ("roles", "entitlements") if k in roles_from)):
+            doc.pop(key, None)
+        out[RESOURCE] = doc
+    return out
 
 
 def _scalar(value) -> Optional[str]:
@@ -327,7 +342,12 @@ class StoreStorage(ScimStorage):
                       "attributes": {k: (user.attributes or {}).get(k) for k in fields["attributes"]}}
         if fields["roles"] is None:
             del before["roles"]
-        changed = {k for k in before if before[k] != fields[k]} | ({"userName"} if renamed else set())
+        changed = {k for k in before if k != "attributes" and before[k] != fields[k]}
+        if renamed:
+            changed.add("userName")
+        if _beyond_columns(before["attributes"], self.roles_from) != _beyond_columns(fields["attributes"],
+                                                                                   self.roles_from):
+            changed.add("attributes")
         if not changed:
             return self.get(resource_type, resource.id)
         cleared = [k for k in PROFILE if before[k] is not None and fields[k] is None]
