@@ -361,8 +361,13 @@ class StoreStorage(ScimStorage):
             event = _event("user.updated", {**fields, "attributes": {k: v for k, v in fields["attributes"].items()
                                                                      if v is not None} or None})
 
-        def clear(session):  # what an event cannot say: a value removed, a user renamed
+        kept = fields["attributes"][RESOURCE]
+        stale = event["type"] != "user.updated" and before["attributes"].get(RESOURCE) != kept
+
+        def clear(session):  # what an event cannot say: a value removed, a user renamed, the kept resource
             row = live_user(session, self.tenant, resource.id)
+            if stale:  # e.g. the roles' display and type beside a user.roles_changed
+                row.attributes = {**row.attributes, RESOURCE: kept}
             if renamed:
                 self._taken(session, fields["user_store"], fields["username"], other_than=row.id)
                 row.username, row.user_store = fields["username"], fields["user_store"]
@@ -372,7 +377,7 @@ class StoreStorage(ScimStorage):
                 row.attributes = {k: v for k, v in row.attributes.items() if k not in gone}
             session.add(row)
 
-        self._accept([event], prepare=clear if cleared or gone or renamed else None)
+        self._accept([event], prepare=clear if cleared or gone or renamed or stale else None)
         return self.get(resource_type, resource.id)
 
     def _delete_user(self, resource_type, resource_id, expected_version) -> None:

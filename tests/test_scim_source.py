@@ -317,7 +317,8 @@ def test_roles_come_from_the_roles_attribute_and_group_membership(api):
     h.post("/Groups", json={"schemas": [GROUP], "displayName": "sales", "members": [{"value": uid}]})
     assert stored_user(uid)["roles"] == ["engineering", "sales"] and stored_user(uid)["groups"] == ["sales"]
     # A PUT that restates the roles keeps the role the group gives.
-    h.put(f"/Users/{uid}", json={"schemas": [USER], "userName": "rolf", "roles": [{"value": "support"}]})
+    h.put(f"/Users/{uid}", json={"schemas": [USER], "userName": "rolf", "roles": [{"value": "support"}],
+                                 "entitlements": [{"value": "ignored-by-default"}]})
     assert stored_user(uid)["roles"] == ["sales", "support"]
     assert [t for t, _, _ in events()] == ["user.created", "user.updated", "user.roles_changed"]
 
