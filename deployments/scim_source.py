@@ -22,6 +22,7 @@ run in threads.
 """
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -139,6 +140,7 @@ class StoreApplication(WSGIApplication):
         return super().handle_exception(request, exception)
 
 
+_WARMED: list = []  # the generic models the warm-up built, kept alive
 WARM_UP = [  # one request of each kind the service parses, so its generic models exist before any thread runs
     ("POST", "/Users", {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "warm",
                         "name": {"givenName": "W"}, "emails": [{"value": "w@example.com", "primary": True}],
@@ -152,6 +154,23 @@ WARM_UP = [  # one request of each kind the service parses, so its generic model
 
 
 def _warm_up(provider: ScimProvider) -> None:
+    """Serve WARM_UP, with the cyclic collector off until every generic model it built is held."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _serve_warm_up(provider)
+        try:  # held: pydantic caches its generic models weakly, and one collected would be built again mid-request
+            from pydantic._internal import _generics
+
+            _WARMED.extend(_generics._GENERIC_TYPES_CACHE.values())
+        except (ImportError, AttributeError):
+            log.warning("cannot hold pydantic's generic models: a request may build one again")
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _serve_warm_up(provider: ScimProvider) -> None:
     app = WSGIApplication(InMemoryStorage(), provider, ScimService(provider))
 
     def serve(method, path, body=None):
@@ -176,6 +195,11 @@ def _warm_up(provider: ScimProvider) -> None:
                                        "userName": "warm", "active": False})
     serve("PUT", f"/Groups/{group.id}", {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
                                          "displayName": "warm2", "members": [{"value": user.id}]})
+    serve("GET", f"/Users/{user.id}?attributes=userName")
+    serve("GET", f"/Groups/{group.id}?excludedAttributes=members")
+    serve("GET", "/ResourceTypes/User")
+    serve("GET", "/Schemas/urn:ietf:params:scim:schemas:core:2.0:User")
+    serve("DELETE", f"/Groups/{group.id}")
     serve("DELETE", f"/Users/{user.id}")
 
 

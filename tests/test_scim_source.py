@@ -307,6 +307,36 @@ def test_wso2_scim2_connector_sequence(api, target):
         assert "a-random-uuid" not in json.dumps([e.payload for e in session.exec(select(Event))])
 
 
+# --- nothing compiles while requests run in threads ---------------------------------------------
+
+def test_requests_build_no_pydantic_model_once_the_api_is_up(api, monkeypatch):
+    import gc
+
+    from pydantic._internal import _generics
+
+    gc.collect()  # what the warm-up built must survive a collection
+    known = {id(v) for v in _generics._GENERIC_TYPES_CACHE.values()}
+    built = []  # a class pydantic caches that it did not hold before: one built now (a cache hit re-files old ones)
+    real = _generics._generic_cache_set
+    monkeypatch.setattr(_generics, "_generic_cache_set", lambda key, value: (
+        id(value) in known or built.append(value), real(key, value)))
+    h = api.http
+    uid = h.post("/Users", json={"schemas": [USER], "userName": "gcuser", "emails": [{"value": "g@example.com"}]}).json()["id"]
+    h.get("/Users", params={"filter": 'userName eq "gcuser" or externalId eq "x"', "attributes": "userName"})
+    h.get(f"/Users/{uid}", params={"excludedAttributes": "emails"})
+    h.patch(f"/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "Replace", "value": {"name.givenName": "G"}},
+                                                                     {"op": "replace", "path": "active", "value": "False"}]})
+    h.put(f"/Users/{uid}", json={"schemas": [USER], "userName": "gcuser", "active": True})
+    gid = h.post("/Groups", json={"schemas": [GROUP], "displayName": "gc", "members": [{"value": uid}]}).json()["id"]
+    h.patch(f"/Groups/{gid}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": f'members[value eq "{uid}"]'}]})
+    h.get("/Groups", params={"filter": 'displayName eq "gc"', "excludedAttributes": "members"})
+    h.get("/Schemas")
+    h.delete(f"/Groups/{gid}")
+    h.delete(f"/Users/{uid}")
+    assert len(events()) == 6
+    assert built == []
+
+
 # --- roles --------------------------------------------------------------------------------------
 
 def test_roles_come_from_the_roles_attribute_and_group_membership(api):
