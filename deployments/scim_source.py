@@ -17,8 +17,8 @@ The dialects of the big pushers are accepted as they are sent: Entra ID's capita
 connector's unquoted `userName Eq john` (`filter_in_rfc_dialect`) and `PRIMARY/john` userNames.
 
 The models, schemas and the provider are built when the router is, and one request of each kind is
-served against a throw-away in-memory store then: nothing compiles a pydantic model while requests
-run in threads.
+served against a throw-away in-memory store then, the generic models it built held: nothing compiles
+a pydantic model while requests run in threads.
 """
 
 import asyncio
