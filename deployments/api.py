@@ -465,6 +465,10 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
         return JSONResponse(status.model_dump(mode="json"))
 
     mount_wso2(app, config, dispatcher, _problem, _read_limited, _unavailable)
+    if config.api.scim_token:  # the SCIM 2.0 service provider, an event source of its own
+        from deployments.scim_source import scim_router
+
+        app.include_router(scim_router(config, lambda: dispatcher))
 
     def openapi() -> dict:
         if app.openapi_schema is None:

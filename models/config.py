@@ -21,7 +21,7 @@ from models.usernames import WSO2_DEFAULT_PATTERN, WSO2_DEFAULT_WORDS, UsernameR
 from models.validation import InvalidInput, field_path, pattern, problems_of
 from models.wso2 import claim_target_problem
 
-ORG_TRIGGERS = ("api", "console", "self_signup", "jit", "directory")
+ORG_TRIGGERS = ("api", "console", "self_signup", "jit", "directory", "scim")
 DEFAULT_CONFIG_FILE = "outbound.yaml"
 
 Name = Annotated[str, Field(pattern=pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
@@ -307,6 +307,11 @@ class ApiSettings(Strict):
     legacy_signature: bool = False
     hmac_secret: Optional[SecretRef] = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    # The SCIM 2.0 service provider at /scim/v2 (Authorization: Bearer <scim_token>); off without it.
+    scim_token: Optional[SecretRef] = None
+    # Where a SCIM-pushed user's roles come from: their groups' displayNames, `roles`, `entitlements`.
+    scim_roles_from: list[Literal["groups", "roles", "entitlements"]] = Field(
+        default_factory=lambda: ["groups", "roles"], max_length=3)
 
     @model_validator(mode="after")
     def _schemes(self):

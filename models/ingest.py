@@ -32,6 +32,7 @@ class Accepted:
     event_id: str
     new: bool
     status: str
+    user_id: Optional[str] = None
 
 
 def check_against_config(event: IdentityEvent, config: Config) -> None:
@@ -64,20 +65,21 @@ def _accept_event(event: IdentityEvent, config: Config) -> Accepted:
             return Accepted(event.id, False, seen.status)
     try:
         with session_scope() as session:
-            _store(session, event, config)
+            user = _store(session, event, config)
     except IntegrityError:  # the same id arrived concurrently: the other one won
         with session_scope() as session:
             seen = get_event(session, event.id)
         if seen is None:
             raise
         return Accepted(event.id, False, seen.status)
-    return Accepted(event.id, True, EventStatus.ACCEPTED)
+    return Accepted(event.id, True, EventStatus.ACCEPTED, user.id)
 
 
-def _store(session: Session, event: IdentityEvent, config: Config) -> None:
+def _store(session: Session, event: IdentityEvent, config: Config):
     user = apply_event(session, event, config)
     session.add(Event(id=event.id, type=event.type, trigger=event.trigger, idp=event.idp, user_id=user.id,
                       payload=event.model_dump(mode="json")))
+    return user
 
 
 def _stage(session: Session, event: IdentityEvent, config: Config) -> Accepted:
@@ -85,16 +87,19 @@ def _stage(session: Session, event: IdentityEvent, config: Config) -> Accepted:
     seen = get_event(session, event.id)
     if seen is not None:
         return Accepted(event.id, False, seen.status)
-    _store(session, event, config)
+    user = _store(session, event, config)
     session.flush()  # a second event of this id in the same group now sees this one
-    return Accepted(event.id, True, EventStatus.ACCEPTED)
+    return Accepted(event.id, True, EventStatus.ACCEPTED, user.id)
 
 
-def accept_all(raws: list[dict], config: Config, also: Optional[Callable[[Session], None]] = None) -> list[Accepted]:
-    """Validate every event, then store them all and what `also` adds in one transaction, or nothing.
+def accept_all(raws: list[dict], config: Config, *, before: Optional[Callable[[Session], None]] = None,
+               also: Optional[Callable[[Session], None]] = None) -> list[Accepted]:
+    """Validate every event, then store them all and what the hooks add in one transaction, or nothing.
 
-    For a message that stands for several events (a webhook): InvalidInput names each bad event by
-    its position; an IntegrityError means an id (or `also`'s row) was stored concurrently.
+    For a message that stands for several events (a webhook, a SCIM group's members, a directory
+    page): InvalidInput names each bad event by its position; an IntegrityError means an id (or a
+    hook's row) was stored concurrently. `before(session)` runs first, for what no event says (a
+    group renamed in place); `also(session)` last, for rows that refer to the users just stored.
     """
     events, problems = [], []
     for n, raw in enumerate(raws):
@@ -108,11 +113,12 @@ def accept_all(raws: list[dict], config: Config, also: Optional[Callable[[Sessio
     if problems:
         raise InvalidInput("event", problems)
     with session_scope() as session:
-        for event in events:
-            _store(session, event, config)
+        if before is not None:
+            before(session)
+        users = [_store(session, event, config) for event in events]
         if also is not None:
             also(session)
-    return [Accepted(event.id, True, EventStatus.ACCEPTED) for event in events]
+    return [Accepted(e.id, True, EventStatus.ACCEPTED, u.id) for e, u in zip(events, users)]
 
 
 class GroupCommit:
