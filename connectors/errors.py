@@ -1,10 +1,13 @@
 """The connector part of the error tree: what every connector translates its failures into, at its edge.
 
     ConnectorError           a remote call failed (a ProvisioningError: models/errors.py draws the whole tree)
-    ├── TransientError       worth retrying later (5xx, timeouts, dropped connections)
+    ├── TransientError       worth retrying later (5xx, timeouts, dropped connections);
+    │   │                    `maybe_applied`: a write may have taken effect (False when it was
+    │   │                    refused before any work: the connection refused, the token endpoint)
     │   ├── RateLimited      the target asked us to slow down (429, quota); `retry_after` seconds
     │   └── OutcomeUnknown   sent, but no answer says whether it applied (a bulk operation the
-    │                        response leaves out, a bulk request cut off): look before resending
+    │                        response leaves out, a bulk request cut off, and the target could
+    │                        not be read to tell): never resent until a read shows it absent
     ├── NotFound             the account is not there: re-create or treat as gone
     ├── AlreadyExists        a uniqueness conflict: find the account and adopt it
     ├── Rejected             the target refused the request (bad field): record, do not retry
@@ -37,14 +40,18 @@ class ConnectorError(ProvisioningError):
 
 class TransientError(ConnectorError):
     code = "transient"
+    maybe_applied = True  # a 5xx or a lost answer says nothing about whether a write took effect
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+    def __init__(self, message: str, *, retry_after: float | None = None, maybe_applied: bool | None = None, **kw):
         super().__init__(message, **kw)
         self.retry_after = retry_after
+        if maybe_applied is not None:
+            self.maybe_applied = maybe_applied
 
 
 class RateLimited(TransientError):
     code = "rate_limited"
+    maybe_applied = False  # a refusal before any work
 
 
 class OutcomeUnknown(TransientError):
@@ -124,8 +131,8 @@ def token_error(status: int, text: str, *, retry_after: float | None = None) -> 
     """
     if status == 429:
         return RateLimited(text, status=status, retry_after=retry_after)
-    if status >= 500 or status == 408:
-        return TransientError(text, status=status, retry_after=retry_after)
+    if status >= 500 or status == 408:  # no token, so the call it was for was never sent
+        return TransientError(text, status=status, retry_after=retry_after, maybe_applied=False)
     return AuthFailed(text, status=status)
 
 

@@ -19,7 +19,7 @@ from connectors.errors import AuthFailed, ProvisioningError
 from connectors.factory import evict, get_connector
 from models.config import Config
 from models.db import session_scope
-from models.kinds import Action, Intent, OperationStatus
+from models.kinds import NOT_DONE, Action, Intent, OperationStatus
 from models.locks import LockTimeout
 from models.runstate import record_attempts, record_operations, unlink_users
 from models.tables import utcnow
@@ -28,7 +28,6 @@ from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operat
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
 
-FAILED = OperationStatus.FAILED
 
 log = logging.getLogger("outbound.provision")
 LOGGED_OUTCOMES = 50  # outcome lines per connector and batch; the rest are in the run's artifact
@@ -131,13 +130,13 @@ def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
         error = f"{op['error_code']}: {op['error_message']}" if op["error_code"] else None
         have = out.get(user)
         if op["entity_type"] == "group":
-            if have is not None and op["status"] == FAILED and have.status != FAILED:
-                out[user] = Outcome(**{**have.__dict__, "status": FAILED, "code": op["error_code"],
+            if have is not None and op["status"] in NOT_DONE and have.status not in NOT_DONE:
+                out[user] = Outcome(**{**have.__dict__, "status": op["status"], "code": op["error_code"],
                                        "error": f"group {op['remote_name']}: {error}"})
             continue
         mine = Outcome(op["connector"], op["action"], op["operation"] or Action.NONE, op["status"], op["reason"] or "",
                        op["remote_id"], op["remote_name"], error, user, op["entity_name"], op["error_code"])
-        if have is None or (mine.status == FAILED and have.status != FAILED) or have.status == OperationStatus.SKIPPED:
+        if have is None or (mine.status in NOT_DONE and have.status not in NOT_DONE) or have.status == OperationStatus.SKIPPED:
             out[user] = mine
     return out
 
@@ -203,7 +202,7 @@ def artifact_key(connector: str) -> str:
 def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]], flow_run_id: Optional[str]) -> None:
     """A keyed table artifact of the batch's outcomes on this connector, and a Prefect event per change.
 
-    The events (`outbound.account.created|updated|disabled|deleted|failed` about the resource
+    The events (`outbound.account.created|updated|disabled|deleted|failed|outcome_unknown` about the resource
     `outbound.user.<user@STORE>`) make a user's history across runs one filter in the Event Feed.
     Reporting never fails the batch: it only tells.
     """
@@ -219,7 +218,7 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
                                   description=f"{connector}: {len(outcomes)} users"
                                   + (f" (first {ARTIFACT_ROWS})" if len(outcomes) > ARTIFACT_ROWS else ""))
         for o in outcomes:
-            kind = "failed" if o.status == FAILED else HISTORY.get(o.operation)
+            kind = o.status if o.status in NOT_DONE else HISTORY.get(o.operation)  # failed | outcome_unknown
             if kind is None or not flow_run_id:
                 continue
             related = [{"prefect.resource.id": f"outbound.connector.{connector}",

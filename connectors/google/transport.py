@@ -21,6 +21,7 @@ import requests
 from connectors.base import Capabilities
 from connectors.errors import (AuthFailed, ConnectorError, DryRunRejected, TransientError, for_status,
                                retry_after_seconds, token_error)
+from connectors.http import maybe_sent
 from models.config import GoogleSettings
 
 log = logging.getLogger("connectors.google")
@@ -126,15 +127,17 @@ class Transport:
                                             timeout=self.settings.timeout)
         except google.auth.exceptions.RefreshError as exc:
             if getattr(exc, "retryable", False):
-                raise TransientError(f"{method} {path}: token refresh failed, retryable") from exc
+                raise TransientError(f"{method} {path}: token refresh failed, retryable", maybe_applied=False) from exc
             raise AuthFailed(f"{method} {path}: the token endpoint refused the service account "
                              f"({refresh_detail(exc)})") from exc
         except google.auth.exceptions.TransportError as exc:
-            raise TransientError(f"{method} {path}: token endpoint unreachable ({type(exc.__cause__).__name__})") from exc
+            raise TransientError(f"{method} {path}: token endpoint unreachable ({type(exc.__cause__).__name__})",
+                                 maybe_applied=False) from exc
         except requests.Timeout as exc:
             raise TransientError(f"{method} {path}: timed out") from exc
         except requests.RequestException as exc:
-            raise TransientError(f"{method} {path}: connection failed ({type(exc).__name__})") from exc
+            raise TransientError(f"{method} {path}: connection failed ({type(exc).__name__})",
+                                 maybe_applied=maybe_sent(exc)) from exc
         if response.status_code >= 400:
             raise error_for(f"{method} {path}", response.status_code, body_of(response.content), response.headers)
         return response

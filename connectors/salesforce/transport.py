@@ -27,6 +27,7 @@ from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSessi
 from connectors.base import Capabilities
 from connectors.errors import (AlreadyExists, AuthFailed, ConfigError, ConnectorError, DryRunRejected, NotFound,
                                RateLimited, Rejected, TransientError, for_status, retry_after_seconds)
+from connectors.http import maybe_sent
 from connectors.salesforce.auth import TokenSource
 from connectors.salesforce.mapping import BASE_SELECT, soql_quote
 from models.config import SalesforceSettings
@@ -111,7 +112,8 @@ class Transport:
             except requests.Timeout as exc:
                 raise TransientError(f"{what}: timed out") from exc
             except requests.ConnectionError as exc:
-                raise TransientError(f"{what}: connection failed ({type(exc).__name__})") from exc
+                raise TransientError(f"{what}: connection failed ({type(exc).__name__})",
+                                     maybe_applied=maybe_sent(exc)) from exc
             except requests.RequestException as exc:
                 raise TransientError(f"{what}: {type(exc).__name__}") from exc
             except ValueError as exc:  # a truncated or non-JSON answer
