@@ -334,8 +334,8 @@ def final_state(result: dict) -> "dict | State":
         detail = f"; first: {first['action']} {first['user']}: {first['error']}" if first else ""
         unknown = o.get("outcome_unknown", 0)
         failed = o["failed"] + unknown
-        what = (f"{o['failed']} failed, {unknown} outcome_unknown (sent, the answer lost, and {name} could not be "
-                f"read to tell; the next run reads it again)" if unknown else "failed")
+        what = (f"not done ({o['failed']} failed, {unknown} outcome_unknown: sent, the answer lost, and {name} could "
+                f"not be read to tell; the next run reads it again)" if unknown else "failed")
         return Failed(message=f"{name}: {failed} of {failed + o['succeeded']} operations {what}{detail}", data=result)
     if status == RunStatus.REJECTED:
         d = result["decision"] or {}

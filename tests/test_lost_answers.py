@@ -179,3 +179,34 @@ def test_a_lost_answer_the_target_cannot_be_read_about_ends_outcome_unknown_and_
         assert plan.injected["lost"] == 2  # nothing but the first two writes lost its answer
         out = cli("reconcile", "--config", str(config))
         assert "nothing to do" in out, out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_event_whose_create_outcome_is_unknown_fails_its_run_and_the_retry_links_the_account(tmp_path, sqlite_url):
+    import asyncio
+
+    from deployments.ingest import accept
+    from deployments.outcomes import stored_outcomes
+    from flows.provision import provision_user
+    from helpers import event
+    from models.config import load_config
+    from models.db import session_scope
+    from models.runstate import get_event
+
+    plan = SickAfterWrite("/Bulk")
+    with ScimSandbox(unique_user_names=False, faults=plan) as scim:
+        config = write_config(tmp_path, scim, attempts=3)
+        accepted = accept(event(username="olive"), load_config(config))
+        state = asyncio.run(provision_user(event_id=accepted.event_id, config_path=str(config), return_state=True))
+        assert state.is_failed() and "outcome_unknown" in state.message, state.message
+        [outcome] = stored_outcomes(accepted.event_id)
+        assert outcome["status"] == "outcome_unknown" and outcome["operation"] == "create"
+        with session_scope() as session:
+            assert get_event(session, accepted.event_id).status == "retrying"  # its lease released, to run again
+        assert len(scim.users()) == 1
+
+        plan.healed = True
+        out = cli("retry", accepted.event_id, "--config", str(config))
+        [outcome] = stored_outcomes(accepted.event_id)
+        assert outcome["status"] == "succeeded" and outcome["operation"] == "link", out
+        assert len(scim.users()) == 1 and plan.injected["lost"] == 1
