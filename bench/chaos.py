@@ -273,7 +273,7 @@ def _events(name: str, config_path: Path, n: int, fig: Figures) -> dict[str, str
 
 
 def _census(cfg_entry: dict, config_path: Path, ids: list[str]) -> tuple[list, int, int, int]:
-    """(our accounts, duplicates, users missing, users whose mapping is not their account), read with no faults."""
+    """(our accounts, duplicates, users missing, users with an account their mapping does not point at)."""
     from sqlmodel import select
 
     from connectors.factory import get_connector
@@ -299,7 +299,7 @@ def _inspect(cfg_entry: dict, config_path: Path, ids: list[str], wanted_names: d
     from models.tables import Event, Operation, OperationAttempt, ReconciliationRun
 
     accounts, fig.duplicates, fig.missing, unmapped = _census(cfg_entry, config_path, ids)
-    fig.bad_mappings = unmapped - fig.missing  # a missing user has no account to map
+    fig.bad_mappings = unmapped
     with session_scope() as session:
         ops = session.exec(select(Operation)).all()
         rows = session.exec(select(OperationAttempt)).all()
@@ -355,7 +355,7 @@ def run_target(kind: str, users: int, rate: float = 0.2, kinds: tuple[str, ...] 
                         accounts, dups, missing, unmapped = _census(entry, config_path, ids)
                     finally:
                         plan.rate, plan.lose_first = rate, lose
-                    return (not dups and not unmapped, f"accounts {len(accounts)}, duplicates {dups}, missing "
+                    return (not dups and not missing and not unmapped, f"accounts {len(accounts)}, duplicates {dups}, missing "
                             f"{missing}, unmapped {unmapped}")
 
                 start = time.perf_counter()

@@ -22,11 +22,14 @@ this module.
 Messages name the field and the target's own detail, never a credential.
 """
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from models.errors import ConfigError, ProvisioningError
 
 __all__ = ["AlreadyExists", "AuthFailed", "ConfigError", "ConnectorError", "DryRunRejected", "NotFound", "OutcomeUnknown",
            "PERMANENT_CODES", "ProvisioningError", "RateLimited", "Rejected", "TransientError", "for_status",
-           "is_permanent", "retry_after_seconds", "token_error"]
+           "is_permanent", "read_applies_nothing", "retry_after_seconds", "token_error"]
 
 
 class ConnectorError(ProvisioningError):
@@ -88,6 +91,18 @@ class DryRunRejected(ConnectorError):
     def __init__(self, method: str, path: str, body: object = None):
         super().__init__(f"dry-run: {method} {path} not sent")
         self.method, self.path, self.body = method, path, body
+
+
+@contextmanager
+def read_applies_nothing(method: str) -> Iterator[None]:
+    """Around one request: a GET that fails transiently applied nothing, so the write it was read for
+    (a capability probe, the read before a PATCH) was never sent."""
+    try:
+        yield
+    except TransientError as exc:
+        if method == "GET":
+            exc.maybe_applied = False
+        raise
 
 
 def retry_after_seconds(value: str | None) -> float | None:

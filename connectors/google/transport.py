@@ -20,7 +20,7 @@ import requests
 
 from connectors.base import Capabilities
 from connectors.errors import (AuthFailed, ConnectorError, DryRunRejected, TransientError, for_status,
-                               retry_after_seconds, token_error)
+                               read_applies_nothing, retry_after_seconds, token_error)
 from connectors.http import maybe_sent
 from models.config import GoogleSettings
 
@@ -108,10 +108,14 @@ class Transport:
 
     # --- the one choke point -------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
-                 data: bytes | None = None, headers: dict | None = None, cost: int = 1) -> requests.Response:
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         """Send one call (path relative to the Directory API, or absolute from '/'). On a dry run
         anything but a GET raises DryRunRejected instead of being sent."""
+        with read_applies_nothing(method):
+            return self._send(method, path, **kwargs)
+
+    def _send(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
+              data: bytes | None = None, headers: dict | None = None, cost: int = 1) -> requests.Response:
         if self.dry_run and method != "GET":
             raise DryRunRejected(method, path, _without_password(json_body, data))
         url = f"{self.base_url}{path if path.startswith('/') else API_PATH + path}"

@@ -9,7 +9,7 @@ import requests
 
 from connectors.base import Capabilities
 from connectors.errors import (DryRunRejected, NotFound, OutcomeUnknown, Rejected, TransientError, for_status,
-                               retry_after_seconds)
+                               read_applies_nothing, retry_after_seconds)
 from connectors.http import maybe_sent
 from models.config import Scim2Settings
 
@@ -43,10 +43,15 @@ class Transport:
     # --- the one choke point -------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
-                 _refreshed: bool = False, cut_off_unknown: bool = False) -> requests.Response:
+                 cut_off_unknown: bool = False) -> requests.Response:
         """Send one request; HTTP errors become the shared error tree. With `cut_off_unknown`, a request
         that may have reached the server before the connection failed raises OutcomeUnknown. On a dry
         run anything but a GET raises DryRunRejected instead of being sent."""
+        with read_applies_nothing(method):
+            return self._send(method, path, json_body=json_body, params=params, cut_off_unknown=cut_off_unknown)
+
+    def _send(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
+              _refreshed: bool = False, cut_off_unknown: bool = False) -> requests.Response:
         if self.dry_run and method != "GET":
             raise DryRunRejected(method, path, json_body)
         url = path if path.startswith("http") else f"{self.base_url}{path}"
@@ -66,8 +71,8 @@ class Transport:
             raise TransientError(f"{method} {path}: {what}", maybe_applied=sent) from exc
         if response.status_code == 401 and not _refreshed and hasattr(self.session.auth, "refresh"):
             self.session.auth.refresh()  # one token refresh, then it is an auth failure
-            return self._request(method, path, json_body=json_body, params=params, _refreshed=True,
-                                 cut_off_unknown=cut_off_unknown)
+            return self._send(method, path, json_body=json_body, params=params, _refreshed=True,
+                              cut_off_unknown=cut_off_unknown)
         if response.status_code >= 400:
             try:
                 body = response.json()
