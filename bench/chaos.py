@@ -202,7 +202,7 @@ class Figures:
                 f"left running {self.running}, events lost {self.events_lost}"]
 
 
-def _config_file(tmp: Path, entry: dict, attempts: int, timeout: float) -> Path:
+def _config_file(tmp: Path, entry: dict, attempts: int, timeout: float, concurrency: int | None = None) -> Path:
     path = tmp / f"chaos-{entry['name']}.yaml"
     # A dropped connection over TLS (the Salesforce sandbox) is noticed only when the read times out.
     entry = {**entry, entry["type"]: {**entry[entry["type"]], "timeout": timeout}}
@@ -210,7 +210,8 @@ def _config_file(tmp: Path, entry: dict, attempts: int, timeout: float) -> Path:
                                 "retry": {"attempts": attempts, "base_delay": 0.05, "max_delay": 1.0, "jitter": 0.5},
                                 # 20% random faults are noise, not an unhealthy target: the quarantine
                                 # (tests/test_quarantine.py) must not trip on a few failures in a row here.
-                                "connectors": [{**entry, "max_deletions": 0, "quarantine_after": 1000}]}))
+                                "connectors": [{**entry, "max_deletions": 0, "quarantine_after": 1000,
+                                                **({"max_concurrency": concurrency} if concurrency else {})}]}))
     return path
 
 
@@ -330,8 +331,12 @@ def _inspect(cfg_entry: dict, config_path: Path, ids: list[str], wanted_names: d
 def run_target(kind: str, users: int, rate: float = 0.2, kinds: tuple[str, ...] = ("5xx", "429", "drop", "lost"),
                chunk: int = 50, events: int = 0, seed: int = 7, attempts: int = 6, max_rounds: int = 8,
                timeout: float = 5.0, workdir: Path | None = None, lose_first: int = 2,
-               max_per_request: int = 2) -> Figures:
-    """Run the chaos scenario against one target in a fresh SQLite store (a Prefect API must be up)."""
+               max_per_request: int = 2, concurrency: int | None = None) -> Figures:
+    """Run the chaos scenario against one target in a fresh SQLite store (a Prefect API must be up).
+
+    `concurrency=1` sends one request at a time (one chunk, one call of a batch), so the requests come
+    in the same order every run and, with faults drawn per request, the same ones fail.
+    """
     from models.db import dispose_all
 
     name = {"scim2": "chaos-scim", "google": "chaos-google", "salesforce": "chaos-sf"}[kind]
@@ -345,7 +350,7 @@ def run_target(kind: str, users: int, rate: float = 0.2, kinds: tuple[str, ...] 
             with sandbox_for(kind, plan, name) as (box, entry):
                 tap = _Tap(box.faults)
                 box.faults = tap
-                config_path = _config_file(Path(tmp), entry, attempts, timeout)
+                config_path = _config_file(Path(tmp), entry, attempts, timeout, concurrency)
                 ids = _add_users(users)
 
                 def census() -> tuple[bool, str]:  # between runs, with the faults off

@@ -105,12 +105,14 @@ class FaultInjector:
 
 def _request_key(environ) -> str:
     """The query and a digest of the body (read here, then handed on to the app unchanged), without what
-    differs between two sendings of the same request: a multipart boundary, a sign-in's signed timestamp."""
+    differs between two sendings of the same request: a multipart boundary, a generated password, a
+    sign-in's signed timestamp."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body = environ["wsgi.input"].read(length) if length > 0 else b""
     environ["wsgi.input"] = io.BytesIO(body)
     boundary = re.search(r"boundary=([^;\s]+)", environ.get("CONTENT_TYPE", ""))
     same = body.replace(boundary.group(1).encode(), b"") if boundary else body
+    same = re.sub(rb'"password": ?"[^"]*"', b"", same)
     if "token" in environ.get("PATH_INFO", ""):
         same = b""
     return f"{environ.get('QUERY_STRING', '')}|{hashlib.sha256(same).hexdigest()[:16]}"

@@ -4,8 +4,11 @@ The small run of `bench/chaos.py`: faults on every kind of request (listings, lo
 token endpoint, batch writes) and the answers to the first two batch writes lost, against a SCIM
 server that keeps no userName unique (a write resent blind makes a second account) and the Google
 and Salesforce sandboxes. Users provisioned exactly once within two reconcile runs, every try
-recorded, nothing left running, no event lost. The fault schedule is drawn per request from the
-seed, and one identical request fails at most twice, so the run does not depend on thread order.
+recorded, nothing left running, no event lost. Faults are drawn per request from the seed, one
+request at a time (one chunk, one call of a batch), and one identical request fails at most twice
+while the policy allows 6 tries: whatever the draw, every read that settles a lost answer gets
+through within the run, so what is asserted holds on every run. (The counts printed vary a little:
+the ids the sandboxes generate are part of the requests that name an account.)
 The 1,000-user run is `.venv/bin/python bench/chaos.py --users 1000`.
 """
 
@@ -30,7 +33,7 @@ _spec.loader.exec_module(chaos)
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("target", chaos.TARGETS)
 def test_faults_on_every_request_and_lost_answers_every_user_once_within_two_runs(target, tmp_path):
-    fig = chaos.run_target(target, users=60, rate=0.2, chunk=5, events=2, seed=11, workdir=tmp_path)
+    fig = chaos.run_target(target, users=60, rate=0.2, chunk=5, events=2, seed=11, workdir=tmp_path, concurrency=1)
     print("\n".join(fig.lines()))
     assert fig.check() == [], fig.lines()  # duplicates, missing, running, events lost: 0; tries >= write faults
     assert 0 < fig.settled_after <= 2, fig.lines()  # the first run may leave outcomes unknown; the second links them
