@@ -47,8 +47,8 @@ def main() -> None:
              "google": (lambda: GoogleSandbox(faults=lost("/batch")), targets.google_config),
              "salesforce": (lambda: SalesforceSandbox(query_batch_size=2000, faults=lost("/composite/sobjects")),
                             targets.salesforce_config)}
-    print(f"{'target':<11} {'mode':<6} {'succeeded':>9} {'failed':>6} {'accounts':>8} {'duplicates':>10} "
-          f"{'lost answers':>12}")
+    print(f"{'target':<11} {'mode':<6} {'succeeded':>9} {'failed':>6} {'unknown':>7} {'accounts':>8} "
+          f"{'duplicates':>10} {'lost answers':>12}")
     for kind, (start, config_of) in kinds.items():
         with start() as sandbox:
             cfg = config_of(sandbox)
@@ -64,7 +64,7 @@ def main() -> None:
             ours = [a for a in connector.iter_users() if (a.external_id or "").startswith("local-")]
             dups = len(ours) - args.users if kind == "scim2" else sandbox.duplicate_creates
             print(f"{kind:<11} {'blind' if args.blind else 'look':<6} {counts.succeeded:>9} {counts.failed:>6} "
-                  f"{len(ours):>8} {dups:>10} {sandbox.faults.plan.injected.get('lost', 0):>12}")
+                  f"{counts.outcome_unknown:>7} {len(ours):>8} {dups:>10} {sandbox.faults.plan.injected.get('lost', 0):>12}")
 
 
 if __name__ == "__main__":

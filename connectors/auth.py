@@ -42,7 +42,7 @@ class ClientCredentials(AuthBase):
         try:
             response = self._session.post(self.token_url, data=data, auth=(self.client_id, self._secret))
         except requests.RequestException as exc:
-            raise TransientError(f"token endpoint {self.token_url}: {type(exc).__name__}") from None
+            raise TransientError(f"token endpoint {self.token_url}: {type(exc).__name__}", maybe_applied=False) from None
         if response.status_code != 200:
             raise token_error(response.status_code, f"token endpoint {self.token_url}: HTTP {response.status_code}",
                               retry_after=retry_after_seconds(response.headers.get("Retry-After")))

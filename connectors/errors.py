@@ -1,10 +1,13 @@
 """The connector part of the error tree: what every connector translates its failures into, at its edge.
 
     ConnectorError           a remote call failed (a ProvisioningError: models/errors.py draws the whole tree)
-    ├── TransientError       worth retrying later (5xx, timeouts, dropped connections)
+    ├── TransientError       worth retrying later (5xx, timeouts, dropped connections);
+    │   │                    `maybe_applied`: a write may have taken effect (False when it was
+    │   │                    refused before any work: the connection refused, the token endpoint)
     │   ├── RateLimited      the target asked us to slow down (429, quota); `retry_after` seconds
     │   └── OutcomeUnknown   sent, but no answer says whether it applied (a bulk operation the
-    │                        response leaves out, a bulk request cut off): look before resending
+    │                        response leaves out, a bulk request cut off, and the target could
+    │                        not be read to tell): never resent until a read shows it absent
     ├── NotFound             the account is not there: re-create or treat as gone
     ├── AlreadyExists        a uniqueness conflict: find the account and adopt it
     ├── Rejected             the target refused the request (bad field): record, do not retry
@@ -19,11 +22,14 @@ this module.
 Messages name the field and the target's own detail, never a credential.
 """
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from models.errors import ConfigError, ProvisioningError
 
 __all__ = ["AlreadyExists", "AuthFailed", "ConfigError", "ConnectorError", "DryRunRejected", "NotFound", "OutcomeUnknown",
            "PERMANENT_CODES", "ProvisioningError", "RateLimited", "Rejected", "TransientError", "for_status",
-           "is_permanent", "retry_after_seconds", "token_error"]
+           "is_permanent", "read_applies_nothing", "retry_after_seconds", "token_error"]
 
 
 class ConnectorError(ProvisioningError):
@@ -37,14 +43,18 @@ class ConnectorError(ProvisioningError):
 
 class TransientError(ConnectorError):
     code = "transient"
+    maybe_applied = True  # a 5xx or a lost answer says nothing about whether a write took effect
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+    def __init__(self, message: str, *, retry_after: float | None = None, maybe_applied: bool | None = None, **kw):
         super().__init__(message, **kw)
         self.retry_after = retry_after
+        if maybe_applied is not None:
+            self.maybe_applied = maybe_applied
 
 
 class RateLimited(TransientError):
     code = "rate_limited"
+    maybe_applied = False  # a refusal before any work
 
 
 class OutcomeUnknown(TransientError):
@@ -81,6 +91,18 @@ class DryRunRejected(ConnectorError):
     def __init__(self, method: str, path: str, body: object = None):
         super().__init__(f"dry-run: {method} {path} not sent")
         self.method, self.path, self.body = method, path, body
+
+
+@contextmanager
+def read_applies_nothing(method: str) -> Iterator[None]:
+    """Around one request: a GET that fails transiently applied nothing, so the write it was read for
+    (a capability probe, the read before a PATCH) was never sent."""
+    try:
+        yield
+    except TransientError as exc:
+        if method == "GET":
+            exc.maybe_applied = False
+        raise
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -124,8 +146,8 @@ def token_error(status: int, text: str, *, retry_after: float | None = None) -> 
     """
     if status == 429:
         return RateLimited(text, status=status, retry_after=retry_after)
-    if status >= 500 or status == 408:
-        return TransientError(text, status=status, retry_after=retry_after)
+    if status >= 500 or status == 408:  # no token, so the call it was for was never sent
+        return TransientError(text, status=status, retry_after=retry_after, maybe_applied=False)
     return AuthFailed(text, status=status)
 
 

@@ -1,6 +1,7 @@
 """The requests.Session a connector is handed: pooled connections, TLS trust, a timeout."""
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from models.config import HttpSettings
@@ -33,3 +34,13 @@ def build_session(settings: HttpSettings, pool_size: int = 16) -> requests.Sessi
     elif not settings.verify_tls:
         session.verify = False
     return session
+
+
+def maybe_sent(exc: Exception) -> bool:
+    """Whether a failed request may have reached the server (not refused, not a connect timeout)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return not isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
+    return True

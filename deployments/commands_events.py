@@ -10,7 +10,7 @@ import typer
 from deployments.console import (ConfigOption, action_name, connector_types, fail, prefect_ready, prefect_soon,
                                  quiet_prefect, read_config)
 from deployments.outcomes import stored_outcomes
-from models.kinds import Action, EventStatus, OperationStatus
+from models.kinds import NOT_DONE, Action, EventStatus
 
 app = typer.Typer()
 GROUP_OPERATIONS = (Action.GROUP_CREATE, Action.MEMBER_ADD, Action.MEMBER_REMOVE)
@@ -66,7 +66,7 @@ def event(file: str = typer.Argument(..., help="Event JSON file, or - for standa
         prefect_ready()
         outcomes = run_flow(accepted.event_id, config)
     print_outcomes(outcomes)
-    raise typer.Exit(1 if any(o["status"] == OperationStatus.FAILED for o in outcomes) else 0)
+    raise typer.Exit(1 if any(o["status"] in NOT_DONE for o in outcomes) else 0)
 
 
 @app.command()
@@ -86,11 +86,11 @@ def retry(event_id: str = typer.Argument(..., help="The event's id."),
     prefect_ready()
     outcomes = run_flow(event_id, config)
     print_outcomes(outcomes)
-    raise typer.Exit(1 if any(o["status"] == OperationStatus.FAILED for o in outcomes) else 0)
+    raise typer.Exit(1 if any(o["status"] in NOT_DONE for o in outcomes) else 0)
 
 
 @app.command()
-def runs(status: Optional[str] = typer.Option(None, help="Only operations with this status (e.g. failed)."),
+def runs(status: Optional[str] = typer.Option(None, help="Only operations with this status (e.g. failed, outcome_unknown)."),
          connector: Optional[str] = typer.Option(None, help="Only this connector."),
          limit: int = typer.Option(50, help="How many, newest first."),
          as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),

@@ -133,10 +133,11 @@ def _print_result(result: dict, connector_type: Optional[str] = None) -> None:
                    f"(outbound reconcile --connector {name} --dry-run --report plan.csv), then run again with "
                    f"--yes to apply it", err=True)
     else:
+        unknown = f", outcome_unknown {o['outcome_unknown']}" if o.get("outcome_unknown") else ""
         typer.echo(f"{name}: {result['status']}: succeeded {o['succeeded']}, failed {o['failed']}, "
-                   f"skipped {o['skipped']}")
+                   f"skipped {o['skipped']}{unknown}")
     for f in result.get("failures", [])[:20]:
-        typer.echo(f"  failed {action_name(f['action'], connector_type)} {f['user']}: {f['error']}")
+        typer.echo(f"  {f.get('status', 'failed')} {action_name(f['action'], connector_type)} {f['user']}: {f['error']}")
     for path in result.get("reports") or ():
         typer.echo(f"{name}: plan rows written to {path}")
 
@@ -196,4 +197,4 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
         raise typer.Exit(3)
     if any(r["status"] == RunStatus.BUSY for r in results):
         raise typer.Exit(4)
-    raise typer.Exit(1 if any(r["outcomes"]["failed"] for r in results) else 0)
+    raise typer.Exit(1 if any(r["outcomes"]["failed"] or r["outcomes"].get("outcome_unknown") for r in results) else 0)

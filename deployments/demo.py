@@ -48,14 +48,14 @@ def _drain(config_path: str) -> tuple[int, float]:
 
 def summary(database: str) -> list[dict]:
     from models.db import session_scope
-    from models.kinds import Action, OperationStatus
+    from models.kinds import NOT_DONE, Action
     from models.runstate import operations_but_verifications
 
     counts: dict[str, Counter] = {}
     with session_scope(database) as session:
         for op in operations_but_verifications(session):
             c = counts.setdefault(op.connector, Counter())
-            if op.status == OperationStatus.FAILED:
+            if op.status in NOT_DONE:
                 c["failed"] += 1
             elif op.operation in (Action.CREATE, Action.RELINK):
                 c["created"] += 1

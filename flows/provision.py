@@ -21,7 +21,7 @@ from flows.crashed import expired, mark_crashed
 from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
 from models.db import session_scope
-from models.kinds import Action, EventStatus, Intent, OperationStatus
+from models.kinds import NOT_DONE, Action, EventStatus, Intent, OperationStatus
 from models.outbox import UNFINISHED, Batch, claim, finish, leases_kept, release_or_defer, retry_now
 from models.runstate import get_event
 from tasks.desired import generate_username, resolve_policy
@@ -177,8 +177,9 @@ def _record_failures(outcomes: list[Outcome], batch: Batch, run_id: str) -> None
 
 
 def event_status(outcomes: list[Outcome]) -> tuple[EventStatus, Optional[str]]:
-    """A user's events' status from its outcomes: succeeded; failed (a target refused it); or retrying."""
-    failed = [o for o in outcomes if o.status == OperationStatus.FAILED]
+    """A user's events' status from its outcomes: succeeded; failed (a target refused it); or retrying (also
+    when a write's outcome is unknown: the retry's plan reads the target and links what the write made)."""
+    failed = [o for o in outcomes if o.status in NOT_DONE]
     if not failed:
         return EventStatus.SUCCEEDED, None
     error = "; ".join(f"{o.connector}: {o.error}" for o in failed)

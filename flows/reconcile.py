@@ -234,7 +234,7 @@ async def run_connector(config: Config, connector: str, dry_run: bool = False, y
         logger.warning("connector=%s status=busy %s", cfg.name, message)
         return {"connector": cfg.name, "run_id": None, "dry_run": dry_run, "status": RunStatus.BUSY, "message": message,
                 "summary": f"{cfg.name}: not reconciled", "counts": {}, "deletions": 0, "threshold": None,
-                "outcomes": {"succeeded": 0, "failed": 0, "skipped": 0}, "failures": []}
+                "outcomes": Counts().as_dict(), "failures": []}
 
 
 async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, report: Optional[str],
@@ -288,13 +288,13 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
             finish_run(run_id, status, counts, {}, message)
             _summary_artifact(plan, status, Counts(skipped=len(plan.rows) + len(plan.group_rows)), dry_run, decision)
             await _label_run("rejected" if status == RunStatus.REJECTED else "stopped by guard")
-            return {**result, "status": status, "outcomes": {"succeeded": 0, "failed": 0, "skipped": 0},
+            return {**result, "status": status, "outcomes": Counts().as_dict(),
                     "message": message, "failures": []}
         await _label_run("approved" if decision["decision"] == APPROVED else "forced with --yes")
 
     outcome = _apply(plan, config, run_id, dry_run, chunk_size)
-    status = (RunStatus.FAILED if outcome.failed and not outcome.succeeded else RunStatus.PARTIAL if outcome.failed
-              else RunStatus.SUCCEEDED)
+    status = (RunStatus.FAILED if outcome.not_done and not outcome.succeeded else RunStatus.PARTIAL
+              if outcome.not_done else RunStatus.SUCCEEDED)
     finish_run(run_id, status, counts, outcome.as_dict())
     _summary_artifact(plan, status, outcome, dry_run, decision)
     if dry_run:
@@ -332,8 +332,11 @@ def final_state(result: dict) -> "dict | State":
         o = result["outcomes"]
         first = result["failures"][0] if result.get("failures") else None
         detail = f"; first: {first['action']} {first['user']}: {first['error']}" if first else ""
-        return Failed(message=f"{name}: {o['failed']} of {o['failed'] + o['succeeded']} operations failed{detail}",
-                      data=result)
+        unknown = o.get("outcome_unknown", 0)
+        failed = o["failed"] + unknown
+        what = (f"not done ({o['failed']} failed, {unknown} outcome_unknown: sent, the answer lost, and {name} could "
+                f"not be read to tell; the next run reads it again)" if unknown else "failed")
+        return Failed(message=f"{name}: {failed} of {failed + o['succeeded']} operations {what}{detail}", data=result)
     if status == RunStatus.REJECTED:
         d = result["decision"] or {}
         return Cancelled(message=f"rejected by {d.get('by') or '?'}: {d.get('comment') or 'no comment'}", data=result)

@@ -60,6 +60,13 @@ class OperationStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     ABANDONED = "abandoned"  # its process died before it finished
+    # Sent, its answer lost, and the target could not be read to tell whether it applied: never
+    # resent blind; the next drain or reconciliation reads the target and links what it finds.
+    OUTCOME_UNKNOWN = "outcome_unknown"
+
+
+# How an operation ends when it leaves work for a later run: refused or failed, or not known to have applied.
+NOT_DONE = frozenset({OperationStatus.FAILED, OperationStatus.OUTCOME_UNKNOWN})
 
 
 class RunStatus(StrEnum):

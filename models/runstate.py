@@ -9,11 +9,12 @@ from sqlalchemy import MetaData, Table, delete, func, inspect, insert, update
 from sqlmodel import Session, select
 
 from models.db import session_scope
-from models.kinds import Intent, OperationStatus, RunStatus
+from models.kinds import NOT_DONE, Intent, OperationStatus, RunStatus
 from models.outbox import UNFINISHED
 from models.tables import Event, Mapping, Operation, OperationAttempt, ReconciliationRun, utcnow
 
-FINAL = (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.SKIPPED, OperationStatus.ABANDONED)
+FINAL = (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.SKIPPED, OperationStatus.ABANDONED,
+         OperationStatus.OUTCOME_UNKNOWN)
 
 
 def pushed_hash(values: dict[str, Any]) -> str:
@@ -162,9 +163,9 @@ def recent_flow_runs(session: Session, connector: str, user_id: str, scan: int =
 
 
 def failures_by_connector(session: Session, since: datetime) -> dict[str, int]:
-    """Connector -> operations failed since `since`."""
+    """Connector -> operations failed (or whose outcome is unknown) since `since`."""
     return dict(session.exec(select(Operation.connector, func.count()).where(
-        Operation.status == OperationStatus.FAILED, Operation.started_at >= since).group_by(Operation.connector)).all())
+        Operation.status.in_(NOT_DONE), Operation.started_at >= since).group_by(Operation.connector)).all())
 
 
 # --- reconciliation runs -------------------------------------------------------------------

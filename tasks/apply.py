@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from connectors.base import Account, BatchOp, RemoteGroup
 from connectors.errors import AlreadyExists, ConnectorError, DryRunRejected
-from connectors.outcome import group_created, unless_applied
+from connectors.outcome import group_created, outcome_unknown, unless_applied
 from models.config import ConnectorConfig, RetryPolicy
 from models.db import session_scope
 from models.kinds import Action, Intent, OperationStatus
@@ -33,6 +33,7 @@ DEFAULT_CHUNK = 500
 # The members, bound once: the per-row loop compares against these, not `Action.X`.
 CREATE, UPDATE, LINK, NONE, DELETE = Action.CREATE, Action.UPDATE, Action.LINK, Action.NONE, Action.DELETE
 SUCCEEDED, FAILED, SKIPPED = OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.SKIPPED
+UNKNOWN = OperationStatus.OUTCOME_UNKNOWN
 PROVISION, SKIP = Intent.PROVISION, Intent.SKIP
 MAPPED = (CREATE, Action.RELINK, LINK)  # successes that write a mapping
 UNMAPPED = (DELETE,)  # successes that remove one (by remote id)
@@ -46,6 +47,7 @@ class Counts:
     succeeded: int = 0
     failed: int = 0
     skipped: int = 0
+    outcome_unknown: int = 0  # sent, the answer lost, and the target could not be read to tell
     failures: list[dict] = field(default_factory=list)
     # The operation rows written, kept only for an event batch (its per-user outcomes); a full
     # reconciliation of a million users does not hold them in memory.
@@ -55,11 +57,18 @@ class Counts:
         self.succeeded += other.succeeded
         self.failed += other.failed
         self.skipped += other.skipped
+        self.outcome_unknown += other.outcome_unknown
         self.failures.extend(other.failures)
         self.operations.extend(other.operations)
 
+    @property
+    def not_done(self) -> int:
+        """Operations that leave work for a later run: failed, or not known to have applied."""
+        return self.failed + self.outcome_unknown
+
     def as_dict(self) -> dict[str, int]:
-        return {"succeeded": self.succeeded, "failed": self.failed, "skipped": self.skipped}
+        return {"succeeded": self.succeeded, "failed": self.failed, "skipped": self.skipped,
+                "outcome_unknown": self.outcome_unknown}
 
 
 def _batch_op(row: dict, accounts: dict[str, Account]) -> Optional[BatchOp]:
@@ -104,6 +113,11 @@ def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple
                         "error_message": message, "flow_run_id": op["flow_run_id"], "started_at": started,
                         "finished_at": finished})
     return out
+
+
+def _failed_status(error: BaseException) -> str:
+    """FAILED, or OUTCOME_UNKNOWN for a write that may have applied with no read able to tell."""
+    return UNKNOWN if outcome_unknown(error) else FAILED
 
 
 def _would_apply(result: Any) -> Any:
@@ -191,9 +205,10 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
             if adopted is not None:
                 result, action = adopted, LINK
         if isinstance(result, BaseException):
-            status = FAILED
-            counts.failed += 1
-            counts.failures.append({"action": action, "user": row["entity_name"], "error": str(result)})
+            status = _failed_status(result)
+            setattr(counts, status, getattr(counts, status) + 1)
+            counts.failures.append({"action": action, "user": row["entity_name"], "error": str(result),
+                                    "status": status})
         elif kind == NONE and action != LINK:
             status = SKIPPED
             counts.skipped += 1
@@ -257,8 +272,8 @@ def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Accou
     connector = health.guarded(get_connector(cfg, dry_run=dry_run), cfg)
     counts = apply_rows(rows, accounts, cfg, connector, run_id=run_id, policy=policy, dry_run=dry_run,
                         flow_run_id=str(flow_run.id) if flow_run.id else None, events=events)
-    log.info("connector=%s rows=%d-%d succeeded=%d failed=%d skipped=%d", connector_name, first, last,
-             counts.succeeded, counts.failed, counts.skipped)
+    log.info("connector=%s rows=%d-%d succeeded=%d failed=%d skipped=%d outcome_unknown=%d", connector_name, first,
+             last, counts.succeeded, counts.failed, counts.skipped, counts.outcome_unknown)
     return counts
 
 
@@ -346,7 +361,8 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
         status = SUCCEEDED if status == FAILED and error is None else status
         setattr(counts, status, getattr(counts, status) + 1)
         if error is not None:
-            counts.failures.append({"action": row["action"], "user": row["entity_name"], "error": str(error)})
+            counts.failures.append({"action": row["action"], "user": row["entity_name"], "error": str(error),
+                                    "status": status})
         op_rows.append({
             "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "group",
             "entity_id": group_id or row["group"], "entity_name": row["entity_name"],
@@ -376,8 +392,8 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
                 group_remote_id = created.id
             except ConnectorError as exc:  # on a dry run, DryRunRejected: its member rows are not sent either
                 failed = exc
-            outcome(row, FAILED if failed else SUCCEEDED, group_remote_id, group_id, started, failed, reason=reason,
-                    tries=tries, member=in_group)
+            outcome(row, _failed_status(failed) if failed else SUCCEEDED, group_remote_id, group_id, started, failed,
+                    reason=reason, tries=tries, member=in_group)
         if group_remote_id and group_id and not dry_run:
             group_maps.append((group_id, group_remote_id, name))
         members = _group_member_ids(cfg, group_rows)
@@ -390,16 +406,16 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
                     todo.remove(row)
             if not todo:
                 continue
-            started, error, tries = utcnow(), failed, 1
+            started, error, tries, status = utcnow(), failed, 1, FAILED  # not sent after a failed group create
             if error is None:
                 ids = [r["remote_id"] or members[r["local_id"]] for r in todo]
                 try:
                     _, tries = retry.run(lambda: call(group_remote_id, ids), policy, look=lambda: _members_in_effect(
                         connector, group_remote_id, ids, present=action == Action.MEMBER_ADD))
                 except ConnectorError as exc:
-                    error = exc
+                    error, status = exc, _failed_status(exc)
             for row in todo:
-                outcome(row, FAILED if error else SUCCEEDED, group_remote_id, group_id, started, error,
+                outcome(row, status if error else SUCCEEDED, group_remote_id, group_id, started, error,
                         tries=tries)
     if dry_run:
         return counts
@@ -426,6 +442,6 @@ def apply_groups(connector_name: str, rows: list[dict], cfg: ConnectorConfig, ru
     counts = apply_group_rows(rows, cfg, get_connector(cfg, dry_run=dry_run), run_id=run_id, dry_run=dry_run,
                               flow_run_id=str(flow_run.id) if flow_run.id else None, events=events,
                               policy=policy)
-    log.info("connector=%s groups rows=%d succeeded=%d failed=%d skipped=%d", connector_name, len(rows),
-             counts.succeeded, counts.failed, counts.skipped)
+    log.info("connector=%s groups rows=%d succeeded=%d failed=%d skipped=%d outcome_unknown=%d", connector_name,
+             len(rows), counts.succeeded, counts.failed, counts.skipped, counts.outcome_unknown)
     return counts

@@ -45,6 +45,7 @@ class Quarantined(TransientError):
     """The connector is quarantined: no request is sent until its back-off has passed."""
 
     code = "quarantined"
+    maybe_applied = False  # refused at the gate: nothing was sent
 
 
 def _guarded() -> dict[str, Optional[str]]:

@@ -19,7 +19,7 @@ from connectors.errors import AuthFailed, ProvisioningError
 from connectors.factory import evict, get_connector
 from models.config import Config
 from models.db import session_scope
-from models.kinds import Action, Intent, OperationStatus
+from models.kinds import NOT_DONE, Action, Intent, OperationStatus
 from models.locks import LockTimeout
 from models.runstate import record_attempts, record_operations, unlink_users
 from models.tables import utcnow
@@ -28,7 +28,6 @@ from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operat
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
 
-FAILED = OperationStatus.FAILED
 
 log = logging.getLogger("outbound.provision")
 LOGGED_OUTCOMES = 50  # outcome lines per connector and batch; the rest are in the run's artifact
@@ -134,17 +133,17 @@ def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
         have = out.get(user)
         mine = Outcome(op["connector"], op["action"], op["operation"] or Action.NONE, op["status"], op["reason"] or "",
                        op["remote_id"], op["remote_name"], error, user, op["entity_name"], op["error_code"])
-        if have is None or (mine.status == FAILED and have.status != FAILED) or have.status == OperationStatus.SKIPPED:
+        if have is None or (mine.status in NOT_DONE and have.status not in NOT_DONE) or have.status == OperationStatus.SKIPPED:
             out[user] = mine
     for op in operations:  # after every account's row, whatever order the rows came in
-        if op["entity_type"] != "group" or op["status"] != FAILED:
+        if op["entity_type"] != "group" or op["status"] not in NOT_DONE:
             continue
         member = op.get("_member")
         users = (member or tuple(out)) if isinstance(member, tuple) else (member,) if member else ()
         for user in users:
             have = out.get(user)
-            if have is not None and have.status != FAILED:
-                out[user] = Outcome(**{**have.__dict__, "status": FAILED, "code": op["error_code"],
+            if have is not None and have.status not in NOT_DONE:
+                out[user] = Outcome(**{**have.__dict__, "status": op["status"], "code": op["error_code"],
                                        "error": f"{op['operation']} {op['remote_name']}: {op['error_code']}: "
                                                 f"{op['error_message']}"})
     return out
@@ -212,7 +211,7 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
     """A keyed table artifact of the batch's outcomes on this connector, and Prefect events of its changes.
 
     A change of one user is an event about that user: `outbound.account.created|updated|disabled|
-    deleted|failed`, resource `outbound.user.<user@STORE>`, related to the connector, the flow run and
+    deleted|failed|outcome_unknown`, resource `outbound.user.<user@STORE>`, related to the connector, the flow run and
     its outbox events. When a batch changed several users the same way, one event per kind (per
     `EVENT_USERS` users) tells them all: its resource is the connector and each user is a related
     resource (role `user`), so a user's history across runs is still one filter in the Event Feed
@@ -235,7 +234,7 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
             return
         by_kind: dict[str, list[Outcome]] = {}
         for o in outcomes:
-            kind = "failed" if o.status == FAILED else HISTORY.get(o.operation)
+            kind = o.status if o.status in NOT_DONE else HISTORY.get(o.operation)  # failed | outcome_unknown
             if kind is not None:
                 by_kind.setdefault(kind, []).append(o)
         base = [{"prefect.resource.id": f"outbound.connector.{connector}", "prefect.resource.role": "connector"},

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from connectors.errors import ConnectorError, TransientError
-from connectors.outcome import known_not_applied
+from connectors.errors import TransientError
+from connectors.outcome import known_not_applied, settle
 from models.config import RetryPolicy
 from models.locks import LockTimeout
 from models.tables import utcnow
@@ -21,7 +21,8 @@ from models.tables import utcnow
 log = logging.getLogger("outbound.retry")
 
 Sleep = Callable[[float], None]
-# (items, results, indexes about to be resent) -> the indexes still to send; fills in `results` for the others
+# (items, results, indexes about to be resent) -> the indexes known not applied, to send again; fills in
+# `results` for the others: the result of one found applied, an OutcomeUnknown for one that could not be read
 Look = Callable[[list, list, list[int]], list[int]]
 
 
@@ -57,25 +58,32 @@ def run_batch(send: Callable[[list], list[Any]], items: list, policy: RetryPolic
     """Send `items`; re-send only those that failed with a `retry_on` error, by the policy. Return results and every try.
 
     `send(items)` returns one result per item, an exception standing for that item's failure.
-    Before each resend `look` reads the target: a write whose answer was lost may have applied.
+    Before each resend `look` reads the target: a write whose answer was lost may have applied, and
+    only the writes it shows absent (or that were refused before any work) are sent again. One it
+    cannot read is read again after the next back-off, the same schedule as a resend; after the last
+    send the answers still lost get one more back-off and read. What no read could settle stays an
+    OutcomeUnknown.
     """
     logger = logger or log
     started = utcnow()
     results = list(send(list(items)))
     finished = utcnow()
     tries = Tries([[(started, finished, _error(r))] for r in results])
-    for round_ in range(1, policy.attempts):
+    for round_ in range(1, policy.attempts + (look is not None)):
         again = [i for i, r in enumerate(results) if isinstance(r, retry_on)]
+        last = round_ == policy.attempts  # the tries are spent: read what is unknown, send nothing
+        if last:
+            again = [i for i in again if not known_not_applied(results[i])]
         if not again:
             break
         wait = backoff(policy, round_, [results[i] for i in again])
-        logger.info("%sretrying=%d attempt=%d wait=%.2fs first_error=%s", f"{label} " if label else "", len(again),
-                    tries.count(again[0]) + 1, wait, results[again[0]])
+        logger.info("%s%s=%d attempt=%d wait=%.2fs first_error=%s", f"{label} " if label else "",
+                    "reading" if last else "retrying", len(again), tries.count(again[0]) + 1, wait, results[again[0]])
         sleep(wait)
         started = utcnow()
         if look is not None:
             again = look(items, results, again)
-            if not again:
+            if last or not again:
                 continue
         answers = send([items[i] for i in again])
         finished = utcnow()
@@ -91,7 +99,9 @@ def run(call: Callable[[], Any], policy: RetryPolicy, *, look: Optional[Callable
     """Run `call`, again after each `retry_on` failure by the policy; return (result, tries), or raise the last error.
 
     Before each resend `look` (if given) reads the target: a result other than None means the lost
-    try applied and stands for the call's own. Errors of other kinds are raised at once.
+    try applied and stands for the call's own; None, that it did not (send again). When the target
+    cannot be read the call is not sent again (see run_batch): it raises OutcomeUnknown once the
+    tries are spent. Errors of other kinds are raised at once.
     """
     def send(_: list) -> list[Any]:
         try:
@@ -99,17 +109,12 @@ def run(call: Callable[[], Any], policy: RetryPolicy, *, look: Optional[Callable
         except retry_on as exc:
             return [exc]
 
+    def read() -> tuple[bool, Any]:
+        found = look()
+        return found is not None, found
+
     def looked(_: list, results: list[Any], again: list[int]) -> list[int]:
-        if known_not_applied(results[0]):
-            return again
-        try:
-            found = look()
-        except ConnectorError:
-            found = None
-        if found is None:
-            return again
-        results[0] = found
-        return []
+        return again if settle(results, 0, read) else []
 
     [result], tries = run_batch(send, [None], policy, look=looked if look is not None else None, retry_on=retry_on,
                                 sleep=sleep, label=label, logger=logger)

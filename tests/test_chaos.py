@@ -1,7 +1,15 @@
-"""Faults: every target, 20% of its requests failing (5xx, 429 + Retry-After, dropped connections).
+"""Faults: every target, 20% of its requests failing (5xx, 429 + Retry-After, dropped connections, lost answers).
 
-The small run of `bench/chaos.py`: users provisioned exactly once, every try recorded, nothing left
-running, no event lost. The 1,000-user run is `.venv/bin/python bench/chaos.py --users 1000`.
+The small run of `bench/chaos.py`: faults on every kind of request (listings, lookups, probes, the
+token endpoint, batch writes) and the answers to the first two batch writes lost, against a SCIM
+server that keeps no userName unique (a write resent blind makes a second account) and the Google
+and Salesforce sandboxes. Users provisioned exactly once within two reconcile runs, every try
+recorded, nothing left running, no event lost. Faults are drawn per request from the seed, one
+request at a time (one chunk, one call of a batch), and one identical request fails at most twice
+while the policy allows 6 tries: whatever the draw, every read that settles a lost answer gets
+through within the run, so what is asserted holds on every run. (The counts printed vary a little:
+the ids the sandboxes generate are part of the requests that name an account.)
+The 1,000-user run is `.venv/bin/python bench/chaos.py --users 1000`.
 """
 
 import importlib.util
@@ -24,11 +32,14 @@ _spec.loader.exec_module(chaos)
 
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.parametrize("target", chaos.TARGETS)
-def test_twenty_percent_faults_every_user_once_every_try_recorded(target, tmp_path):
-    fig = chaos.run_target(target, users=60, rate=0.2, chunk=5, events=2, seed=11, workdir=tmp_path)
+def test_faults_on_every_request_and_lost_answers_every_user_once_within_two_runs(target, tmp_path):
+    fig = chaos.run_target(target, users=60, rate=0.2, chunk=5, events=2, seed=11, workdir=tmp_path, concurrency=1)
     print("\n".join(fig.lines()))
     assert fig.check() == [], fig.lines()  # duplicates, missing, running, events lost: 0; tries >= write faults
-    assert sum(fig.faults.values()) > 0
+    assert 0 < fig.settled_after <= 2, fig.lines()  # the first run may leave outcomes unknown; the second links them
+    faulted = {cls for cls, _ in fig.hits}
+    assert {"listing", "lookup", "write"} <= faulted and (target == "scim2" or "token" in faulted), fig.hits
+    assert fig.faults.get("lost", 0) >= 2  # the answers to the first two batch writes, at least
     if fig.write_faults:  # (requests interleave across threads: which ones the seeded faults hit varies)
         assert fig.retries > 0 and fig.transient_tries >= fig.write_faults
 

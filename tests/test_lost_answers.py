@@ -128,3 +128,85 @@ def _sandbox(kind: str):
     from sandbox.salesforce import SalesforceSandbox
 
     return SalesforceSandbox(query_batch_size=500, faults=lost("/composite/sobjects"))
+
+
+class SickAfterWrite(FaultPlan):
+    """The first `writes` writes to `paths` are served and their answers lost; from the first of them on,
+    every read fails with 503 until `healed` (a lost answer and a failed read usually share a cause)."""
+
+    def __init__(self, *paths: str, writes: int = 1):
+        super().__init__(lose_first=writes, lose_paths=paths)
+        self.sick = self.healed = False
+
+    def draw(self, method: str, path: str = "", key: str = "") -> str | None:
+        kind = super().draw(method, path, key)
+        if kind == "lost":
+            self.sick = True
+        elif self.sick and not self.healed and method == "GET":
+            return self._count("5xx")
+        return kind
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_lost_answer_the_target_cannot_be_read_about_ends_outcome_unknown_and_the_next_run_links_it(
+        tmp_path, sqlite_url):
+    import json
+
+    plan = SickAfterWrite("/Bulk", "/Groups", writes=2)  # the bulk of creates, then the group create
+    with ScimSandbox(unique_user_names=False, faults=plan) as scim:
+        config = write_config(tmp_path, scim, extra_connector="    groups: [all-staff]\n", attempts=3)
+        rows = tmp_path / "users.csv"
+        write_csv(rows, "Before", groups="all-staff")
+        cli("import", str(rows), "--config", str(config))
+        first = runner.invoke(app, ["reconcile", "--config", str(config)])
+        assert first.exit_code == 1, first.output
+        assert f"outcome_unknown {USERS + 1}" in first.output, first.output  # the users and the group create
+        assert plan.injected["lost"] == 2 and plan.injected["5xx"] >= 3 * (USERS + 1)  # every read failed
+        users, groups = scim.users(), scim.groups()
+        assert len(users) == USERS and len(groups) == 1  # each write applied once: none was resent blind
+        unknown = [json.loads(line) for line in cli("runs", "--status", "outcome_unknown", "--limit", "1000",
+                                                    "--json", "--config", str(config)).splitlines()]
+        assert len(unknown) == USERS + 1 and {u["error_code"] for u in unknown} == {"outcome_unknown"}
+        assert all("could not be read to tell" in u["error_message"] and u["attempts"] == 1 for u in unknown)
+
+        plan.healed = True
+        second = cli("reconcile", "--config", str(config))  # reads the target: links, never creates again
+        users, groups = scim.users(), scim.groups()
+        assert len(users) == USERS and duplicates(u["externalId"] for u in users) == 0, second
+        assert duplicates(u["userName"] for u in users) == 0
+        assert [g["displayName"] for g in groups] == ["all-staff"]
+        assert {m["value"] for m in groups[0].get("members") or []} == {u["id"] for u in users}
+        assert plan.injected["lost"] == 2  # nothing but the first two writes lost its answer
+        out = cli("reconcile", "--config", str(config))
+        assert "nothing to do" in out, out
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_event_whose_create_outcome_is_unknown_fails_its_run_and_the_retry_links_the_account(tmp_path, sqlite_url):
+    import asyncio
+
+    from deployments.ingest import accept
+    from deployments.outcomes import stored_outcomes
+    from flows.provision import provision_user
+    from helpers import event
+    from models.config import load_config
+    from models.db import session_scope
+    from models.runstate import get_event
+
+    plan = SickAfterWrite("/Bulk")
+    with ScimSandbox(unique_user_names=False, faults=plan) as scim:
+        config = write_config(tmp_path, scim, attempts=3)
+        accepted = accept(event(username="olive"), load_config(config))
+        state = asyncio.run(provision_user(event_id=accepted.event_id, config_path=str(config), return_state=True))
+        assert state.is_failed() and "outcome_unknown" in state.message, state.message
+        [outcome] = stored_outcomes(accepted.event_id)
+        assert outcome["status"] == "outcome_unknown" and outcome["operation"] == "create"
+        with session_scope() as session:
+            assert get_event(session, accepted.event_id).status == "retrying"  # its lease released, to run again
+        assert len(scim.users()) == 1
+
+        plan.healed = True
+        out = cli("retry", accepted.event_id, "--config", str(config))
+        [outcome] = stored_outcomes(accepted.event_id)
+        assert outcome["status"] == "succeeded" and outcome["operation"] == "link", out
+        assert len(scim.users()) == 1 and plan.injected["lost"] == 1

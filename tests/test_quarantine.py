@@ -286,7 +286,8 @@ def test_the_run_says_quarantined_when_the_wait_outlasts_the_retries(tmp_path, s
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_reconciliation_waits_out_the_quarantine_and_its_first_chunk_is_the_probe(tmp_path, sqlite_url):
+def test_a_reconciliation_waits_out_the_quarantine_and_its_first_chunk_is_the_probe(tmp_path, sqlite_url,
+                                                                                      monkeypatch):
     from models.events import EventUser
     from models.identity import upsert_user
 
@@ -300,6 +301,26 @@ def test_a_reconciliation_waits_out_the_quarantine_and_its_first_chunk_is_the_pr
         health.check("app")  # the target failed a moment ago: quarantined for 4 s
         health.record_failure("app", TransientError("POST /Bulk: HTTP 503", status=503), cfg)
         assert health.get("app").state == "open"
+
+        def set_probe_due(seconds: float) -> None:
+            with session_scope() as session:
+                h = session.get(health.ConnectorHealth, "app")
+                h.retry_at = health.utcnow() + timedelta(seconds=seconds)
+                session.add(h)
+
+        # The first chunk meets the quarantine however long the run's start and listing take, and the
+        # probe falls due (in 1 s) only once the gate has refused it: the refused try and the probe are both seen.
+        set_probe_due(600)
+        real_check = health.check
+
+        def check_then_fall_due(connector: str, *args, **kwargs) -> None:
+            try:
+                real_check(connector, *args, **kwargs)
+            except Quarantined:
+                set_probe_due(1)
+                raise
+
+        monkeypatch.setattr(health, "check", check_then_fall_due)  # observes the real gate; changes nothing it decides
         result = runner.invoke(app, ["reconcile", "--config", str(path)])
         assert result.exit_code == 0 and "succeeded 3, failed 0" in result.output, result.output
         assert health.get("app").state == "closed"

@@ -136,3 +136,79 @@ def test_prefects_predicate_answers_at_once_and_leaves_target_errors_to_the_runn
     assert retry.retry_condition(None, None, Failed(data=LockTimeout("user:1 is held"))) is True
     options = retry.task_options(POLICY)
     assert options["retry_condition_fn"] is retry.retry_condition and options["retries"] == POLICY.attempts - 1
+
+
+# --- a lost answer is resent only once a read shows the write absent ---------------------------
+
+def _posts(scim, path: str) -> int:
+    return sum(1 for method, p in scim.requests if method == "POST" and p.endswith(path))
+
+
+def test_a_lost_answer_whose_read_fails_is_read_again_after_its_retry_after_and_never_resent():
+    # The bulk's answer is lost; each look-up then meets a 429 (Retry-After 2 s) twice before it is served.
+    plan = FaultPlan(rate=1.0, kinds=("429",), retry_after=2, only_methods=("GET",), per_request=True,
+                     max_per_request=2, lose_first=1, lose_paths=("/Bulk",))
+    with ScimSandbox(unique_user_names=False, faults=plan) as scim:
+        connector = get_connector(scim2_config(scim))
+        plan.rate = 0.0
+        connector.service_provider_config()  # read before the faults start
+        plan.rate = 1.0
+        ops = [BatchOp("create", account=Account(user_name=f"u{i}", external_id=f"x{i}")) for i in range(3)]
+        waits = Waits()
+        results, tries = retry.run_batch(connector.apply_batch, ops, POLICY, sleep=waits,
+                                         look=lambda items, res, again: unless_applied(connector, items, res, again))
+        assert [r.external_id for r in results] == ["x0", "x1", "x2"] and all(r.id for r in results)
+        assert _posts(scim, "/Bulk") == 1 and len(scim.users()) == 3  # sent once, found by reading
+        assert [tries.count(i) for i in range(3)] == [1, 1, 1]
+        assert waits[1:] == [2.0, 2.0]  # each read again waits out the read's own Retry-After
+        assert plan.injected == {"lost": 1, "429": 6}
+
+
+def test_a_lost_answer_the_target_never_lets_us_read_ends_outcome_unknown_unsent():
+    from connectors.errors import OutcomeUnknown
+    from connectors.outcome import known_not_applied, outcome_unknown
+
+    plan = FaultPlan(rate=1.0, kinds=("5xx",), only_methods=("GET",), lose_first=1, lose_paths=("/Bulk",))
+    with ScimSandbox(unique_user_names=False, faults=plan) as scim:
+        connector = get_connector(scim2_config(scim))
+        plan.rate = 0.0
+        connector.service_provider_config()
+        plan.rate = 1.0
+        ops = [BatchOp("create", account=Account(user_name="u0", external_id="x0"))]
+        waits = Waits()
+        results, tries = retry.run_batch(connector.apply_batch, ops, POLICY, sleep=waits,
+                                         look=lambda items, res, again: unless_applied(connector, items, res, again))
+        assert isinstance(results[0], OutcomeUnknown) and outcome_unknown(results[0])
+        assert not known_not_applied(results[0])
+        assert "could not be read to tell" in str(results[0]) and "HTTP 503" in str(results[0])
+        assert _posts(scim, "/Bulk") == 1 and len(scim.users()) == 1 and tries.count(0) == 1
+        assert len(waits) == POLICY.attempts and plan.injected == {"lost": 1, "5xx": POLICY.attempts}
+
+
+def test_a_group_create_whose_answer_is_lost_is_found_after_its_reads_fail_twice():
+    from connectors.outcome import group_created
+
+    plan = FaultPlan(rate=1.0, kinds=("5xx",), only_methods=("GET",), per_request=True, max_per_request=2,
+                     lose_first=1, lose_paths=("/Groups",))
+    with ScimSandbox(faults=plan) as scim:
+        connector = get_connector(scim2_config(scim))
+        waits = Waits()
+        group, tries = retry.run(lambda: connector.create_group("staff", [], external_id="g1"), POLICY, sleep=waits,
+                                 look=lambda: group_created(connector, "staff", "g1"))
+        assert group.name == "staff" and tries == 1 and _posts(scim, "/Groups") == 1 and len(scim.groups()) == 1
+        assert len(waits) == 3
+
+
+def test_a_write_refused_before_any_work_is_sent_again_without_a_read():
+    calls = []
+
+    def call():
+        calls.append(1)
+        if len(calls) == 1:
+            raise TransientError("POST /Users: connection failed (ConnectionError)", maybe_applied=False)
+        return "made"
+
+    def look():
+        raise AssertionError("a write that was never sent needs no read")
+
+    assert retry.run(call, POLICY, look=look, sleep=Waits()) == ("made", 2)

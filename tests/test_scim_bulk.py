@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from connectors.base import Account, BatchOp
 from connectors.errors import ConnectorError, OutcomeUnknown, RateLimited
 from connectors.factory import get_connector
-from connectors.outcome import resolve_unknown
+from connectors.outcome import known_not_applied, resolve_unknown
 from connectors.scim2 import match_answers
 from models.config import ConnectorConfig
 from sandbox.faults import FaultPlan
@@ -214,13 +214,14 @@ def test_an_unanswered_operation_is_outcome_unknown_and_looking_settles_it():
         updates = [BatchOp("update", remote_id=i, changes={"family_name": "Byron"}) for i in ids]
         results = connector.apply_batch(updates)
         assert isinstance(results[2], OutcomeUnknown)
-        # someone changes it again before we look: not known to have applied, so it stays unknown
+        # someone changes it again before we look: the read shows it not in effect, so it is resent
         headers = {"Authorization": f"Bearer {sandbox.token}"}
         raw = requests.get(f"{sandbox.url}/Users/{ids[2]}", headers=headers).json()
         raw.pop("meta")
         raw["name"]["familyName"] = "Other"
         requests.put(f"{sandbox.url}/Users/{ids[2]}", json=raw, headers=headers).raise_for_status()
-        assert isinstance(resolve_unknown(connector, updates, results)[2], OutcomeUnknown)
+        looked = resolve_unknown(connector, updates, results)[2]
+        assert known_not_applied(looked) and "did not apply" in str(looked)
         before = len(sandbox.answered)
         deletes = [BatchOp("delete", remote_id=i) for i in ids]
         results = connector.apply_batch(deletes)
@@ -238,14 +239,15 @@ def test_a_bulk_request_cut_off_after_sending_is_outcome_unknown_but_a_refused_o
         results = connector.apply_batch(ops)
         assert all(isinstance(r, OutcomeUnknown) for r in results), results
         assert "may have been applied" in str(results[0])
-        # the sandbox drops before serving: nothing applied, so looking keeps them unknown (they are resent)
-        assert all(isinstance(r, OutcomeUnknown) for r in resolve_unknown(connector, ops, results))
+        # the sandbox drops before serving: nothing applied, and the read shows it (so they are resent)
+        assert all(known_not_applied(r) for r in resolve_unknown(connector, ops, results))
     os.environ["T_BULK_GONE"] = "x"
     gone = get_connector(ConnectorConfig.model_validate({"name": "gone", "type": "scim2", "scim2": {
         "base_url": "http://127.0.0.1:1/v2", "auth": {"type": "bearer", "token": "env:T_BULK_GONE"}}}))
     gone._spc = {"bulk": {"supported": True, "maxOperations": 10, "maxPayloadSize": 10_000}, "patch": {"supported": True}}
     refused = gone.apply_batch([BatchOp("disable", remote_id="r1")])
     assert isinstance(refused[0], TransientError) and not isinstance(refused[0], OutcomeUnknown)
+    assert known_not_applied(refused[0])  # the connection was refused: nothing was sent
 
 
 def test_garbled_answers_are_outcome_unknown_or_named_errors_never_a_crash():

@@ -20,7 +20,8 @@ import requests
 
 from connectors.base import Capabilities
 from connectors.errors import (AuthFailed, ConnectorError, DryRunRejected, TransientError, for_status,
-                               retry_after_seconds, token_error)
+                               read_applies_nothing, retry_after_seconds, token_error)
+from connectors.http import maybe_sent
 from models.config import GoogleSettings
 
 log = logging.getLogger("connectors.google")
@@ -107,10 +108,14 @@ class Transport:
 
     # --- the one choke point -------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
-                 data: bytes | None = None, headers: dict | None = None, cost: int = 1) -> requests.Response:
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
         """Send one call (path relative to the Directory API, or absolute from '/'). On a dry run
         anything but a GET raises DryRunRejected instead of being sent."""
+        with read_applies_nothing(method):
+            return self._send(method, path, **kwargs)
+
+    def _send(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
+              data: bytes | None = None, headers: dict | None = None, cost: int = 1) -> requests.Response:
         if self.dry_run and method != "GET":
             raise DryRunRejected(method, path, _without_password(json_body, data))
         url = f"{self.base_url}{path if path.startswith('/') else API_PATH + path}"
@@ -126,15 +131,17 @@ class Transport:
                                             timeout=self.settings.timeout)
         except google.auth.exceptions.RefreshError as exc:
             if getattr(exc, "retryable", False):
-                raise TransientError(f"{method} {path}: token refresh failed, retryable") from exc
+                raise TransientError(f"{method} {path}: token refresh failed, retryable", maybe_applied=False) from exc
             raise AuthFailed(f"{method} {path}: the token endpoint refused the service account "
                              f"({refresh_detail(exc)})") from exc
         except google.auth.exceptions.TransportError as exc:
-            raise TransientError(f"{method} {path}: token endpoint unreachable ({type(exc.__cause__).__name__})") from exc
+            raise TransientError(f"{method} {path}: token endpoint unreachable ({type(exc.__cause__).__name__})",
+                                 maybe_applied=False) from exc
         except requests.Timeout as exc:
             raise TransientError(f"{method} {path}: timed out") from exc
         except requests.RequestException as exc:
-            raise TransientError(f"{method} {path}: connection failed ({type(exc).__name__})") from exc
+            raise TransientError(f"{method} {path}: connection failed ({type(exc).__name__})",
+                                 maybe_applied=maybe_sent(exc)) from exc
         if response.status_code >= 400:
             raise error_for(f"{method} {path}", response.status_code, body_of(response.content), response.headers)
         return response

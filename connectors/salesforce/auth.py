@@ -53,7 +53,7 @@ class TokenSource:
         try:
             response = self._session.post(self.token_url, data=self._form(), headers={"Accept": "application/json"})
         except requests.RequestException as exc:
-            raise TransientError(f"token endpoint {self.token_url}: {type(exc).__name__}") from None
+            raise TransientError(f"token endpoint {self.token_url}: {type(exc).__name__}", maybe_applied=False) from None
         try:
             body = response.json()
         except ValueError:

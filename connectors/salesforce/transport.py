@@ -26,7 +26,9 @@ from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSessi
 
 from connectors.base import Capabilities
 from connectors.errors import (AlreadyExists, AuthFailed, ConfigError, ConnectorError, DryRunRejected, NotFound,
-                               RateLimited, Rejected, TransientError, for_status, retry_after_seconds)
+                               RateLimited, Rejected, TransientError, for_status, read_applies_nothing,
+                               retry_after_seconds)
+from connectors.http import maybe_sent
 from connectors.salesforce.auth import TokenSource
 from connectors.salesforce.mapping import BASE_SELECT, soql_quote
 from models.config import SalesforceSettings
@@ -96,27 +98,29 @@ class Transport:
         connectors.errors. On a dry run anything but a GET raises DryRunRejected instead of being sent."""
         if self.dry_run and method != "GET":
             raise DryRunRejected(method, path, body)
-        sf = self._client()
-        for attempt in (1, 2):
-            try:
-                return fn(sf)
-            except SalesforceExpiredSession as exc:
-                if attempt == 2:
-                    raise AuthFailed(f"{what}: the session was refused again after a new login "
-                                     f"({_codes(exc.content) or 'HTTP 401'})", status=401) from exc
-                log.info("session expired, logging in again connector=%s", self.name)
-                sf = self._renew(sf)
-            except SalesforceError as exc:
-                raise self._error(what, exc.status, exc.content) from exc
-            except requests.Timeout as exc:
-                raise TransientError(f"{what}: timed out") from exc
-            except requests.ConnectionError as exc:
-                raise TransientError(f"{what}: connection failed ({type(exc).__name__})") from exc
-            except requests.RequestException as exc:
-                raise TransientError(f"{what}: {type(exc).__name__}") from exc
-            except ValueError as exc:  # a truncated or non-JSON answer
-                raise TransientError(f"{what}: the answer is not JSON ({type(exc).__name__})") from exc
-        raise AssertionError("unreachable")
+        with read_applies_nothing(method):
+            sf = self._client()
+            for attempt in (1, 2):
+                try:
+                    return fn(sf)
+                except SalesforceExpiredSession as exc:
+                    if attempt == 2:
+                        raise AuthFailed(f"{what}: the session was refused again after a new login "
+                                         f"({_codes(exc.content) or 'HTTP 401'})", status=401) from exc
+                    log.info("session expired, logging in again connector=%s", self.name)
+                    sf = self._renew(sf)
+                except SalesforceError as exc:
+                    raise self._error(what, exc.status, exc.content) from exc
+                except requests.Timeout as exc:
+                    raise TransientError(f"{what}: timed out") from exc
+                except requests.ConnectionError as exc:
+                    raise TransientError(f"{what}: connection failed ({type(exc).__name__})",
+                                         maybe_applied=maybe_sent(exc)) from exc
+                except requests.RequestException as exc:
+                    raise TransientError(f"{what}: {type(exc).__name__}") from exc
+                except ValueError as exc:  # a truncated or non-JSON answer
+                    raise TransientError(f"{what}: the answer is not JSON ({type(exc).__name__})") from exc
+            raise AssertionError("unreachable")
 
     def _error(self, what: str, status: int, content: Any) -> ConnectorError:
         items = content if isinstance(content, list) else [content] if isinstance(content, dict) else []
@@ -141,34 +145,35 @@ class Transport:
 
     def _query(self, soql: str) -> Iterator[dict]:
         """Every record of a SOQL query, page by page (nextRecordsUrl); renews the session once."""
-        seen: set[str] = set()
-        renewed = False
-        while True:
-            sf = self._client()
-            pages = sf.query_all_iter(soql)
-            try:
-                while True:
-                    try:
-                        record = next(pages)
-                    except StopIteration:
-                        return
-                    if record.get("Id") in seen:
-                        continue
-                    seen.add(record.get("Id"))
-                    yield record
-            except SalesforceExpiredSession as exc:
-                if renewed:
-                    raise AuthFailed("query: the session was refused again after a new login", status=401) from exc
-                renewed = True
-                self._renew(sf)  # and start over, skipping what was already yielded
-            except SalesforceError as exc:
-                raise self._error("query", exc.status, exc.content) from exc
-            except requests.Timeout as exc:
-                raise TransientError("query: timed out") from exc
-            except requests.RequestException as exc:
-                raise TransientError(f"query: connection failed ({type(exc).__name__})") from exc
-            except ValueError as exc:
-                raise TransientError(f"query: the answer is not JSON ({type(exc).__name__})") from exc
+        with read_applies_nothing("GET"):  # a query is a read, whatever it is for
+            seen: set[str] = set()
+            renewed = False
+            while True:
+                sf = self._client()
+                pages = sf.query_all_iter(soql)
+                try:
+                    while True:
+                        try:
+                            record = next(pages)
+                        except StopIteration:
+                            return
+                        if record.get("Id") in seen:
+                            continue
+                        seen.add(record.get("Id"))
+                        yield record
+                except SalesforceExpiredSession as exc:
+                    if renewed:
+                        raise AuthFailed("query: the session was refused again after a new login", status=401) from exc
+                    renewed = True
+                    self._renew(sf)  # and start over, skipping what was already yielded
+                except SalesforceError as exc:
+                    raise self._error("query", exc.status, exc.content) from exc
+                except requests.Timeout as exc:
+                    raise TransientError("query: timed out") from exc
+                except requests.RequestException as exc:
+                    raise TransientError(f"query: connection failed ({type(exc).__name__})") from exc
+                except ValueError as exc:
+                    raise TransientError(f"query: the answer is not JSON ({type(exc).__name__})") from exc
 
     def _first(self, soql: str) -> Optional[dict]:
         return next(iter(self._query(soql)), None)

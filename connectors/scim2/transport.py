@@ -6,11 +6,11 @@ from dataclasses import replace
 from typing import Any, Iterator, Optional
 
 import requests
-import urllib3
 
 from connectors.base import Capabilities
 from connectors.errors import (DryRunRejected, NotFound, OutcomeUnknown, Rejected, TransientError, for_status,
-                               retry_after_seconds)
+                               read_applies_nothing, retry_after_seconds)
+from connectors.http import maybe_sent
 from models.config import Scim2Settings
 
 log = logging.getLogger("connectors.scim2")
@@ -43,10 +43,15 @@ class Transport:
     # --- the one choke point -------------------------------------------------------------
 
     def _request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
-                 _refreshed: bool = False, cut_off_unknown: bool = False) -> requests.Response:
+                 cut_off_unknown: bool = False) -> requests.Response:
         """Send one request; HTTP errors become the shared error tree. With `cut_off_unknown`, a request
         that may have reached the server before the connection failed raises OutcomeUnknown. On a dry
         run anything but a GET raises DryRunRejected instead of being sent."""
+        with read_applies_nothing(method):
+            return self._send(method, path, json_body=json_body, params=params, cut_off_unknown=cut_off_unknown)
+
+    def _send(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
+              _refreshed: bool = False, cut_off_unknown: bool = False) -> requests.Response:
         if self.dry_run and method != "GET":
             raise DryRunRejected(method, path, json_body)
         url = path if path.startswith("http") else f"{self.base_url}{path}"
@@ -60,13 +65,14 @@ class Transport:
             response = self.session.request(method, url, data=data, params=params, headers=headers)
         except requests.RequestException as exc:  # refused, timed out, reset, or dropped mid-response
             what = "timed out" if isinstance(exc, requests.Timeout) else f"connection failed ({type(exc).__name__})"
-            if cut_off_unknown and _maybe_sent(exc):
+            sent = maybe_sent(exc)
+            if cut_off_unknown and sent:
                 raise OutcomeUnknown(f"{method} {path}: {what} after sending; its operations may have been applied") from exc
-            raise TransientError(f"{method} {path}: {what}") from exc
+            raise TransientError(f"{method} {path}: {what}", maybe_applied=sent) from exc
         if response.status_code == 401 and not _refreshed and hasattr(self.session.auth, "refresh"):
             self.session.auth.refresh()  # one token refresh, then it is an auth failure
-            return self._request(method, path, json_body=json_body, params=params, _refreshed=True,
-                                 cut_off_unknown=cut_off_unknown)
+            return self._send(method, path, json_body=json_body, params=params, _refreshed=True,
+                              cut_off_unknown=cut_off_unknown)
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -140,16 +146,6 @@ def scim_error(what: str, status: int, body: dict, retry_after: float | None) ->
     detail, scim_type = (v if isinstance(v, str) else None for v in (body.get("detail"), body.get("scimType")))
     text = f"{what}: HTTP {status}" + (f" {scim_type}" if scim_type else "") + (f": {detail}" if detail else "")
     return for_status(status, text, retry_after=retry_after, field=_field_in(detail))
-
-
-def _maybe_sent(exc: Exception) -> bool:
-    """Whether a failed request may have reached the server (not refused, not a connect timeout)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return False
-    if isinstance(exc, requests.ConnectionError):
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        return not isinstance(reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError))
-    return True
 
 
 def _field_in(detail: Optional[str]) -> Optional[str]:
