@@ -16,12 +16,12 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from connectors.errors import is_permanent
-from flows.crashed import expired, mark_crashed
+from flows.crashed import ended_runs, expired, mark_crashed
 from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
 from models.db import session_scope
 from models.kinds import Action, EventStatus, Intent, OperationStatus
-from models.outbox import UNFINISHED, Batch, claim, finish, leases_kept, release_or_defer, retry_now
+from models.outbox import UNFINISHED, Batch, claim, finish, leases_kept, release_or_defer, retry_now, run_held
 from models.runstate import get_event
 from tasks.desired import generate_username, resolve_policy
 from tasks.explain import attach_explanation
@@ -74,7 +74,7 @@ def claim_event(event_id: str, limit: int) -> Batch:
     """Claim the event's user (waiting while another drain holds it) with whatever else is pending."""
     deadline = time.monotonic() + WAIT_FOR_USER
     while True:
-        batch = claim(1, event_ids=[event_id], run=_this_run())
+        batch = claim(1, event_ids=[event_id], run=_this_run(), ended=ended_runs)
         if len(batch) or time.monotonic() > deadline:
             break
         with session_scope() as session:
@@ -83,7 +83,7 @@ def claim_event(event_id: str, limit: int) -> Batch:
                 return batch  # another drain finished it
         time.sleep(0.2)
     if len(batch) and limit > 1:
-        more = claim(limit - 1, owner=batch.owner)
+        more = claim(limit - 1, owner=batch.owner, ended=ended_runs)
         for user, ids in more.events.items():
             batch.events.setdefault(user, []).extend(e for e in ids if e not in batch.events.get(user, []))
         batch.names.update(more.names)
@@ -189,10 +189,16 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
     failures = failures if failures is not None else {}
     if event_id and (flow_run.run_count or 1) > 1:  # the UI's Retry of this run: the event runs again
         retry_now(event_id)
+    with run_held(_this_run()):  # a process killed before the run's end leaves it, for the sweeper
+        return _drain(config, event_id, limit, failures)
+
+
+def _drain(config: Config, event_id: Optional[str], limit: int, failures: dict[str, str]) -> int:
     logger = get_run_logger()
     total, first = 0, True
     while True:
-        batch = claim_event(event_id, limit) if (first and event_id) else claim(limit, run=_this_run())
+        batch = (claim_event(event_id, limit) if (first and event_id)
+                 else claim(limit, run=_this_run(), ended=ended_runs))
         if batch.crashed_runs:  # runs whose process died holding these users: close them in Prefect
             mark_crashed(batch.crashed_runs, _this_run())
         for host in set(batch.expired_runs.values()):  # runs elsewhere whose leases expired: likewise

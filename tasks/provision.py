@@ -24,6 +24,7 @@ from models.locks import LockTimeout
 from models.runstate import record_attempts, record_operations, unlink_users
 from models.tables import utcnow
 from tasks import health, retry
+from tasks.store_errors import store_errors_plain
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
@@ -238,6 +239,7 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
 
 
 @task(name="provision", task_run_name="provision {connector_name}", cache_policy=NO_CACHE)
+@store_errors_plain
 def provision(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
               run_id: str) -> list[Outcome]:
     """Create, update, link, disable or delete the batch's accounts on one connector."""
