@@ -9,6 +9,7 @@ and a nightly run can never disagree about a user. A run drains until nothing it
 
 import asyncio
 import time
+from contextlib import ExitStack
 from typing import Optional
 
 from prefect import flow, get_run_logger
@@ -279,6 +280,16 @@ async def drain_events(config_path: Optional[str] = None, run_for_seconds: float
     than the minute, so two overlap at every hand-over and the outbox is never unwatched. Latency is
     the poll interval; a burst becomes batches of up to `limit` events, not a run per event.
     """
+    held = ExitStack()
+    try:  # a worker killed mid-watch leaves it, for the sweeper to close this run too
+        held.enter_context(run_held(_this_run()))
+    except STORE_UNAVAILABLE:
+        pass  # the store is down: watched all the same, without it
+    with held:
+        return await _watch(config_path, run_for_seconds, poll_seconds, limit)
+
+
+async def _watch(config_path: Optional[str], run_for_seconds: float, poll_seconds: float, limit: int):
     from models.outbox import waiting_count
 
     deadline, done, down = time.monotonic() + run_for_seconds, 0, False

@@ -80,6 +80,12 @@ PATCHES = {
             {DIE}                             # ...and the run never reports its end
         outbox.release = release
     """,
+    "watching": f"""
+        import flows.provision as provision
+        async def watch(*args, **kwargs):    # drain-events has started watching the outbox
+            {DIE}
+        provision._watch = watch
+    """,
     "outcome-written": f"""
         import flows.provision as provision
         def finish(batch, outcome):           # operations and mappings are committed; the event is not
@@ -93,6 +99,9 @@ import asyncio, os, signal, sys
 if sys.argv[1] == "reconcile":
     from flows.reconcile import reconcile_connector
     asyncio.run(reconcile_connector(connector="app", config_path=sys.argv[2], chunk_size=4))
+elif sys.argv[1] == "drain-events":
+    from flows.provision import drain_events
+    asyncio.run(drain_events(config_path=sys.argv[2], run_for_seconds=60))
 else:
     from deployments.cli import main
     sys.argv = ["outbound", "event", sys.argv[2], "--config", sys.argv[3]]
@@ -404,3 +413,20 @@ def test_leases_of_an_ended_run_on_another_machine_are_taken_over_at_once(tmp_pa
         left = {lease.name: lease.owner for lease in session.exec(select(Lease))}
     assert left == {f"user:{users[lee['id']]}": owner[alive], f"run:{alive}": owner[alive]}
     assert [u.get("externalId") for u in scim.users()] == [users[kim["id"]]]
+
+
+def test_a_killed_drain_events_watcher_is_marked_crashed_by_the_sweeper(tmp_path, sqlite_url, scim):
+    from flows.sweep import sweep_events
+    from models.locks import run_of
+    from models.tables import Lease
+
+    config = write_config(tmp_path, scim)
+    crash(tmp_path, "watching", "drain-events", config)
+    with session_scope() as session:
+        leases = session.exec(select(Lease)).all()
+    assert len(leases) == 1 and leases[0].name.startswith("run:"), [lease.name for lease in leases]
+    watcher = run_of(leases[0].owner)
+    assert prefect_state(watcher).is_running()
+    assert asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config)))["closed_runs"] == [watcher]
+    state = prefect_state(watcher)
+    assert state.type.value == "CRASHED" and "its process died before the run ended" in state.message, state
