@@ -12,9 +12,9 @@ from models.db import session_scope
 from models.identity import load_views
 from models.runstate import connectors_of_users
 from tasks import retry
-from tasks.store_errors import store_errors_plain
 from tasks.plan import desired_state
 from tasks.policy import Decision, resolve
+from tasks.store_errors import store_errors_plain
 
 
 @task(name="resolve-policy", task_run_name="resolve-policy {label}", cache_policy=NO_CACHE)

@@ -24,10 +24,10 @@ from models.locks import LockTimeout
 from models.runstate import record_attempts, record_operations, unlink_users
 from models.tables import utcnow
 from tasks import health, retry
-from tasks.store_errors import store_errors_plain
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
+from tasks.store_errors import store_errors_plain
 
 FAILED = OperationStatus.FAILED
 

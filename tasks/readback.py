@@ -17,11 +17,11 @@ from models.db import session_scope
 from models.kinds import Action, Intent, OperationStatus
 from models.runstate import record_operations
 from tasks import health, retry
-from tasks.store_errors import store_errors_plain
 from tasks.apply import apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import make_plan
 from tasks.provision import Outcome, _runtime_ids
+from tasks.store_errors import store_errors_plain
 
 
 def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
