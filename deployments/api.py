@@ -209,6 +209,9 @@ class InProcess:
     LOOK_EVERY = 15.0  # seconds between looks at the outbox when no event wakes a drainer
 
     def __init__(self, config_path: Optional[str], connectors: list[str], workers: int = 2):
+        from flows.warm import warm_up
+
+        warm_up()  # what a first batch would build, built here, before any drainer thread exists
         self.config_path = config_path
         self.connectors = connectors
         self._wake = threading.Condition()

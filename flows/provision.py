@@ -9,6 +9,7 @@ and a nightly run can never disagree about a user. A run drains until nothing it
 
 import asyncio
 import time
+from contextlib import ExitStack
 from typing import Optional
 
 from prefect import flow, get_run_logger
@@ -17,12 +18,12 @@ from prefect.states import Failed
 from prefect.utilities.annotations import quote
 
 from connectors.errors import is_permanent
-from flows.crashed import expired, mark_crashed
+from flows.crashed import ended_runs, expired, mark_crashed
 from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
 from models.db import session_scope
 from models.kinds import NOT_DONE, Action, EventStatus, Intent, OperationStatus
-from models.outbox import UNFINISHED, Batch, claim, finish, leases_kept, release_or_defer, retry_now
+from models.outbox import UNFINISHED, Batch, claim, finish, leases_kept, release_or_defer, retry_now, run_held
 from models.runstate import get_event
 from tasks.desired import generate_username, resolve_policy
 from tasks.explain import attach_explanation
@@ -75,7 +76,7 @@ def claim_event(event_id: str, limit: int) -> Batch:
     """Claim the event's user (waiting while another drain holds it) with whatever else is pending."""
     deadline = time.monotonic() + WAIT_FOR_USER
     while True:
-        batch = claim(1, event_ids=[event_id], run=_this_run())
+        batch = claim(1, event_ids=[event_id], run=_this_run(), ended=ended_runs)
         if len(batch) or time.monotonic() > deadline:
             break
         with session_scope() as session:
@@ -84,7 +85,7 @@ def claim_event(event_id: str, limit: int) -> Batch:
                 return batch  # another drain finished it
         time.sleep(0.2)
     if len(batch) and limit > 1:
-        more = claim(limit - 1, owner=batch.owner)
+        more = claim(limit - 1, owner=batch.owner, ended=ended_runs)
         for user, ids in more.events.items():
             batch.events.setdefault(user, []).extend(e for e in ids if e not in batch.events.get(user, []))
         batch.names.update(more.names)
@@ -195,10 +196,16 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
     failures = failures if failures is not None else {}
     if event_id and (flow_run.run_count or 1) > 1:  # the UI's Retry of this run: the event runs again
         retry_now(event_id)
+    with run_held(_this_run()):  # a process killed before the run's end leaves it, for the sweeper
+        return _drain(config, event_id, limit, failures)
+
+
+def _drain(config: Config, event_id: Optional[str], limit: int, failures: dict[str, str]) -> int:
     logger = get_run_logger()
     total, first = 0, True
     while True:
-        batch = claim_event(event_id, limit) if (first and event_id) else claim(limit, run=_this_run())
+        batch = (claim_event(event_id, limit) if (first and event_id)
+                 else claim(limit, run=_this_run(), ended=ended_runs))
         if batch.crashed_runs:  # runs whose process died holding these users: close them in Prefect
             mark_crashed(batch.crashed_runs, _this_run())
         for host in set(batch.expired_runs.values()):  # runs elsewhere whose leases expired: likewise
@@ -279,6 +286,16 @@ async def drain_events(config_path: Optional[str] = None, run_for_seconds: float
     than the minute, so two overlap at every hand-over and the outbox is never unwatched. Latency is
     the poll interval; a burst becomes batches of up to `limit` events, not a run per event.
     """
+    held = ExitStack()
+    try:  # a worker killed mid-watch leaves it, for the sweeper to close this run too
+        held.enter_context(run_held(_this_run()))
+    except STORE_UNAVAILABLE:
+        pass  # the store is down: watched all the same, without it
+    with held:
+        return await _watch(config_path, run_for_seconds, poll_seconds, limit)
+
+
+async def _watch(config_path: Optional[str], run_for_seconds: float, poll_seconds: float, limit: int):
     from models.outbox import waiting_count
 
     deadline, done, down = time.monotonic() + run_for_seconds, 0, False

@@ -56,10 +56,10 @@ async def sweep_events(older_than_seconds: float = 300, config_path: Optional[st
 async def _sweep(older_than_seconds: float, config_path: Optional[str], limit: int) -> dict:
     logger = get_run_logger()
     stuck = stuck_events(older_than_seconds, limit)
-    if not stuck:  # the usual case: one query, no import of the provisioning engine, a plain name
+    if not stuck:  # the usual case: two queries, no import of the provisioning engine, a plain name
         await _name_run("sweep: nothing overdue")
         logger.info("no event unfinished for more than %ss", older_than_seconds)
-        return {"redispatched": [], "failed": []}
+        return {"redispatched": [], "failed": [], "closed_runs": await _close_runs_left_behind()}
     await _name_run(f"sweep: {len(stuck)} overdue event{'s' if len(stuck) != 1 else ''}")
     from flows.provision import provision_user
 
@@ -71,4 +71,21 @@ async def _sweep(older_than_seconds: float, config_path: Optional[str], limit: i
     except Exception as exc:  # the events stay unfinished: the next sweep tries again
         logger.warning("the drain failed: %s: %s", type(exc).__name__, exc)
     left = {event_id for event_id, _ in stuck_events(older_than_seconds, limit)}
-    return {"redispatched": [e for e, _ in stuck if e not in left], "failed": [e for e, _ in stuck if e in left]}
+    return {"redispatched": [e for e, _ in stuck if e not in left], "failed": [e for e, _ in stuck if e in left],
+            "closed_runs": await _close_runs_left_behind()}
+
+
+async def _close_runs_left_behind() -> list[str]:
+    """Set Crashed the drain runs whose process died without ending them (after the drain above took over
+    what they held, so those read "taken over"); see flows.crashed."""
+    import asyncio
+
+    from prefect.runtime import flow_run
+
+    from flows.crashed import close_runs_left_behind
+
+    closed = await asyncio.to_thread(close_runs_left_behind, str(flow_run.id) if flow_run.id else None)
+    if closed:
+        get_run_logger().info("closed %d flow runs whose process died before they ended: %s", len(closed),
+                              ", ".join(closed))
+    return closed

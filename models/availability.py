@@ -2,10 +2,25 @@
 
 from sqlalchemy import exc, text
 
+from models.errors import ProvisioningError
+
+
+class StoreUnreachable(ProvisioningError):
+    """The store went away during a task: one line naming it (never its password), for the task's state and log."""
+
+
 # Raised (wrapped by SQLAlchemy) when the store cannot be reached or drops the connection:
 # the caller should answer "try again later", not fail the request for good.
-STORE_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
+STORE_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError,
+                     StoreUnreachable)
 UNREACHABLE = "state store unreachable"  # how a run's message begins when the store was the problem
+
+
+def unreachable_error(error: BaseException) -> StoreUnreachable:
+    """`state store unreachable: <url without its password> (OperationalError)`: the driver's lines left out."""
+    from models.db import database_url, redacted
+
+    return StoreUnreachable(f"{UNREACHABLE}: {redacted(database_url())} ({type(error).__name__})")
 
 
 def store_up() -> bool:

@@ -10,6 +10,7 @@
     ├── Busy                          flows/reconcile.py: another reconciliation holds the connector's lease
     ├── NotStored                     tasks/capabilities.py: profiles were found but the store could not keep them
     ├── PrefectUnavailable (RuntimeError)   deployments/prefect_api.py: no Prefect API reached or started
+    ├── StoreUnreachable              models/availability.py: the state store went away during a task (one line)
     └── ConnectorError                connectors/errors.py: a remote call failed
         ├── TransientError            worth retrying later (5xx, timeouts, dropped connections)
         │   ├── RateLimited           the target asked us to slow down (429, quota); `retry_after` seconds
@@ -78,3 +79,11 @@ class LockTimeout(ProvisioningError, TimeoutError):
     """A lease another holder keeps; the message names the holder and since when."""
 
     code = "busy"
+
+
+def spurious_interpreter_error(error: BaseException) -> bool:
+    """CPython gh-106905: `SystemError: AST constructor recursion depth mismatch`, raised by Python 3.11
+    before 3.11.8 (3.12 before 3.12.2) when two threads build AST objects at once. A race inside the
+    interpreter, not a fault of the work: the same work run again succeeds."""
+    return isinstance(error, SystemError) and "AST constructor recursion depth mismatch" in str(error)
+

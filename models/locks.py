@@ -51,6 +51,11 @@ def _dead_here(owner: str) -> bool:
     return False
 
 
+def elsewhere(owner: str) -> bool:
+    """Whether `owner` names a process on another machine (whose pid cannot be checked from here)."""
+    return host_of(owner) != socket.gethostname()
+
+
 def try_acquire(name: str, ttl: float, owner: str) -> Optional[Lease]:
     """Take the lease if it is free, expired or left by a dead local process; else return its holder."""
     now = utcnow()
@@ -90,13 +95,14 @@ def lease(name: str, ttl: float = 600.0, wait: float = 120.0, poll: float = 0.05
 
 
 def acquire_many(names: list[str], ttl: float, owner: str, taken_from_dead: Optional[set[str]] = None,
-                 taken_from_expired: Optional[set[str]] = None) -> set[str]:
+                 taken_from_expired: Optional[set[str]] = None, holders: Optional[dict[str, str]] = None) -> set[str]:
     """Take every free one of the leases `names` in one transaction; return those now held by `owner`.
 
     A drain claims the users of a batch this way: a user another drain is working on is left for
     later instead of being waited for. The owners of leases taken over from dead local processes
     are added to `taken_from_dead`; those of expired leases whose process is not known to be alive
-    (it ran on another machine, or died here) to `taken_from_expired`.
+    (it ran on another machine, or died here) to `taken_from_expired`; `holders` gets, for each
+    lease left to someone else, its owner.
     """
     from sqlalchemy.dialects.postgresql import insert as pg_insert
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -124,8 +130,23 @@ def acquire_many(names: list[str], ttl: float, owner: str, taken_from_dead: Opti
             session.exec(insert(Lease).values([
                 {"name": n, "owner": owner, "acquired_at": now, "expires_at": now + timedelta(seconds=ttl)}
                 for n in part]).on_conflict_do_nothing(index_elements=["name"]))
-            held |= set(session.exec(select(Lease.name).where(Lease.name.in_(part), Lease.owner == owner)).all())
+            mine = set(session.exec(select(Lease.name).where(Lease.name.in_(part), Lease.owner == owner)).all())
+            held |= mine
+            if holders is not None and len(mine) < len(part):
+                holders.update(session.exec(select(Lease.name, Lease.owner).where(
+                    Lease.name.in_([n for n in part if n not in mine]))).all())
     return held
+
+
+def leases_named(prefix: str) -> list[tuple[str, str, bool, bool]]:
+    """(name, owner, expired, owner dead here) of every lease whose name begins with `prefix`."""
+    from sqlmodel import select
+
+    now = utcnow()
+    with session_scope() as session:
+        rows = session.exec(select(Lease.name, Lease.owner, Lease.expires_at < now)
+                            .where(Lease.name.startswith(prefix))).all()
+    return [(name, owner, bool(expired), _dead_here(owner)) for name, owner, expired in rows]
 
 
 def release_many(names: list[str], owner: str) -> None:

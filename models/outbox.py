@@ -11,7 +11,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from sqlalchemy import update
 from sqlmodel import select
@@ -19,7 +19,7 @@ from sqlmodel import select
 from models.db import session_scope
 from models.availability import STORE_UNAVAILABLE
 from models.kinds import EventStatus
-from models.locks import acquire_many, host_of, new_owner, release_many, renew_many, run_of
+from models.locks import acquire_many, elsewhere, host_of, leases_named, new_owner, release_many, renew_many, run_of
 from models.tables import Event, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,13 @@ def _lease(user_id: str) -> str:
 
 
 def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optional[str] = None,
-          run: Optional[str] = None) -> Batch:
+          run: Optional[str] = None, ended: Optional[Callable[[set[str]], set[str]]] = None) -> Batch:
     """Claim up to `limit` pending events (or just `event_ids`), oldest first, with their users.
 
     `run`: the claiming flow run's id, kept in the leases so a drain taking them over from a dead
-    process can mark that run crashed.
+    process can mark that run crashed. `ended(run ids)`: those of the given flow runs that have
+    ended (asked of the orchestrator); a user whose lease is held on another machine by a run
+    that has ended is taken over at once, not after the lease's lifetime.
     """
     owner = owner or new_owner(run)
     _release_leftovers()
@@ -88,9 +90,11 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
             query = query.where(Event.id.in_(event_ids))
         pending = session.exec(query.order_by(Event.received_at, Event.id).limit(limit)).all()
     users = list(dict.fromkeys(u for _, u in pending))
-    dead, expired = set(), set()
+    dead, expired, holders = set(), set(), {}
     held = {name.removeprefix("user:")
-            for name in acquire_many([_lease(u) for u in users], CLAIM_TTL, owner, dead, expired)}
+            for name in acquire_many([_lease(u) for u in users], CLAIM_TTL, owner, dead, expired, holders)}
+    if ended is not None:
+        held |= _take_over_from_ended_runs(holders, owner, ended)
     batch = Batch(owner, crashed_runs={r for o in dead if (r := run_of(o))},
                   expired_runs={r: host_of(o) for o in expired if (r := run_of(o))})
     if not held:
@@ -104,6 +108,27 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
     if idle:
         release_many(idle, owner)
     return batch
+
+
+def _take_over_from_ended_runs(holders: dict[str, str], owner: str,
+                               ended: Callable[[set[str]], set[str]]) -> set[str]:
+    """Take the leases of `holders` (name -> owner) held on another machine by flow runs that have ended.
+
+    A worker that ends while the store is down cannot give its leases back; its run ends all the
+    same (Failed, naming the store). Its process is on another machine, so no pid tells that it is
+    gone, but the run's end does. Returns the users now held by `owner`. (Here a dead pid already
+    frees a lease, and a live process gives back what it could not release at its next claim.)
+    """
+    runs = {name: run for name, held_by in holders.items() if elsewhere(held_by) and (run := run_of(held_by))}
+    if not runs:
+        return set()
+    over = ended(set(runs.values()))
+    names = [name for name, run in runs.items() if run in over]
+    for name in names:
+        release_many([name], holders[name])  # only if that owner still holds it
+    if names:
+        log.info("owner=%s takes over %d leases of ended flow runs %s", owner, len(names), sorted(over))
+    return {name.removeprefix("user:") for name in acquire_many(names, CLAIM_TTL, owner)}
 
 
 def _read_under_leases(batch: Batch, held: set[str], event_ids: Optional[list[str]]) -> None:
@@ -174,17 +199,24 @@ def leases_kept(batch: Batch, every: float = CLAIM_TTL / 3) -> Iterator[None]:
     A batch slowed by a throttling target can outlast CLAIM_TTL; without renewal a drain elsewhere
     would take its users over (running them twice) and mark this live run Crashed.
     """
-    names, stop = [_lease(u) for u in batch.events], threading.Event()
+    with _renewed([_lease(u) for u in batch.events], batch.owner, every):
+        yield
+
+
+@contextmanager
+def _renewed(names: list[str], owner: str, every: float) -> Iterator[None]:
+    """Push the expiry of `owner`'s leases `names` every `every` seconds while the block runs."""
+    stop = threading.Event()
 
     def keep() -> None:
         while not stop.wait(every):
             try:
-                held = renew_many(names, batch.owner, CLAIM_TTL)
+                held = renew_many(names, owner, CLAIM_TTL)
             except Exception as exc:  # the store is away: the leases still have time left, try again later
-                log.warning("owner=%s lease renewal failed: %s", batch.owner, exc)
+                log.warning("owner=%s lease renewal failed: %s", owner, exc)
                 continue
             if held < len(names):
-                log.warning("owner=%s holds %d of its batch's %d leases", batch.owner, held, len(names))
+                log.warning("owner=%s holds %d of its %d leases", owner, held, len(names))
 
     keeper = threading.Thread(target=keep, name="lease-keeper", daemon=True)
     keeper.start()
@@ -193,6 +225,57 @@ def leases_kept(batch: Batch, every: float = CLAIM_TTL / 3) -> Iterator[None]:
     finally:
         stop.set()
         keeper.join()
+
+
+RUN_LEASE = "run:"  # `run:<flow run id>`: held by a drain's run from its start to its end
+
+
+@contextmanager
+def run_held(run: Optional[str], every: float = CLAIM_TTL / 3) -> Iterator[None]:
+    """Hold the lease `run:<flow run id>` while a drain's run works (renewed), give it back when the run ends.
+
+    A process killed after its events' final status but before its run ended holds no user lease,
+    so no drain would ever take anything over from it and its run would read Running for good; this
+    lease is what it leaves behind instead, for the sweeper (`runs_left_behind`). One that could not
+    be given back because the store was down goes with the next claim in this process.
+    """
+    if not run:
+        yield
+        return
+    owner, name = new_owner(run), f"{RUN_LEASE}{run}"
+    if not acquire_many([name], CLAIM_TTL, owner):  # held already (a UI retry of a live run?): not ours to keep
+        yield
+        return
+    try:
+        with _renewed([name], owner, every):
+            yield
+    finally:
+        try:
+            release_many([name], owner)
+        except STORE_UNAVAILABLE:
+            with _unreleased_lock:
+                _unreleased.append(([name], owner))
+
+
+def runs_left_behind() -> dict[str, tuple[str, str]]:
+    """Drain runs whose `run:` lease outlives them: flow run id -> (owner, why).
+
+    why: `dead` (its process on this machine is gone), `expired` (nobody renewed it: its process,
+    on another machine or gone from this one, stopped), `elsewhere` (held on another machine
+    within its lifetime: alive, or ended while the store was down; only the orchestrator can say).
+    A live process on this machine holds its runs' leases: those are not listed.
+    """
+    left = {}
+    for name, owner, expired, dead in leases_named(RUN_LEASE):
+        why = "dead" if dead else "expired" if expired and elsewhere(owner) else "elsewhere" if elsewhere(owner) else None
+        if why:
+            left[name.removeprefix(RUN_LEASE)] = (owner, why)
+    return left
+
+
+def drop_run_lease(run: str, owner: str) -> None:
+    """Delete the run lease `owner` left behind (once its run is closed)."""
+    release_many([f"{RUN_LEASE}{run}"], owner)
 
 
 def release(batch: Batch) -> None:

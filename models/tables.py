@@ -21,6 +21,19 @@ def new_id() -> str:
     return uuid4().hex
 
 
+# Default factories for JSON columns. Not the builtins `dict` and `list`: SQLModel asks pydantic
+# at every row's construction whether the factory takes arguments, and for a builtin that means
+# inspect.signature parsing its text signature with ast.parse, once per row. Python 3.11 before
+# 3.11.8 can fail two threads doing that at once (CPython gh-106905); a Python function is
+# inspected without compiling anything.
+def empty_dict() -> dict:
+    return {}
+
+
+def empty_list() -> list:
+    return []
+
+
 class User(SQLModel, table=True):
     """A local user: the desired state every connector is driven towards."""
 
@@ -36,11 +49,11 @@ class User(SQLModel, table=True):
     family_name: Optional[str] = Field(default=None, max_length=255)
     display_name: Optional[str] = Field(default=None, max_length=255)
     active: bool = True
-    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    # How the user arrived (api, console, self_signup, jit, federated_login, import, directory) and
+    attributes: dict[str, Any] = Field(default_factory=empty_dict, sa_column=Column(JSON, nullable=False))
+    # How the user arrived (api, console, self_signup, jit, federated_login, import, directory, scim) and
     # every IdP the user has come through: the policy's level rules read both.
     source: str = Field(max_length=32)
-    idps: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    idps: list[str] = Field(default_factory=empty_list, sa_column=Column(JSON, nullable=False))
     deleted_at: Optional[datetime] = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -175,8 +188,8 @@ class ReconciliationRun(SQLModel, table=True):
     flow_run_id: Optional[str] = Field(default=None, max_length=64)
     dry_run: bool = False
     status: str = Field(default=RunStatus.RUNNING, max_length=32)
-    counts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # per plan action
-    outcomes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # succeeded/failed/skipped
+    counts: dict[str, Any] = Field(default_factory=empty_dict, sa_column=Column(JSON, nullable=False))  # per plan action
+    outcomes: dict[str, Any] = Field(default_factory=empty_dict, sa_column=Column(JSON, nullable=False))  # succeeded/failed/skipped
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: Optional[datetime] = None
@@ -230,8 +243,8 @@ class CapabilityProfile(SQLModel, table=True):
     connector: str = Field(primary_key=True, max_length=64)
     type: str = Field(max_length=16)
     usable: bool = True
-    capabilities: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    problems: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    capabilities: dict[str, Any] = Field(default_factory=empty_dict, sa_column=Column(JSON, nullable=False))
+    problems: list[dict[str, Any]] = Field(default_factory=empty_list, sa_column=Column(JSON, nullable=False))
     checked_at: datetime = Field(default_factory=utcnow)
 
 

@@ -14,9 +14,11 @@ from models.runstate import connectors_of_users
 from tasks import retry
 from tasks.plan import desired_state
 from tasks.policy import Decision, resolve
+from tasks.store_errors import store_errors_plain
 
 
 @task(name="resolve-policy", task_run_name="resolve-policy {label}", cache_policy=NO_CACHE)
+@store_errors_plain
 def resolve_policy(user_ids: list[str], config: Config, label: str = "") -> dict[str, list[Decision]]:
     """Decide, for every user of the batch and every connector, whether to provision, deprovision or skip, and why."""
     with session_scope() as session:
@@ -26,6 +28,7 @@ def resolve_policy(user_ids: list[str], config: Config, label: str = "") -> dict
 
 
 @task(name="generate-username", task_run_name="generate-username {connector_name}", cache_policy=NO_CACHE)
+@store_errors_plain
 def generate_username(connector_name: str, user_ids: list[str], config: Config):
     """The batch's desired accounts on one connector: policy, pattern, collisions, the target's rules."""
     from connectors.factory import get_connector  # every connector's client library: only when a batch runs

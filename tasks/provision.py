@@ -27,6 +27,7 @@ from tasks import health, retry
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
+from tasks.store_errors import store_errors_plain
 
 
 log = logging.getLogger("outbound.provision")
@@ -272,6 +273,7 @@ def _change(o: Outcome) -> dict:
 
 
 @task(name="provision", task_run_name="provision {connector_name}", cache_policy=NO_CACHE)
+@store_errors_plain
 def provision(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
               run_id: str) -> list[Outcome]:
     """Create, update, link, disable or delete the batch's accounts on one connector."""

@@ -21,6 +21,7 @@ from tasks.apply import apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import make_plan
 from tasks.provision import Outcome, _runtime_ids
+from tasks.store_errors import store_errors_plain
 
 
 def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
@@ -54,6 +55,7 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
 
 # The DAG's step is named `reconcile` (resolve-policy → generate-username → provision → reconcile).
 @task(name="reconcile", task_run_name="reconcile {connector_name}", cache_policy=NO_CACHE)
+@store_errors_plain
 def reconcile(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
               run_id: str) -> Optional[dict]:
     """Read the batch's accounts back and fix what differs from the desired state."""

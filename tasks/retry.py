@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 from connectors.errors import TransientError
 from connectors.outcome import known_not_applied, settle
 from models.config import RetryPolicy
+from models.errors import spurious_interpreter_error
 from models.locks import LockTimeout
 from models.tables import utcnow
 
@@ -146,12 +147,14 @@ def _exception(state) -> BaseException | None:
 
 
 def retry_condition(task, task_run, state) -> bool:
-    """A Prefect `retry_condition_fn`, answering at once: retry only when another worker held a lease.
+    """A Prefect `retry_condition_fn`, answering at once: retry when another worker held a lease, or
+    when the interpreter raised its spurious AST error (models.errors.spurious_interpreter_error).
 
     A target's transient error is not retried here: the runner inside the task has already spent
     the policy's tries on it, waiting out each Retry-After.
     """
-    return isinstance(_exception(state), LockTimeout)
+    error = _exception(state)
+    return isinstance(error, LockTimeout) or (error is not None and spurious_interpreter_error(error))
 
 
 def task_options(policy: RetryPolicy) -> dict:

@@ -6,6 +6,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,124 @@ def test_a_running_batch_keeps_its_leases(sqlite_url):
     release(batch)
     assert try_acquire(f"user:{batch.user_ids[0]}", CLAIM_TTL, "a-drain-elsewhere") is None
 
+
+
+BURST = textwrap.dedent("""
+    import ast, builtins, json, sys, threading, time, traceback
+    from deployments.api import InProcess
+    from deployments.ingest import accept
+    from helpers import event
+    from models.config import load_config
+    from sqlmodel import func, select
+    from models.db import session_scope
+    from models.tables import Event
+
+    def event_counts():
+        with session_scope() as session:
+            return dict(session.exec(select(Event.status, func.count()).group_by(Event.status)).all())
+
+    config_path, users = sys.argv[1], int(sys.argv[2])
+    drains = InProcess(config_path, ["app"], workers=2)  # warms up, then two drainer threads on the first event
+    real, compiles = builtins.compile, []
+
+    def counting(source, filename, mode, flags=0, *args, **kwargs):
+        stack = traceback.extract_stack()[:-1]
+        if not any("scim2_server" in f.filename or "/werkzeug/" in f.filename for f in stack):  # the target's own
+            makes_ast = isinstance(source, ast.AST) or bool(flags & ast.PyCF_ONLY_AST)
+            compiles.append({"thread": threading.current_thread().name, "ast": makes_ast,
+                             "where": [f"{f.filename}:{f.lineno} {f.name}" for f in stack[-16:]]})
+        return real(source, filename, mode, flags, *args, **kwargs)
+
+    cfg = load_config(config_path)
+    builtins.compile = counting  # from here on, after the warm-up, nothing may compile
+
+    def send(first):  # like the API's request threads: store each event, wake a drainer
+        for i in range(first, users, 4):
+            accept(event(username=f"burst{i:05d}"), cfg)
+            drains(f"evt-{i}", "user.created", "api")
+
+    senders = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+    for s in senders:
+        s.start()
+    for s in senders:
+        s.join()
+    deadline = time.monotonic() + 900
+    while (counts := event_counts()).get("succeeded", 0) + counts.get("failed", 0) < users:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    drains.shutdown()
+    builtins.compile = real
+    print(json.dumps({"compiles": compiles, "counts": counts}))
+""")
+
+
+@pytest.mark.timeout(1500)
+@pytest.mark.usefixtures("prefect_harness")
+def test_two_drainers_under_a_burst_compile_nothing_after_the_warm_up(tmp_path, sqlite_url):
+    """CPython before 3.11.8 can fail two threads building AST objects at once (gh-106905); so nothing may.
+
+    Counting compile calls is deterministic; waiting for the race is not. A fresh process, so that
+    nothing warmed up by other tests hides what the warm-up misses.
+    """
+    import json
+
+    from prefect.settings import PREFECT_API_URL
+
+    from models.db import session_scope
+    from models.tables import Event
+    from sqlmodel import select
+
+    users = int(os.environ.get("OUTBOUND_BURST_USERS", "2000"))
+    with ScimSandbox() as scim:
+        config = write_config(tmp_path, scim)
+        script = tmp_path / "burst.py"
+        script.write_text(BURST)
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or "", "PREFECT_LOGGING_LEVEL": "WARNING",
+               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), str(Path(__file__).parent)])}
+        done = subprocess.run([sys.executable, str(script), str(config), str(users)], env=env, capture_output=True,
+                              text=True, timeout=1200)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        accounts = [u["userName"] for u in scim.users()]
+    with session_scope() as session:
+        errors = [e.error for e in session.exec(select(Event)) if e.error]
+    assert not [e for e in errors if "SystemError" in e], errors[:3]
+    assert result["counts"] == {"succeeded": users}, result["counts"]
+    assert len(accounts) == len(set(accounts)) == users
+    at_run_time: dict[str, int] = {}
+    for c in result["compiles"]:
+        where = " <- ".join(reversed([w for w in c["where"] if "<frozen" not in w][-7:]))
+        key = f"{'AST' if c['ast'] else 'code'} in {c['thread']}: {where}"
+        at_run_time[key] = at_run_time.get(key, 0) + 1
+    assert at_run_time == {}, "compiles after the warm-up:\n" + "\n".join(f"{n} x {k}" for k, n in at_run_time.items())
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_spurious_interpreter_error_is_run_again_at_once_not_a_failed_batch(tmp_path, sqlite_url, monkeypatch):
+    """CPython's race cannot be made to happen on demand, so generate-username raises its error once, as CPython does."""
+    import asyncio
+
+    import tasks.desired as desired
+    from flows.provision import provision_user
+    from models.db import session_scope
+    from models.tables import Event
+
+    real, raised = desired.desired_state, []
+
+    def racing_once(*args, **kwargs):
+        if not raised:
+            raised.append(True)
+            raise SystemError("AST constructor recursion depth mismatch (before=207, after=65)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(desired, "desired_state", racing_once)
+    with ScimSandbox() as scim:
+        config = write_config(tmp_path, scim)
+        accepted = accept(event(username="racer"), load_config(config))
+        state = asyncio.run(provision_user(config_path=str(config), return_state=True))
+        assert raised and state.is_completed(), state
+        assert [u["userName"] for u in scim.users()] == ["racer"]
+    with session_scope() as session:
+        stored = session.get(Event, accepted.event_id)
+        assert (stored.status, stored.attempts, stored.error) == ("succeeded", 0, None)  # no 30 s wait for a retry

@@ -72,6 +72,20 @@ PATCHES = {
             {DIE}                             # ...and the store never hears of it
         scim2.Scim2Connector.apply_batch = batch
     """,
+    "leases-released": f"""
+        import models.outbox as outbox
+        real = outbox.release
+        def release(batch):                   # the events are final and the users given back...
+            real(batch)
+            {DIE}                             # ...and the run never reports its end
+        outbox.release = release
+    """,
+    "watching": f"""
+        import flows.provision as provision
+        async def watch(*args, **kwargs):    # drain-events has started watching the outbox
+            {DIE}
+        provision._watch = watch
+    """,
     "outcome-written": f"""
         import flows.provision as provision
         def finish(batch, outcome):           # operations and mappings are committed; the event is not
@@ -85,6 +99,9 @@ import asyncio, os, signal, sys
 if sys.argv[1] == "reconcile":
     from flows.reconcile import reconcile_connector
     asyncio.run(reconcile_connector(connector="app", config_path=sys.argv[2], chunk_size=4))
+elif sys.argv[1] == "drain-events":
+    from flows.provision import drain_events
+    asyncio.run(drain_events(config_path=sys.argv[2], run_for_seconds=60))
 else:
     from deployments.cli import main
     sys.argv = ["outbound", "event", sys.argv[2], "--config", sys.argv[3]]
@@ -306,3 +323,110 @@ def test_a_drain_whose_lease_expired_on_another_machine_is_marked_crashed_when_i
         assert session.get(Event, kim["id"]).status == "succeeded"
         assert session.get(Event, lee["id"]).status == "running"
     assert [u.get("externalId") for u in scim.users()] == [users[kim["id"]]]
+
+
+def test_a_drain_killed_after_finishing_its_events_is_marked_crashed_by_the_sweeper(tmp_path, sqlite_url, scim):
+    """No user lease is left to take over, so only its run lease tells that the run never ended."""
+    from flows.sweep import sweep_events
+    from models.locks import run_of
+    from models.tables import Lease
+
+    config = write_config(tmp_path, scim)
+    ev = event(username="kim")
+    path = tmp_path / "kim.json"
+    path.write_text(json.dumps(ev))
+    crash(tmp_path, "leases-released", "event", path, config)
+    with session_scope() as session:
+        assert session.get(Event, ev["id"]).status == "succeeded"
+        user_id = session.get(Event, ev["id"]).user_id
+        leases = session.exec(select(Lease)).all()
+    assert [lease.name.partition(":")[0] for lease in leases] == ["run"], [lease.name for lease in leases]
+    dead_run = run_of(leases[0].owner)
+    assert leases[0].name == f"run:{dead_run}"
+    assert prefect_state(dead_run).is_running()  # its process died before saying the run ended
+
+    result = asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config)))
+    assert result == {"redispatched": [], "failed": [], "closed_runs": [dead_run]}
+    state = prefect_state(dead_run)
+    assert state.type.value == "CRASHED" and "its process died before the run ended" in state.message, state
+    assert "found by flow run " in state.message
+    with session_scope() as session:
+        assert session.exec(select(Lease)).all() == []
+    assert asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config)))["closed_runs"] == []
+    assert_converged(scim, [user_id])
+
+
+def test_leases_of_an_ended_run_on_another_machine_are_taken_over_at_once(tmp_path, sqlite_url, scim):
+    """A worker that ended while the store was down could not give its leases back; its run ended all the same.
+
+    The other machine is a name in the lease (no second machine here); its runs are real Prefect runs.
+    """
+    import socket
+    from datetime import timedelta
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Failed, Running
+
+    from deployments.ingest import accept
+    from flows.sweep import sweep_events
+    from models.config import load_config
+    from models.outbox import CLAIM_TTL
+    from models.tables import Lease, utcnow
+
+    @flow(name="provision-user")
+    def elsewhere():
+        """Stands for a drain on another machine."""
+
+    config = write_config(tmp_path, scim)
+    kim, lee = event(username="kim"), event(username="lee")
+    for ev in (kim, lee):
+        accept(ev, load_config(config))
+    with get_client(sync_client=True) as client:
+        ended = client.create_flow_run(elsewhere, state=Failed(message="state store unreachable: …")).id
+        alive, stopped = (client.create_flow_run(elsewhere, state=Running()).id for _ in range(2))
+    host = "worker-b"
+    assert host != socket.gethostname()
+    now = utcnow()
+    owner = {run: f"{host}:4242:0badc0de:run={run}" for run in (ended, alive, stopped)}
+    with session_scope() as session:
+        users = {e.id: e.user_id for e in session.exec(select(Event))}
+        later, earlier = now + timedelta(seconds=CLAIM_TTL), now - timedelta(seconds=1)
+        for event_id, run in ((kim["id"], ended), (lee["id"], alive)):
+            session.get(Event, event_id).status = "running"  # claimed there, never finished
+            session.add(Lease(name=f"user:{users[event_id]}", owner=owner[run], acquired_at=now, expires_at=later))
+        for run, expires in ((ended, later), (alive, later), (stopped, earlier)):
+            session.add(Lease(name=f"run:{run}", owner=owner[run], acquired_at=now, expires_at=expires))
+
+    result = asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config)))
+    # kim's lease has 15 minutes left, but its run has ended: taken over at once. lee's run is at work.
+    assert result["redispatched"] == [kim["id"]] and result["failed"] == [lee["id"]]
+    assert result["closed_runs"] == [str(stopped)]  # its run lease expired: nobody renews it
+    assert prefect_state(str(ended)).type.value == "FAILED"  # its own end is kept
+    assert prefect_state(str(alive)).is_running()
+    state = prefect_state(str(stopped))
+    assert state.type.value == "CRASHED", state
+    assert f"its lease expired (its process on {host} stopped renewing it) before the run ended" in state.message
+    with session_scope() as session:
+        assert session.get(Event, kim["id"]).status == "succeeded"
+        assert session.get(Event, lee["id"]).status == "running"
+        left = {lease.name: lease.owner for lease in session.exec(select(Lease))}
+    assert left == {f"user:{users[lee['id']]}": owner[alive], f"run:{alive}": owner[alive]}
+    assert [u.get("externalId") for u in scim.users()] == [users[kim["id"]]]
+
+
+def test_a_killed_drain_events_watcher_is_marked_crashed_by_the_sweeper(tmp_path, sqlite_url, scim):
+    from flows.sweep import sweep_events
+    from models.locks import run_of
+    from models.tables import Lease
+
+    config = write_config(tmp_path, scim)
+    crash(tmp_path, "watching", "drain-events", config)
+    with session_scope() as session:
+        leases = session.exec(select(Lease)).all()
+    assert len(leases) == 1 and leases[0].name.startswith("run:"), [lease.name for lease in leases]
+    watcher = run_of(leases[0].owner)
+    assert prefect_state(watcher).is_running()
+    assert asyncio.run(sweep_events(older_than_seconds=0, config_path=str(config)))["closed_runs"] == [watcher]
+    state = prefect_state(watcher)
+    assert state.type.value == "CRASHED" and "its process died before the run ended" in state.message, state

@@ -125,3 +125,58 @@ def test_flows_fail_naming_the_store_and_everything_accepted_is_finished_when_it
           f"returned, {left_to_sweep} left for the final sweep {drained_in:.0f} s later; succeeded "
           f"{len(events) - len(not_done)}/{len(events)}; accounts {len(accounts)} for {len(users)} users; "
           f"lost 0, duplicates {duplicates}")
+
+
+@pytest.mark.parametrize("task_name", ["resolve-policy", "generate-username"])
+def test_a_task_running_when_the_store_goes_fails_in_one_line_without_a_traceback(cluster, scim, tmp_path,
+                                                                                  monkeypatch, task_name):
+    """The store is stopped for real from inside the task (the one way to stop it at a known point)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    import tasks.desired as desired
+    from deployments.ingest import accept
+    from flows.provision import provision_user
+    from helpers import event
+
+    config = write_config(tmp_path, scim)
+    accepted = accept(event(username="outage"), load_config(config))
+    hooked = "connectors_of_users" if task_name == "resolve-policy" else "desired_state"
+    real = getattr(desired, hooked)
+
+    def store_goes(*args, **kwargs):
+        if cluster.running():  # once: the run after the store's return goes through
+            cluster.stop()
+            monkeypatch.setattr(desired, hooked, real)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(desired, hooked, store_goes)
+    state = asyncio.run(provision_user(config_path=str(config), return_state=True))
+    assert state.is_failed() and state.message.startswith(UNREACHABLE), state
+    APILogHandler().flush()
+    run_id = state.state_details.flow_run_id
+
+    async def read():
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            return logs, tasks
+
+    deadline = time.monotonic() + 30
+    while True:  # logs reach the API in batches: wait for the run's last line
+        logs, task_runs = asyncio.run(read())
+        if any("Finished in state Failed" in log.message and not log.task_run_id for log in logs):
+            break
+        assert time.monotonic() < deadline, [log.message for log in logs]
+        time.sleep(0.5)
+    assert not [log.message for log in logs if "Traceback" in log.message], \
+        [log.message for log in logs if "Traceback" in log.message][0]
+    failed = [t for t in task_runs if t.state.is_failed()]
+    assert [t.name.partition(" ")[0] for t in failed] == [task_name], [(t.name, t.state.type) for t in task_runs]
+    message = failed[0].state.message
+    assert "\n" not in message and f"{UNREACHABLE}{redacted(cluster.url)} (OperationalError)" in message, message
+    cluster.start()  # the event was left to run again
+    assert asyncio.run(provision_user(config_path=str(config), return_state=True)).is_completed()
+    with session_scope() as session:
+        assert session.get(Event, accepted.event_id).status == "succeeded"
