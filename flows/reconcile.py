@@ -43,6 +43,7 @@ from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision
                          plan_hash, record_decision)
 from tasks.plan import Plan, plan_task
 from tasks.retry import task_options
+from tasks.runlog import log_outcomes
 
 DRIFT_ROWS_SHOWN = 1000
 LOCK_TTL = 300.0  # seconds; renewed every third of it while the run lives, so only a dead holder lets it lapse
@@ -209,6 +210,8 @@ def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: i
     if len(plan.group_rows):  # after every user row: the accounts the groups add must exist
         outcome.add(apply_groups(cfg.name, plan.group_rows.to_dict(orient="records"), cfg, run_id, dry_run,
                                  policy=config.retry))
+    log_outcomes(outcome.lines, outcome.line_count, logging.getLogger("outbound.reconcile"),
+                 f"in the artifact {artifact_key(cfg.name, 'drift', dry_run)} and `outbound runs`")
     return outcome
 
 
@@ -372,8 +375,15 @@ async def reconcile_connector(connector: str, dry_run: bool = False, config_path
     have = set(flow_run.tags or ())
     await _label_run(add_tags=(f"connector:{connector}",) + (() if any(t.startswith("trigger:") for t in have)
                                                               else ("trigger:on-demand",)))
-    return final_state(await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size,
-                                           lock_wait))
+    try:
+        result = await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size,
+                                     lock_wait)
+    except Exception:  # the target could not be read: as failed as failed rows
+        await _label_run(add_tags=(f"failed:{connector}",))
+        raise
+    if result["status"] in FAILED_STATUSES:  # so Failed + `failed:<name>` finds this connector's failures
+        await _label_run(add_tags=(f"failed:{connector}",))
+    return final_state(result)
 
 
 def refresh_profiles(connectors) -> None:
