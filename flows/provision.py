@@ -260,6 +260,10 @@ def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
         total += len(batch.event_ids)
         failed = {batch.names.get(u, u): error for u, (status, error) in outcome.items()
                   if status != EventStatus.SUCCEEDED}
+        for u, (status, error) in outcome.items():  # those the run's message shows say what to do next
+            who = batch.names.get(u, u)
+            if status != EventStatus.SUCCEEDED and len(failures) < SHOWN and who not in failures:
+                failed[who] = f"{error} ({next_step(per_user[u], batch.events[u][-1], config)})"
         failures.update(failed)
         logger.info("batch of %d events (%d users) done: %d failed", len(batch.event_ids), len(batch), len(failed))
 
@@ -289,10 +293,38 @@ async def provision_user(event_id: Optional[str] = None, config_path: Optional[s
     return done
 
 
+SHOWN = 5  # users named in a run's failure message
+
+
+def next_step(outcomes: list[Outcome], event_id: str, config: Config) -> str:
+    """Where it failed, whether it is tried again and when, and the command to run next:
+    `scim-app at https://…/scim/v2; attempt 1 of 8, next at 14:05:00 UTC; to retry now: outbound retry evt-1`."""
+    from models.outbox import MAX_ATTEMPTS
+
+    failed = [o for o in outcomes if o.status == OperationStatus.FAILED]
+    names = {c.name: c for c in config.connectors}
+    where = ", ".join(f"{o.connector} at {names[o.connector].target_url}" for o in failed
+                      if o.connector in names and names[o.connector].target_url)
+    with session_scope() as session:
+        event = get_event(session, event_id)
+        status, attempts, at = (event.status, event.attempts, event.retry_at) if event else (None, 0, None)
+    when = (f"attempt {attempts} of {MAX_ATTEMPTS}, next at {at:%H:%M:%S} UTC" if status == EventStatus.RETRYING and at
+            else "not tried again automatically")
+    refused = [o.connector for o in failed if o.code in CREDENTIAL_CODES]
+    step = (f"fix {refused[0]}'s credential or configuration, check it with `outbound check --connector {refused[0]}`, then "
+            f"`outbound retry {event_id}`" if refused else f"to retry now: `outbound retry {event_id}`")
+    return "; ".join(p for p in (where, when, step) if p)
+
+
+# Failures an operator fixes in the connector's credential or configuration, then checks with `outbound check`.
+CREDENTIAL_CODES = ("auth_failed", "secret", "config")
+
+
 def failure_message(failures: dict[str, str], events: int) -> str:
-    """`2 users failed (40 events run): alice@PRIMARY: scim-app: transient: …; …` (the first five)."""
-    shown = "; ".join(f"{who}: {what}" for who, what in list(failures.items())[:5])
-    more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+    """`2 users failed (40 events run): alice@PRIMARY: scim-app: transient: … (scim-app at …; attempt 1 of 8,
+    next at …; to retry now: `outbound retry evt-1`); …` (the first five)."""
+    shown = "; ".join(f"{who}: {what}" for who, what in list(failures.items())[:SHOWN])
+    more = f"; and {len(failures) - SHOWN} more" if len(failures) > SHOWN else ""
     return f"{len(failures)} user{'s' if len(failures) != 1 else ''} failed ({events} events run): {shown}{more}"
 
 

@@ -3,6 +3,7 @@ outcome in the run's log, tags that name the connectors that acted and failed, m
 what to do next."""
 
 import os
+import re
 import time
 import uuid
 
@@ -75,6 +76,20 @@ def test_an_event_run_logs_each_users_outcome_and_is_tagged_with_what_acted_and_
     assert failed and failed[0][0] == 30 and "failed error=transient" in failed[0][1], failed
     assert {"connector:app", "connector:broken", "failed:broken"} <= set(run.tags), run.tags
     assert "failed:app" not in run.tags
+    # The message says where, whether and when it is tried again, and what to run.
+    assert f"broken at {down.url.rstrip('/')}" in run.state.message, run.state.message
+    assert "attempt 1 of 8, next at " in run.state.message and f"`outbound retry {ev['id']}`" in run.state.message
+
+
+def test_a_refused_credential_says_to_check_the_connector(tmp_path, sqlite_url, scim):
+    config = write_config(tmp_path, scim)
+    os.environ["WRONG_TOKEN"] = "not-the-token"
+    config.write_text(re.sub(r"env:TEST_SCIM_TOKEN_\d+", "env:WRONG_TOKEN", config.read_text()))
+    ev = event(username=f"auth{uuid.uuid4().hex[:6]}")
+    code, out = send(tmp_path, config, ev)
+    assert code == 1 and "auth_failed" in out, out
+    message = run_of(ev["id"]).state.message
+    assert "`outbound check --connector app`" in message and f"`outbound retry {ev['id']}`" in message, message
 
 
 def test_a_reconciliation_logs_the_first_outcomes_and_counts_the_rest(tmp_path, sqlite_url, scim):
