@@ -261,7 +261,8 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
         reports.append(report)
     drift_link = _plan_artifacts(plan, dry_run)
     digest = plan_hash(plan)
-    result = {"connector": cfg.name, "run_id": run_id, "dry_run": dry_run, "summary": plan.summary(),
+    result = {"connector": cfg.name, "run_id": run_id, "flow_run_id": str(flow_run.id) if flow_run.id else None,
+              "dry_run": dry_run, "summary": plan.summary(),
               "counts": counts, "deletions": plan.deletions, "threshold": plan.threshold,
               "desired_count": plan.desired_count, "target_count": plan.target_count, "unmanaged": plan.unmanaged,
               "guard_tripped": plan.guard_tripped, "plan_hash": digest, "reports": reports, "decision": None}

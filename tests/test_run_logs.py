@@ -79,6 +79,12 @@ def test_an_event_run_logs_each_users_outcome_and_is_tagged_with_what_acted_and_
     # The message says where, whether and when it is tried again, and what to run.
     assert f"broken at {down.url.rstrip('/')}" in run.state.message, run.state.message
     assert "attempt 1 of 8, next at " in run.state.message and f"`outbound retry {ev['id']}`" in run.state.message
+    assert f"run: http://" in out and f"/runs/flow-run/{run.id}" in out, out
+    # `outbound status` counts the retrying event as outstanding, and says health in words.
+    status = CliRunner().invoke(app, ["status", "--config", str(config)])
+    assert status.exit_code == 0, status.output
+    assert f"unfinished events: 1; oldest {ev['id']} (user.created, retrying)" in status.output, status.output
+    assert "healthy" in status.output and "closed" not in status.output, status.output
 
 
 def test_a_refused_credential_says_to_check_the_connector(tmp_path, sqlite_url, scim):
@@ -106,6 +112,7 @@ def test_a_reconciliation_logs_the_first_outcomes_and_counts_the_rest(tmp_path, 
     outcomes = [m for m in lines if m.startswith("user=rec")]
     assert len(outcomes) == 50, lines
     assert all(" connector=app create succeeded remote_id=" in m for m in outcomes), outcomes
+    assert f"app: run http://" in result.output and f"/runs/flow-run/{run.flow_run_id}" in result.output
 
 
 def test_the_drainer_fails_when_a_run_it_started_failed(tmp_path, sqlite_url):
