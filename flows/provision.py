@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from connectors.errors import is_permanent
+from connectors.errors import CREDENTIAL_CODES, is_permanent
 from flows.crashed import expired, mark_crashed
 from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
@@ -314,10 +314,6 @@ def next_step(outcomes: list[Outcome], event_id: str, config: Config) -> str:
     step = (f"fix {refused[0]}'s credential or configuration, check it with `outbound check --connector {refused[0]}`, then "
             f"`outbound retry {event_id}`" if refused else f"to retry now: `outbound retry {event_id}`")
     return "; ".join(p for p in (where, when, step) if p)
-
-
-# Failures an operator fixes in the connector's credential or configuration, then checks with `outbound check`.
-CREDENTIAL_CODES = ("auth_failed", "secret", "config")
 
 
 def failure_message(failures: dict[str, str], events: int) -> str:

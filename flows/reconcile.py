@@ -31,6 +31,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Failed, State
 
+from connectors.errors import CREDENTIAL_CODES
 from models.config import Config, load_config
 from flows.crashed import mark_crashed
 from models.errors import ProvisioningError
@@ -262,6 +263,7 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
     drift_link = _plan_artifacts(plan, dry_run)
     digest = plan_hash(plan)
     result = {"connector": cfg.name, "run_id": run_id, "flow_run_id": str(flow_run.id) if flow_run.id else None,
+              "target_url": cfg.target_url,
               "dry_run": dry_run, "summary": plan.summary(),
               "counts": counts, "deletions": plan.deletions, "threshold": plan.threshold,
               "desired_count": plan.desired_count, "target_count": plan.target_count, "unmanaged": plan.unmanaged,
@@ -329,6 +331,17 @@ async def _ask_approval(plan: Plan, run_id: str, message: str, digest: str, drif
     return {"decision": REJECTED, "by": answer.approver, "comment": answer.comment}
 
 
+def next_step(result: dict, first: Optional[dict]) -> str:
+    """The target and the command to run next: `outbound check` for a refused credential, else the run again."""
+    name, target = result["connector"], result.get("target_url")
+    where = f"{name} at {target}; " if target else ""
+    if first and first.get("code") in CREDENTIAL_CODES:
+        return (f"{where}fix {name}'s credential or configuration, check it with `outbound check --connector "
+                f"{name}`, then `outbound reconcile --connector {name}`")
+    return f"{where}the failed rows are in `outbound runs --status failed --connector {name}`; to run again: " \
+           f"`outbound reconcile --connector {name}`"
+
+
 def final_state(result: dict) -> "dict | State":
     """The flow run's final state for a reconciliation's result: only a full success is Completed."""
     status, name = result["status"], result["connector"]
@@ -336,8 +349,8 @@ def final_state(result: dict) -> "dict | State":
         o = result["outcomes"]
         first = result["failures"][0] if result.get("failures") else None
         detail = f"; first: {first['action']} {first['user']}: {first['error']}" if first else ""
-        return Failed(message=f"{name}: {o['failed']} of {o['failed'] + o['succeeded']} operations failed{detail}",
-                      data=result)
+        return Failed(message=f"{name}: {o['failed']} of {o['failed'] + o['succeeded']} operations failed{detail}"
+                              f" ({next_step(result, first)})", data=result)
     if status == RunStatus.REJECTED:
         d = result["decision"] or {}
         return Cancelled(message=f"rejected by {d.get('by') or '?'}: {d.get('comment') or 'no comment'}", data=result)

@@ -208,7 +208,8 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
         if isinstance(result, BaseException):
             status = FAILED
             counts.failed += 1
-            counts.failures.append({"action": action, "user": row["entity_name"], "error": str(result)})
+            counts.failures.append({"action": action, "user": row["entity_name"], "error": str(result),
+                                   "code": _code(result)})
         elif kind == NONE and action != LINK:
             status = SKIPPED
             counts.skipped += 1
@@ -362,7 +363,8 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
         status = SUCCEEDED if status == FAILED and error is None else status
         setattr(counts, status, getattr(counts, status) + 1)
         if error is not None:
-            counts.failures.append({"action": row["action"], "user": row["entity_name"], "error": str(error)})
+            counts.failures.append({"action": row["action"], "user": row["entity_name"], "error": str(error),
+                                   "code": _code(error)})
         counts.add_line(row["entity_name"], cfg.name, f"{row['action']} {row['group']}", status, dry_run,
                         group_remote_id, error)
         op_rows.append({

@@ -33,8 +33,8 @@ def run_of(event_id: str):
         return runs[0]
 
 
-def logs_of(flow_run_id, until: str, timeout: float = 30) -> list[tuple[int, str]]:
-    """The run's log lines (level, message), once one containing `until` has reached the server."""
+def logs_of(flow_run_id, *until: str, timeout: float = 30) -> list[tuple[int, str]]:
+    """The run's log lines (level, message), once a line containing each of `until` has reached the server."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
@@ -44,7 +44,7 @@ def logs_of(flow_run_id, until: str, timeout: float = 30) -> list[tuple[int, str
             logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
                                     limit=200)
         lines = [(log.level, log.message) for log in logs]
-        if any(until in m for _, m in lines):
+        if all(any(u in m for _, m in lines) for u in until):
             return lines
         time.sleep(0.3)
     raise AssertionError(f"no log line with {until!r} in {lines}")
@@ -70,7 +70,7 @@ def test_an_event_run_logs_each_users_outcome_and_is_tagged_with_what_acted_and_
         remote_id = good.users()[0]["id"]
 
     run = run_of(ev["id"])
-    lines = logs_of(run.id, f"user={name}@PRIMARY connector=broken")
+    lines = logs_of(run.id, f"user={name}@PRIMARY connector=broken", f"user={name}@PRIMARY connector=app")
     assert (20, f"user={name}@PRIMARY connector=app create succeeded remote_id={remote_id}") in lines, lines
     failed = [(level, m) for level, m in lines if m.startswith(f"user={name}@PRIMARY connector=broken ")]
     assert failed and failed[0][0] == 30 and "failed error=transient" in failed[0][1], failed
@@ -131,15 +131,22 @@ def test_the_drainer_fails_when_a_run_it_started_failed(tmp_path, sqlite_url):
     assert state.message.startswith("1 provision run it started failed") and "transient" in state.message, state.message
 
 
-def test_a_failed_reconciliation_is_tagged_failed_with_its_connector(tmp_path, sqlite_url):
-    with ScimSandbox(faults=FaultPlan(rate=1.0, kinds=("5xx",))) as down:
-        config = write_config(tmp_path, down, attempts=1)
+def test_a_failed_reconciliation_is_tagged_failed_and_says_what_to_do(tmp_path, sqlite_url):
+    from prefect.client.orchestration import get_client
+
+    with ScimSandbox(faults=FaultPlan(rate=1.0, kinds=("5xx",), only_methods=("POST",))) as refusing:
+        config = write_config(tmp_path, refusing, attempts=1)
+        with session_scope() as session:
+            upsert_user(session, EventUser(username="recfail", email="recfail@example.com"), "example.com",
+                        source="api")
         result = CliRunner().invoke(app, ["reconcile", "--config", str(config)])
+        url = refusing.url.rstrip("/")
     assert result.exit_code != 0, result.output
     with session_scope() as session:
         run = session.exec(select(ReconciliationRun).order_by(ReconciliationRun.started_at.desc())).first()
-    from prefect.client.orchestration import get_client
-
     with get_client(sync_client=True) as client:
-        tags = client.read_flow_run(run.flow_run_id).tags
-    assert {"connector:app", "failed:app"} <= set(tags), tags
+        flow_run = client.read_flow_run(run.flow_run_id)
+    assert {"connector:app", "failed:app"} <= set(flow_run.tags), flow_run.tags
+    message = flow_run.state.message
+    assert message.startswith("app: 1 of 1 operations failed; first: create recfail@PRIMARY"), message
+    assert f"app at {url}" in message and "`outbound reconcile --connector app`" in message, message
