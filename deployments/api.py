@@ -377,9 +377,10 @@ async def _read_limited(request: Request, limit: int) -> Optional[bytes]:
 def create_app(config: Config, config_path: Optional[str] = None, *,
                dispatch: DispatchMode | Callable[[str, str, str], object] = "auto", workers: int = 2) -> FastAPI:
     """The event API for `config`; `dispatch` is a mode or a callable(event_id, event_type, trigger)."""
-    from deployments.ingest import accept
+    from deployments.ingest import GroupCommit
 
     auth = Authenticator(config.api)
+    store = GroupCommit()
     limit = config.api.max_body_bytes
     connectors = [c.name for c in config.connectors if c.enabled]
     dispatcher = dispatch if callable(dispatch) else AutoDispatch(dispatch, InProcess(config_path, connectors, workers))
@@ -425,7 +426,7 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
             log.info("POST /v1/events refused: %s", refused)
             return _problem(401, f"not authenticated: {refused}")
         try:
-            accepted = await asyncio.to_thread(accept, body, config)
+            accepted = await asyncio.wrap_future(store.submit(body, config))
         except InvalidInput as exc:
             return _problem(422, "invalid event", exc.problems)
         except STORE_UNAVAILABLE as exc:  # not stored (or not known to be): the sender must retry

@@ -52,6 +52,11 @@ DEPLOYMENTS = (
     Deployment("sweep-events", "flows/sweep.py:sweep_events",
                "Re-dispatch events accepted but not finished after older_than_seconds.",
                "schedule", interval=600, parameters={"older_than_seconds": 300}),
+    # Incremental pulls read only what changed (a watermark); one at a time, so two never race.
+    Deployment("pull-directory", "flows/pull.py:pull_directory",
+               "Pull sources.ldap (LDAP / Active Directory) into the outbox: what changed since the last pull "
+               "(parameter full for a full pull, which also finds deletes).",
+               "schedule", interval=300, concurrency=1),
     # After the nightly reconciliation, before the working day.
     Deployment("prune-state", "flows/prune.py:prune_state",
                "Nightly retention, after the reconciliation (the same pruning as `outbound prune`).",

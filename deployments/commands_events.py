@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from deployments.console import (ConfigOption, action_name, connector_types, fail, prefect_ready, quiet_prefect,
-                                 read_config)
+from deployments.console import (ConfigOption, action_name, connector_types, fail, prefect_ready, prefect_soon,
+                                 quiet_prefect, read_config)
 from deployments.outcomes import stored_outcomes
 from models.kinds import Action, EventStatus, OperationStatus
 
@@ -50,6 +50,7 @@ def event(file: str = typer.Argument(..., help="Event JSON file, or - for standa
           config: Optional[Path] = ConfigOption,
           verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs.")) -> None:
     """Store an identity event, apply it to the identity store and provision it."""
+    prefect_soon()  # it starts while the event is stored
     quiet_prefect(verbose)
     cfg = read_config(config)
     try:
@@ -78,6 +79,7 @@ def retry(event_id: str = typer.Argument(..., help="The event's id."),
           config: Optional[Path] = ConfigOption,
           verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs.")) -> None:
     """Run an event again now: a failed one after its cause was fixed, or one waiting for its next retry."""
+    prefect_soon()
     from models.outbox import retry_now
 
     quiet_prefect(verbose)

@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from deployments.console import ConfigOption, action_name, fail, prefect_ready, quiet_prefect, read_config
+from deployments.console import (ConfigOption, action_name, fail, prefect_ready, prefect_soon, quiet_prefect,
+                                 read_config)
 from models.kinds import Action, RunStatus
 
 app = typer.Typer()
@@ -155,6 +156,7 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
               config: Optional[Path] = ConfigOption,
               verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's logs.")) -> None:
     """Compare each target with the desired state and apply the difference, in-process."""
+    prefect_soon()  # it starts while the flows are imported and the configuration read
     import asyncio
 
     from rich.progress import Progress

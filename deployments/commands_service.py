@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from deployments.catalog import named
-from deployments.console import ConfigOption, fail, prefect_ready, read_config
+from deployments.console import ConfigOption, fail, prefect_ready, prefect_soon, read_config
 from models.kinds import HealthState, RunStatus
 
 app = typer.Typer()
@@ -23,6 +23,8 @@ def api(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         workers: int = typer.Option(2, help="In-process: drains at once (each provisions a batch of pending "
                                              "events; 2 suit a 2-core machine).")) -> None:
     """Serve the HTTP event API (POST /v1/events, GET /v1/events/{id}, GET /healthz)."""
+    if dispatch != "prefect":
+        prefect_soon()  # it starts while the API is built
     import uvicorn
 
     from deployments.api import create_app

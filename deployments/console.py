@@ -44,6 +44,13 @@ def quiet_prefect(verbose: bool) -> None:
                     handler.setLevel(level)
 
 
+def prefect_soon() -> None:
+    """Start this command's temporary Prefect API now, in the background (call before importing flows)."""
+    from deployments.prefect_api import launch_prefect_api
+
+    launch_prefect_api()
+
+
 def prefect_ready() -> None:
     """Make sure flows have a Prefect API (starting this process's temporary one), or exit 1 saying why."""
     from deployments.prefect_api import PrefectUnavailable, ensure_prefect_api

@@ -14,6 +14,7 @@ from typing import Optional
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
+from prefect.utilities.annotations import quote
 
 from connectors.errors import CREDENTIAL_CODES, is_permanent
 from flows.crashed import expired, mark_crashed
@@ -134,18 +135,22 @@ def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
     options = task_options(config.retry)
     run_id = f"events:{flow_run.id or 'local'}"
     label = batch_name(batch).removeprefix("provision ")
-    decisions = resolve_policy(batch.user_ids, config, label)
+    # quote(): Prefect walks every task argument twice (to resolve futures and record inputs); over a
+    # batch's users, events, desired state and outcomes that walk cost seconds per batch, and none of
+    # them holds a future.
+    users, events, config_ = quote(batch.user_ids), quote(batch.events), quote(config)
+    decisions = resolve_policy(users, config_, label)
     for who, ds in list(decisions.items())[:50]:
         logger.info("user=%s %s", who, "; ".join(f"{d.connector}: {d.action} ({d.reason})" for d in ds))
     # Each step is submitted only once the one before it has succeeded, so a connector that fails
     # shows its failed step and nothing after it (no task left NotReady behind it).
-    named = {cfg.name: generate_username.with_options(**options).submit(cfg.name, batch.user_ids, config)
+    named = {cfg.name: generate_username.with_options(**options).submit(cfg.name, users, config_)
              for cfg in config.connectors}
     provisioning, per_user = {}, {u: [] for u in batch.user_ids}
     for name, future in named.items():
         try:
-            provisioning[name] = provision.with_options(**options).submit(name, future.result(), batch.events,
-                                                                        config, run_id)
+            provisioning[name] = provision.with_options(**options).submit(name, quote(future.result()), events,
+                                                                        config_, run_id)
         except Exception as exc:  # no desired state: provision never ran, so record the failure here
             _raise_if_store_down(exc)
             failed = _failed(name, exc, batch, logger)
@@ -159,7 +164,7 @@ def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
             _raise_if_store_down(exc)
             outcomes = _failed(name, exc, batch, logger)
         else:
-            checking[name] = reconcile.with_options(**options).submit(name, outcomes, batch.events, config, run_id)
+            checking[name] = reconcile.with_options(**options).submit(name, quote(outcomes), events, config_, run_id)
         _add(per_user, outcomes)
     for name, future in checking.items():
         try:

@@ -21,7 +21,7 @@ from models.usernames import WSO2_DEFAULT_PATTERN, WSO2_DEFAULT_WORDS, UsernameR
 from models.validation import InvalidInput, field_path, pattern, problems_of
 from models.wso2 import claim_target_problem
 
-ORG_TRIGGERS = ("api", "console", "self_signup", "jit")
+ORG_TRIGGERS = ("api", "console", "self_signup", "jit", "directory")
 DEFAULT_CONFIG_FILE = "outbound.yaml"
 
 Name = Annotated[str, Field(pattern=pattern(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
@@ -362,10 +362,95 @@ class Wso2WebhookSettings(Strict):
         return self
 
 
+class LdapBind(Strict):
+    dn: str = Field(min_length=1, max_length=1024)
+    password: SecretRef
+
+
+class LdapDisabled(Strict):
+    """A directory attribute that marks an account disabled when it holds one of `values` (any value
+    when `values` is empty), besides AD's userAccountControl bit 2 and ppolicy's pwdAccountLockedTime."""
+
+    attribute: str = Field(min_length=1, max_length=128)
+    values: list[str] = Field(default_factory=list)
+
+
+LDAP_FIELDS = ("username", "given_name", "family_name", "display_name", "email")
+
+
+class LdapSourceSettings(Strict):
+    """`outbound pull` / the pull-directory deployment: an LDAP directory or Active Directory as the
+    source of truth (see docs/sources.md). One directory; its name keys its state in the store."""
+
+    name: Name = "directory"
+    url: str
+    start_tls: bool = False
+    ca_file: Optional[str] = None  # the CA to trust for ldaps:// and StartTLS, instead of the system's
+    allow_insecure_ldap: bool = False
+    bind: LdapBind
+    base_dn: str = Field(min_length=1, max_length=1024)
+    group_base_dn: Optional[str] = None  # default: base_dn
+    user_filter: str = "(objectClass=inetOrgPerson)"
+    group_filter: str = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=group))"
+    member_attribute: str = "member"
+    # The user's stable identity: entryUUID on OpenLDAP, objectGUID on AD; never the DN (it changes on a rename).
+    anchor: str = "entryUUID"
+    # LDAP attribute -> username | given_name | family_name | display_name | email | attributes.<key>
+    attributes: dict[str, str] = Field(default_factory=lambda: {
+        "uid": "username", "givenName": "given_name", "sn": "family_name", "cn": "display_name", "mail": "email"})
+    user_store: StoreName = "PRIMARY"  # the {UD} of the users pulled
+    roles: dict[str, list[str]] = Field(default_factory=dict)  # group DN -> roles (members, nested included)
+    disabled: Optional[LdapDisabled] = None
+    # modifyTimestamp (OpenLDAP, 389, FreeIPA) or uSNChanged (AD, with the rootDSE's highestCommittedUSN)
+    watermark: Literal["modifyTimestamp", "uSNChanged"] = "modifyTimestamp"
+    # modifyTimestamp only: how far before the watermark an incremental pull reads again (see
+    # models.directory.changed_filter); entries read again become no event.
+    watermark_overlap_seconds: int = Field(default=60, ge=0, le=86400)
+    page_size: int = Field(default=500, ge=1, le=5000)
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    # A full pull that would delete more users than this stops and deletes nothing (None: 10% of the
+    # users linked to the directory, at least 10).
+    max_deletions: Optional[int] = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _checks(self):
+        problems = []
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("ldap", "ldaps") or not parsed.hostname:
+            problems.append(f"url: must be an ldaps:// or ldap:// URL, not {self.url!r}")
+        elif "@" in parsed.netloc:
+            problems.append("url: must not hold credentials; use bind.password, a secret reference")
+        elif parsed.scheme == "ldap" and not self.start_tls and not self.allow_insecure_ldap \
+                and not _is_loopback(parsed.hostname):
+            problems.append("url: plain ldap:// without start_tls is only accepted for loopback addresses "
+                            "(use ldaps://, set start_tls: true, or allow_insecure_ldap: true to override)")
+        if parsed.scheme == "ldaps" and self.start_tls:
+            problems.append("start_tls: ldaps:// is TLS already; StartTLS is for ldap:// URLs")
+        targets = list(self.attributes.values())
+        for attribute, target in self.attributes.items():
+            if target not in LDAP_FIELDS and not (target.startswith("attributes.") and len(target) > 11):
+                problems.append(f"attributes.{attribute}: {target!r} is not one of {', '.join(LDAP_FIELDS)} "
+                                f"or attributes.<key>")
+        for target in sorted({t for t in targets if targets.count(t) > 1}):
+            problems.append(f"attributes: {target} is mapped from more than one LDAP attribute")
+        if "username" not in targets:
+            problems.append("attributes: one LDAP attribute must map to username (uid, sAMAccountName, ...)")
+        if self.anchor.lower() in ("dn", "distinguishedname"):
+            problems.append("anchor: the DN changes when an entry is renamed or moved; use entryUUID or objectGUID")
+        for name, value in (("user_filter", self.user_filter), ("group_filter", self.group_filter)):
+            if not (value.startswith("(") and value.endswith(")")) or value.count("(") != value.count(")"):
+                problems.append(f"{name}: {value!r} is not an LDAP filter in parentheses")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class SourceSettings(Strict):
-    """Identity providers that push events to `outbound api` in their own format."""
+    """Identity providers that push events to `outbound api` in their own format, and the directory
+    that `outbound pull` reads."""
 
     wso2: Optional[Wso2WebhookSettings] = None
+    ldap: Optional[LdapSourceSettings] = None
 
 
 class UserStoreSettings(Strict):

@@ -12,7 +12,7 @@ from models.validation import InvalidInput, field_path, invalid, pattern
 
 EVENT_TYPES = ("user.created", "user.updated", "user.deleted", "user.disabled", "user.enabled",
                "user.roles_changed", "user.federated_login")
-TRIGGERS = ("api", "console", "self_signup", "jit", "federated_login", "import")
+TRIGGERS = ("api", "console", "self_signup", "jit", "federated_login", "import", "directory")
 MAX_EVENT_BYTES = 64 * 1024
 MAX_DEPTH = 8
 

@@ -37,7 +37,7 @@ class User(SQLModel, table=True):
     display_name: Optional[str] = Field(default=None, max_length=255)
     active: bool = True
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    # How the user arrived (api, console, self_signup, jit, federated_login, import) and
+    # How the user arrived (api, console, self_signup, jit, federated_login, import, directory) and
     # every IdP the user has come through: the policy's level rules read both.
     source: str = Field(max_length=32)
     idps: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
@@ -257,3 +257,29 @@ class SourceUser(SQLModel, table=True):
     source: str = Field(primary_key=True, max_length=16)
     remote_id: str = Field(primary_key=True, max_length=255)
     user_id: str = Field(foreign_key="users.id", max_length=64, index=True)
+
+
+class DirectoryEntry(SQLModel, table=True):
+    """A directory entry (by its anchor: entryUUID, objectGUID) and the local user it became."""
+
+    __tablename__ = "directory_entries"
+
+    directory: str = Field(primary_key=True, max_length=64)
+    anchor: str = Field(primary_key=True, max_length=255)
+    dn: str = Field(sa_column=Column(Text, nullable=False))
+    user_id: str = Field(foreign_key="users.id", max_length=64, index=True)
+    pulled_at: datetime = Field(default_factory=utcnow)
+
+
+class DirectoryWatermark(SQLModel, table=True):
+    """Where the last pull of a directory got to; moved in the transaction that stores its events."""
+
+    __tablename__ = "directory_watermarks"
+
+    directory: str = Field(primary_key=True, max_length=64)
+    attribute: str = Field(max_length=32)  # modifyTimestamp | uSNChanged
+    value: str = Field(max_length=64)
+    # sha256 of the settings that choose and map the entries: when they change, the next pull is full.
+    settings_hash: str = Field(max_length=64)
+    full_pull_at: Optional[datetime] = None
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -212,10 +212,15 @@ def artifact_key(connector: str) -> str:
 
 
 def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]], flow_run_id: Optional[str]) -> None:
-    """A keyed table artifact of the batch's outcomes on this connector, and a Prefect event per change.
+    """A keyed table artifact of the batch's outcomes on this connector, and Prefect events of its changes.
 
-    The events (`outbound.account.created|updated|disabled|deleted|failed` about the resource
-    `outbound.user.<user@STORE>`) make a user's history across runs one filter in the Event Feed.
+    A change of one user is an event about that user: `outbound.account.created|updated|disabled|
+    deleted|failed`, resource `outbound.user.<user@STORE>`, related to the connector, the flow run and
+    its outbox events. When a batch changed several users the same way, one event per kind (per
+    `EVENT_USERS` users) tells them all: its resource is the connector and each user is a related
+    resource (role `user`), so a user's history across runs is still one filter in the Event Feed
+    (any resource `outbound.user.<user@STORE>`), at one event per kind instead of one per user (a
+    thousand events per batch loaded the Prefect server more than the batch's own runs did).
     Reporting never fails the batch: it only tells.
     """
     from prefect.artifacts import create_table_artifact
@@ -229,23 +234,45 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
             create_table_artifact(table=rows, key=artifact_key(connector),
                                   description=f"{connector}: {len(outcomes)} users"
                                   + (f" (first {ARTIFACT_ROWS})" if len(outcomes) > ARTIFACT_ROWS else ""))
+        if not flow_run_id:
+            return
+        by_kind: dict[str, list[Outcome]] = {}
         for o in outcomes:
             kind = "failed" if o.status == FAILED else HISTORY.get(o.operation)
-            if kind is None or not flow_run_id:
+            if kind is not None:
+                by_kind.setdefault(kind, []).append(o)
+        base = [{"prefect.resource.id": f"outbound.connector.{connector}", "prefect.resource.role": "connector"},
+                {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}]
+        for kind, changed in by_kind.items():
+            if len(changed) == 1:
+                o = changed[0]
+                related = base + [{"prefect.resource.id": f"outbound.event.{e}", "prefect.resource.role": "event"}
+                                  for e in events.get(o.user_id or "", [])[-5:]]
+                emit_event(event=f"outbound.account.{kind}",
+                           resource={"prefect.resource.id": f"outbound.user.{o.entity_name}",
+                                     "prefect.resource.name": o.entity_name or ""},
+                           related=related, payload={"connector": connector, **_change(o)})
                 continue
-            related = [{"prefect.resource.id": f"outbound.connector.{connector}",
-                        "prefect.resource.role": "connector"},
-                       {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}]
-            related += [{"prefect.resource.id": f"outbound.event.{e}", "prefect.resource.role": "event"}
-                        for e in events.get(o.user_id or "", [])[-5:]]
-            emit_event(event=f"outbound.account.{kind}",
-                       resource={"prefect.resource.id": f"outbound.user.{o.entity_name}",
-                                 "prefect.resource.name": o.entity_name or ""},
-                       related=related,
-                       payload={"connector": connector, "operation": o.operation, "remote_id": o.remote_id,
-                                "remote_username": o.remote_name, "error": o.error})
+            for first in range(0, len(changed), EVENT_USERS):
+                chunk = changed[first:first + EVENT_USERS]
+                emit_event(event=f"outbound.account.{kind}",
+                           resource={"prefect.resource.id": f"outbound.connector.{connector}",
+                                     "prefect.resource.name": connector},
+                           related=base[1:] + [{"prefect.resource.id": f"outbound.user.{o.entity_name}",
+                                                "prefect.resource.name": o.entity_name or "",
+                                                "prefect.resource.role": "user"} for o in chunk],
+                           payload={"connector": connector, "users": [
+                               {"user": o.entity_name, **_change(o)} for o in chunk]})
     except Exception as exc:
         log.warning("connector=%s could not report the batch to Prefect: %s: %s", connector, type(exc).__name__, exc)
+
+
+EVENT_USERS = 90  # users per batch event: Prefect takes at most 100 related resources per event
+
+
+def _change(o: Outcome) -> dict:
+    return {"operation": o.operation, "remote_id": o.remote_id,
+            "remote_username": o.remote_name, "error": o.error}
 
 
 @task(name="provision", task_run_name="provision {connector_name}", cache_policy=NO_CACHE)

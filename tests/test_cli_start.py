@@ -92,3 +92,16 @@ def test_sigterm_stops_the_temporary_prefect_api_with_the_command(tmp_path, scim
             proc.kill()
         for s in _children(proc.pid):
             os.kill(s, signal.SIGKILL)
+
+
+def test_the_command_provisions_through_the_api_it_launched_without_importing_prefects_server(tmp_path, scim):
+    """The temporary API is launched first thing and reached by URL: the command never loads Prefect's server code."""
+    config = write_config(tmp_path, scim)
+    report = ("import atexit, sys; atexit.register(lambda: print('server module loaded:', "
+              "'prefect.server.api.server' in sys.modules, file=sys.stderr)); "
+              "from deployments.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", report, "event", str(_event_file(tmp_path)), "--config", str(config)],
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "server module loaded: False" in done.stderr
+    assert [u["userName"] for u in scim.users()] == ["newcomer"]

@@ -109,3 +109,38 @@ def test_each_change_is_a_prefect_event_about_the_user(tmp_path, sqlite_url, sci
     assert [e for _, e in seen] == ["outbound.account.created", "outbound.account.updated", "outbound.account.deleted"]
     related = {r.role: r.id for r in page.events[0].related}
     assert related["connector"] == "outbound.connector.app" and related["flow-run"].startswith("prefect.flow-run.")
+
+
+def test_a_batch_of_changes_is_one_prefect_event_per_kind_naming_each_user(tmp_path, sqlite_url, scim):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+
+    from deployments.ingest import accept
+    from flows.provision import provision_user
+    from models.config import load_config
+
+    config = write_config(tmp_path, scim)
+    run = uuid.uuid4().hex[:6]
+    names = [f"many{run}{i}" for i in range(3)]
+    for name in names:  # stored first, then one drain: a batch of three users
+        accept(event(username=name), load_config(config))
+    asyncio.run(provision_user(config_path=str(config), return_state=True))
+    resource = f"outbound.user.{names[1]}@PRIMARY"
+    deadline, page = time.monotonic() + 30, None
+    while time.monotonic() < deadline:  # events reach the server asynchronously
+        with get_client(sync_client=True) as client:
+            page = client.read_events(filter=EventFilter(any_resource=EventAnyResourceFilter(id=[resource]),
+                                                         event=EventNameFilter(name=["outbound.account.created"])),
+                                      limit=50)
+        if page.events:
+            break
+        time.sleep(0.5)
+    assert page is not None and len(page.events) == 1, page
+    told = page.events[0]
+    assert told.resource.id == "outbound.connector.app"
+    users = {r.id for r in told.related if r.role == "user"}
+    assert users == {f"outbound.user.{n}@PRIMARY" for n in names}
+    assert sorted(u["user"] for u in told.payload["users"]) == sorted(f"{n}@PRIMARY" for n in names)
+    assert all(u["operation"] == "create" and u["remote_id"] for u in told.payload["users"])

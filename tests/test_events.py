@@ -213,3 +213,48 @@ def test_the_email_check_says_what_it_expects_in_words(sqlite_url):
     message = str(info.value)
     assert "user.email: must be an email address such as name@example.com" in message
     assert "^[" not in message and "pattern" not in message
+
+
+@pytest.mark.parametrize("url", ["sqlite_url", "pg_url"])
+def test_a_group_commit_answers_each_event_as_accept_would(request, url):
+    """One transaction for a group; a bad event or a repeated id in it costs only itself."""
+    from concurrent.futures import Future
+
+    from deployments.ingest import GroupCommit
+
+    request.getfixturevalue(url)
+
+    def commit(raws):
+        group = [(parse_event(raw), CONFIG, Future()) for raw in raws]
+        GroupCommit._commit(group)
+        return [done.exception() or done.result() for _, _, done in group]
+
+    clean = commit([{"id": "k1", "type": "user.created", "user": {"username": "kim"}},
+                    {"id": "k2", "type": "user.updated", "user": {"username": "kim", "family_name": "Lee"}}])
+    assert [(a.event_id, a.new) for a in clean] == [("k1", True), ("k2", True)]
+    spoilt = commit([{"id": "g1", "type": "user.created", "user": {"username": "gina"}},
+                     {"id": "g2", "type": "user.updated", "user": {"username": "nobody", "family_name": "X"}},
+                     {"id": "g1", "type": "user.created", "user": {"username": "gina"}},  # the same id again
+                     {"id": "k1", "type": "user.created", "user": {"username": "kim"}},  # seen in the last group
+                     {"id": "g3", "type": "user.created", "user": {"username": "hugo"}}])
+    assert isinstance(spoilt[1], InvalidInput) and "unknown user nobody@PRIMARY" in str(spoilt[1])
+    assert [(a.event_id, a.new) for a in spoilt[:1] + spoilt[2:]] == [("g1", True), ("g1", False), ("k1", False),
+                                                                     ("g3", True)]
+    with session_scope() as session:
+        assert sorted(e.id for e in session.exec(select(Event)).all()) == ["g1", "g3", "k1", "k2"]
+        users = {u.username: u for u in session.exec(select(User)).all()}
+        assert sorted(users) == ["gina", "hugo", "kim"] and users["kim"].family_name == "Lee"
+
+
+def test_group_commit_answers_concurrent_senders_once_stored(sqlite_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deployments.ingest import GroupCommit
+
+    store = GroupCommit()
+    raws = [{"id": f"c{i}", "type": "user.created", "user": {"username": f"conc{i}"}} for i in range(60)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda raw: store.submit(raw, CONFIG).result(timeout=60), raws + raws[:10]))
+    assert sum(a.new for a in answers) == 60 and sum(not a.new for a in answers) == 10
+    with session_scope() as session:
+        assert session.exec(select(func.count()).select_from(Event)).one() == 60

@@ -1,0 +1,103 @@
+"""Read an LDAP directory or Active Directory (ldap3): bind, paged searches (RFC 2696), the rootDSE.
+
+Every failure becomes a DirectoryError whose message says what to fix (the URL, the bind DN, the
+filter) and never holds the password. Searches are always paged: a server's size limit (AD: 1,000)
+never cuts a pull short silently.
+"""
+
+import math
+import ssl
+from contextlib import contextmanager
+from typing import Iterator, Optional
+from urllib.parse import urlparse
+
+import ldap3
+from ldap3.core import exceptions as ldap_errors
+
+from models.config import LdapSourceSettings
+from models.errors import ProvisioningError
+from models.secrets import resolve
+
+
+class DirectoryError(ProvisioningError):
+    """The directory cannot be read: the pull stops, nothing of it stored, the watermark kept."""
+
+    code = "directory"
+
+
+def _server(settings: LdapSourceSettings) -> ldap3.Server:
+    url = urlparse(settings.url)
+    secure = url.scheme == "ldaps" or settings.start_tls
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=settings.ca_file,
+                    version=ssl.PROTOCOL_TLS_CLIENT) if secure else None
+    return ldap3.Server(url.hostname, port=url.port or (636 if url.scheme == "ldaps" else 389),
+                        use_ssl=url.scheme == "ldaps", tls=tls, get_info=ldap3.NONE,
+                        connect_timeout=math.ceil(settings.timeout))
+
+
+@contextmanager
+def connected(settings: LdapSourceSettings) -> Iterator[ldap3.Connection]:
+    """A bound, read-only connection; DirectoryError naming the URL or the bind DN when it cannot be had."""
+    password = resolve(settings.bind.password)
+    conn = ldap3.Connection(_server(settings), user=settings.bind.dn, password=password, read_only=True,
+                            raise_exceptions=True, receive_timeout=math.ceil(settings.timeout), auto_bind=ldap3.AUTO_BIND_NONE)
+    try:
+        try:
+            conn.open()
+            if settings.start_tls:
+                conn.start_tls()
+        except (ldap_errors.LDAPSocketOpenError, ldap_errors.LDAPSocketReceiveError,
+                ldap_errors.LDAPStartTLSError, ldap_errors.LDAPSSLConfigurationError, OSError) as exc:
+            raise DirectoryError(f"url {settings.url}: cannot connect ({_reason(exc)})") from None
+        try:
+            conn.bind()
+        except ldap_errors.LDAPInvalidCredentialsResult:
+            raise DirectoryError(f"bind.dn {settings.bind.dn}: the directory refused the credentials "
+                                 f"(invalidCredentials); check the DN and bind.password's secret") from None
+        except ldap_errors.LDAPException as exc:
+            raise DirectoryError(f"bind.dn {settings.bind.dn}: the bind failed ({_reason(exc)})") from None
+        yield conn
+    finally:
+        try:
+            conn.unbind()
+        except Exception:  # the socket may be gone already; there is nothing to release then
+            pass
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:300]
+
+
+def search(conn: ldap3.Connection, base: str, ldap_filter: str, attributes: list[str], page_size: int,
+           setting: str) -> Iterator[tuple[str, dict]]:
+    """(DN, raw attributes) of every entry, page by page; `setting` names the filter in errors."""
+    try:
+        for entry in conn.extend.standard.paged_search(base, ldap_filter, ldap3.SUBTREE, attributes=attributes,
+                                                       paged_size=page_size, generator=True):
+            if entry.get("type") == "searchResEntry":
+                yield entry["dn"], entry["raw_attributes"]
+    except ldap_errors.LDAPInvalidFilterError as exc:
+        raise DirectoryError(f"{setting} {ldap_filter!r}: not a valid LDAP filter ({_reason(exc)})") from None
+    except (ldap_errors.LDAPAdminLimitExceededResult, ldap_errors.LDAPSizeLimitExceededResult) as exc:
+        raise DirectoryError(f"page_size {page_size}: the server refuses it for this bind account "
+                             f"({_reason(exc)}); lower page_size to its limit (AD: MaxPageSize, 1000)") from None
+    except ldap_errors.LDAPNoSuchObjectResult:
+        raise DirectoryError(f"base DN {base!r}: no such entry in the directory") from None
+    except (ldap_errors.LDAPSocketReceiveError, ldap_errors.LDAPSessionTerminatedByServerError,
+            ldap_errors.LDAPSocketSendError) as exc:
+        raise DirectoryError(f"the connection to the directory broke during the search ({_reason(exc)})") from None
+    except ldap_errors.LDAPException as exc:
+        raise DirectoryError(f"the search of {base!r} with {setting} {ldap_filter!r} failed ({_reason(exc)})") from None
+
+
+def highest_committed_usn(conn: ldap3.Connection) -> Optional[int]:
+    """Active Directory's rootDSE highestCommittedUSN, read before a uSNChanged search begins."""
+    try:
+        conn.search("", "(objectClass=*)", ldap3.BASE, attributes=["highestCommittedUSN"])
+    except ldap_errors.LDAPException as exc:
+        raise DirectoryError(f"cannot read the rootDSE's highestCommittedUSN ({_reason(exc)})") from None
+    values = conn.response[0]["raw_attributes"].get("highestCommittedUSN") if conn.response else None
+    if not values:
+        raise DirectoryError("watermark uSNChanged: the rootDSE has no highestCommittedUSN (not Active Directory?)")
+    return int(values[0])
