@@ -156,6 +156,11 @@ def token_error(status: int, text: str, *, retry_after: float | None = None) -> 
 PERMANENT_CODES = frozenset({"rejected", "collision", "already_exists", "not_found", "config"})
 
 
+# Failures an operator fixes in the connector's credential or configuration, then checks with
+# `outbound check --connector <name>`.
+CREDENTIAL_CODES = frozenset({"auth_failed", "secret", "config"})
+
+
 def is_permanent(code: str | None) -> bool:
     """Whether a failure with this error code is final for the event (see PERMANENT_CODES)."""
     return code in PERMANENT_CODES

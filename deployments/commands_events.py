@@ -35,8 +35,13 @@ def run_flow(event_id: str, config: Optional[Path]) -> list[dict]:
 
     from flows.provision import provision_user
 
+    from tasks.explain import run_url
+
     # A run that ends Failed (some user failed) is read from the store like any other.
-    asyncio.run(provision_user(event_id=event_id, config_path=str(config) if config else None, return_state=True))
+    state = asyncio.run(provision_user(event_id=event_id, config_path=str(config) if config else None,
+                                       return_state=True))
+    if state.state_details.flow_run_id:
+        typer.echo(f"run: {run_url(state.state_details.flow_run_id)}")
     return stored_outcomes(event_id)
 
 

@@ -140,6 +140,10 @@ def _print_result(result: dict, connector_type: Optional[str] = None) -> None:
         typer.echo(f"  {f.get('status', 'failed')} {action_name(f['action'], connector_type)} {f['user']}: {f['error']}")
     for path in result.get("reports") or ():
         typer.echo(f"{name}: plan rows written to {path}")
+    if result.get("flow_run_id"):
+        from tasks.explain import run_url
+
+        typer.echo(f"{name}: run {run_url(result['flow_run_id'])}")
 
 
 @app.command()

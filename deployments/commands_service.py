@@ -182,6 +182,7 @@ def status(config: Optional[Path] = ConfigOption,
         typer.echo(json.dumps(summary, default=str))
         return
     from deployments.tables import console, table
+    from tasks.health import IN_WORDS
 
     out = console()
     columns = [("connector", {"overflow": "fold", "min_width": 8}), ("last run (UTC)", {"no_wrap": True}),
@@ -193,7 +194,7 @@ def status(config: Optional[Path] = ConfigOption,
         run = c["last_reconciliation"]
         row = [c["connector"], run["started_at"][:16] if run else "never",
                (f"{run['status']}{' (dry run)' if run['dry_run'] else ''}" if run else "-"),
-               str(c["failed_last_day"]), c["health"]["state"]]
+               str(c["failed_last_day"]), IN_WORDS.get(c["health"]["state"], c["health"]["state"])]
         if wide:
             counts = ", ".join(f"{k}={v}" for k, v in (run or {}).get("counts", {}).items() if v) if run else ""
             guard = (run or {}).get("guard") or {}

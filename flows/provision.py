@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.utilities.annotations import quote
 
-from connectors.errors import is_permanent
+from connectors.errors import CREDENTIAL_CODES, is_permanent
 from flows.crashed import ended_runs, expired, mark_crashed
 from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
@@ -57,19 +57,50 @@ def batch_name(batch: Batch) -> str:
 
 
 def _label(batch: Batch, config: Config) -> None:
-    """Name the run after what it holds and tag it `trigger:<how>`, `connector:<name>`, so the UI filters work."""
+    """Name the run after what it holds and tag it `trigger:<how>`, so the UI filters work (the
+    connectors' tags are added when the run knows what they did: see outcome_tags)."""
     from prefect.client.orchestration import get_client
 
     if not flow_run.id:
         return
     name = batch_name(batch) if len(batch) else "provision: nothing left (another drain took it)"
-    tags = sorted({*flow_run.tags, *(f"trigger:{t}" for t in batch.triggers),
-                   *(f"connector:{c.name}" for c in config.connectors if c.enabled)})
+    tags = sorted({*flow_run.tags, *(f"trigger:{t}" for t in batch.triggers)})
     try:
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run.id, name=name, tags=tags)
     except Exception as exc:  # a name is worth a log line, never a failed batch
         get_run_logger().warning("could not name the run %r: %s", name, exc)
+
+
+# Outcomes that sent nothing to the target: they do not tag the run with their connector.
+QUIET = (Action.NONE, Action.NOOP, Action.GONE)
+
+
+def outcome_tags(outcomes) -> set[str]:
+    """`connector:<name>` for each connector that acted in the run (an operation sent, or a failure),
+    `failed:<name>` for each that failed for a user: so Failed + `failed:<name>` finds its failures."""
+    tags = set()
+    for o in outcomes:
+        if o.status == OperationStatus.FAILED:
+            tags |= {f"connector:{o.connector}", f"failed:{o.connector}"}
+        elif o.operation not in QUIET:
+            tags.add(f"connector:{o.connector}")
+    return tags
+
+
+def _add_tags(tags: set[str]) -> None:
+    """Add tags to this run (best effort: a tag is worth a log line, never a failed batch)."""
+    from prefect.client.orchestration import get_client
+
+    if not flow_run.id or not tags:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            have = set(client.read_flow_run(flow_run.id).tags or ())
+            if not tags <= have:
+                client.update_flow_run(flow_run.id, tags=sorted(have | tags))
+    except Exception as exc:
+        get_run_logger().warning("could not tag the run %s: %s", sorted(tags), exc)
 
 
 def claim_event(event_id: str, limit: int) -> Batch:
@@ -188,19 +219,21 @@ def event_status(outcomes: list[Outcome]) -> tuple[EventStatus, Optional[str]]:
 
 
 def drain(config: Config, event_id: Optional[str] = None, limit: int = 1000,
-          failures: Optional[dict[str, str]] = None) -> int:
+          failures: Optional[dict[str, str]] = None, tags: Optional[set[str]] = None) -> int:
     """Claim and provision batches until nothing claimable is left; return how many events were run.
 
-    `failures` collects user@STORE -> what failed, for the run's final state.
+    `failures` collects user@STORE -> what failed, for the run's final state; `tags` the run's
+    connector tags (outcome_tags).
     """
     failures = failures if failures is not None else {}
+    tags = tags if tags is not None else set()
     if event_id and (flow_run.run_count or 1) > 1:  # the UI's Retry of this run: the event runs again
         retry_now(event_id)
     with run_held(_this_run()):  # a process killed before the run's end leaves it, for the sweeper
-        return _drain(config, event_id, limit, failures)
+        return _drain(config, event_id, limit, failures, tags)
 
 
-def _drain(config: Config, event_id: Optional[str], limit: int, failures: dict[str, str]) -> int:
+def _drain(config: Config, event_id: Optional[str], limit: int, failures: dict[str, str], tags: set[str]) -> int:
     logger = get_run_logger()
     total, first = 0, True
     while True:
@@ -229,6 +262,7 @@ def _drain(config: Config, event_id: Optional[str], limit: int, failures: dict[s
                 release_or_defer(batch)  # the store itself is down: the events stay running, the sweeper takes them
             raise
         outcome = {user: event_status(outs) for user, outs in per_user.items()}
+        tags |= outcome_tags(o for outs in per_user.values() for o in outs)
         try:
             finish(batch, outcome)
         except STORE_UNAVAILABLE:  # run again when the store returns: what was applied is found in place
@@ -239,6 +273,10 @@ def _drain(config: Config, event_id: Optional[str], limit: int, failures: dict[s
         total += len(batch.event_ids)
         failed = {batch.names.get(u, u): error for u, (status, error) in outcome.items()
                   if status != EventStatus.SUCCEEDED}
+        for u, (status, error) in outcome.items():  # those the run's message shows say what to do next
+            who = batch.names.get(u, u)
+            if status != EventStatus.SUCCEEDED and len(failures) < SHOWN and who not in failures:
+                failed[who] = f"{error} ({next_step(per_user[u], batch.events[u][-1], config)})"
         failures.update(failed)
         logger.info("batch of %d events (%d users) done: %d failed", len(batch.event_ids), len(batch), len(failed))
 
@@ -253,23 +291,49 @@ async def provision_user(event_id: Optional[str] = None, config_path: Optional[s
     naming the store when the state store is unreachable: its events are run again when it returns.
     """
     failures: dict[str, str] = {}
+    tags: set[str] = set()
     # The body blocks (store I/O, waiting on task futures): run it in a thread, with this run's
     # context, so the event loop stays free and several runs progress at once in one process.
     try:
-        done = await asyncio.to_thread(drain, load_config(config_path), event_id, limit, failures)
+        done = await asyncio.to_thread(drain, load_config(config_path), event_id, limit, failures, tags)
     except STORE_UNAVAILABLE as exc:
         message = unreachable_message()
         get_run_logger().error("%s (%s)", message, type(exc).__name__)  # the driver's text may be long; not needed
         return Failed(message=message)
+    await asyncio.to_thread(_add_tags, tags)
     if failures:
         return Failed(message=failure_message(failures, done))
     return done
 
 
+SHOWN = 5  # users named in a run's failure message
+
+
+def next_step(outcomes: list[Outcome], event_id: str, config: Config) -> str:
+    """Where it failed, whether it is tried again and when, and the command to run next:
+    `scim-app at https://…/scim/v2; attempt 1 of 8, next at 14:05:00 UTC; to retry now: outbound retry evt-1`."""
+    from models.outbox import MAX_ATTEMPTS
+
+    failed = [o for o in outcomes if o.status == OperationStatus.FAILED]
+    names = {c.name: c for c in config.connectors}
+    where = ", ".join(f"{o.connector} at {names[o.connector].target_url}" for o in failed
+                      if o.connector in names and names[o.connector].target_url)
+    with session_scope() as session:
+        event = get_event(session, event_id)
+        status, attempts, at = (event.status, event.attempts, event.retry_at) if event else (None, 0, None)
+    when = (f"attempt {attempts} of {MAX_ATTEMPTS}, next at {at:%H:%M:%S} UTC" if status == EventStatus.RETRYING and at
+            else "not tried again automatically")
+    refused = [o.connector for o in failed if o.code in CREDENTIAL_CODES]
+    step = (f"fix {refused[0]}'s credential or configuration, check it with `outbound check --connector {refused[0]}`, then "
+            f"`outbound retry {event_id}`" if refused else f"to retry now: `outbound retry {event_id}`")
+    return "; ".join(p for p in (where, when, step) if p)
+
+
 def failure_message(failures: dict[str, str], events: int) -> str:
-    """`2 users failed (40 events run): alice@PRIMARY: scim-app: transient: …; …` (the first five)."""
-    shown = "; ".join(f"{who}: {what}" for who, what in list(failures.items())[:5])
-    more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+    """`2 users failed (40 events run): alice@PRIMARY: scim-app: transient: … (scim-app at …; attempt 1 of 8,
+    next at …; to retry now: `outbound retry evt-1`); …` (the first five)."""
+    shown = "; ".join(f"{who}: {what}" for who, what in list(failures.items())[:SHOWN])
+    more = f"; and {len(failures) - SHOWN} more" if len(failures) > SHOWN else ""
     return f"{len(failures)} user{'s' if len(failures) != 1 else ''} failed ({events} events run): {shown}{more}"
 
 
@@ -285,6 +349,7 @@ async def drain_events(config_path: Optional[str] = None, run_for_seconds: float
     The scale-out path: a scheduled deployment starts one every minute, each lasting a little longer
     than the minute, so two overlap at every hand-over and the outbox is never unwatched. Latency is
     the poll interval; a burst becomes batches of up to `limit` events, not a run per event.
+    Ends Failed when a run it started failed, so the dashboard's count does not depend on "Hide subflows".
     """
     held = ExitStack()
     try:  # a worker killed mid-watch leaves it, for the sweeper to close this run too
@@ -298,7 +363,7 @@ async def drain_events(config_path: Optional[str] = None, run_for_seconds: float
 async def _watch(config_path: Optional[str], run_for_seconds: float, poll_seconds: float, limit: int):
     from models.outbox import waiting_count
 
-    deadline, done, down = time.monotonic() + run_for_seconds, 0, False
+    deadline, done, down, failed = time.monotonic() + run_for_seconds, 0, False, []
     while time.monotonic() < deadline:
         try:
             waiting = await asyncio.to_thread(waiting_count)
@@ -314,8 +379,13 @@ async def _watch(config_path: Optional[str], run_for_seconds: float, poll_second
             done += state.result(_sync=True) if state.is_completed() else 0
             if state.is_failed() and (state.message or "").startswith(UNREACHABLE):
                 down = True
+            elif state.is_failed() or state.is_crashed():
+                failed.append(state.message or state.type.value)
         else:
             await asyncio.sleep(poll_seconds)
     if down:
         return Failed(message=f"{unreachable_message()} (it was down during this run; {done} events run)")
+    if failed:
+        return Failed(message=f"{len(failed)} provision run{'s' if len(failed) != 1 else ''} it started failed "
+                              f"({done} events run); last: {failed[-1]}")
     return done

@@ -31,6 +31,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Failed, State
 
+from connectors.errors import CREDENTIAL_CODES
 from models.config import Config, load_config
 from flows.crashed import mark_crashed
 from models.errors import ProvisioningError
@@ -43,6 +44,7 @@ from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision
                          plan_hash, record_decision)
 from tasks.plan import Plan, plan_task
 from tasks.retry import task_options
+from tasks.runlog import log_outcomes
 
 DRIFT_ROWS_SHOWN = 1000
 LOCK_TTL = 300.0  # seconds; renewed every third of it while the run lives, so only a dead holder lets it lapse
@@ -209,6 +211,8 @@ def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: i
     if len(plan.group_rows):  # after every user row: the accounts the groups add must exist
         outcome.add(apply_groups(cfg.name, plan.group_rows.to_dict(orient="records"), cfg, run_id, dry_run,
                                  policy=config.retry))
+    log_outcomes(outcome.lines, outcome.line_count, logging.getLogger("outbound.reconcile"),
+                 f"in the artifact {artifact_key(cfg.name, 'drift', dry_run)} and `outbound runs`")
     return outcome
 
 
@@ -258,7 +262,9 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
         reports.append(report)
     drift_link = _plan_artifacts(plan, dry_run)
     digest = plan_hash(plan)
-    result = {"connector": cfg.name, "run_id": run_id, "dry_run": dry_run, "summary": plan.summary(),
+    result = {"connector": cfg.name, "run_id": run_id, "flow_run_id": str(flow_run.id) if flow_run.id else None,
+              "target_url": cfg.target_url,
+              "dry_run": dry_run, "summary": plan.summary(),
               "counts": counts, "deletions": plan.deletions, "threshold": plan.threshold,
               "desired_count": plan.desired_count, "target_count": plan.target_count, "unmanaged": plan.unmanaged,
               "guard_tripped": plan.guard_tripped, "plan_hash": digest, "reports": reports, "decision": None}
@@ -325,6 +331,17 @@ async def _ask_approval(plan: Plan, run_id: str, message: str, digest: str, drif
     return {"decision": REJECTED, "by": answer.approver, "comment": answer.comment}
 
 
+def next_step(result: dict, first: Optional[dict]) -> str:
+    """The target and the command to run next: `outbound check` for a refused credential, else the run again."""
+    name, target = result["connector"], result.get("target_url")
+    where = f"{name} at {target}; " if target else ""
+    if first and first.get("code") in CREDENTIAL_CODES:
+        return (f"{where}fix {name}'s credential or configuration, check it with `outbound check --connector "
+                f"{name}`, then `outbound reconcile --connector {name}`")
+    return f"{where}the failed rows are in `outbound runs --status failed --connector {name}`; to run again: " \
+           f"`outbound reconcile --connector {name}`"
+
+
 def final_state(result: dict) -> "dict | State":
     """The flow run's final state for a reconciliation's result: only a full success is Completed."""
     status, name = result["status"], result["connector"]
@@ -336,7 +353,8 @@ def final_state(result: dict) -> "dict | State":
         failed = o["failed"] + unknown
         what = (f"not done ({o['failed']} failed, {unknown} outcome_unknown: sent, the answer lost, and {name} could "
                 f"not be read to tell; the next run reads it again)" if unknown else "failed")
-        return Failed(message=f"{name}: {failed} of {failed + o['succeeded']} operations {what}{detail}", data=result)
+        return Failed(message=f"{name}: {failed} of {failed + o['succeeded']} operations {what}{detail}"
+                              f" ({next_step(result, first)})", data=result)
     if status == RunStatus.REJECTED:
         d = result["decision"] or {}
         return Cancelled(message=f"rejected by {d.get('by') or '?'}: {d.get('comment') or 'no comment'}", data=result)
@@ -375,8 +393,15 @@ async def reconcile_connector(connector: str, dry_run: bool = False, config_path
     have = set(flow_run.tags or ())
     await _label_run(add_tags=(f"connector:{connector}",) + (() if any(t.startswith("trigger:") for t in have)
                                                               else ("trigger:on-demand",)))
-    return final_state(await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size,
-                                           lock_wait))
+    try:
+        result = await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size,
+                                     lock_wait)
+    except Exception:  # the target could not be read: as failed as failed rows
+        await _label_run(add_tags=(f"failed:{connector}",))
+        raise
+    if result["status"] in FAILED_STATUSES:  # so Failed + `failed:<name>` finds this connector's failures
+        await _label_run(add_tags=(f"failed:{connector}",))
+    return final_state(result)
 
 
 def refresh_profiles(connectors) -> None:

@@ -234,6 +234,18 @@ class ConnectorConfig(Strict):
     salesforce: Optional[SalesforceSettings] = None
     _attribute_map: Optional[AttributeMap] = PrivateAttr(default=None)
 
+    @property
+    def target_url(self) -> str:
+        """The target's address for messages: scheme, host, port and path, never credentials or a query."""
+        from urllib.parse import urlsplit
+
+        settings = self.scim2 or self.google or self.salesforce
+        url = getattr(settings, "base_url", None) or getattr(settings, "api_base_url", None) or \
+            getattr(settings, "login_url", None) or ""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}" if host else ""
+
     @field_validator("pattern")
     @classmethod
     def _pattern_parses(cls, value: Optional[str]) -> Optional[str]:

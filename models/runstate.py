@@ -9,7 +9,7 @@ from sqlalchemy import MetaData, Table, delete, func, inspect, insert, update
 from sqlmodel import Session, select
 
 from models.db import session_scope
-from models.kinds import NOT_DONE, Intent, OperationStatus, RunStatus
+from models.kinds import NOT_DONE, EventStatus, Intent, OperationStatus, RunStatus
 from models.outbox import UNFINISHED
 from models.tables import Event, Mapping, Operation, OperationAttempt, ReconciliationRun, utcnow
 
@@ -224,16 +224,20 @@ def stuck_events(older_than_seconds: float, limit: int = 100) -> list[tuple[str,
         return [(r[0], r[1]) for r in rows]
 
 
+# Events not finished yet, as an operator counts them: waiting, running, or waiting for a retry.
+OUTSTANDING = (*UNFINISHED, EventStatus.RETRYING)
+
+
 def oldest_unfinished_event(session: Session) -> Optional[Event]:
-    """The event accepted or running the longest."""
-    return session.exec(select(Event).where(Event.status.in_(UNFINISHED))
+    """The event accepted, running or retrying the longest."""
+    return session.exec(select(Event).where(Event.status.in_(OUTSTANDING))
                         .order_by(Event.received_at).limit(1)).first()
 
 
 def unfinished_count(session: Session) -> int:
-    """How many events are accepted or running."""
+    """How many events are accepted, running or retrying."""
     return session.exec(select(func.count()).select_from(Event)
-                        .where(Event.status.in_(UNFINISHED))).one()
+                        .where(Event.status.in_(OUTSTANDING))).one()
 
 
 # --- reconciliation runs -------------------------------------------------------------------

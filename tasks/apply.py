@@ -26,6 +26,7 @@ from models.tables import utcnow
 from tasks import retry
 from tasks.plan import group_owned
 from tasks.retry import Tries
+from tasks.runlog import LOGGED_OUTCOMES, keep_first, outcome_line
 
 log = logging.getLogger("outbound.apply")
 
@@ -52,6 +53,9 @@ class Counts:
     # The operation rows written, kept only for an event batch (its per-user outcomes); a full
     # reconciliation of a million users does not hold them in memory.
     operations: list[dict] = field(default_factory=list)
+    # The first outcome lines (line, failed) for the run's log, and how many there were in all.
+    lines: list[tuple[str, bool]] = field(default_factory=list)
+    line_count: int = 0
 
     def add(self, other: "Counts") -> None:
         self.succeeded += other.succeeded
@@ -60,6 +64,17 @@ class Counts:
         self.outcome_unknown += other.outcome_unknown
         self.failures.extend(other.failures)
         self.operations.extend(other.operations)
+        keep_first(self.lines, other.lines)
+        self.line_count += other.line_count
+
+    def add_line(self, user: Optional[str], connector: str, operation: str, status: str, dry_run: bool,
+                 remote_id: Optional[str] = None, error: Optional[BaseException] = None) -> None:
+        self.line_count += 1
+        if len(self.lines) < LOGGED_OUTCOMES:
+            shown = {SUCCEEDED: "would succeed", FAILED: "would fail"}.get(status, status) if dry_run else status
+            self.lines.append((outcome_line(user, connector, operation, shown, remote_id,
+                                            f"{_code(error)}: {error}" if error is not None else None),
+                               status == FAILED))
 
     @property
     def not_done(self) -> int:
@@ -208,7 +223,7 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
             status = _failed_status(result)
             setattr(counts, status, getattr(counts, status) + 1)
             counts.failures.append({"action": action, "user": row["entity_name"], "error": str(result),
-                                    "status": status})
+                                    "status": status, "code": _code(result)})
         elif kind == NONE and action != LINK:
             status = SKIPPED
             counts.skipped += 1
@@ -228,6 +243,7 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
                 new_maps.append({"local_id": row["local_id"], "remote_id": remote_id,
                                  "remote_name": account.user_name, "pushed_hash": pushed_hash(account.managed())})
         error = result if isinstance(result, BaseException) else None
+        counts.add_line(row["entity_name"], cfg.name, action, status, dry_run, remote_id, error)
         op_rows.append({
             "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "user",
             "entity_id": row["local_id"] or remote_id or "-", "entity_name": row["entity_name"],
@@ -362,7 +378,9 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
         setattr(counts, status, getattr(counts, status) + 1)
         if error is not None:
             counts.failures.append({"action": row["action"], "user": row["entity_name"], "error": str(error),
-                                    "status": status})
+                                    "status": status, "code": _code(error)})
+        counts.add_line(row["entity_name"], cfg.name, f"{row['action']} {row['group']}", status, dry_run,
+                        group_remote_id, error)
         op_rows.append({
             "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "group",
             "entity_id": group_id or row["group"], "entity_name": row["entity_name"],

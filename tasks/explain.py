@@ -68,11 +68,20 @@ def _last_operation(session: Session, connector: str, user_id: str) -> Optional[
 
 
 def _ui_url() -> Optional[str]:
-    """Where the Prefect UI is: PREFECT_UI_URL, else the API's address without `/api`."""
+    """Where the Prefect UI is: PREFECT_UI_URL, else the API's address without `/api` (Prefect's own inference)."""
     import os
 
-    ui = os.environ.get("PREFECT_UI_URL") or os.environ.get("PREFECT_API_URL", "").removesuffix("/").removesuffix("/api")
-    return ui or None
+    from prefect.settings import PREFECT_UI_URL
+
+    ui = (os.environ.get("PREFECT_UI_URL") or PREFECT_UI_URL.value()
+          or os.environ.get("PREFECT_API_URL", "").removesuffix("/").removesuffix("/api"))
+    return ui.rstrip("/") if ui else None
+
+
+def run_url(flow_run_id) -> str:
+    """The flow run's page in the Prefect UI, or its id when the UI's address is unknown."""
+    ui = _ui_url()
+    return f"{ui}/runs/flow-run/{flow_run_id}" if ui else str(flow_run_id)
 
 
 def _recent_runs(session: Session, connector: str, user_id: str, n: int = 3) -> list[str]:
@@ -83,8 +92,7 @@ def _recent_runs(session: Session, connector: str, user_id: str, n: int = 3) -> 
             ids.append(run_id)
         if len(ids) == n:
             break
-    ui = _ui_url()
-    return [f"{ui}/runs/flow-run/{i}" if ui else i for i in ids]
+    return [run_url(i) for i in ids]
 
 
 def explain(session: Session, user: UserView, config: Config, connector: Optional[str] = None) -> list[ConnectorExplanation]:

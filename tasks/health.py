@@ -93,15 +93,20 @@ def all_health() -> dict[str, ConnectorHealth]:
     return store.all_rows()
 
 
+# The circuit's states in an operator's words: an open circuit is a quarantined connector.
+IN_WORDS = {HealthState.CLOSED: "healthy", HealthState.OPEN: "quarantined"}
+
+
 def describe(h: Optional[ConnectorHealth]) -> str:
-    """One line for humans: `closed`, or `open since …, retry at …, last error …`."""
+    """One line for humans: `healthy`, or `quarantined since …, retry at …, last error …`."""
     if h is None:
-        return HealthState.CLOSED
+        return IN_WORDS[HealthState.CLOSED]
     last = f"last error {h.last_error_code}: {h.last_error}" if h.last_error_code else ""
     failures = f"{h.consecutive_failures} failure{'' if h.consecutive_failures == 1 else 's'} in a row"
     if h.state != OPEN:
-        return HealthState.CLOSED + (f" ({failures}; {last})" if h.consecutive_failures else "")
-    return f"open since {_stamp(h.opened_at)}, retry at {_stamp(h.retry_at)} (back-off {h.backoff:g} s), {failures}; {last}"
+        return IN_WORDS[HealthState.CLOSED] + (f" ({failures}; {last})" if h.consecutive_failures else "")
+    return (f"quarantined since {_stamp(h.opened_at)}, retry at {_stamp(h.retry_at)} (back-off {h.backoff:g} s), "
+            f"{failures}; {last}")
 
 
 def as_dict(h: Optional[ConnectorHealth]) -> dict:

@@ -27,11 +27,11 @@ from tasks import health, retry
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
+from tasks.runlog import LOGGED_OUTCOMES, log_outcomes, outcome_line
 from tasks.store_errors import store_errors_plain
 
 
 log = logging.getLogger("outbound.provision")
-LOGGED_OUTCOMES = 50  # outcome lines per connector and batch; the rest are in the run's artifact
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,13 @@ def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
     return out
 
 
+def _log_outcomes(connector: str, outcomes: list[Outcome]) -> None:
+    """One line per user in the run's log (the first ones; the artifact has them all)."""
+    log_outcomes([(outcome_line(o.entity_name, o.connector, o.operation, o.status, o.remote_id, o.error),
+                   o.status in NOT_DONE) for o in outcomes[:LOGGED_OUTCOMES]], len(outcomes), log,
+                 f"users on {connector}, in the artifact {artifact_key(connector)}")
+
+
 def provision_batch(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
                     run_id: str) -> list[Outcome]:
     """Plan the batch on one connector, apply the plan, record every outcome; one outcome per user."""
@@ -171,6 +178,7 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
             evict(cfg)  # the next attempt resolves the secrets again: a rotated credential is picked up
             _refresh_profile(cfg)
         failed = record_failure(state, cfg.name, events, run_id, exc, flow_run_id, task_run_id)
+        _log_outcomes(cfg.name, failed)
         report(cfg.name, failed, events, flow_run_id)
         raise
     health.record_success(cfg.name)
@@ -187,12 +195,7 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
     quiet = _quiet_rows(plan, cfg.name, touched, flow_run_id)
     _record(quiet, events, cfg.name, run_id)
     outcomes = outcomes_of(counts.operations + quiet)
-    for o in list(outcomes.values())[:LOGGED_OUTCOMES]:
-        log.info("user=%s connector=%s %s %s%s%s", o.entity_name, o.connector, o.operation, o.status,
-                 f" remote_id={o.remote_id}" if o.remote_id else "", f" error={o.error}" if o.error else "")
-    if len(outcomes) > LOGGED_OUTCOMES:
-        log.info("connector=%s and %d more users: see the artifact %s", cfg.name, len(outcomes) - LOGGED_OUTCOMES,
-                 artifact_key(cfg.name))
+    _log_outcomes(cfg.name, list(outcomes.values()))
     report(cfg.name, list(outcomes.values()), events, flow_run_id)
     return list(outcomes.values())
 

@@ -222,7 +222,7 @@ def test_auth_failure_quarantines_at_once_status_shows_it_and_waiting_work_compl
 
         status = runner.invoke(app, ["status", "--config", str(config)])
         assert status.exit_code == 0, status.output
-        assert "health of app: open since" in status.output and "retry at" in status.output
+        assert "health of app: quarantined since" in status.output and "retry at" in status.output
         assert "auth_failed" in status.output and scim.token not in status.output
         as_json = json.loads(runner.invoke(app, ["status", "--config", str(config), "--json"]).output)
         assert as_json["connectors"][0]["health"]["state"] == "open"
