@@ -52,8 +52,14 @@ def summary(database: str) -> list[dict]:
     from models.runstate import operations_but_verifications
 
     counts: dict[str, Counter] = {}
+    seen = set()
     with session_scope(database) as session:
         for op in operations_but_verifications(session):
+            # A batch that coalesced several events of one user records its one write under each event.
+            write = (op.connector, op.entity_type, op.entity_id, op.operation, op.started_at)
+            if write in seen:
+                continue
+            seen.add(write)
             c = counts.setdefault(op.connector, Counter())
             if op.status in NOT_DONE:
                 c["failed"] += 1
