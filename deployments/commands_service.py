@@ -186,7 +186,8 @@ def status(config: Optional[Path] = ConfigOption,
 
     out = console()
     columns = [("connector", {"overflow": "fold", "min_width": 8}), ("last run (UTC)", {"no_wrap": True}),
-               ("status", {"overflow": "fold"}), ("failed 24h", {"justify": "right"}), ("health", {})]
+               ("status", {"overflow": "fold", "min_width": 9}), ("failed 24h", {"justify": "right"}),
+               ("health", {"overflow": "fold"})]
     if wide:
         columns += [("counts", {"overflow": "fold"}), ("guard", {"overflow": "fold"})]
     grid = table(columns)

@@ -224,7 +224,11 @@ def test_every_documented_event_type_provisions_with_its_trigger_and_level(api, 
     status, error = statuses.pop(john_default)
     assert status == "failed" and "'johndoe@aol.com' on org-app is already provisioned" in error, error
     assert {status for status, _ in statuses.values()} == {"succeeded"}, statuses
-    assert not log.tracebacks()
+    # The one failed run says so at ERROR (when an earlier test left Prefect's loggers propagating);
+    # anything else at ERROR, and any traceback, is a fault.
+    expected = ("ERROR prefect.flow_runs Finished in state Failed(", "johndoe@aol.com@DEFAULT")
+    assert not [line for line in log.tracebacks()
+                if not (line.startswith(expected[0]) and expected[1] in line and "Traceback" not in line)]
 
 
 def _events() -> list[Event]:
