@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scaleout import (BIN, ROOT, TOKEN, event_counts, fresh_database, free_port, make_event,  # noqa: E402
-                      processes, send_all, wait_for, write_config)
+from scaleout import (BIN, ROOT, TOKEN, api_process, event_counts, fresh_database,  # noqa: E402
+                      make_event, processes, send_all, wait_for, write_config)
 
 
 def accounts_of(scim) -> list[str]:
@@ -33,30 +33,13 @@ def accounts_of(scim) -> list[str]:
 
 
 def event_path(tmp: Path, n: int, clients: int, start) -> dict:
-    import httpx
-
     from models.db import upgrade
     from sandbox.scim import ScimSandbox
 
     with ScimSandbox() as scim, fresh_database() as db_url:
         config = write_config(tmp, scim)
         upgrade()
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-        env.update(PREFECT_HOME=str(tmp / "prefect-api"), OUTBOUND_DATABASE_URL=db_url)
-        api = start([str(BIN / "outbound"), "api", "--config", str(config), "--port", str(port),
-                     "--dispatch", "in-process"], env, tmp / "api.log")
-        base = f"http://127.0.0.1:{port}"
-
-        def up():
-            if api.poll() is not None:
-                raise RuntimeError(f"the API exited: {(tmp / 'api.log').read_text()[-2000:]}")
-            try:
-                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 400, 0.5, "the event API (and its temporary Prefect API)")
+        base = api_process(start, config, tmp, db_url)
         run = uuid.uuid4().hex[:4]
         events = [make_event(i, run) for i in range(n)]
         started = time.monotonic()

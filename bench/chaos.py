@@ -253,7 +253,7 @@ def _reconcile_until_converged(name: str, config_path: Path, chunk: int, max_rou
 
 def _events(name: str, config_path: Path, n: int, fig: Figures) -> dict[str, str]:
     """Send n update events (a new given name) through the event flow, then the sweeper; return wanted names."""
-    from deployments.ingest import accept
+    from models.ingest import accept
     from flows.provision import provision_user
     from flows.sweep import sweep_events
     from models.config import load_config

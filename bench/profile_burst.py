@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scaleout import ROOT, TOKEN, free_port, fresh_database, make_event, wait_for  # noqa: E402
+from scaleout import ROOT, TOKEN, free_port, fresh_database, wait_for, write_config  # noqa: E402
 
 SCIM_SERVER = """
 import sys, time
@@ -135,17 +135,20 @@ def instrument() -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    import deployments.ingest
+    import importlib.util
+
     import flows.provision as fp
     import tasks.desired
     import tasks.provision
     import tasks.readback
 
-    deployments.ingest.accept = T.wrap("accept (validate + store, one event)", deployments.ingest.accept)
-    if hasattr(deployments.ingest, "GroupCommit"):  # (absent from older versions, for before/after runs)
-        deployments.ingest._stage = T.wrap("accept: apply + add one event", deployments.ingest._stage)
-        deployments.ingest.GroupCommit._commit = staticmethod(T.wrap("accept: one group's transaction",
-                                                                     deployments.ingest.GroupCommit._commit))
+    # The ingest moved from deployments/ to models/; older versions (for before/after runs) have the first.
+    ingest = importlib.import_module("models.ingest" if importlib.util.find_spec("models.ingest")
+                                     else "deployments.ingest")
+    ingest.accept = T.wrap("accept (validate + store, one event)", ingest.accept)
+    if hasattr(ingest, "GroupCommit"):  # (absent from older versions)
+        ingest._stage = T.wrap("accept: apply + add one event", ingest._stage)
+        ingest.GroupCommit._commit = staticmethod(T.wrap("accept: one group's transaction", ingest.GroupCommit._commit))
     fp.claim = T.wrap("claim", fp.claim)
     fp.finish = T.wrap("finish (event statuses)", fp.finish)
     fp.run_batch = T.wrap("run_batch (the four tasks)", fp.run_batch)
@@ -230,22 +233,6 @@ def bare_bulk(url: str, token: str, n: int) -> float:
         return n / (time.perf_counter() - started)
 
 
-def write_config(directory: Path, url: str, token: str) -> Path:
-    os.environ["BENCH_SCIM_TOKEN"], os.environ["BENCH_API_TOKEN"] = token, TOKEN
-    path = directory / "outbound.yaml"
-    path.write_text(f"""tenant_domain: example.com
-retry: {{attempts: 6, base_delay: 0.2, max_delay: 5, jitter: 0.5}}
-api: {{token: env:BENCH_API_TOKEN}}
-connectors:
-  - name: app
-    type: scim2
-    scim2:
-      base_url: {url}
-      auth: {{type: bearer, token: env:BENCH_SCIM_TOKEN}}
-""")
-    return path
-
-
 def accept_phase(config_path: Path, n: int, clients: int, run: str) -> float:
     import uvicorn
 
@@ -327,7 +314,7 @@ def main() -> int:
         os.environ["PREFECT_API_URL"] = ensure_prefect_api()
         prefect_start = time.perf_counter() - t0
         upgrade()
-        config_path = write_config(tmp, url, token)
+        config_path = write_config(tmp, url=url, token=token)
         bare = bare_bulk(url, token, n)
         print(f"bare client: POST /Bulk, 100 creates per request, sequential: {bare:.0f} users/s; "
               f"temporary Prefect API started in {prefect_start:.1f} s")

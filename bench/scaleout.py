@@ -125,20 +125,45 @@ def fresh_database(driver: str = "psycopg", store: bool = True):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def write_config(directory: Path, scim) -> Path:
-    os.environ["BENCH_SCIM_TOKEN"], os.environ["BENCH_API_TOKEN"] = scim.token, TOKEN
+def write_config(directory: Path, scim=None, *, url: str = "", token: str = "", api: str = "") -> Path:
+    """The benches' config: one SCIM connector (a sandbox, or `url` and `token`); `api` adds to the api section."""
+    url, token = (scim.url, scim.token) if scim is not None else (url, token)
+    os.environ["BENCH_SCIM_TOKEN"], os.environ["BENCH_API_TOKEN"] = token, TOKEN
     path = directory / "outbound.yaml"
     path.write_text(f"""tenant_domain: example.com
 retry: {{attempts: 6, base_delay: 0.2, max_delay: 5, jitter: 0.5}}
-api: {{token: env:BENCH_API_TOKEN}}
+api: {{token: env:BENCH_API_TOKEN{", " + api if api else ""}}}
 connectors:
   - name: app
     type: scim2
     scim2:
-      base_url: {scim.url}
+      base_url: {url}
       auth: {{type: bearer, token: env:BENCH_SCIM_TOKEN}}
 """)
     return path
+
+
+def api_process(start, config: Path, tmp: Path, database_url: str) -> str:
+    """`outbound api --dispatch in-process` in a process of its own, up (its temporary Prefect API too); its base URL."""
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PREFECT_HOME=str(tmp / "prefect-api"), OUTBOUND_DATABASE_URL=database_url)
+    api = start([str(BIN / "outbound"), "api", "--config", str(config), "--port", str(port),
+                 "--dispatch", "in-process"], env, tmp / "api.log")
+    base = f"http://127.0.0.1:{port}"
+
+    def up():
+        if api.poll() is not None:
+            raise RuntimeError(f"the API exited: {(tmp / 'api.log').read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 400, 0.5, "the event API (and its temporary Prefect API)")
+    return base
 
 
 @contextlib.contextmanager

@@ -23,25 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from burst import accounts_of  # noqa: E402
-from scaleout import BIN, TOKEN, fresh_database, free_port, make_event, processes, send_all, wait_for  # noqa: E402
+from scaleout import api_process, fresh_database, make_event, processes, send_all, wait_for, write_config  # noqa: E402
 
 SCIM_TOKEN = "bench-scim-" + uuid.uuid4().hex
-
-
-def write_config(directory: Path, scim) -> Path:
-    os.environ.update(BENCH_SCIM_TOKEN=scim.token, BENCH_API_TOKEN=TOKEN, BENCH_SCIM_SOURCE_TOKEN=SCIM_TOKEN)
-    path = directory / "outbound.yaml"
-    path.write_text(f"""tenant_domain: example.com
-retry: {{attempts: 6, base_delay: 0.2, max_delay: 5, jitter: 0.5}}
-api: {{token: env:BENCH_API_TOKEN, scim_token: env:BENCH_SCIM_SOURCE_TOKEN}}
-connectors:
-  - name: app
-    type: scim2
-    scim2:
-      base_url: {scim.url}
-      auth: {{type: bearer, token: env:BENCH_SCIM_TOKEN}}
-""")
-    return path
 
 
 def push_all(base: str, names: list[str], clients: int) -> None:
@@ -84,8 +68,6 @@ def timed(scim, expected: set[str], send) -> float:
 
 
 def main() -> int:
-    import httpx
-
     from models.db import upgrade
     from sandbox.scim import ScimSandbox
 
@@ -97,24 +79,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="outbound-scim-push-") as tmp, processes() as start, \
             ScimSandbox() as scim, fresh_database() as db_url:
         tmp = Path(tmp)
-        config = write_config(tmp, scim)
+        os.environ["BENCH_SCIM_SOURCE_TOKEN"] = SCIM_TOKEN
+        config = write_config(tmp, scim, api="scim_token: env:BENCH_SCIM_SOURCE_TOKEN")
         upgrade()
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-        env.update(PREFECT_HOME=str(tmp / "prefect-api"), OUTBOUND_DATABASE_URL=db_url)
-        api = start([str(BIN / "outbound"), "api", "--config", str(config), "--port", str(port),
-                     "--dispatch", "in-process"], env, tmp / "api.log")
-        base = f"http://127.0.0.1:{port}"
-
-        def up():
-            if api.poll() is not None:
-                raise RuntimeError(f"the API exited: {(tmp / 'api.log').read_text()[-2000:]}")
-            try:
-                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 400, 0.5, "the event API (and its temporary Prefect API)")
+        base = api_process(start, config, tmp, db_url)
         run = uuid.uuid4().hex[:4]
         events = [make_event(i, run) for i in range(n)]
         events_s = timed(scim, {e["user"]["username"] for e in events}, lambda: send_all(base, events, args.clients))

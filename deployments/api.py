@@ -380,7 +380,7 @@ async def _read_limited(request: Request, limit: int) -> Optional[bytes]:
 def create_app(config: Config, config_path: Optional[str] = None, *,
                dispatch: DispatchMode | Callable[[str, str, str], object] = "auto", workers: int = 2) -> FastAPI:
     """The event API for `config`; `dispatch` is a mode or a callable(event_id, event_type, trigger)."""
-    from deployments.ingest import GroupCommit
+    from models.ingest import GroupCommit
 
     auth = Authenticator(config.api)
     store = GroupCommit()

@@ -57,7 +57,7 @@ def event(file: str = typer.Argument(..., help="Event JSON file, or - for standa
         raw = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}")
-    from deployments.ingest import accept
+    from models.ingest import accept
     from models.validation import InvalidInput
 
     try:

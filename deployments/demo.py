@@ -78,7 +78,7 @@ def run_demo(count: int, database: str) -> int:
     from rich.table import Table
 
     from deployments import demo_wso2
-    from deployments.ingest import accept
+    from models.ingest import accept
     from models.config import load_config
     from models.db import redacted
     from sandbox.servers import started

@@ -3,7 +3,7 @@ outbox events.
 
 scim2-server does the protocol (parsing, filters, PATCH, PUT, errors, discovery); this storage
 answers its reads from the identity store and turns each write into identity events (trigger
-`scim`), stored through `deployments.ingest` in one transaction with whatever the events cannot
+`scim`), stored through `models.ingest` in one transaction with whatever the events cannot
 say, before the request is answered. The SCIM id of a user is the local user id; of a group, the
 local group id. The store keeps a user's own fields (username, email, names, active, roles,
 groups) in its columns, `externalId` and the simple strings as attributes `scim.<name>` (for
@@ -31,7 +31,7 @@ from scim2_models.path import CompareOperator, Comparison
 from scim2_server.storage import ScimStorage, SearchPage
 from sqlalchemy.exc import IntegrityError
 
-from deployments.ingest import Accepted, accept_all
+from models.ingest import Accepted, accept_all
 from models.config import Config
 from models.db import session_scope
 from models.identity import ensure_group

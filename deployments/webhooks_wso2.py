@@ -31,7 +31,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.exc import IntegrityError
 
-from deployments.ingest import accept_all
+from models.ingest import accept_all
 from models import receipts
 from models.availability import STORE_UNAVAILABLE
 from models.config import Config

@@ -1,7 +1,7 @@
 """The identity store as the SCIM service provider reads it: live users and groups, pages of them,
 and each user's roles and groups with the groups' ids (a SCIM `groups` value is a group's id).
 
-Writes go through the outbox (deployments.ingest), except what no user event can say: a group
+Writes go through the outbox (models.ingest), except what no user event can say: a group
 created empty, renamed or deleted (`rename_group`, `delete_group`).
 """
 

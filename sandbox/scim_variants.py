@@ -17,30 +17,40 @@ class BulkAnswers:
 
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO", "").rstrip("/").endswith("/Bulk") and environ["REQUEST_METHOD"] == "POST":
-            captured: dict = {}
-
-            def capture(status, headers, exc_info=None):
-                captured.update(status=status, headers=headers)
-
-            body = b"".join(self.app(environ, capture))
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                doc = None
-            if isinstance(doc, dict) and isinstance(doc.get("Operations"), list):
-                for op in doc["Operations"]:
-                    if self.post_only_ids and str(op.get("method", "")).upper() != "POST":
-                        op.pop("bulkId", None)
-                if self.rewrite:
-                    for op in doc["Operations"]:
-                        self.rewrite(op)
-                if self.drop_last:
-                    doc["Operations"] = doc["Operations"][:-self.drop_last]
-                body = json.dumps(doc).encode()
-            headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
-            start_response(captured["status"], [*headers, ("Content-Length", str(len(body)))])
-            return [body]
+            return _rewritten(self.app, environ, start_response, self._change)
         return self.app(environ, start_response)
+
+    def _change(self, doc) -> None:
+        if not (isinstance(doc, dict) and isinstance(doc.get("Operations"), list)):
+            return
+        for op in doc["Operations"]:
+            if self.post_only_ids and str(op.get("method", "")).upper() != "POST":
+                op.pop("bulkId", None)
+        if self.rewrite:
+            for op in doc["Operations"]:
+                self.rewrite(op)
+        if self.drop_last:
+            doc["Operations"] = doc["Operations"][:-self.drop_last]
+
+
+def _rewritten(app, environ, start_response, change):
+    """`app`'s answer with its JSON body changed in place by `change(doc)` (None when it is not JSON)."""
+    captured: dict = {}
+
+    def capture(status, headers, exc_info=None):
+        captured.update(status=status, headers=headers)
+
+    body = b"".join(app(environ, capture))
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if doc is not None:
+        change(doc)
+        body = json.dumps(doc).encode()
+    headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+    start_response(captured["status"], [*headers, ("Content-Length", str(len(body)))])
+    return [body]
 
 
 class BodyLimit:
@@ -86,20 +96,10 @@ class ExactFilters:
         if environ["REQUEST_METHOD"] != "GET" or not match:
             return self.app(environ, start_response)
         attribute, value = match.group(1), json.loads(f'"{match.group(2)}"')
-        captured: dict = {}
 
-        def capture(status, headers, exc_info=None):
-            captured.update(status=status, headers=headers)
+        def narrow(doc) -> None:
+            if isinstance(doc, dict) and isinstance(doc.get("Resources"), list):
+                doc["Resources"] = [r for r in doc["Resources"] if r.get(attribute) == value]
+                doc["totalResults"] = len(doc["Resources"])
 
-        body = b"".join(self.app(environ, capture))
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and isinstance(doc.get("Resources"), list):
-            doc["Resources"] = [r for r in doc["Resources"] if r.get(attribute) == value]
-            doc["totalResults"] = len(doc["Resources"])
-            body = json.dumps(doc).encode()
-        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
-        start_response(captured["status"], [*headers, ("Content-Length", str(len(body)))])
-        return [body]
+        return _rewritten(self.app, environ, start_response, narrow)

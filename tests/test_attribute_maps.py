@@ -226,7 +226,7 @@ def test_explain_shows_each_mapped_attribute_with_its_source_and_value(tmp_path,
     from typer.testing import CliRunner
 
     from deployments.cli import app
-    from deployments.ingest import accept
+    from models.ingest import accept
     from models.config import Config
 
     data = {"tenant_domain": "example.com", "connectors": [{"name": "app", "type": "scim2", "scim2": SCIM2,

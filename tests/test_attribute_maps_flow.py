@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from connectors.factory import get_connector
 from deployments.cli import app
-from deployments.ingest import accept
+from models.ingest import accept
 from helpers import event
 from models.config import load_config
 from models.db import session_scope

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.ingest import accept
+from models.ingest import accept
 from helpers import event, write_config
 from models.config import load_config, parse_config
 from models.locks import LockTimeout, lease, try_acquire
@@ -135,7 +135,7 @@ def test_a_running_batch_keeps_its_leases(sqlite_url):
 BURST = textwrap.dedent("""
     import ast, builtins, json, sys, threading, time, traceback
     from deployments.api import InProcess
-    from deployments.ingest import accept
+    from models.ingest import accept
     from helpers import event
     from models.config import load_config
     from sqlmodel import func, select

@@ -237,7 +237,7 @@ def test_a_drain_killed_mid_batch_is_marked_crashed_in_prefect_when_its_events_a
 
     from prefect.client.orchestration import get_client
 
-    from deployments.ingest import accept
+    from models.ingest import accept
     from flows.sweep import sweep_events
     from models.config import load_config
     from models.locks import run_of
@@ -282,7 +282,7 @@ def test_a_drain_whose_lease_expired_on_another_machine_is_marked_crashed_when_i
     from prefect.client.orchestration import get_client
     from prefect.states import Running
 
-    from deployments.ingest import accept
+    from models.ingest import accept
     from flows.sweep import sweep_events
     from models.config import load_config
     from models.outbox import CLAIM_TTL
@@ -368,7 +368,7 @@ def test_leases_of_an_ended_run_on_another_machine_are_taken_over_at_once(tmp_pa
     from prefect.client.orchestration import get_client
     from prefect.states import Failed, Running
 
-    from deployments.ingest import accept
+    from models.ingest import accept
     from flows.sweep import sweep_events
     from models.config import load_config
     from models.outbox import CLAIM_TTL

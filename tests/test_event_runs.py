@@ -117,7 +117,7 @@ def test_a_batch_of_changes_is_one_prefect_event_per_kind_naming_each_user(tmp_p
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
-    from deployments.ingest import accept
+    from models.ingest import accept
     from flows.provision import provision_user
     from models.config import load_config
 

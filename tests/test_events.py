@@ -3,7 +3,7 @@ import json
 import pytest
 from sqlmodel import func, select
 
-from deployments.ingest import accept
+from models.ingest import accept
 from models.config import parse_config
 from models.db import session_scope
 from models.events import parse_event
@@ -220,7 +220,7 @@ def test_a_group_commit_answers_each_event_as_accept_would(request, url):
     """One transaction for a group; a bad event or a repeated id in it costs only itself."""
     from concurrent.futures import Future
 
-    from deployments.ingest import GroupCommit
+    from models.ingest import GroupCommit
 
     request.getfixturevalue(url)
 
@@ -249,7 +249,7 @@ def test_a_group_commit_answers_each_event_as_accept_would(request, url):
 def test_group_commit_answers_concurrent_senders_once_stored(sqlite_url):
     from concurrent.futures import ThreadPoolExecutor
 
-    from deployments.ingest import GroupCommit
+    from models.ingest import GroupCommit
 
     store = GroupCommit()
     raws = [{"id": f"c{i}", "type": "user.created", "user": {"username": f"conc{i}"}} for i in range(60)]

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from deployments.ingest import Accepted, accept
+from models.ingest import Accepted, accept
 from models.config import load_config, parse_config
 from models.db import get_engine
 from models.events import MAX_DEPTH, MAX_EVENT_BYTES, parse_event

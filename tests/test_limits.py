@@ -12,7 +12,7 @@ from sqlmodel import select
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from deployments.ingest import accept
+from models.ingest import accept
 from helpers import event
 from models.config import load_config
 from models.db import session_scope

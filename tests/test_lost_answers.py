@@ -185,7 +185,7 @@ def test_a_lost_answer_the_target_cannot_be_read_about_ends_outcome_unknown_and_
 def test_an_event_whose_create_outcome_is_unknown_fails_its_run_and_the_retry_links_the_account(tmp_path, sqlite_url):
     import asyncio
 
-    from deployments.ingest import accept
+    from models.ingest import accept
     from deployments.outcomes import stored_outcomes
     from flows.provision import provision_user
     from helpers import event

@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from connectors.base import Account
 from connectors.factory import get_connector
-from deployments.ingest import accept
+from models.ingest import accept
 from helpers import event
 from models.config import load_config
 from models.db import session_scope

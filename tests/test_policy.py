@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from deployments.ingest import accept, check_against_config
+from models.ingest import accept, check_against_config
 from models.config import Config
 from models.db import session_scope
 from models.events import parse_event

@@ -15,7 +15,7 @@ from connectors.base import Account, BatchOp
 from connectors.errors import NotFound, RateLimited, TransientError
 from connectors.factory import get_connector
 from deployments.cli import app
-from deployments.ingest import accept
+from models.ingest import accept
 from helpers import event
 from models.config import load_config
 from models.db import get_engine, session_scope, upgrade

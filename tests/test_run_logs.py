@@ -118,7 +118,7 @@ def test_a_reconciliation_logs_the_first_outcomes_and_counts_the_rest(tmp_path, 
 def test_the_drainer_fails_when_a_run_it_started_failed(tmp_path, sqlite_url):
     import asyncio
 
-    from deployments.ingest import accept
+    from models.ingest import accept
     from flows.provision import drain_events
     from models.config import load_config
 

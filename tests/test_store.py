@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from deployments.ingest import accept
+from models.ingest import accept
 from models.config import parse_config
 from models.db import current_revision, session_scope
 from models.identity import load_view

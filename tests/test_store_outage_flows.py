@@ -136,7 +136,7 @@ def test_a_task_running_when_the_store_goes_fails_in_one_line_without_a_tracebac
     from prefect.logging.handlers import APILogHandler
 
     import tasks.desired as desired
-    from deployments.ingest import accept
+    from models.ingest import accept
     from flows.provision import provision_user
     from helpers import event
 

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from deployments.ingest import accept
+from models.ingest import accept
 from flows.sweep import stuck_events, sweep_events
 from helpers import event, write_config
 from models.config import load_config

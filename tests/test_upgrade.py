@@ -89,7 +89,7 @@ def cli_upgrade(url: str) -> subprocess.CompletedProcess:
 def check_app_works(tmp_path: Path, url: str) -> None:
     """After the upgrade: accept an event for a migrated user, list the runs, read the identity data."""
     from deployments.cli import app
-    from deployments.ingest import accept
+    from models.ingest import accept
     from models.config import parse_config
     from models.db import dispose_all, session_scope
     from models.identity import find_user, groups_of, roles_of
