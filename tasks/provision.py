@@ -152,7 +152,7 @@ def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
 
 def _log_outcomes(connector: str, outcomes: list[Outcome]) -> None:
     """One line per user in the run's log (the first ones; the artifact has them all)."""
-    log_outcomes([(outcome_line(o.entity_name, o.connector, o.operation, o.status, o.remote_id, o.error),
+    log_outcomes([(outcome_line(o.entity_name, o.connector, o.operation, o.status, o.remote_id, o.error, o.reason),
                    o.status in NOT_DONE) for o in outcomes[:LOGGED_OUTCOMES]], len(outcomes), log,
                  f"users on {connector}, in the artifact {artifact_key(connector)}")
 

@@ -23,10 +23,12 @@ def run_logger(fallback: logging.Logger):
 
 
 def outcome_line(user: Optional[str], connector: str, operation: str, status: str, remote_id: Optional[str] = None,
-                 error: Optional[str] = None) -> str:
-    """`user=alice@PRIMARY connector=app create succeeded remote_id=…`, or `… failed error=…`."""
+                 error: Optional[str] = None, reason: Optional[str] = None) -> str:
+    """`user=alice@PRIMARY connector=app create succeeded remote_id=…`, `… failed error=…`, or
+    `… none skipped reason=needs one of the roles sales` (a skip says why: the policy's reason)."""
+    why = f" reason={reason}" if reason and status == "skipped" else ""
     return (f"user={user} connector={connector} {operation} {status}"
-            + (f" remote_id={remote_id}" if remote_id else "") + (f" error={error}" if error else ""))
+            + (f" remote_id={remote_id}" if remote_id else "") + (f" error={error}" if error else "") + why)
 
 
 def log_outcomes(lines: list[tuple[str, bool]], total: int, fallback: logging.Logger, rest: str = "") -> None:

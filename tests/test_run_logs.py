@@ -150,3 +150,23 @@ def test_a_failed_reconciliation_is_tagged_failed_and_says_what_to_do(tmp_path, 
     message = flow_run.state.message
     assert message.startswith("app: 1 of 1 operations failed; first: create recfail@PRIMARY"), message
     assert f"app at {url}" in message and "`outbound reconcile --connector app`" in message, message
+
+
+def test_a_skip_logs_the_policys_reason(tmp_path, sqlite_url, scim):
+    env = "SKIP_SCIM_TOKEN"
+    os.environ[env] = scim.token
+    crm = f"""  - name: crm
+    type: scim2
+    roles: [sales]
+    scim2:
+      base_url: {scim.url}
+      auth: {{type: bearer, token: env:{env}}}
+"""
+    config = write_config(tmp_path, scim, extra_connector=crm)
+    name = f"skip{uuid.uuid4().hex[:6]}"
+    ev = event(username=name)
+    code, out = send(tmp_path, config, ev)
+    assert code == 0, out
+    lines = [m for _, m in logs_of(run_of(ev["id"]).id, f"user={name}@PRIMARY connector=crm")]
+    skipped = [m for m in lines if m.startswith(f"user={name}@PRIMARY connector=crm ")]
+    assert skipped and "skipped reason=" in skipped[0] and "sales" in skipped[0], lines
