@@ -8,7 +8,8 @@
    every account exists in the sandbox.
 2. Bulk path: the same number of other users, `outbound import` of a CSV then `outbound reconcile`,
    against a second sandbox and a second fresh database, timed the same way.
-Prints users/s for both, their ratio, duplicates and missing accounts.
+Prints users/s for both, their ratio, duplicates and missing accounts, and the event path as a ratio
+to a bare client (POST /Bulk, 100 creates per request, sequential) against the same server first.
 """
 
 import argparse
@@ -23,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from profile_burst import bare_bulk  # noqa: E402
 from scaleout import (BIN, ROOT, TOKEN, api_process, event_counts, fresh_database,  # noqa: E402
                       make_event, processes, send_all, wait_for, write_config)
 
@@ -39,6 +41,7 @@ def event_path(tmp: Path, n: int, clients: int, start) -> dict:
     with ScimSandbox() as scim, fresh_database() as db_url:
         config = write_config(tmp, scim)
         upgrade()
+        bare = bare_bulk(scim.url, scim.token, n)  # the same server, before the engine's users are in it
         base = api_process(start, config, tmp, db_url)
         run = uuid.uuid4().hex[:4]
         events = [make_event(i, run) for i in range(n)]
@@ -52,7 +55,7 @@ def event_path(tmp: Path, n: int, clients: int, start) -> dict:
                  "every event to be marked finished")
         names = accounts_of(scim)
         runs = sum(1 for line in (tmp / "api.log").read_text().splitlines() if "batch of" in line)
-        return {"elapsed": elapsed, "accepted": accepted, "users": n, "duplicates": len(names) - len(set(names)),
+        return {"elapsed": elapsed, "accepted": accepted, "users": n, "bare": bare, "duplicates": len(names) - len(set(names)),
                 "missing": len(expected - set(names)), "statuses": event_counts(), "batches_logged": runs}
 
 
@@ -100,6 +103,9 @@ def main() -> int:
               f"every account in the target after {ev['elapsed']:.1f} s = {ev['users'] / ev['elapsed']:.1f} users/s; "
               f"duplicates {ev['duplicates']}, missing {ev['missing']}, statuses {ev['statuses']}, "
               f"batches {ev['batches_logged']}")
+        print(f"bare client against the same server: POST /Bulk, 100 creates per request, sequential: "
+              f"{ev['bare']:.0f} users/s; event path {ev['users'] / ev['elapsed'] / ev['bare']:.2f} × bare, "
+              f"accepting alone {ev['users'] / ev['accepted'] / ev['bare']:.2f} × bare")
     with tempfile.TemporaryDirectory(prefix="outbound-bulk-") as tmp:
         bulk = bulk_path(Path(tmp), args.events)
         print(f"bulk path: import {bulk['import']:.1f} s + reconcile {bulk['reconcile']:.1f} s = "

@@ -335,6 +335,9 @@ def main() -> int:
                 p.enable()
             threading.setprofile(start_profile)
             start_profile()
+        from flows.warm import warm_up
+
+        warm_up()  # as `outbound api` does at its start: the first batch's imports are not a batch's cost
         before = users_in_target(url, token)
         drain_started = time.perf_counter()
         draining = drain_phase(config_path, args.drainers)
