@@ -7,7 +7,7 @@ applied once through the same executor; each user's read-back is recorded as an 
 
 Only what the batch does not already know is read again. A create the target answered with the new
 account's id (a /Bulk answer's location, a batch API's id) holds what was sent; an account the plan
-found matching (noop) was compared with the target moment ago, by the provision step itself. Both
+found matching (noop) was compared with the target a moment ago, by the provision step itself. Both
 are recorded `verify` saying so, with no request. The rest (updates, links, enables, adopted and
 settled accounts) are read back by id, or from a listing when that is fewer requests (`observe`).
 Reading a burst's creates back cost a second listing of the whole target per batch: 20 pages, 3.1 s
@@ -33,9 +33,8 @@ from tasks.store_errors import store_errors_plain
 
 
 # Operations whose own answer (or the plan's comparison just before) tells what the target holds.
-KNOWN = {Action.CREATE: "the target's answer to the create named the account made", Action.RELINK:
-         "the target's answer to the create named the account made", Action.NOOP: "compared with the target "
-         "by the provision step"}
+_CREATED = "the target's answer to the create named the account made"
+KNOWN = {Action.CREATE: _CREATED, Action.RELINK: _CREATED, Action.NOOP: "compared with the target by the provision step"}
 READ_BACK = "read back after provisioning"
 
 
@@ -47,7 +46,9 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
     if not users:
         return {}
     by_user = {o.user_id: o for o in outcomes}
-    unknown = [u for u in users if by_user[u].operation not in KNOWN]
+    # a create vouches for the account only when its answer named it
+    unknown = [u for u in users if by_user[u].operation not in KNOWN
+               or (by_user[u].operation != Action.NOOP and not by_user[u].remote_id)]
     cfg = config.connector(connector_name)
     flow_run_id, _ = _runtime_ids()
     rows = []
@@ -65,7 +66,7 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
     drift = {r["local_id"]: r["changes"] or {r["action"]: True} for r in rows}
     checks = [operation_row(cfg.name, u, by_user[u].entity_name, Intent.VERIFY,
                             operation=Action.FIX if u in drift else Action.VERIFY, status=OperationStatus.SUCCEEDED,
-                            reason=KNOWN.get(by_user[u].operation, READ_BACK), remote_id=by_user[u].remote_id,
+                            reason=READ_BACK if u in unknown else KNOWN[by_user[u].operation], remote_id=by_user[u].remote_id,
                             remote_name=by_user[u].remote_name, drift=drift.get(u), flow_run_id=flow_run_id)
               for u in users]
     with session_scope() as session:

@@ -8,6 +8,8 @@ lines and a count of the rest (the rest are in the run's artifacts and `outbound
 import logging
 from typing import Optional
 
+from models.kinds import OperationStatus
+
 LOGGED_OUTCOMES = 50
 
 
@@ -26,7 +28,7 @@ def outcome_line(user: Optional[str], connector: str, operation: str, status: st
                  error: Optional[str] = None, reason: Optional[str] = None) -> str:
     """`user=alice@PRIMARY connector=app create succeeded remote_id=…`, `… failed error=…`, or
     `… none skipped reason=needs one of the roles sales` (a skip says why: the policy's reason)."""
-    why = f" reason={reason}" if reason and status == "skipped" else ""
+    why = f" reason={reason}" if reason and status == OperationStatus.SKIPPED else ""
     return (f"user={user} connector={connector} {operation} {status}"
             + (f" remote_id={remote_id}" if remote_id else "") + (f" error={error}" if error else "") + why)
 
