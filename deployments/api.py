@@ -437,10 +437,9 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
         if not accepted.new:
             return JSONResponse(EventAccepted(id=accepted.event_id, status=accepted.status,
                                               duplicate=True).model_dump(), status_code=200)
-        event = IdentityEvent.model_validate_json(body) if body else None
         try:
-            how = dispatcher(accepted.event_id, event.type, event.trigger)
-            log.info("event=%s type=%s stored and dispatched (%s)", accepted.event_id, event.type, how or "custom")
+            how = dispatcher(accepted.event_id, accepted.type, accepted.trigger)
+            log.info("event=%s type=%s stored and dispatched (%s)", accepted.event_id, accepted.type, how or "custom")
         except Exception as exc:  # stored already: the sweeper re-dispatches it
             log.warning("event=%s stored; dispatch failed (%s: %s); sweep-events will retry",
                         accepted.event_id, type(exc).__name__, exc)

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sqlalchemy import insert
 from sqlmodel import Session, delete, select
 
 from models.config import Config
@@ -43,6 +44,12 @@ def find_user(session: Session, tenant: str, user_store: str, username: str) -> 
                                            User.username == username)).first()
 
 
+def find_users(session: Session, tenant: str, usernames: set[str]) -> list[User]:
+    """The tenant's users named any of `usernames`, in any user store, in queries of 500 names."""
+    return [u for names in _chunks(usernames)
+            for u in session.exec(select(User).where(User.tenant == tenant, User.username.in_(names)))]
+
+
 def _named(session: Session, model, name: str):
     row = session.exec(select(model).where(model.name == name)).first()
     if row is None:
@@ -52,25 +59,111 @@ def _named(session: Session, model, name: str):
     return row
 
 
-def set_roles(session: Session, user: User, roles: list[str]) -> None:
-    session.exec(delete(UserRole).where(UserRole.user_id == user.id))
-    for name in sorted(set(roles)):
-        session.add(UserRole(user_id=user.id, role_id=_named(session, Role, name).id))
+# What a user is linked to by each kind of name: roles through UserRole, groups through GroupMember.
+LINKS = {Role: (UserRole, "role_id"), Group: (GroupMember, "group_id")}
 
 
-def set_groups(session: Session, user: User, groups: list[str]) -> None:
-    session.exec(delete(GroupMember).where(GroupMember.user_id == user.id))
-    for name in sorted(set(groups)):
-        session.add(GroupMember(user_id=user.id, group_id=_named(session, Group, name).id))
+class Lookups:
+    """How applying an event reads and writes the store: a query per user, role and group it names."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    def user(self, tenant: str, user_store: str, username: str) -> Optional[User]:
+        return find_user(self.session, tenant, user_store, username)
+
+    def added(self, user: User) -> None:
+        """`user` was just added to the session."""
+
+    def named(self, model, name: str):
+        return _named(self.session, model, name)
+
+    def replace_links(self, model, user: User, names: list[str]) -> None:
+        """`user`'s roles (model Role) or groups (model Group) become exactly `names`."""
+        link, column = LINKS[model]
+        self.session.exec(delete(link).where(link.user_id == user.id))
+        for name in sorted(set(names)):
+            self.session.add(link(user_id=user.id, **{column: self.named(model, name).id}))
+
+    def flush(self) -> None:
+        self.session.flush()
+
+    def finish(self) -> None:
+        """Write what is still held back (nothing here: every change is in the session already)."""
+
+
+class Preloaded(Lookups):
+    """The same reads and writes for a whole group of events, done once: the users they name, and
+    the roles and groups they give, are read in one query per 500 names; what the events change is
+    answered from memory for the events after them, and written by `finish` in a few statements (a
+    few ORM statements per event made a single writer the event API's limit).
+    """
+
+    def __init__(self, session: Session, tenant: str, users: list[EventUser]):
+        super().__init__(session)
+        self._users = {(u.user_store, u.username): u for u in find_users(session, tenant, {d.username for d in users})}
+        self._names = {model: {row.name: row
+                               for names in _chunks({n for d in users for n in (getattr(d, attr) or ())})
+                               for row in session.exec(select(model).where(model.name.in_(names)))}
+                       for model, attr in ((Role, "roles"), (Group, "groups"))}
+        self._new: set[str] = set()  # ids of the users this group creates: they have no links stored
+        self._links: dict[tuple, set[str]] = {}  # (model, user id) -> the ids it links to, written by finish
+
+    def user(self, tenant: str, user_store: str, username: str) -> Optional[User]:
+        return self._users.get((user_store, username))
+
+    def added(self, user: User) -> None:
+        self._users[(user.user_store, user.username)] = user
+        self._new.add(user.id)
+
+    def named(self, model, name: str):
+        known = self._names[model]
+        if name not in known:
+            known[name] = model(name=name)
+            self.session.add(known[name])
+        return known[name]
+
+    def replace_links(self, model, user: User, names: list[str]) -> None:
+        link, _ = LINKS[model]
+        if user.id not in self._new and (model, user.id) not in self._links:  # stored links, replaced once
+            self.session.exec(delete(link).where(link.user_id == user.id))
+        self._links[(model, user.id)] = {self.named(model, name).id for name in names}
+
+    def flush(self) -> None:
+        """Nothing until `finish`: every later read of this group is answered from memory."""
+
+    def finish(self) -> None:
+        self.session.flush()  # the users, roles and groups the links refer to
+        for model, (link, column) in LINKS.items():
+            rows = [{"user_id": user_id, column: target} for (kind, user_id), targets in self._links.items()
+                    if kind is model for target in sorted(targets)]
+            if rows:
+                self.session.execute(insert(link), rows)
+        self._links.clear()
+
+
+def _chunks(names: set[str], size: int = 500) -> list[list[str]]:
+    ordered = sorted(names)
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def set_roles(session: Session, user: User, roles: list[str], lookups: Optional[Lookups] = None) -> None:
+    (lookups or Lookups(session)).replace_links(Role, user, roles)
+
+
+def set_groups(session: Session, user: User, groups: list[str], lookups: Optional[Lookups] = None) -> None:
+    (lookups or Lookups(session)).replace_links(Group, user, groups)
 
 
 def upsert_user(session: Session, data: EventUser, tenant: str, source: str, idp: Optional[str] = None,
-                replace_profile: bool = False) -> User:
+                replace_profile: bool = False, lookups: Optional[Lookups] = None) -> User:
     """Create or update a user from event data; fields the event leaves out are kept."""
-    user = find_user(session, tenant, data.user_store, data.username)
+    lookups = lookups or Lookups(session)
+    user = lookups.user(tenant, data.user_store, data.username)
     if user is None:
         user = User(username=data.username, user_store=data.user_store, tenant=tenant, source=source)
         session.add(user)
+        lookups.added(user)
     elif user.deleted_at is not None:  # a deleted user created again starts afresh
         user.deleted_at, user.source, user.active = None, source, True
     for name in _PROFILE:
@@ -84,11 +177,11 @@ def upsert_user(session: Session, data: EventUser, tenant: str, source: str, idp
     if idp and idp not in user.idps:
         user.idps = [*user.idps, idp]
     user.updated_at = utcnow()
-    session.flush()
+    lookups.flush()
     if data.roles is not None:
-        set_roles(session, user, data.roles)
+        set_roles(session, user, data.roles, lookups)
     if data.groups is not None:
-        set_groups(session, user, data.groups)
+        set_groups(session, user, data.groups, lookups)
     return user
 
 
@@ -102,18 +195,18 @@ def username_problems(event: IdentityEvent, config: Config) -> list[str]:
     return [problem] if problem else []
 
 
-def apply_event(session: Session, event: IdentityEvent, config: Config) -> User:
+def apply_event(session: Session, event: IdentityEvent, config: Config, lookups: Optional[Lookups] = None) -> User:
     """Bring the identity store to the state the event describes; return the user.
 
     Only user.created and user.federated_login create a user; any other event for a user the store
     does not know is refused (InvalidInput, nothing changed) unless `events.upsert_unknown_users`.
     """
-    data, tenant = event.user, config.tenant_domain
+    data, tenant, lookups = event.user, config.tenant_domain, lookups or Lookups(session)
     if event.type == "user.roles_changed" and data.roles is None:
         raise InvalidInput("event", ["user.roles: a user.roles_changed event needs the full list of roles"])
     if event.type in CREATING:
-        return upsert_user(session, data, tenant, source=event.trigger, idp=event.idp)
-    user = find_user(session, tenant, data.user_store, data.username)
+        return upsert_user(session, data, tenant, source=event.trigger, idp=event.idp, lookups=lookups)
+    user = lookups.user(tenant, data.user_store, data.username)
     # An update must not bring a deleted user back: that is what user.created is for.
     unknown = user is None or (event.type == "user.updated" and user.deleted_at is not None)
     if unknown:
@@ -124,19 +217,19 @@ def apply_event(session: Session, event: IdentityEvent, config: Config) -> User:
         problems = username_problems(event, config)
         if problems:
             raise InvalidInput("event", problems)
-        user = upsert_user(session, data, tenant, source=event.trigger, idp=event.idp)
+        user = upsert_user(session, data, tenant, source=event.trigger, idp=event.idp, lookups=lookups)
     elif event.type == "user.updated":
-        return upsert_user(session, data, tenant, source=event.trigger, idp=event.idp)
+        return upsert_user(session, data, tenant, source=event.trigger, idp=event.idp, lookups=lookups)
     if event.type == "user.deleted":
         user.deleted_at = utcnow()
     elif event.type in ("user.disabled", "user.enabled"):
         user.active = event.type == "user.enabled"
     elif event.type == "user.roles_changed":
-        set_roles(session, user, data.roles)
+        set_roles(session, user, data.roles, lookups)
     user.updated_at = utcnow()
     if event.idp and event.idp not in user.idps:
         user.idps = [*user.idps, event.idp]
-    session.flush()
+    lookups.flush()
     return user
 
 

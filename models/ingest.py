@@ -12,7 +12,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from sqlmodel import Session
+from sqlalchemy import insert
+from sqlmodel import Session, select
 
 from sqlalchemy.exc import IntegrityError
 
@@ -20,10 +21,10 @@ from models.availability import STORE_UNAVAILABLE
 from models.config import Config
 from models.db import database_url, session_scope
 from models.events import IdentityEvent, parse_event
-from models.identity import CREATING, apply_event, username_problems
+from models.identity import CREATING, Preloaded, apply_event, username_problems
 from models.kinds import EventStatus
 from models.runstate import get_event
-from models.tables import Event
+from models.tables import Event, utcnow
 from models.validation import InvalidInput
 
 
@@ -33,6 +34,8 @@ class Accepted:
     new: bool
     status: str
     user_id: Optional[str] = None
+    type: Optional[str] = None  # the event's, so the caller can dispatch it without parsing it again
+    trigger: Optional[str] = None
 
 
 def check_against_config(event: IdentityEvent, config: Config) -> None:
@@ -65,31 +68,64 @@ def _accept_event(event: IdentityEvent, config: Config) -> Accepted:
             return Accepted(event.id, False, seen.status)
     try:
         with session_scope() as session:
-            user = _store(session, event, config)
+            user = apply_event(session, event, config)
+            _insert_events(session, [_event_row(event, user)])
     except IntegrityError:  # the same id arrived concurrently: the other one won
         with session_scope() as session:
             seen = get_event(session, event.id)
         if seen is None:
             raise
         return Accepted(event.id, False, seen.status)
-    return Accepted(event.id, True, EventStatus.ACCEPTED, user.id)
+    return _new(event, user)
 
 
-def _store(session: Session, event: IdentityEvent, config: Config):
-    user = apply_event(session, event, config)
-    session.add(Event(id=event.id, type=event.type, trigger=event.trigger, idp=event.idp, user_id=user.id,
-                      payload=event.model_dump(mode="json")))
-    return user
+def _new(event: IdentityEvent, user) -> Accepted:
+    return Accepted(event.id, True, EventStatus.ACCEPTED, user.id, event.type, event.trigger)
 
 
-def _stage(session: Session, event: IdentityEvent, config: Config) -> Accepted:
-    """Apply and add one event in `session` (not committed); a seen id is answered from the outbox."""
-    seen = get_event(session, event.id)
-    if seen is not None:
-        return Accepted(event.id, False, seen.status)
-    user = _store(session, event, config)
-    session.flush()  # a second event of this id in the same group now sees this one
-    return Accepted(event.id, True, EventStatus.ACCEPTED, user.id)
+def _event_row(event: IdentityEvent, user) -> dict:
+    return {"id": event.id, "type": event.type, "trigger": event.trigger, "idp": event.idp, "user_id": user.id,
+            "payload": event.model_dump(mode="json"), "status": EventStatus.ACCEPTED, "attempts": 0,
+            "received_at": utcnow()}
+
+
+def _insert_events(session: Session, rows: list[dict]) -> None:
+    """The outbox rows, in one statement after the users they name (an ORM object per row cost more
+    than the rest of storing an event)."""
+    if rows:
+        session.flush()
+        session.execute(insert(Event), rows)
+
+
+def _lookups(session: Session, events: list[IdentityEvent], config: Config) -> Preloaded:
+    return Preloaded(session, config.tenant_domain, [e.user for e in events])
+
+
+def _stage_all(session: Session, group: list[tuple[IdentityEvent, Config]]) -> list[Accepted]:
+    """Apply and add a group's events in `session` (not committed), reading the store once for all.
+
+    An id already in the outbox is answered from it; an id sent twice within the group is stored
+    once, and its second copy answered as the first one's duplicate.
+    """
+    ids = sorted({event.id for event, _ in group})
+    seen = {id_: status for start in range(0, len(ids), 500)
+            for id_, status in session.exec(select(Event.id, Event.status).where(Event.id.in_(ids[start:start + 500])))}
+    lookups: dict[int, Preloaded] = {}
+    for config in {id(c): c for _, c in group}.values():
+        lookups[id(config)] = _lookups(session, [e for e, c in group if c is config], config)
+    answers, rows = [], []
+    for event, config in group:
+        if event.id in seen:
+            answers.append(Accepted(event.id, False, seen[event.id]))
+            continue
+        user = apply_event(session, event, config, lookups[id(config)])
+        answers.append(_new(event, user))
+        rows.append(_event_row(event, user))
+        seen[event.id] = EventStatus.ACCEPTED
+    for preloaded in lookups.values():
+        preloaded.finish()
+    _insert_events(session, rows)
+    return answers
 
 
 def accept_all(raws: list[dict], config: Config, *, before: Optional[Callable[[Session], None]] = None,
@@ -115,10 +151,13 @@ def accept_all(raws: list[dict], config: Config, *, before: Optional[Callable[[S
     with session_scope() as session:
         if before is not None:
             before(session)
-        users = [_store(session, event, config) for event in events]
+        lookups = _lookups(session, events, config)
+        users = [apply_event(session, event, config, lookups) for event in events]
+        lookups.finish()
+        _insert_events(session, [_event_row(e, u) for e, u in zip(events, users)])
         if also is not None:
             also(session)
-    return [Accepted(e.id, True, EventStatus.ACCEPTED, u.id) for e, u in zip(events, users)]
+    return [_new(e, u) for e, u in zip(events, users)]
 
 
 class GroupCommit:
@@ -170,7 +209,7 @@ class GroupCommit:
     def _commit(group: list[tuple[IdentityEvent, Config, Future]]) -> None:
         try:
             with session_scope() as session:
-                answers = [_stage(session, event, config) for event, config, _ in group]
+                answers = _stage_all(session, [(event, config) for event, config, _ in group])
         except STORE_UNAVAILABLE as exc:  # not stored, or not known to be: every sender must send again
             for _, _, done in group:
                 done.set_exception(exc)

@@ -427,17 +427,17 @@ def test_two_webhooks_creating_one_user_at_once_are_both_stored(config_path, sql
     config = load_config(config_path)
     first, second = (parse_webhook(json.dumps(b).encode()) for b in
                      (created("d1", "dora"), created("d1", "dora", uri="registrationSuccess")))
-    real, lookups = identity.find_user, []
+    real, lookups = identity.find_users, []
 
-    def first_wins(session, tenant, store, username):
-        lookups.append(username)
+    def first_wins(session, tenant, usernames):
+        lookups.append(usernames)
         if len(lookups) == 1:  # the second's lookup: not there yet; the first is stored right after
-            monkeypatch.setattr(identity, "find_user", real)
+            monkeypatch.setattr(identity, "find_users", real)
             receive(first, config)
-            return None
-        return real(session, tenant, store, username)
+            return []
+        return real(session, tenant, usernames)
 
-    monkeypatch.setattr(identity, "find_user", first_wins)
+    monkeypatch.setattr(identity, "find_users", first_wins)
     received = receive(second, config)
     assert [e[0] for e in received.events] == [f"wso2-{second.jti}"]
     assert len(stored_events()) == 2 and user("dora").source == "console"
