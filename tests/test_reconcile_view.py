@@ -241,3 +241,42 @@ def test_migration_0007_stores_guard_decisions_and_statuses_longer_than_16(db_ur
         rows = {r.status: r for r in session.exec(select(ReconciliationRun))}
     assert set(rows) == {"awaiting-approval", "stopped-by-guard"}
     assert rows["stopped-by-guard"].decided_by == "Dana Ops" and rows["stopped-by-guard"].plan_hash == "a" * 64
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_status_keeps_the_held_deletions_until_a_real_run_settles_them(guarded, scim):
+    code, out = _cli("reconcile", "--config", str(guarded))
+    assert code == 3, out
+    held_by = _last_run()
+    code, out = _cli("reconcile", "--config", str(guarded), "--dry-run")  # a dry run settles nothing
+    assert code == 0, out
+    assert _last_run().dry_run
+    for columns in (80, 120):
+        code, out = _cli("status", "--config", str(guarded), columns=columns)
+        assert code == 0, out
+        text = " ".join(out.split())
+        assert "(dry run)" in text, out  # the last run is the dry run ...
+        assert "app: held: " in text and " 3: the last real reconciliation" in text, out  # ... the held 3 stay
+        assert "stopped at the deletion guard" in text and "re-run with --yes" in text, out
+        assert max(len(line) for line in out.splitlines()) <= columns, out
+    code, out = _cli("status", "--config", str(guarded), "--json")
+    held = json.loads(out)["connectors"][0]["held"]
+    assert held["decision"] == "stopped" and sum(held["held"].values()) == 3, held
+    assert held["run_id"] == held_by.id and held["flow_run_id"] == held_by.flow_run_id
+
+    # A rejection in the UI holds them the same way, named with who rejected and why.
+    with session_scope() as session:
+        session.add(ReconciliationRun(connector="app", status="rejected", decision="rejected", decided_by="Dana Ops",
+                                      decision_comment="not before the audit", decided_at=utcnow(),
+                                      counts={"disable": 6}, plan_hash="ab" * 32, finished_at=utcnow()))
+        session.add(ReconciliationRun(connector="app", dry_run=True, status="succeeded", finished_at=utcnow()))
+    code, out = _cli("status", "--config", str(guarded), columns=120)
+    text = " ".join(out.split())
+    assert "app: held: disable 6: deletion guard rejected by Dana Ops: not before the audit at " in text, out
+    assert "Held until a real run" in text, out
+
+    code, out = _cli("reconcile", "--config", str(guarded), "--yes")  # the real run settles them
+    assert code == 0, out
+    code, out = _cli("status", "--config", str(guarded), "--json")
+    assert json.loads(out)["connectors"][0]["held"] is None
+    assert "held:" not in _cli("status", "--config", str(guarded))[1]
