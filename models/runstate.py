@@ -155,9 +155,10 @@ def last_operation(session: Session, connector: str, user_id: str) -> Optional[O
                         .order_by(Operation.id.desc())).first()
 
 
-def recent_flow_runs(session: Session, connector: str, user_id: str, scan: int = 50) -> Iterable[str]:
-    """Flow run ids of the user's latest `scan` operations on `connector` that have one, newest first."""
-    return session.exec(select(Operation.flow_run_id).where(
+def recent_flow_runs(session: Session, connector: str, user_id: str, scan: int = 50) -> Iterable[tuple[str, str, str]]:
+    """(flow run id, operation, status) of the user's latest `scan` operations on `connector` that have a
+    flow run, newest first."""
+    return session.exec(select(Operation.flow_run_id, Operation.operation, Operation.status).where(
         Operation.connector == connector, Operation.entity_id == user_id, Operation.flow_run_id.is_not(None))
         .order_by(Operation.id.desc()).limit(scan))
 

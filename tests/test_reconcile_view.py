@@ -280,3 +280,34 @@ def test_status_keeps_the_held_deletions_until_a_real_run_settles_them(guarded, 
     code, out = _cli("status", "--config", str(guarded), "--json")
     assert json.loads(out)["connectors"][0]["held"] is None
     assert "held:" not in _cli("status", "--config", str(guarded))[1]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_explain_names_the_held_decision_and_the_runs_by_name_and_state(guarded, scim):
+    created_by = _last_run()
+    code, out = _cli("reconcile", "--config", str(guarded))
+    assert code == 3, out
+    stopped = _last_run()
+    code, out = _cli("explain", "user0", "--config", str(guarded), columns=200)
+    assert code == 0, out
+    held = next(line for line in out.splitlines() if line.strip().startswith("held:"))
+    assert "held held: deletion guard stopped in run reconcile app (stopped by guard) at " in held.replace(
+        "disable", "held").replace("delete", "held"), held  # the connector's deprovision mode, then the run
+    assert f"/runs/flow-run/{stopped.flow_run_id}" in held, held
+    # The run that created the account, by name and state, with what it did to this user.
+    assert f"reconcile app, Completed (create succeeded here): http" in out, out
+    assert f"/runs/flow-run/{created_by.flow_run_id}" in out, out
+    # A user the plan does not deprovision has nothing held.
+    code, out = _cli("explain", "user5", "--config", str(guarded), columns=200)
+    assert code == 0 and "held:" not in out, out
+
+    with session_scope() as session:  # an operator's rejection in the UI, named with who and why
+        session.add(ReconciliationRun(connector="app", status="rejected", decision="rejected", decided_by="Dana Ops",
+                                      decision_comment="not before the audit", decided_at=utcnow(),
+                                      counts={"delete": 3}, finished_at=utcnow()))
+    code, out = _cli("explain", "user0", "--config", str(guarded), "--json")
+    assert code == 0, out
+    app_ = json.loads(out)["connectors"][0]
+    assert "deletion guard rejected in run reconcile app (rejected) at " in app_["held"], app_["held"]
+    assert "by Dana Ops: not before the audit" in app_["held"], app_["held"]
+    assert app_["recent_runs"][0]["name"] == "reconcile app" and app_["recent_runs"][0]["state"] == "Completed"
