@@ -54,6 +54,14 @@ def plan_hash(plan) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def dry_run_verdict(tripped: bool, deletions: int, threshold: int) -> str:
+    """What the real run would do at the deletion guard, in one sentence (a dry run's summary, log, state, CLI)."""
+    if tripped:
+        return (f"the real run would stop at the deletion guard: {deletions} deletions > max {threshold} "
+                f"(max_deletions); it needs an approval, or --yes")
+    return f"the real run would pass the deletion guard: {deletions} deletions, max {threshold} (max_deletions)"
+
+
 def cli_user() -> str:
     """Who runs the CLI, as the operating system knows them ("unknown" when it does not)."""
     try:

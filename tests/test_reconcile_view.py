@@ -77,21 +77,29 @@ def test_a_cli_dry_run_says_nothing_was_written_and_that_the_guard_would_stop_it
     assert code == 0, out
     assert [r for r in scim.requests[before:] if r[0] in MUTATING] == []
     assert "dry run, nothing written: would apply 3, would fail 0" in out, out
-    assert "the real run would stop at the deletion guard (3 > limit 1): it needs --yes" in out, out
+    assert "the real run would stop at the deletion guard: 3 deletions > max 1 (max_deletions)" in out, out
+    assert "it needs an approval, or --yes" in out, out
     assert f"plan rows written to {tmp_path / 'plan.csv'}" in out, out
     assert "succeeded" not in out, out  # a dry run succeeds at nothing
 
     run = _last_run()
     assert run.dry_run and run.decision is None  # the guard decides about real runs only
     flow_run, artifacts, logs = _seen_by_prefect(run, "dry run finished")
-    assert flow_run.state.type == StateType.COMPLETED
-    assert flow_run.name == "reconcile app (dry run)"
+    assert flow_run.state.type == StateType.COMPLETED  # green: the dry run did its work, and says where it ends
+    assert flow_run.state.message == ("dry run, nothing written: would apply 3, would fail 0; the real run would "
+                                      "stop at the deletion guard: 3 deletions > max 1 (max_deletions); it needs "
+                                      "an approval, or --yes"), flow_run.state.message
+    assert flow_run.name == "reconcile app (dry run: would stop at the guard)"
     assert {"trigger:cli", "connector:app"} <= set(flow_run.tags)
     assert set(artifacts) == {"outbound-app-dry-run-plan", "outbound-app-dry-run-drift", "outbound-app-dry-run-summary"}
     summary = artifacts["outbound-app-dry-run-summary"].data
-    assert "Dry run: nothing was written" in summary and "would stop at the deletion guard" in summary
+    assert "Dry run: nothing was written" in summary and "would stop at the deletion guard: 3 deletions > max 1" in summary
+    assert "**Status:** succeeded (dry run: the real run would stop at the deletion guard)" in summary
+    assert "3 deletions > max 1" in artifacts["outbound-app-dry-run-summary"].description
     assert "| would apply | 3 |" in summary
     assert "dry run finished, nothing written: would apply 3" in logs  # CLI runs keep their logs in Prefect
+    _, _, logs = _seen_by_prefect(run, "connector=app the real run would stop at the deletion guard")
+    assert "connector=app the real run would stop at the deletion guard: 3 deletions > max 1" in logs, logs
 
 
 @pytest.mark.usefixtures("prefect_harness")
