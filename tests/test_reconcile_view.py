@@ -155,7 +155,11 @@ def test_runs_and_status_fit_80_and_120_columns_with_remote_id_and_reason(guarde
             widest = max(len(line) for line in out.splitlines())
             assert widest <= columns, f"{args} at {columns} columns: a line of {widest}\n{out}"
             if args == ["runs", "--limit", "5"]:
-                assert last.remote_id in _column(out, "remote id", "reason"), out  # folded, but all there
+                shown = _column(out, "remote id", "reason")
+                if columns < 110:  # shortened to one line; whole in --wide and --json
+                    assert last.remote_id[:8] + "…" in shown and last.remote_id not in shown, out
+                else:
+                    assert last.remote_id in shown, out
                 assert "theuserwasdeleted" in _column(out, "reason / error", "\n").replace(" ", "")
                 assert "delete" in out and "succeeded" in out
             elif args[0] == "runs":
@@ -319,3 +323,30 @@ def test_explain_names_the_held_decision_and_the_runs_by_name_and_state(guarded,
     assert "deletion guard rejected in run reconcile app (rejected) at " in app_["held"], app_["held"]
     assert "by Dana Ops: not before the audit" in app_["held"], app_["held"]
     assert app_["recent_runs"][0]["name"] == "reconcile app" and app_["recent_runs"][0]["state"] == "Completed"
+
+
+def test_runs_folds_an_events_retries_into_one_row_at_80_columns(tmp_path, sqlite_url):
+    from models.runstate import record_operations
+    from tasks.apply import operation_row
+
+    remote = "0123456789abcdef0123456789abcdef"
+    rows = [operation_row("app", "u-1", "carol@PRIMARY", "provision", operation="create", status=status,
+                          error_code="transient" if status == "failed" else None,
+                          error_message="GET /Users: connection failed" if status == "failed" else None,
+                          remote_id=remote if status == "succeeded" else None, event_id="evt-carol-1")
+            for status in ("failed", "failed", "succeeded")]
+    rows.append(operation_row("app", "u-2", "dave@PRIMARY", "provision", operation="create", status="succeeded",
+                              event_id="evt-dave-1", remote_id="r-dave"))
+    with session_scope() as session:
+        record_operations(session, rows)
+    code, out = _cli("runs", columns=80)
+    assert code == 0, out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert out.count("carol@PRIMARY") == 1 and out.count("dave@PRIMARY") == 1, out
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "carol@PRIMARY" in line)
+    assert "create" in lines[at] and "succeeded" in lines[at + 1] and "3 runs" in lines[at + 2], out  # the newest, counted
+    assert "01234567…" in out and remote not in out, out
+    assert "N runs: the event was run N times" in out, out
+    code, out = _cli("runs", "--json")
+    assert len(out.splitlines()) == 4 and remote in out  # every operation, ids whole
