@@ -22,6 +22,10 @@ class Deployment:
     interval: Optional[int] = None  # seconds
     concurrency: Optional[int] = None  # runs at once; a run started beyond it waits its turn (ENQUEUE)
     parameters: dict = field(default_factory=dict)
+    # Under `outbound serve`: no schedule; the serve process starts a run only when work is due
+    # (deployments/serve.py, DrainDispatcher). A work pool keeps the schedule: nothing of ours runs
+    # beside it to look before a run is created.
+    on_demand_when_served: bool = False
 
     @property
     def tags(self) -> list[str]:
@@ -41,7 +45,8 @@ DEPLOYMENTS = (
     Deployment("drain-events", "flows/provision.py:drain_events",
                "Watch the outbox and provision what arrives, in batches (one run a minute, each lasting 75 s, "
                "so two overlap at every hand-over; see docs/operations.md).",
-               "event", cron="* * * * *", concurrency=2, parameters={"run_for_seconds": 75}),
+               "event", cron="* * * * *", concurrency=2, parameters={"run_for_seconds": 75},
+               on_demand_when_served=True),
     Deployment("provision-user", "flows/provision.py:provision_user",
                "Provision one event's user now (parameter event_id), with whatever else is pending.", "manual"),
     Deployment("reconcile-all", "flows/reconcile.py:reconcile_all", "Nightly reconciliation of every connector.",

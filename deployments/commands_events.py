@@ -97,7 +97,8 @@ def retry(event_id: str = typer.Argument(..., help="The event's id."),
 @app.command()
 def runs(status: Optional[str] = typer.Option(None, help="Only operations with this status (e.g. failed, outcome_unknown)."),
          connector: Optional[str] = typer.Option(None, help="Only this connector."),
-         limit: int = typer.Option(50, help="How many, newest first."),
+         limit: int = typer.Option(50, help="How many operations, newest first (the runs of one event's "
+                                            "retries are one row of the table)."),
          as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
          wide: bool = typer.Option(False, "--wide", help="Every field (event, action, tries, flow run), one block each."),
          config: Optional[Path] = ConfigOption) -> None:
@@ -128,17 +129,51 @@ def runs(status: Optional[str] = typer.Option(None, help="Only operations with t
                 if value not in (None, ""):
                     out.print(f"    {label}: {value}", markup=False, highlight=False)
         return
-    # Narrow (80 columns): user and connector share a cell, so do operation and status; long ids and
-    # reasons fold rather than push the table off the screen.
+    # Narrow (80 columns): user and connector share a cell, so do operation and status; remote ids are
+    # shortened below 110 columns (whole in --wide and --json); the runs of one event's retries are one
+    # row, the newest, counting them; reasons fold rather than push the table off the screen.
+    full_ids = out.width >= 110
     grid = table([("id", {"justify": "right", "no_wrap": True}), ("when (UTC)", {"no_wrap": True}),
                   ("user / connector", {"overflow": "fold", "max_width": 20}),
                   ("op / status", {"overflow": "fold", "max_width": 11}),
-                  ("remote id", {"overflow": "fold", "max_width": 36 if out.width >= 110 else 10}),
+                  ("remote id", {"overflow": "fold", "max_width": 36 if full_ids else SHORT_ID + 1}),
                   ("reason / error", {"overflow": "fold", "ratio": 1, "min_width": 16})], expand=True)
-    for r in rows:
+    folded = fold_retries(rows)
+    for r, runs in folded:
         kind = types.get(r["connector"])
         why = f"{r['error_code']}: {r['error_message']}" if r["error_code"] else (r["reason"] or "")
         when = (r["started_at"] or "")[5:16].replace("T", " ")  # MM-DD HH:MM
+        remote = r["remote_id"] or "-"
+        if not full_ids and len(remote) > SHORT_ID + 1:
+            remote = remote[:SHORT_ID] + "…"
         grid.add_row(str(r["id"]), when, f"{r['entity_name']}\non {r['connector']}",
-                     f"{action_name(r['operation'] or '-', kind)}\n{r['status']}", r["remote_id"] or "-", why)
+                     f"{action_name(r['operation'] or '-', kind)}\n{r['status']}" + (f"\n{runs} runs" if runs > 1 else ""),
+                     remote, why)
     out.print(grid)
+    if any(runs > 1 for _, runs in folded):
+        out.print("N runs: the event was run N times (its retries); the row is the newest; --wide or --json "
+                  "lists each.",
+                  markup=False, highlight=False)
+
+
+SHORT_ID = 8  # characters of a remote id the narrow table shows
+
+
+def fold_retries(rows: list[dict]) -> list[tuple[dict, int]]:
+    """(newest row, how many runs) per event, connector, user and action: an event run again (a retry, or
+    `outbound retry`) records an operation each time, and those are one line of history. Rows newest first;
+    a reconciliation's rows are each their own."""
+    out: list[list] = []
+    index: dict[tuple, int] = {}
+    for r in rows:
+        event = r.get("event_id") or ""
+        if not event or event.startswith("reconcile:"):
+            out.append([r, 1])
+            continue
+        key = (event, r["connector"], r["entity_type"], r["entity_id"], r["action"])
+        if key in index:
+            out[index[key]][1] += 1
+        else:
+            index[key] = len(out)
+            out.append([r, 1])
+    return [(r, n) for r, n in out]

@@ -123,9 +123,9 @@ def _print_result(result: dict, connector_type: Optional[str] = None) -> None:
     typer.echo(plan_line(result, connector_type))
     o = result["outcomes"]
     if result["dry_run"]:
-        guard = (f"the real run would stop at the deletion guard ({result['deletions']} > limit "
-                 f"{result['threshold']}): it needs --yes" if result.get("guard_tripped")
-                 else "the real run would pass the deletion guard")
+        from tasks.guard import dry_run_verdict
+
+        guard = dry_run_verdict(bool(result.get("guard_tripped")), result["deletions"], result["threshold"])
         typer.echo(f"{name}: dry run, nothing written: would apply {o['succeeded']}, would fail {o['failed']}, "
                    f"skipped {o['skipped']}; {guard}")
     elif result["status"] in (RunStatus.STOPPED_BY_GUARD, RunStatus.AWAITING_APPROVAL):

@@ -103,14 +103,24 @@ def _guard(run: dict) -> Optional[dict]:
             "at": _when(run.get("decided_at")), "plan_hash": run.get("plan_hash")}
 
 
+def held_line(connector: str, held: dict) -> str:
+    """The deletions the guard holds back since the last real run, and what settles them."""
+    from tasks.guard import STOPPED, decision_words, held_words
+
+    review = f"review with `outbound reconcile --connector {connector} --dry-run --report plan.csv`"
+    if held["decision"] == STOPPED:
+        return (f"{connector}: held: {held_words(held)}: the last real reconciliation ({held['at']} UTC) stopped at "
+                f"the deletion guard, nothing applied: {held.get('message') or 'too many deletions'}. Nothing is "
+                f"waiting; {review}, then re-run with --yes.")
+    return (f"{connector}: held: {held_words(held)}: deletion guard {decision_words(held)} at {held['at']} UTC, "
+            f"nothing applied (plan sha256 {str(held.get('plan_hash') or '')[:12]}). Held until a real run: "
+            f"{review}, then `outbound reconcile --connector {connector}` (approve it, or --yes).")
+
+
 def guard_line(connector: str, run: dict) -> Optional[str]:
-    """One sentence on the last run's guard decision, with what to do next when something waits on the operator."""
+    """One sentence on the last run's guard decision (a held one is held_line's)."""
     guard = run.get("guard")
-    if run.get("status") == RunStatus.STOPPED_BY_GUARD:
-        return (f"{connector}: the last reconciliation ({run['started_at']} UTC) stopped at the deletion guard, "
-                f"nothing applied: {run.get('error') or 'too many deletions'}. Nothing is waiting; review with "
-                f"`outbound reconcile --connector {connector} --dry-run --report plan.csv`, then re-run with --yes.")
-    if not guard:
+    if not guard or run.get("status") in (RunStatus.STOPPED_BY_GUARD, RunStatus.REJECTED):
         return None
     who = f" by {guard['by']}" if guard.get("by") else ""
     why = f": {guard['comment']}" if guard.get("comment") else ""
@@ -124,8 +134,11 @@ def status_summary(names: list[str]) -> dict:
     from models.runstate import failures_by_connector, last_reconciliations, oldest_unfinished_event, unfinished_count
 
     since = datetime.now(timezone.utc) - timedelta(days=1)
+    from tasks.guard import held_decisions
+
     with session_scope() as session:
         last = last_reconciliations(session)
+        held = held_decisions(session)  # from the last real run: a later dry run does not settle them
         failed = failures_by_connector(session, since)
         oldest = oldest_unfinished_event(session)
         unfinished = unfinished_count(session)
@@ -146,6 +159,7 @@ def status_summary(names: list[str]) -> dict:
                 "started_at": _when(run.get("started_at")), "finished_at": _when(run.get("finished_at")),
                 "counts": _as_dict(run.get("counts")), "outcomes": _as_dict(run.get("outcomes")),
                 "error": run.get("error"), "flow_run_id": run.get("flow_run_id"), "guard": _guard(run)},
+            "held": held.get(name),
             "failed_last_day": failed.get(name, 0),
             "health": as_dict(health.get(name)),
             "capabilities": None if profile is None else {
@@ -206,6 +220,8 @@ def status(config: Optional[Path] = ConfigOption,
         line = guard_line(c["connector"], c["last_reconciliation"]) if c["last_reconciliation"] else None
         if line:
             out.print(line, markup=False, highlight=False)
+        if c["held"]:
+            out.print(held_line(c["connector"], c["held"]), markup=False, highlight=False)
         if c["health"]["state"] == HealthState.OPEN or c["health"]["consecutive_failures"]:
             out.print(f"health of {c['connector']}: {c['health']['summary']}", markup=False, highlight=False)
         if c["capabilities"]:

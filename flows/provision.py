@@ -356,8 +356,9 @@ async def drain_events(config_path: Optional[str] = None, run_for_seconds: float
                        limit: int = 1000) -> int:
     """Watch the outbox for `run_for_seconds`; whenever events wait, provision them in a `provision-user` subflow.
 
-    The scale-out path: a scheduled deployment starts one every minute, each lasting a little longer
-    than the minute, so two overlap at every hand-over and the outbox is never unwatched. Latency is
+    The scale-out path: on a work pool a scheduled deployment starts one every minute, each lasting a
+    little longer than the minute, so two overlap at every hand-over and the outbox is never unwatched;
+    under `outbound serve` one is started only when events are due (deployments/serve.py). Latency is
     the poll interval; a burst becomes batches of up to `limit` events, not a run per event.
     Ends Failed when a run it started failed, so the dashboard's count does not depend on "Hide subflows".
     """

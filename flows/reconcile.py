@@ -29,7 +29,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.client.orchestration import get_client
 from prefect.flow_runs import pause_flow_run
 from prefect.runtime import deployment, flow_run
-from prefect.states import Cancelled, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 
 from connectors.errors import CREDENTIAL_CODES
 from models.config import Config, load_config
@@ -41,7 +41,7 @@ from models.runstate import abandon_stale_runs, finish_run, running_reconciliati
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
 from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision, approval_description, cli_user,
-                         plan_hash, record_decision)
+                         dry_run_verdict, plan_hash, record_decision)
 from tasks.plan import Plan, plan_task
 from tasks.retry import task_options
 from tasks.runlog import log_outcomes
@@ -148,15 +148,16 @@ def _plan_artifacts(plan: Plan, dry_run: bool) -> Optional[str]:
 
 
 def _guard_line(plan: Plan) -> str:
-    verdict = "would stop at" if plan.guard_tripped else "would pass"
-    return (f"The real run {verdict} the deletion guard: it deletes or disables {plan.deletions}, "
-            f"max_deletions {plan.threshold}" + ("; it needs an approval (or --yes)." if plan.guard_tripped else "."))
+    verdict = dry_run_verdict(plan.guard_tripped, plan.deletions, plan.threshold)
+    return verdict[0].upper() + verdict[1:] + "."
 
 
 def _summary_artifact(plan: Plan, status: str, outcome: Counts, dry_run: bool,
                       decision: Optional[dict] = None) -> None:
+    shown = f"{status} (dry run: {'the real run would stop at the deletion guard' if plan.guard_tripped else 'nothing written'})" \
+        if dry_run else status
     lines = [f"# Reconciliation of {plan.connector}" + (" (dry run)" if dry_run else ""), "",
-             f"**Status:** {status}", ""]
+             f"**Status:** {shown}", ""]
     if dry_run:
         lines += ["**Dry run: nothing was written to the target.** The outcome counts below are what the real "
                   "run would do.", "", _guard_line(plan), ""]
@@ -174,7 +175,8 @@ def _summary_artifact(plan: Plan, status: str, outcome: Counts, dry_run: bool,
     create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(plan.connector, "summary", dry_run),
                              description=f"{plan.connector}: {status}"
                                          + (f", guard {decision['decision']}{who}" if decision else "")
-                                         + (" (dry run: nothing written)" if dry_run else ""), _sync=True)
+                                         + (f" (dry run: nothing written; {_guard_line(plan)[:-1]})" if dry_run
+                                            else ""), _sync=True)
 
 
 def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: int) -> Counts:
@@ -306,6 +308,9 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
     if dry_run:
         logger.info("connector=%s dry run finished, nothing written: would apply %d, would fail %d, skipped %d",
                     cfg.name, outcome.succeeded, outcome.failed, outcome.skipped)
+        if plan.guard_tripped:  # said where the run ends too: its name and its state's message
+            logger.warning("connector=%s %s", cfg.name, dry_run_verdict(True, plan.deletions, plan.threshold))
+            await _label_run("dry run: would stop at the guard")
     else:
         logger.info("connector=%s status=%s %s", cfg.name, status, outcome.as_dict())
     return {**result, "status": status, "outcomes": outcome.as_dict(), "failures": outcome.failures[:50]}
@@ -363,6 +368,11 @@ def final_state(result: dict) -> "dict | State":
                                  f"with --yes to apply", data=result)
     if status == RunStatus.BUSY:
         return Cancelled(message=result["message"], data=result)
+    if result.get("dry_run") and "guard_tripped" in result:  # green, but saying what the real run would do
+        o = result["outcomes"]
+        return Completed(message=f"dry run, nothing written: would apply {o['succeeded']}, would fail {o['failed']}; "
+                                 + dry_run_verdict(result["guard_tripped"], result["deletions"], result["threshold"]),
+                         data=result)
     return result
 
 

@@ -155,9 +155,10 @@ def last_operation(session: Session, connector: str, user_id: str) -> Optional[O
                         .order_by(Operation.id.desc())).first()
 
 
-def recent_flow_runs(session: Session, connector: str, user_id: str, scan: int = 50) -> Iterable[str]:
-    """Flow run ids of the user's latest `scan` operations on `connector` that have one, newest first."""
-    return session.exec(select(Operation.flow_run_id).where(
+def recent_flow_runs(session: Session, connector: str, user_id: str, scan: int = 50) -> Iterable[tuple[str, str, str]]:
+    """(flow run id, operation, status) of the user's latest `scan` operations on `connector` that have a
+    flow run, newest first."""
+    return session.exec(select(Operation.flow_run_id, Operation.operation, Operation.status).where(
         Operation.connector == connector, Operation.entity_id == user_id, Operation.flow_run_id.is_not(None))
         .order_by(Operation.id.desc()).limit(scan))
 
@@ -195,14 +196,25 @@ def abandon_stale_runs(connector: str) -> int:
                                     error="interrupted: the process ended before the run finished")).rowcount
 
 
-def last_reconciliations(session: Session) -> dict[str, dict]:
-    """The last reconciliation per connector, if the reconciliation_runs table exists."""
+# Runs that settle nothing: a busy one did not start, a running one has not ended.
+UNSETTLED = (RunStatus.BUSY, RunStatus.RUNNING)
+
+
+def last_reconciliations(session: Session, real: bool = False) -> dict[str, dict]:
+    """The last reconciliation per connector, if the reconciliation_runs table exists.
+
+    `real`: the last one that was not a dry run and ended (not busy, not running): the run whose
+    guard decision still holds (a dry run after a rejection leaves the rejected deletions held).
+    """
     bind = session.get_bind()
     if not inspect(bind).has_table("reconciliation_runs"):
         return {}
     runs = Table("reconciliation_runs", MetaData(), autoload_with=bind)
+    query = runs.select().order_by(runs.c.started_at.desc()).limit(1000)
+    if real:
+        query = query.where(runs.c.dry_run.is_(False), runs.c.status.not_in([str(s) for s in UNSETTLED]))
     last: dict[str, dict] = {}
-    for row in session.execute(runs.select().order_by(runs.c.started_at.desc()).limit(1000)).mappings():
+    for row in session.execute(query).mappings():
         if row["connector"] not in last:
             last[row["connector"]] = dict(row)
     return last

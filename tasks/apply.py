@@ -24,6 +24,7 @@ from models.runstate import (accounts_of, link_accounts, owner_of_account, pushe
                              record_operations, unlink_accounts)
 from models.tables import utcnow
 from tasks import retry
+from tasks.history import change_of_row, emit_account_events
 from tasks.plan import group_owned
 from tasks.retry import Tries
 from tasks.runlog import LOGGED_OUTCOMES, keep_first, outcome_line
@@ -271,6 +272,10 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
                 [ids[k] for k, _ in sent], [op_rows[k] for k, _ in sent], [h for _, h in sent]))
         else:
             record_operations(session, op_rows)
+    if events is None:  # a reconciliation's chunk: its changes in the users' histories (an event batch's: report())
+        emit_account_events(cfg.name, map(change_of_row, op_rows), flow_run_id,
+                            related=[{"prefect.resource.id": f"outbound.reconciliation.{run_id}",
+                                      "prefect.resource.role": "reconciliation"}])
     return counts
 
 

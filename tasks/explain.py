@@ -42,7 +42,10 @@ class ConnectorExplanation:
     remote_id: Optional[str] = None
     last_operation: Optional[dict] = None
     groups: list[str] = field(default_factory=list)
-    recent_runs: list[str] = field(default_factory=list)  # links to the Prefect runs that acted on the user
+    # The Prefect runs that acted on the user, newest first: id, url, what they did to the user here
+    # (`here`), and their name and state when the Prefect API was read (label_runs).
+    recent_runs: list[dict] = field(default_factory=list)
+    held: Optional[str] = None  # a deprovisioning of the user the deletion guard holds back, and where
     attributes: list[str] = field(default_factory=list)  # the mapped attributes: target ← source = value
 
 
@@ -84,20 +87,79 @@ def run_url(flow_run_id) -> str:
     return f"{ui}/runs/flow-run/{flow_run_id}" if ui else str(flow_run_id)
 
 
-def _recent_runs(session: Session, connector: str, user_id: str, n: int = 3) -> list[str]:
-    """The last `n` flow runs that recorded an operation for the user here, as UI links (or ids)."""
-    ids: list[str] = []
-    for run_id in recent_flow_runs(session, connector, user_id):
-        if run_id not in ids:
-            ids.append(run_id)
-        if len(ids) == n:
-            break
-    return [run_url(i) for i in ids]
+def _recent_runs(session: Session, connector: str, user_id: str, n: int = 3) -> list[dict]:
+    """The last `n` flow runs that recorded an operation for the user here, with what they did to it."""
+    runs: dict[str, dict] = {}
+    for run_id, operation, status in recent_flow_runs(session, connector, user_id):
+        if run_id not in runs:
+            if len(runs) == n:
+                break
+            runs[run_id] = {"id": run_id, "url": run_url(run_id), "here": f"{operation or '-'} {status}",
+                            "name": None, "state": None}
+    return list(runs.values())
+
+
+def label_runs(items: list["ConnectorExplanation"]) -> None:
+    """Give each recent run its name and state, read from the Prefect API in one call (when one is set).
+
+    Without a reachable API the runs keep their id, link and what they did here; explaining never fails
+    for it.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    ids = sorted({r["id"] for e in items for r in e.recent_runs})
+    if not ids or not PREFECT_API_URL.value():
+        return
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(i) for i in ids])),
+                                          limit=len(ids))
+    except Exception as exc:  # the store's side is still worth showing
+        log.warning("the runs' names and states could not be read from Prefect: %s: %s", type(exc).__name__, exc)
+        return
+    labels = {str(r.id): (r.name, r.state.name if r.state else None) for r in found}
+    for e in items:
+        for r in e.recent_runs:
+            r["name"], r["state"] = labels.get(r["id"], (None, None))
+
+
+def run_words(run: dict) -> str:
+    """`provision alice@PRIMARY (evt-1), Completed (create succeeded here): <url>`."""
+    if not run["name"]:  # Prefect not read: the id, and what the store knows
+        return f"run {run['id'][:8]} ({run['here']} here): {run['url']}"
+    return f"{run['name']}, {run['state'] or 'state unknown'} ({run['here']} here): {run['url']}"
+
+
+def _held(held: Optional[dict], decision, mapping, last: Optional[dict]) -> Optional[str]:
+    """The user's deprovisioning the guard holds on this connector, in words; None when nothing is held."""
+    from models.kinds import Action, Intent, OperationStatus
+    from tasks.guard import STOPPED
+
+    if held is None or mapping is None or decision.action != Intent.DEPROVISION or decision.mode == "none":
+        return None
+    if last and last["status"] == OperationStatus.SUCCEEDED and last["operation"] in (
+            Action.DISABLE, Action.DELETE, Action.GONE):
+        return None  # already done since (an event's run): nothing of it is held
+    suffix = "stopped by guard" if held["decision"] == STOPPED else "rejected"
+    name = f"reconcile {held['connector']} ({suffix})"
+    who = f" by {held['by']}" if held.get("by") else ""
+    why = f": {held['comment']}" if held.get("comment") else ""
+    link = f" ({run_url(held['flow_run_id'])})" if held.get("flow_run_id") else ""
+    return (f"{decision.mode} held: deletion guard {held['decision']} in run {name} at {held['at']} UTC{who}{why}; "
+            f"a real run settles it{link}")
 
 
 def explain(session: Session, user: UserView, config: Config, connector: Optional[str] = None) -> list[ConnectorExplanation]:
     """One explanation per connector (or just `connector`)."""
+    from tasks.guard import held_decisions
+
     out = []
+    held = held_decisions(session)
     for cfg in config.connectors:
         if connector and cfg.name != connector:
             continue
@@ -112,6 +174,7 @@ def explain(session: Session, user: UserView, config: Config, connector: Optiona
         recorded = mapping.remote_name if mapping else None
         if recorded and recorded != remote_name:
             how += f"; the account is recorded as {recorded!r} (a collision suffix, or a rename not yet pushed)"
+        last = _last_operation(session, cfg.name, user.id)
         out.append(ConnectorExplanation(
             connector=cfg.name, type=cfg.type, enabled=cfg.enabled, in_scope=cfg.enabled and in_scope,
             decision=decision.action, reason=decision.reason, level=_levels(user, cfg, config),
@@ -119,9 +182,11 @@ def explain(session: Session, user: UserView, config: Config, connector: Optiona
             roles_held=sorted(user.roles), user_store_required=cfg.user_store_domain, user_store=user.user_store,
             remote_name=remote_name, how=how, recorded_name=recorded,
             remote_id=mapping.remote_id if mapping else None,
-            last_operation=_last_operation(session, cfg.name, user.id),
+            last_operation=last,
             groups=sorted(g for g in cfg.groups if g in user.groups),
             recent_runs=_recent_runs(session, cfg.name, user.id),
+            held=_held({**held[cfg.name], "connector": cfg.name} if cfg.name in held else None, decision, mapping,
+                       last),
             attributes=cfg.attribute_map.explain(local_values(user, remote_name), user.attributes)))
     return out
 
@@ -137,6 +202,7 @@ def _lines(user: UserView, e: ConnectorExplanation) -> list[tuple[str, str]]:
     rows = [
         ("in scope", f"{'yes' if e.in_scope else 'no'}: {e.reason}"),
         ("decision now", e.decision),
+        *([("held", e.held)] if e.held else []),
         ("level", "; ".join(e.level)),
         ("trigger", e.trigger + (f" (IdPs: {', '.join(e.idps)})" if e.idps else "")),
         ("roles", roles),
@@ -151,8 +217,8 @@ def _lines(user: UserView, e: ConnectorExplanation) -> list[tuple[str, str]]:
     ]
     if e.groups:
         rows.append(("groups", ", ".join(e.groups)))
-    if e.recent_runs:
-        rows.append(("recent runs", " ".join(e.recent_runs)))
+    for i, run in enumerate(e.recent_runs):
+        rows.append(("recent runs" if i == 0 else "", run_words(run)))
     for i, line in enumerate(e.attributes):
         rows.append(("attributes" if i == 0 else "", line))
     return rows

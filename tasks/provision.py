@@ -25,6 +25,7 @@ from models.runstate import record_attempts, record_operations, unlink_users
 from models.tables import utcnow
 from tasks import health, retry
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
+from tasks.history import emit_account_events
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
 from tasks.runlog import LOGGED_OUTCOMES, log_outcomes, outcome_line
@@ -200,9 +201,6 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
     return list(outcomes.values())
 
 
-# What each operation tells a user's history in Prefect's Event Feed.
-HISTORY = {Action.CREATE: "created", Action.RELINK: "created", Action.UPDATE: "updated", Action.LINK: "updated",
-           Action.ENABLE: "updated", Action.DISABLE: "disabled", Action.DELETE: "deleted", Action.GONE: "deleted"}
 ARTIFACT_ROWS = 1000
 
 
@@ -214,17 +212,11 @@ def artifact_key(connector: str) -> str:
 def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]], flow_run_id: Optional[str]) -> None:
     """A keyed table artifact of the batch's outcomes on this connector, and Prefect events of its changes.
 
-    A change of one user is an event about that user: `outbound.account.created|updated|disabled|
-    deleted|failed|outcome_unknown`, resource `outbound.user.<user@STORE>`, related to the connector, the flow run and
-    its outbox events. When a batch changed several users the same way, one event per kind (per
-    `EVENT_USERS` users) tells them all: its resource is the connector and each user is a related
-    resource (role `user`), so a user's history across runs is still one filter in the Event Feed
-    (any resource `outbound.user.<user@STORE>`), at one event per kind instead of one per user (a
-    thousand events per batch loaded the Prefect server more than the batch's own runs did).
-    Reporting never fails the batch: it only tells.
+    The events are the ones a reconciliation emits too (`tasks.history`): a user's history across
+    event runs and reconciliations is one filter in the Event Feed. Reporting never fails the batch:
+    it only tells.
     """
     from prefect.artifacts import create_table_artifact
-    from prefect.events import emit_event
 
     try:
         rows = [{"user": o.entity_name, "action": o.action, "operation": o.operation, "status": o.status,
@@ -234,45 +226,11 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
             create_table_artifact(table=rows, key=artifact_key(connector),
                                   description=f"{connector}: {len(outcomes)} users"
                                   + (f" (first {ARTIFACT_ROWS})" if len(outcomes) > ARTIFACT_ROWS else ""))
-        if not flow_run_id:
-            return
-        by_kind: dict[str, list[Outcome]] = {}
-        for o in outcomes:
-            kind = o.status if o.status in NOT_DONE else HISTORY.get(o.operation)  # failed | outcome_unknown
-            if kind is not None:
-                by_kind.setdefault(kind, []).append(o)
-        base = [{"prefect.resource.id": f"outbound.connector.{connector}", "prefect.resource.role": "connector"},
-                {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}]
-        for kind, changed in by_kind.items():
-            if len(changed) == 1:
-                o = changed[0]
-                related = base + [{"prefect.resource.id": f"outbound.event.{e}", "prefect.resource.role": "event"}
-                                  for e in events.get(o.user_id or "", [])[-5:]]
-                emit_event(event=f"outbound.account.{kind}",
-                           resource={"prefect.resource.id": f"outbound.user.{o.entity_name}",
-                                     "prefect.resource.name": o.entity_name or ""},
-                           related=related, payload={"connector": connector, **_change(o)})
-                continue
-            for first in range(0, len(changed), EVENT_USERS):
-                chunk = changed[first:first + EVENT_USERS]
-                emit_event(event=f"outbound.account.{kind}",
-                           resource={"prefect.resource.id": f"outbound.connector.{connector}",
-                                     "prefect.resource.name": connector},
-                           related=base[1:] + [{"prefect.resource.id": f"outbound.user.{o.entity_name}",
-                                                "prefect.resource.name": o.entity_name or "",
-                                                "prefect.resource.role": "user"} for o in chunk],
-                           payload={"connector": connector, "users": [
-                               {"user": o.entity_name, **_change(o)} for o in chunk]})
     except Exception as exc:
         log.warning("connector=%s could not report the batch to Prefect: %s: %s", connector, type(exc).__name__, exc)
-
-
-EVENT_USERS = 90  # users per batch event: Prefect takes at most 100 related resources per event
-
-
-def _change(o: Outcome) -> dict:
-    return {"operation": o.operation, "remote_id": o.remote_id,
-            "remote_username": o.remote_name, "error": o.error}
+    emit_account_events(connector, [{"user": o.entity_name, "user_id": o.user_id, "operation": o.operation,
+                                     "status": o.status, "remote_id": o.remote_id, "remote_username": o.remote_name,
+                                     "error": o.error} for o in outcomes], flow_run_id, events)
 
 
 @task(name="provision", task_run_name="provision {connector_name}", cache_policy=NO_CACHE)

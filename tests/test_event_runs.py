@@ -144,3 +144,40 @@ def test_a_batch_of_changes_is_one_prefect_event_per_kind_naming_each_user(tmp_p
     assert users == {f"outbound.user.{n}@PRIMARY" for n in names}
     assert sorted(u["user"] for u in told.payload["users"]) == sorted(f"{n}@PRIMARY" for n in names)
     assert all(u["operation"] == "create" and u["remote_id"] for u in told.payload["users"])
+
+
+def test_a_user_created_by_a_reconciliation_has_the_same_history(tmp_path, sqlite_url, scim):
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventAnyResourceFilter, EventFilter
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+    from models.events import EventUser
+    from models.identity import upsert_user
+    from models.tables import ReconciliationRun
+
+    config = write_config(tmp_path, scim)
+    name = f"rech{uuid.uuid4().hex[:6]}"
+    with session_scope() as session:
+        upsert_user(session, EventUser(username=name, email=f"{name}@example.com", given_name="R", family_name="H"),
+                    "example.com", source="api")
+    result = CliRunner().invoke(app, ["reconcile", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    with session_scope() as session:
+        run = session.exec(select(ReconciliationRun).order_by(ReconciliationRun.started_at.desc())).first()
+    resource = f"outbound.user.{name}@PRIMARY"
+    deadline, page = time.monotonic() + 30, None
+    while time.monotonic() < deadline:  # events reach the server asynchronously
+        with get_client(sync_client=True) as client:
+            page = client.read_events(filter=EventFilter(any_resource=EventAnyResourceFilter(id=[resource])), limit=50)
+        if page.events:
+            break
+        time.sleep(0.5)
+    assert page is not None and [e.event for e in page.events] == ["outbound.account.created"], page
+    told = page.events[0]
+    assert told.resource.id == resource and told.payload["operation"] == "create" and told.payload["remote_id"]
+    assert told.payload["remote_id"] == scim.users()[0]["id"]
+    related = {r.role: r.id for r in told.related}
+    assert related["connector"] == "outbound.connector.app"
+    assert related["flow-run"] == f"prefect.flow-run.{run.flow_run_id}"
+    assert related["reconciliation"] == f"outbound.reconciliation.{run.id}"

@@ -77,21 +77,29 @@ def test_a_cli_dry_run_says_nothing_was_written_and_that_the_guard_would_stop_it
     assert code == 0, out
     assert [r for r in scim.requests[before:] if r[0] in MUTATING] == []
     assert "dry run, nothing written: would apply 3, would fail 0" in out, out
-    assert "the real run would stop at the deletion guard (3 > limit 1): it needs --yes" in out, out
+    assert "the real run would stop at the deletion guard: 3 deletions > max 1 (max_deletions)" in out, out
+    assert "it needs an approval, or --yes" in out, out
     assert f"plan rows written to {tmp_path / 'plan.csv'}" in out, out
     assert "succeeded" not in out, out  # a dry run succeeds at nothing
 
     run = _last_run()
     assert run.dry_run and run.decision is None  # the guard decides about real runs only
     flow_run, artifacts, logs = _seen_by_prefect(run, "dry run finished")
-    assert flow_run.state.type == StateType.COMPLETED
-    assert flow_run.name == "reconcile app (dry run)"
+    assert flow_run.state.type == StateType.COMPLETED  # green: the dry run did its work, and says where it ends
+    assert flow_run.state.message == ("dry run, nothing written: would apply 3, would fail 0; the real run would "
+                                      "stop at the deletion guard: 3 deletions > max 1 (max_deletions); it needs "
+                                      "an approval, or --yes"), flow_run.state.message
+    assert flow_run.name == "reconcile app (dry run: would stop at the guard)"
     assert {"trigger:cli", "connector:app"} <= set(flow_run.tags)
     assert set(artifacts) == {"outbound-app-dry-run-plan", "outbound-app-dry-run-drift", "outbound-app-dry-run-summary"}
     summary = artifacts["outbound-app-dry-run-summary"].data
-    assert "Dry run: nothing was written" in summary and "would stop at the deletion guard" in summary
+    assert "Dry run: nothing was written" in summary and "would stop at the deletion guard: 3 deletions > max 1" in summary
+    assert "**Status:** succeeded (dry run: the real run would stop at the deletion guard)" in summary
+    assert "3 deletions > max 1" in artifacts["outbound-app-dry-run-summary"].description
     assert "| would apply | 3 |" in summary
     assert "dry run finished, nothing written: would apply 3" in logs  # CLI runs keep their logs in Prefect
+    _, _, logs = _seen_by_prefect(run, "connector=app the real run would stop at the deletion guard")
+    assert "connector=app the real run would stop at the deletion guard: 3 deletions > max 1" in logs, logs
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -147,7 +155,11 @@ def test_runs_and_status_fit_80_and_120_columns_with_remote_id_and_reason(guarde
             widest = max(len(line) for line in out.splitlines())
             assert widest <= columns, f"{args} at {columns} columns: a line of {widest}\n{out}"
             if args == ["runs", "--limit", "5"]:
-                assert last.remote_id in _column(out, "remote id", "reason"), out  # folded, but all there
+                shown = _column(out, "remote id", "reason")
+                if columns < 110:  # shortened to one line; whole in --wide and --json
+                    assert last.remote_id[:8] + "…" in shown and last.remote_id not in shown, out
+                else:
+                    assert last.remote_id in shown, out
                 assert "theuserwasdeleted" in _column(out, "reason / error", "\n").replace(" ", "")
                 assert "delete" in out and "succeeded" in out
             elif args[0] == "runs":
@@ -241,3 +253,100 @@ def test_migration_0007_stores_guard_decisions_and_statuses_longer_than_16(db_ur
         rows = {r.status: r for r in session.exec(select(ReconciliationRun))}
     assert set(rows) == {"awaiting-approval", "stopped-by-guard"}
     assert rows["stopped-by-guard"].decided_by == "Dana Ops" and rows["stopped-by-guard"].plan_hash == "a" * 64
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_status_keeps_the_held_deletions_until_a_real_run_settles_them(guarded, scim):
+    code, out = _cli("reconcile", "--config", str(guarded))
+    assert code == 3, out
+    held_by = _last_run()
+    code, out = _cli("reconcile", "--config", str(guarded), "--dry-run")  # a dry run settles nothing
+    assert code == 0, out
+    assert _last_run().dry_run
+    for columns in (80, 120):
+        code, out = _cli("status", "--config", str(guarded), columns=columns)
+        assert code == 0, out
+        text = " ".join(out.split())
+        assert "(dry run)" in text, out  # the last run is the dry run ...
+        assert "app: held: " in text and " 3: the last real reconciliation" in text, out  # ... the held 3 stay
+        assert "stopped at the deletion guard" in text and "re-run with --yes" in text, out
+        assert max(len(line) for line in out.splitlines()) <= columns, out
+    code, out = _cli("status", "--config", str(guarded), "--json")
+    held = json.loads(out)["connectors"][0]["held"]
+    assert held["decision"] == "stopped" and sum(held["held"].values()) == 3, held
+    assert held["run_id"] == held_by.id and held["flow_run_id"] == held_by.flow_run_id
+
+    # A rejection in the UI holds them the same way, named with who rejected and why.
+    with session_scope() as session:
+        session.add(ReconciliationRun(connector="app", status="rejected", decision="rejected", decided_by="Dana Ops",
+                                      decision_comment="not before the audit", decided_at=utcnow(),
+                                      counts={"disable": 6}, plan_hash="ab" * 32, finished_at=utcnow()))
+        session.add(ReconciliationRun(connector="app", dry_run=True, status="succeeded", finished_at=utcnow()))
+    code, out = _cli("status", "--config", str(guarded), columns=120)
+    text = " ".join(out.split())
+    assert "app: held: disable 6: deletion guard rejected by Dana Ops: not before the audit at " in text, out
+    assert "Held until a real run" in text, out
+
+    code, out = _cli("reconcile", "--config", str(guarded), "--yes")  # the real run settles them
+    assert code == 0, out
+    code, out = _cli("status", "--config", str(guarded), "--json")
+    assert json.loads(out)["connectors"][0]["held"] is None
+    assert "held:" not in _cli("status", "--config", str(guarded))[1]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_explain_names_the_held_decision_and_the_runs_by_name_and_state(guarded, scim):
+    created_by = _last_run()
+    code, out = _cli("reconcile", "--config", str(guarded))
+    assert code == 3, out
+    stopped = _last_run()
+    code, out = _cli("explain", "user0", "--config", str(guarded), columns=200)
+    assert code == 0, out
+    held = next(line for line in out.splitlines() if line.strip().startswith("held:"))
+    assert "held held: deletion guard stopped in run reconcile app (stopped by guard) at " in held.replace(
+        "disable", "held").replace("delete", "held"), held  # the connector's deprovision mode, then the run
+    assert f"/runs/flow-run/{stopped.flow_run_id}" in held, held
+    # The run that created the account, by name and state, with what it did to this user.
+    assert f"reconcile app, Completed (create succeeded here): http" in out, out
+    assert f"/runs/flow-run/{created_by.flow_run_id}" in out, out
+    # A user the plan does not deprovision has nothing held.
+    code, out = _cli("explain", "user5", "--config", str(guarded), columns=200)
+    assert code == 0 and "held:" not in out, out
+
+    with session_scope() as session:  # an operator's rejection in the UI, named with who and why
+        session.add(ReconciliationRun(connector="app", status="rejected", decision="rejected", decided_by="Dana Ops",
+                                      decision_comment="not before the audit", decided_at=utcnow(),
+                                      counts={"delete": 3}, finished_at=utcnow()))
+    code, out = _cli("explain", "user0", "--config", str(guarded), "--json")
+    assert code == 0, out
+    app_ = json.loads(out)["connectors"][0]
+    assert "deletion guard rejected in run reconcile app (rejected) at " in app_["held"], app_["held"]
+    assert "by Dana Ops: not before the audit" in app_["held"], app_["held"]
+    assert app_["recent_runs"][0]["name"] == "reconcile app" and app_["recent_runs"][0]["state"] == "Completed"
+
+
+def test_runs_folds_an_events_retries_into_one_row_at_80_columns(tmp_path, sqlite_url):
+    from models.runstate import record_operations
+    from tasks.apply import operation_row
+
+    remote = "0123456789abcdef0123456789abcdef"
+    rows = [operation_row("app", "u-1", "carol@PRIMARY", "provision", operation="create", status=status,
+                          error_code="transient" if status == "failed" else None,
+                          error_message="GET /Users: connection failed" if status == "failed" else None,
+                          remote_id=remote if status == "succeeded" else None, event_id="evt-carol-1")
+            for status in ("failed", "failed", "succeeded")]
+    rows.append(operation_row("app", "u-2", "dave@PRIMARY", "provision", operation="create", status="succeeded",
+                              event_id="evt-dave-1", remote_id="r-dave"))
+    with session_scope() as session:
+        record_operations(session, rows)
+    code, out = _cli("runs", columns=80)
+    assert code == 0, out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert out.count("carol@PRIMARY") == 1 and out.count("dave@PRIMARY") == 1, out
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if "carol@PRIMARY" in line)
+    assert "create" in lines[at] and "succeeded" in lines[at + 1] and "3 runs" in lines[at + 2], out  # the newest, counted
+    assert "01234567…" in out and remote not in out, out
+    assert "N runs: the event was run N times" in out, out
+    code, out = _cli("runs", "--json")
+    assert len(out.splitlines()) == 4 and remote in out  # every operation, ids whole
