@@ -9,10 +9,12 @@ import re
 import uuid
 from datetime import datetime, timedelta
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Optional
 
 from models.config import LdapSourceSettings
 from models.identity import UserView
+from models.usernames import normalized
 
 UAC_ACCOUNTDISABLE = 0x2  # userAccountControl's ACCOUNTDISABLE bit
 BINARY_ANCHORS = ("objectguid",)  # 16 bytes on the wire, shown as the UUID AD's tools show
@@ -40,9 +42,19 @@ class Mapped:
     stamp: Optional[str] = None
     sources: dict = field(default_factory=dict)  # user field -> LDAP attribute it came from
 
+    @cached_property
+    def username(self) -> str:
+        """The username in NFC, worked out once; ValueError naming a refused character."""
+        return normalized(self.user["username"])
+
+
+_SPACED = re.compile(r"\s[,=]|[,=]\s|^\s|\s$")
+
 
 def normalized_dn(dn: str) -> str:
     """A DN compared without regard to case or the spaces around its separators."""
+    if not _SPACED.search(dn):  # the usual case: what the server sent has no such spaces
+        return dn.lower()
     return ",".join("=".join(p.strip() for p in rdn.split("=", 1)) for rdn in dn.split(",")).lower()
 
 

@@ -28,7 +28,6 @@ from models.errors import ProvisioningError
 from models.events import parse_event
 from models.ingest import accept_all, check_against_config
 from models.locks import lease
-from models.usernames import normalized
 from models.validation import InvalidInput
 
 BATCH = 500  # entries whose events are stored in one transaction
@@ -55,6 +54,7 @@ class PullResult:
     problems: list[str] = field(default_factory=list)
     deletions: int = 0
     stopped_by_guard: bool = False
+    store_seconds: float = 0.0  # of `seconds`, spent in the ingest (models.ingest.accept_all)
     watermark: Optional[str] = None  # the new one, when it moved
     seconds: float = 0.0
 
@@ -69,7 +69,8 @@ class PullResult:
         return {"directory": self.directory, "full": self.full, "why": self.why, "users_read": self.users_read,
                 "groups_read": self.groups_read, "events": dict(self.events), "problems": self.problems,
                 "deletions": self.deletions, "stopped_by_guard": self.stopped_by_guard,
-                "watermark": self.watermark, "seconds": round(self.seconds, 3)}
+                "watermark": self.watermark, "seconds": round(self.seconds, 3),
+                "store_seconds": round(self.store_seconds, 3)}
 
 
 def settings_hash(settings: LdapSourceSettings) -> str:
@@ -112,7 +113,7 @@ def _refuse_duplicates(mapped: list[Mapped], key, what: str, problems: list[Entr
 
 
 def _username(m: Mapped) -> str:
-    return normalized(m.user["username"])
+    return m.username
 
 
 LEASE_SECONDS = 3 * 3600  # longer than a full pull of a large directory; a killed pull's lease is taken over
@@ -167,8 +168,8 @@ def _pull(config: Config, settings: LdapSourceSettings, full: bool, max_deletion
         return {"id": f"dir.{settings.name}.{pull_id}.{next(numbering)}", "type": kind, "trigger": "directory",
                 "user": user}
 
-    # Each entry's events, validated one entry at a time: a bad one is refused alone.
-    batches: list[tuple[list[dict], list[tuple[str, str, str]]]] = []
+    # Each entry's events, batch by batch; the ingest validates them when they are stored.
+    batches: list[list[Planned]] = []
     owners = {link.user_id: anchor for anchor, link in linked.items()}
     for start in range(0, len(mapped), BATCH):
         chunk = mapped[start:start + BATCH]
@@ -193,11 +194,21 @@ def _pull(config: Config, settings: LdapSourceSettings, full: bool, max_deletion
                          f"max_deletions {limit}; nothing was stored. If the directory really lost them, run "
                          f"`outbound pull --full --max-deletions {len(deletes)}`; else check base_dn and "
                          f"user_filter", result)
-    for raws, linking in [*batches, (roles_only, []), (deletes, [])]:
-        if raws or linking:
-            accept_all(raws, config, also=lambda session, linking=linking: link(
-                session, settings.name, config.tenant_domain, settings.user_store, linking))
+    read_problems = len(problems)
+    stored = time.monotonic()
+    for planned in batches:
+        _store_batch(config, settings, planned, problems, result)
+    if len(problems) > read_problems and deletes:
+        log(f"deletes not stored: {len(problems) - read_problems} entries' events were refused, and the "
+            f"pull stores deletes only when every entry was taken")
+        deletes = []
+        result.deletions = 0
+    for raws in (roles_only, deletes):
+        if raws:
+            accept_all(raws, config)
             result.events.update(r["type"] for r in raws)
+    result.store_seconds = time.monotonic() - stored
+    result.problems = [str(p) for p in problems]
     if not problems:
         new = next_watermark(settings.watermark, value if not result.full else None,
                              (m.stamp for m in mapped), usn)
@@ -228,7 +239,7 @@ def _chunk_events(config, settings, chunk, linked, owners, role_of, problems, ev
                                    [_username(m) for m in chunk if m.anchor not in linked])
         ids = [linked[m.anchor].user_id if m.anchor in linked else by_name.get(_username(m)) for m in chunk]
         stored = views(session, config.tenant_domain, [i for i in ids if i])
-    raws, linking = [], []
+    planned = []
     for m, user_id in zip(chunk, ids):
         view = stored.get(user_id) if user_id else None
         username = _username(m)
@@ -244,14 +255,46 @@ def _chunk_events(config, settings, chunk, linked, owners, role_of, problems, ev
             continue
         roles = role_of.get(normalized_dn(m.dn), set()) if role_of is not None else None
         entry_events = [event(kind, user) for kind, user in _changes(m, roles, view)]
-        problem = _invalid(entry_events, config, m)
-        if problem is not None:
-            problems.append(problem)
-            continue
-        raws += entry_events
-        if m.anchor not in linked or linked[m.anchor].dn != m.dn or linked[m.anchor].user_id != user_id:
-            linking.append((m.anchor, m.dn, username))
-    return raws, linking
+        relink = m.anchor not in linked or linked[m.anchor].dn != m.dn or linked[m.anchor].user_id != user_id
+        if entry_events or relink:
+            planned.append(Planned(m, entry_events, (m.anchor, m.dn, username) if relink else None))
+    return planned
+
+
+@dataclass
+class Planned:
+    """One entry's events, and (anchor, DN, username) when its link is new or moved."""
+
+    entry: Mapped
+    events: list[dict]
+    link: Optional[tuple[str, str, str]]
+
+
+def _store_batch(config, settings, planned: list[Planned], problems: list[EntryProblem], result: "PullResult") -> None:
+    """Store a batch's events and links in one transaction. The ingest validates each event once; when
+    it refuses some, the batch is checked entry by entry, the refused entries are named by their LDAP
+    attribute and left out, and the rest is stored (a page is not lost for one bad entry)."""
+    def store(entries: list[Planned]) -> None:
+        raws = [e for p in entries for e in p.events]
+        linking = [p.link for p in entries if p.link is not None]
+        accept_all(raws, config, also=lambda session: link(
+            session, settings.name, config.tenant_domain, settings.user_store, linking) if linking else None)
+        result.events.update(r["type"] for r in raws)
+
+    if not planned:
+        return
+    try:
+        store(planned)
+        return
+    except InvalidInput:
+        kept = []
+        for p in planned:
+            problem = _invalid(p.events, config, p.entry)
+            (kept.append(p) if problem is None else problems.append(problem))
+        if len(kept) == len(planned):
+            raise  # not an entry's own fault: the store refused the batch
+    if kept:
+        store(kept)
 
 
 def _changes(m: Mapped, roles: Optional[set[str]], view) -> list[tuple[str, dict]]:
