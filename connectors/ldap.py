@@ -159,3 +159,28 @@ def _read_one(conn: ldap3.Connection, dn: str, attribute: str) -> dict[str, list
         raise DirectoryError(f"{dn}: reading {attribute} failed ({_reason(exc)})") from None
     entries = [e for e in conn.response or () if e.get("type") == "searchResEntry"]
     return entries[0]["raw_attributes"] if entries else {}
+
+
+SHOW_DELETED = "1.2.840.113556.1.4.417"  # LDAP_SERVER_SHOW_DELETED_OID: tombstones are returned too
+
+
+def deleted_objects(conn: ldap3.Connection, container: str, since_usn: int, anchor: str,
+                    page_size: int) -> tuple[Optional[list[tuple[str, dict]]], Optional[str]]:
+    """AD's tombstones changed after `since_usn`: ([(DN, raw attributes)], None), or (None, why) when
+    the bind account may not read the Deleted Objects container (the pull then goes on without them:
+    full pulls still find the deletes by absence)."""
+    ldap_filter = f"(&(isDeleted=TRUE)(uSNChanged>={since_usn + 1}))"
+    found = []
+    try:
+        for entry in conn.extend.standard.paged_search(container, ldap_filter, ldap3.LEVEL,
+                                                       attributes=[anchor, "isDeleted", "uSNChanged", "lastKnownParent"],
+                                                       controls=[(SHOW_DELETED, True, None)], paged_size=page_size,
+                                                       generator=True):
+            if entry.get("type") == "searchResEntry":
+                found.append((entry["dn"], entry["raw_attributes"]))
+    except (ldap_errors.LDAPInsufficientAccessRightsResult, ldap_errors.LDAPNoSuchObjectResult,
+            ldap_errors.LDAPUnavailableCriticalExtensionResult) as exc:
+        return None, f"{container}: {_reason(exc)}"
+    except ldap_errors.LDAPException as exc:
+        raise DirectoryError(f"reading the tombstones in {container!r} failed ({_reason(exc)})") from None
+    return found, None

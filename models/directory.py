@@ -204,6 +204,34 @@ def next_watermark(attribute: str, previous: Optional[str], stamps: Iterable[Opt
                default=None)
 
 
+# --- Active Directory's tombstones -----------------------------------------------------------
+
+def deleted_objects_container(base_dn: str) -> Optional[str]:
+    """CN=Deleted Objects of the domain that holds `base_dn` (its trailing DC= components), or None."""
+    rdns = [r.strip() for r in base_dn.split(",")]
+    domain = []
+    for rdn in reversed(rdns):
+        if not rdn.lower().startswith("dc="):
+            break
+        domain.insert(0, rdn)
+    return "CN=Deleted Objects," + ",".join(domain) if domain else None
+
+
+def tombstone_anchors(tombstones: Iterable[tuple[str, dict[str, list[bytes]]]], attribute: str) -> list[str]:
+    """The anchors (objectGUID as AD shows it) of tombstones; one without a readable anchor is skipped
+    (nothing could have been linked to it)."""
+    anchors = []
+    for _, raw in tombstones:
+        attrs = {name.lower(): values for name, values in raw.items() if values}
+        if not any(v.upper() == b"TRUE" for v in attrs.get("isdeleted", ())):
+            continue
+        try:
+            anchors.append(anchor_value(attribute, attrs[attribute.lower()]))
+        except (KeyError, ValueError, UnicodeDecodeError):
+            continue
+    return anchors
+
+
 # --- events ------------------------------------------------------------------------------
 
 def changes(mapped: Mapped, roles: set[str], stored: Optional[UserView]) -> list[tuple[str, dict]]:
