@@ -273,3 +273,23 @@ def test_kind_ldap_never_reads_tombstones_and_kind_ad_needs_the_usn_watermark(ad
     with pytest.raises(Exception) as exc:
         ad_config(kind="ad", watermark="modifyTimestamp")
     assert "kind: ad reads tombstones by uSNChanged; set watermark: uSNChanged" in str(exc.value)
+
+
+def test_a_refused_entry_holds_the_tombstones_deletes_and_the_watermark_until_it_is_fixed(ad):
+    dns = [ad.add_user(name) for name in ("alice", "bob")]
+    config = ad_config()
+    pull(config)
+    with session_scope() as session:
+        mark = watermark(session, "directory")
+    broken = ad.add_user("carol")
+    del ad.users[broken]["sAMAccountName"]
+    ad.delete(dns[1])
+    with pytest.raises(PullFailed) as exc:
+        pull(config, log=lambda _: None)
+    assert f"{broken}: sAMAccountName: the username attribute is missing or empty" in str(exc.value)
+    assert exc.value.result.events == {} and not store()["bob"][0]  # bob's delete waits
+    with session_scope() as session:
+        assert watermark(session, "directory") == mark
+    ad.users[broken]["sAMAccountName"] = [b"carol"]
+    ad.users[broken]["uSNChanged"] = [ad._next()]
+    assert dict(pull(config).events) == {"user.created": 1, "user.deleted": 1}
