@@ -42,8 +42,11 @@ def _server(settings: LdapSourceSettings) -> ldap3.Server:
 def connected(settings: LdapSourceSettings) -> Iterator[ldap3.Connection]:
     """A bound, read-only connection; DirectoryError naming the URL or the bind DN when it cannot be had."""
     password = resolve(settings.bind.password)
+    # auto_range off: ranges are followed by follow_ranges (ldap3 2.9's own can lose values or raise
+    # IndexError, cannatag/ldap3#336 and #986, and cannot say which entry failed).
     conn = ldap3.Connection(_server(settings), user=settings.bind.dn, password=password, read_only=True,
-                            raise_exceptions=True, receive_timeout=math.ceil(settings.timeout), auto_bind=ldap3.AUTO_BIND_NONE)
+                            raise_exceptions=True, receive_timeout=math.ceil(settings.timeout),
+                            auto_bind=ldap3.AUTO_BIND_NONE, auto_range=False)
     try:
         try:
             conn.open()

@@ -352,6 +352,13 @@ def test_changed_settings_make_the_next_pull_full(seeded):
     assert result.full and result.why == "the settings that choose or map entries changed"
 
 
+def test_ranges_are_followed_by_the_connector_not_by_ldap3(directory):
+    from connectors.ldap import connected
+
+    with connected(config_of(directory.url).sources.ldap) as conn:
+        assert conn.auto_range is False  # see connectors.ldap.follow_ranges and tests/test_pull_ad_seams.py
+
+
 def test_explain_names_the_entry_and_the_attribute_behind_each_field_and_the_group_behind_each_role(seeded,
                                                                                                    tmp_path):
     directory, config, dns, groups = seeded
