@@ -280,7 +280,7 @@ class Planned:
     link: Optional[tuple[str, str, str]]
 
 
-def _store_batch(config, settings, planned: list[Planned], problems: list[EntryProblem], result: "PullResult") -> None:
+def _store_batch(config, settings, planned: list[Planned], problems: list[EntryProblem], result: PullResult) -> None:
     """Store a batch's events and links in one transaction. The ingest validates each event once; when
     it refuses some, the batch is checked entry by entry, the refused entries are named by their LDAP
     attribute and left out, and the rest is stored (a page is not lost for one bad entry)."""
