@@ -32,6 +32,7 @@ from models.config import parse_config  # noqa: E402
 from models.db import dispose_all, upgrade  # noqa: E402
 from models.directory import requested_attributes  # noqa: E402
 from sandbox.slapd import ADMIN_DN, ADMIN_PASSWORD, GROUPS, PEOPLE, SERVICE_DN, SERVICE_PASSWORD, Slapd  # noqa: E402
+import tasks.pull  # noqa: E402
 from tasks.pull import pull  # noqa: E402
 
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -57,9 +58,36 @@ def seed(server: Slapd, n: int, workdir: Path) -> None:
                    check=True, stdout=subprocess.DEVNULL, timeout=3600)
 
 
-def bare_search(url: str, ldap_filter: str, attributes: list[str]) -> tuple[int, float]:
-    """A bare ldap3 paged search, as the pull's own reads are done: (entries, seconds)."""
-    started = time.perf_counter()
+class Storing:
+    """Wall and CPU seconds spent in the ingest (tasks.pull's accept_all), whatever the pull's version."""
+
+    def __init__(self):
+        self.wall = self.cpu = 0.0
+        self.real = tasks.pull.accept_all
+        tasks.pull.accept_all = self
+
+    def __call__(self, *args, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return self.real(*args, **kwargs)
+        finally:
+            self.wall += time.perf_counter() - wall
+            self.cpu += time.process_time() - cpu
+
+    def reset(self):
+        self.wall = self.cpu = 0.0
+
+
+def timed_pull(config):
+    """The pull, its wall and CPU seconds (the machine is shared: CPU seconds compare runs better)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = pull(config, log=lambda _: None)
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def bare_search(url: str, ldap_filter: str, attributes: list[str]) -> tuple[int, float, float]:
+    """A bare ldap3 paged search, as the pull's own reads are done: (entries, seconds, CPU seconds)."""
+    started, cpu = time.perf_counter(), time.process_time()
     host, port = url.removeprefix("ldap://").split(":")
     conn = ldap3.Connection(ldap3.Server(host, port=int(port), get_info=ldap3.NONE), SERVICE_DN, SERVICE_PASSWORD,
                             auto_bind=True, read_only=True)
@@ -67,7 +95,7 @@ def bare_search(url: str, ldap_filter: str, attributes: list[str]) -> tuple[int,
                                                                attributes=attributes, paged_size=1000, generator=True)
                 if e.get("type") == "searchResEntry")
     conn.unbind()
-    return count, time.perf_counter() - started
+    return count, time.perf_counter() - started, time.process_time() - cpu
 
 
 def database(kind: str, workdir: Path):
@@ -104,28 +132,33 @@ def main(n: int, kind: str) -> None:
                 "roles": {f"cn=group00,{GROUPS}": ["g0"], f"cn=group02,{GROUPS}": ["g2"]}}}})
             settings = config.sources.ldap
             attributes = requested_attributes(settings)
-            bare_n, bare_s = bare_search(server.url, settings.user_filter, attributes)
+            bare_n, bare_s, bare_cpu = bare_search(server.url, settings.user_filter, attributes)
+            storing = Storing()
             rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            full = pull(config, log=lambda _: None)
+            full, wall, cpu = timed_pull(config)
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            rate = full.users_read / full.seconds
-            print(f"full pull: {full.users_read} users + {full.groups_read} groups in {full.seconds:.2f} s = "
-                  f"{rate:,.0f} entries/s; {sum(full.events.values())} events stored; peak RSS {rss:,.0f} MiB "
-                  f"({rss_before:,.0f} MiB before)")
+            print(f"full pull: {full.users_read} users + {full.groups_read} groups in {wall:.2f} s = "
+                  f"{full.users_read / wall:,.0f} entries/s ({cpu:.2f} CPU s); {sum(full.events.values())} events "
+                  f"stored; peak RSS {rss:,.0f} MiB ({rss_before:,.0f} MiB before)")
             print(f"  bare ldap3 paged search of the same {bare_n} entries: {bare_s:.2f} s = {bare_n / bare_s:,.0f} "
-                  f"entries/s; the pull takes {full.seconds / bare_s:.1f}x the bare read "
-                  f"({bare_s / full.seconds:.0%} of its speed)")
+                  f"entries/s ({bare_cpu:.2f} CPU s); the pull takes {wall / bare_s:.1f}x the bare read's time, "
+                  f"{cpu / bare_cpu:.1f}x its CPU")
+            own, own_cpu = wall - storing.wall, cpu - storing.cpu
+            print(f"  storing the events (models.ingest.accept_all): {storing.wall:.2f} s, {storing.cpu:.2f} CPU s "
+                  f"({storing.cpu / cpu:.0%} of the pull's CPU); the pull's own reading, mapping and planning: "
+                  f"{own:.2f} s, {own_cpu:.2f} CPU s = {own_cpu / bare_cpu:.1f}x the bare read's CPU")
             changed = [f"uid=user{i:06d},{PEOPLE}" for i in range(1, n, max(1, n // 100))][:100]
             for dn in changed:
                 server.modify(dn, mail=f"changed.{dn[4:14]}@example.org")
-            incremental = pull(config, log=lambda _: None)
+            storing.reset()
+            incremental, wall, cpu = timed_pull(config)
             since = f"(&{settings.user_filter}(modifyTimestamp>={full.watermark}))"
-            bare_i, bare_is = bare_search(server.url, since, attributes)
+            bare_i, bare_is, _ = bare_search(server.url, since, attributes)
             print(f"incremental pull, {len(changed)} changed: {incremental.users_read} entries returned "
                   f"({incremental.groups_read} groups read too, for the role rules), "
-                  f"{dict(incremental.events)} in {incremental.seconds:.2f} s")
+                  f"{dict(incremental.events)} in {wall:.2f} s ({cpu:.2f} CPU s, of which storing {storing.cpu:.2f})")
             print(f"  bare ldap3 paged search of the same filter: {bare_i} entries in {bare_is:.2f} s; the pull "
-                  f"takes {incremental.seconds / bare_is:.1f}x the bare read")
+                  f"takes {wall / bare_is:.1f}x the bare read")
     finally:
         dispose_all()
         if pg_name:

@@ -20,7 +20,7 @@ def explain(username: str = typer.Argument(..., help="The local username (STORE/
     """Explain, per connector, whether a user is provisioned there, under which username, and why."""
     from models.db import session_scope
     from models.identity import find_user, view
-    from tasks.explain import as_dicts, explain as explain_user, label_runs, render_text
+    from tasks.explain import as_dicts, directory_origin, explain as explain_user, label_runs, render_text
 
     cfg = read_config(config)
     if "/" in username:  # WSO2's STORE/name form, as events accept it
@@ -37,12 +37,14 @@ def explain(username: str = typer.Argument(..., help="The local username (STORE/
                  f"(use --user-store for a secondary user store)")
         user_view = view(session, user)
         items = explain_user(session, user_view, cfg, connector)
+        origin = directory_origin(session, user_view, cfg)
     label_runs(items)  # the runs' names and states, from the Prefect API when one is set
     if as_json:
         typer.echo(json.dumps({"user": user_view.qualified_name, "tenant": user_view.tenant,
                                "source": user_view.source, "idps": list(user_view.idps),
                                "roles": sorted(user_view.roles), "groups": sorted(user_view.groups),
                                "deleted": user_view.deleted, "active": user_view.active,
+                               **({"directory": origin} if origin else {}),
                                "connectors": as_dicts(items)}, indent=2, default=str))
         return
-    typer.echo(render_text(user_view, items))
+    typer.echo(render_text(user_view, items, origin))

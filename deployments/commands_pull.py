@@ -2,7 +2,7 @@
 
 Exit codes: 0 pulled; 1 the directory could not be read, or entries were refused (each named by its
 DN and attribute; the others' events are stored, the watermark is not moved); 2 bad configuration;
-3 the full pull would delete more users than max_deletions (nothing stored); 4 another pull of the
+3 the pull would delete more users than max_deletions (nothing stored); 4 another pull of the
 directory was running (nothing done).
 """
 

@@ -408,6 +408,10 @@ class LdapSourceSettings(Strict):
     disabled: Optional[LdapDisabled] = None
     # modifyTimestamp (OpenLDAP, 389, FreeIPA) or uSNChanged (AD, with the rootDSE's highestCommittedUSN)
     watermark: Literal["modifyTimestamp", "uSNChanged"] = "modifyTimestamp"
+    # ad: an incremental pull also reads the tombstones in CN=Deleted Objects (uSNChanged watermark
+    # only); None: AD when the watermark is uSNChanged (only AD's rootDSE has highestCommittedUSN);
+    # ldap: never read tombstones.
+    kind: Optional[Literal["ldap", "ad"]] = None
     # modifyTimestamp only: how far before the watermark an incremental pull reads again (see
     # models.directory.changed_filter); entries read again become no event.
     watermark_overlap_seconds: int = Field(default=60, ge=0, le=86400)
@@ -429,6 +433,8 @@ class LdapSourceSettings(Strict):
                 and not _is_loopback(parsed.hostname):
             problems.append("url: plain ldap:// without start_tls is only accepted for loopback addresses "
                             "(use ldaps://, set start_tls: true, or allow_insecure_ldap: true to override)")
+        if self.kind == "ad" and self.watermark != "uSNChanged":
+            problems.append("kind: ad reads tombstones by uSNChanged; set watermark: uSNChanged")
         if parsed.scheme == "ldaps" and self.start_tls:
             problems.append("start_tls: ldaps:// is TLS already; StartTLS is for ldap:// URLs")
         targets = list(self.attributes.values())

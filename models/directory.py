@@ -9,10 +9,12 @@ import re
 import uuid
 from datetime import datetime, timedelta
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable, Optional
 
 from models.config import LdapSourceSettings
 from models.identity import UserView
+from models.usernames import normalized
 
 UAC_ACCOUNTDISABLE = 0x2  # userAccountControl's ACCOUNTDISABLE bit
 BINARY_ANCHORS = ("objectguid",)  # 16 bytes on the wire, shown as the UUID AD's tools show
@@ -40,9 +42,19 @@ class Mapped:
     stamp: Optional[str] = None
     sources: dict = field(default_factory=dict)  # user field -> LDAP attribute it came from
 
+    @cached_property
+    def username(self) -> str:
+        """The username in NFC, worked out once; ValueError naming a refused character."""
+        return normalized(self.user["username"])
+
+
+_SPACED = re.compile(r"\s[,=]|[,=]\s|^\s|\s$")
+
 
 def normalized_dn(dn: str) -> str:
     """A DN compared without regard to case or the spaces around its separators."""
+    if not _SPACED.search(dn):  # the usual case: what the server sent has no such spaces
+        return dn.lower()
     return ",".join("=".join(p.strip() for p in rdn.split("=", 1)) for rdn in dn.split(",")).lower()
 
 
@@ -190,6 +202,34 @@ def next_watermark(attribute: str, previous: Optional[str], stamps: Iterable[Opt
     latest = max((s for s in stamps if s and _GENERALIZED_TIME.match(s)), default=None)
     return max(filter(None, (previous if previous and _GENERALIZED_TIME.match(previous) else None, latest)),
                default=None)
+
+
+# --- Active Directory's tombstones -----------------------------------------------------------
+
+def deleted_objects_container(base_dn: str) -> Optional[str]:
+    """CN=Deleted Objects of the domain that holds `base_dn` (its trailing DC= components), or None."""
+    rdns = [r.strip() for r in base_dn.split(",")]
+    domain = []
+    for rdn in reversed(rdns):
+        if not rdn.lower().startswith("dc="):
+            break
+        domain.insert(0, rdn)
+    return "CN=Deleted Objects," + ",".join(domain) if domain else None
+
+
+def tombstone_anchors(tombstones: Iterable[tuple[str, dict[str, list[bytes]]]], attribute: str) -> list[str]:
+    """The anchors (objectGUID as AD shows it) of tombstones; one without a readable anchor is skipped
+    (nothing could have been linked to it)."""
+    anchors = []
+    for _, raw in tombstones:
+        attrs = {name.lower(): values for name, values in raw.items() if values}
+        if not any(v.upper() == b"TRUE" for v in attrs.get("isdeleted", ())):
+            continue
+        try:
+            anchors.append(anchor_value(attribute, attrs[attribute.lower()]))
+        except (KeyError, ValueError, UnicodeDecodeError):
+            continue
+    return anchors
 
 
 # --- events ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Optional
 
+from sqlalchemy import insert, update
 from sqlmodel import Session, select
 
 from models.identity import UserView, load_views
@@ -62,19 +63,22 @@ def user_ids_by_name(session: Session, tenant: str, user_store: str, usernames: 
 
 
 def link(session: Session, directory: str, tenant: str, user_store: str, entries: list[tuple[str, str, str]]) -> None:
-    """Record (anchor, DN, username) of pulled entries against the users their events created or updated."""
+    """Record (anchor, DN, username) of pulled entries against the users their events created or updated:
+    one INSERT and one UPDATE statement (executemany) for the batch, not an object per entry."""
     ids = user_ids_by_name(session, tenant, user_store, [username for _, _, username in entries])
     anchors = [anchor for anchor, _, _ in entries]
-    known = {row.anchor: row for start in range(0, len(anchors), CHUNK) for row in session.exec(
-        select(DirectoryEntry).where(DirectoryEntry.directory == directory,
-                                     DirectoryEntry.anchor.in_(anchors[start:start + CHUNK])))}
+    known = {anchor for start in range(0, len(anchors), CHUNK) for anchor in session.exec(
+        select(DirectoryEntry.anchor).where(DirectoryEntry.directory == directory,
+                                            DirectoryEntry.anchor.in_(anchors[start:start + CHUNK])))}
     now = utcnow()
-    for anchor, dn, username in entries:
-        row = known.get(anchor)
-        if row is None:
-            session.add(DirectoryEntry(directory=directory, anchor=anchor, dn=dn, user_id=ids[username], pulled_at=now))
-        else:
-            row.dn, row.user_id, row.pulled_at = dn, ids[username], now
+    rows = [{"directory": directory, "anchor": anchor, "dn": dn, "user_id": ids[username], "pulled_at": now}
+            for anchor, dn, username in entries]
+    new = [r for r in rows if r["anchor"] not in known]
+    moved = [r for r in rows if r["anchor"] in known]
+    if new:
+        session.execute(insert(DirectoryEntry), new)
+    if moved:
+        session.execute(update(DirectoryEntry), moved)  # by primary key (directory, anchor)
 
 
 def watermark(session: Session, directory: str) -> Optional[Watermark]:

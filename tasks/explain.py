@@ -8,14 +8,18 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from models.config import ORG_TRIGGERS, Config, ConnectorConfig
+from models.directory import normalized_dn
+from models.directory_state import watermark
 from models.identity import UserView
 from models.mapping import local_values
 from models.patterns import PatternError
 from models.runstate import get_mapping, last_operation, recent_flow_runs
+from models.tables import DirectoryEntry
 from tasks.policy import decide, scope
+from tasks.pull import settings_hash
 from tasks.username import user_name_for
 
 log = logging.getLogger("outbound.explain")
@@ -191,6 +195,35 @@ def explain(session: Session, user: UserView, config: Config, connector: Optiona
     return out
 
 
+def directory_origin(session: Session, user: UserView, config: Config) -> list[str]:
+    """For a user pulled from the directory: the entry's DN (recorded by the pull that linked it) and
+    the LDAP attribute behind each mapped field and the group behind each role, as the pull maps
+    them (`email ← mail (uid=alice,ou=people,dc=example,dc=org)`); [] for any other user."""
+    entry = session.exec(select(DirectoryEntry).where(DirectoryEntry.user_id == user.id)
+                         .order_by(DirectoryEntry.pulled_at.desc())).first()
+    if entry is None:
+        return []
+    lines = [f"directory {entry.directory}: entry {entry.dn} (anchor {entry.anchor}, last linked "
+             f"{entry.pulled_at:%Y-%m-%d %H:%M:%S} UTC)"]
+    settings = config.sources.ldap
+    if settings is None or settings.name != entry.directory:
+        return lines + [f"sources.ldap no longer configures directory {entry.directory}: its attribute map is unknown"]
+    mark = watermark(session, settings.name)
+    if mark is not None and mark.settings_hash != settings_hash(settings):
+        lines.append("the configuration's attribute map or rules changed since the last complete pull: the next "
+                     "(full) pull maps as below")
+    for attribute, target in settings.attributes.items():
+        value = (user.attributes.get(target.removeprefix("attributes.")) if target.startswith("attributes.")
+                 else getattr(user, target, None))
+        lines.append(f"{target} ← {attribute} ({entry.dn})" + ("" if value not in (None, "") else ": no value"))
+    for group_dn, roles in settings.roles.items():
+        for role in roles:
+            if role in user.roles:
+                lines.append(f"role {role} ← {settings.member_attribute} of {normalized_dn(group_dn)} "
+                             f"(directly or through nested groups)")
+    return lines
+
+
 def as_dicts(items: list[ConnectorExplanation]) -> list[dict]:
     return [asdict(i) for i in items]
 
@@ -224,11 +257,11 @@ def _lines(user: UserView, e: ConnectorExplanation) -> list[tuple[str, str]]:
     return rows
 
 
-def render_text(user: UserView, items: list[ConnectorExplanation]) -> str:
-    """Plain text for the terminal."""
+def render_text(user: UserView, items: list[ConnectorExplanation], origin: list[str] = ()) -> str:
+    """Plain text for the terminal; `origin`: directory_origin's lines."""
     head = f"{user.qualified_name} (tenant {user.tenant}, arrived by {user.source}" + (
         ", deleted" if user.deleted else "") + (", disabled" if not user.active else "") + ")"
-    out = [head]
+    out = [head, *(f"  {line}" for line in origin)]
     for e in items:
         out.append("")
         out.append(f"{e.connector} [{e.type}{'' if e.enabled else ', disabled'}]")
@@ -266,6 +299,9 @@ def attach_explanation(user_id: str, config: Config, event_id: Optional[str] = N
         with session_scope() as session:
             user = load_view(session, user_id)
             markdown = render_markdown(user, explain(session, user, config))
+            origin = directory_origin(session, user, config)
+            if origin:
+                markdown += "\n## Directory\n\n" + "".join(f"- {_md(line)}\n" for line in origin)
         create_markdown_artifact(markdown=markdown, description=f"Explanation for {user.qualified_name}"
                                  + (f" (event {event_id})" if event_id else ""), _sync=True)
     except Exception as exc:  # an explanation must never fail the provisioning it explains

@@ -5,8 +5,10 @@ policy and the nightly reconciliation treat them as any other organisation-level
 batch also records the anchors it linked; the watermark moves only after every batch is stored,
 and only when no entry was refused: a refused entry is read again by the next pull.
 
-Deletes are found by anchor absence in a full pull only, and only when no entry was refused (a
-refused entry's anchor may be the missing one). More than max_deletions stops the pull before
+Deletes are found by anchor absence in a full pull, and, on Active Directory, by the tombstones an
+incremental pull reads in CN=Deleted Objects (objectGUID of a linked entry, uSNChanged above the
+watermark); only when no entry was refused (a refused entry's anchor may be the missing one, and
+the kept watermark reads the tombstones again). More than max_deletions stops the pull before
 anything is stored.
 """
 
@@ -18,17 +20,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from connectors.ldap import DirectoryError, connected, highest_committed_usn, search
+from connectors.ldap import DirectoryError, connected, deleted_objects, highest_committed_usn, search
 from models.config import Config, LdapSourceSettings
 from models.db import session_scope
-from models.directory import (EntryProblem, Mapped, changed_filter, changes, map_entry, next_watermark,
-                              normalized_dn, requested_attributes, roles_by_dn, watermark_problem)
+from models.directory import (EntryProblem, Mapped, changed_filter, changes, deleted_objects_container, map_entry,
+                              next_watermark, normalized_dn, requested_attributes, roles_by_dn, tombstone_anchors,
+                              watermark_problem)
 from models.directory_state import links, link, roles_of_linked, set_watermark, user_ids_by_name, views, watermark
 from models.errors import ProvisioningError
 from models.events import parse_event
 from models.ingest import accept_all, check_against_config
 from models.locks import lease
-from models.usernames import normalized
 from models.validation import InvalidInput
 
 BATCH = 500  # entries whose events are stored in one transaction
@@ -55,6 +57,8 @@ class PullResult:
     problems: list[str] = field(default_factory=list)
     deletions: int = 0
     stopped_by_guard: bool = False
+    tombstones_read: Optional[int] = None  # AD's Deleted Objects read by an incremental pull (None: not read)
+    store_seconds: float = 0.0  # of `seconds`, spent in the ingest (models.ingest.accept_all)
     watermark: Optional[str] = None  # the new one, when it moved
     seconds: float = 0.0
 
@@ -68,8 +72,9 @@ class PullResult:
     def as_dict(self) -> dict:
         return {"directory": self.directory, "full": self.full, "why": self.why, "users_read": self.users_read,
                 "groups_read": self.groups_read, "events": dict(self.events), "problems": self.problems,
-                "deletions": self.deletions, "stopped_by_guard": self.stopped_by_guard,
-                "watermark": self.watermark, "seconds": round(self.seconds, 3)}
+                "deletions": self.deletions, "tombstones_read": self.tombstones_read, "stopped_by_guard": self.stopped_by_guard,
+                "watermark": self.watermark, "seconds": round(self.seconds, 3),
+                "store_seconds": round(self.store_seconds, 3)}
 
 
 def settings_hash(settings: LdapSourceSettings) -> str:
@@ -112,7 +117,7 @@ def _refuse_duplicates(mapped: list[Mapped], key, what: str, problems: list[Entr
 
 
 def _username(m: Mapped) -> str:
-    return normalized(m.user["username"])
+    return m.username
 
 
 LEASE_SECONDS = 3 * 3600  # longer than a full pull of a large directory; a killed pull's lease is taken over
@@ -150,6 +155,8 @@ def _pull(config: Config, settings: LdapSourceSettings, full: bool, max_deletion
             entry = map_entry(dn, raw, settings)
             (problems if isinstance(entry, EntryProblem) else mapped).append(entry)
         result.users_read = len(mapped) + len(problems)
+        tombstoned = _tombstones(conn, settings, value, result, log) if not result.full and reads_tombstones(settings) \
+            else []
     # Every anchor the search returned, refused entries' too: none of them is absent, and a refused
     # entry emits nothing (not even a role change).
     read_anchors = {m.anchor for m in mapped}
@@ -167,37 +174,51 @@ def _pull(config: Config, settings: LdapSourceSettings, full: bool, max_deletion
         return {"id": f"dir.{settings.name}.{pull_id}.{next(numbering)}", "type": kind, "trigger": "directory",
                 "user": user}
 
-    # Each entry's events, validated one entry at a time: a bad one is refused alone.
-    batches: list[tuple[list[dict], list[tuple[str, str, str]]]] = []
+    # Each entry's events, batch by batch; the ingest validates them when they are stored.
+    batches: list[list[Planned]] = []
     owners = {link.user_id: anchor for anchor, link in linked.items()}
     for start in range(0, len(mapped), BATCH):
         chunk = mapped[start:start + BATCH]
         batches.append(_chunk_events(config, settings, chunk, linked, owners, role_of, problems, event,
                                      username_attribute))
     # A full pull reads every entry: what it did not read is gone, not a role change.
-    roles_only = _role_changes(config, settings, linked, read_anchors, role_of, event) \
+    # A tombstone of an entry the search read alive (restored since) is not a delete.
+    gone = [a for a in linked if a not in read_anchors] if result.full else \
+        [a for a in dict.fromkeys(tombstoned) if a in linked and a not in read_anchors]
+    roles_only = _role_changes(config, settings, linked, read_anchors | set(gone), role_of, event) \
         if role_of is not None and not result.full else []
     deletes: list[dict] = []
-    if result.full and not problems:
-        deletes = _deletions(config, settings, linked, read_anchors, event)
+    if gone and not problems:
+        deletes = _deletions(config, linked, gone, event)
     result.problems = [str(p) for p in problems]
     result.deletions = len(deletes)
-    if result.full and problems:
+    if (result.full or tombstoned) and problems:
         log(f"deletes not looked for: {len(problems)} entries were refused, and the anchor of a refused entry "
-            f"may be one that looks absent")
+            f"may be one that looks absent (the kept watermark reads any tombstones again)")
     limit = deletion_limit(settings, len(linked), max_deletions)
     if len(deletes) > limit:
         result.stopped_by_guard = True
         result.seconds = time.monotonic() - started
-        raise PullFailed(f"{settings.name}: the full pull would delete {len(deletes)} users, more than "
+        how = ("full pull", "--full ", "check base_dn and user_filter") if result.full else \
+            ("incremental pull (AD's tombstones)", "", "check the Deleted Objects container")
+        raise PullFailed(f"{settings.name}: the {how[0]} would delete {len(deletes)} users, more than "
                          f"max_deletions {limit}; nothing was stored. If the directory really lost them, run "
-                         f"`outbound pull --full --max-deletions {len(deletes)}`; else check base_dn and "
-                         f"user_filter", result)
-    for raws, linking in [*batches, (roles_only, []), (deletes, [])]:
-        if raws or linking:
-            accept_all(raws, config, also=lambda session, linking=linking: link(
-                session, settings.name, config.tenant_domain, settings.user_store, linking))
+                         f"`outbound pull {how[1]}--max-deletions {len(deletes)}`; else {how[2]}", result)
+    read_problems = len(problems)
+    stored = time.monotonic()
+    for planned in batches:
+        _store_batch(config, settings, planned, problems, result)
+    if len(problems) > read_problems and deletes:
+        log(f"deletes not stored: {len(problems) - read_problems} entries' events were refused, and the "
+            f"pull stores deletes only when every entry was taken")
+        deletes = []
+        result.deletions = 0
+    for raws in (roles_only, deletes):
+        if raws:
+            accept_all(raws, config)
             result.events.update(r["type"] for r in raws)
+    result.store_seconds = time.monotonic() - stored
+    result.problems = [str(p) for p in problems]
     if not problems:
         new = next_watermark(settings.watermark, value if not result.full else None,
                              (m.stamp for m in mapped), usn)
@@ -228,7 +249,7 @@ def _chunk_events(config, settings, chunk, linked, owners, role_of, problems, ev
                                    [_username(m) for m in chunk if m.anchor not in linked])
         ids = [linked[m.anchor].user_id if m.anchor in linked else by_name.get(_username(m)) for m in chunk]
         stored = views(session, config.tenant_domain, [i for i in ids if i])
-    raws, linking = [], []
+    planned = []
     for m, user_id in zip(chunk, ids):
         view = stored.get(user_id) if user_id else None
         username = _username(m)
@@ -244,14 +265,46 @@ def _chunk_events(config, settings, chunk, linked, owners, role_of, problems, ev
             continue
         roles = role_of.get(normalized_dn(m.dn), set()) if role_of is not None else None
         entry_events = [event(kind, user) for kind, user in _changes(m, roles, view)]
-        problem = _invalid(entry_events, config, m)
-        if problem is not None:
-            problems.append(problem)
-            continue
-        raws += entry_events
-        if m.anchor not in linked or linked[m.anchor].dn != m.dn or linked[m.anchor].user_id != user_id:
-            linking.append((m.anchor, m.dn, username))
-    return raws, linking
+        relink = m.anchor not in linked or linked[m.anchor].dn != m.dn or linked[m.anchor].user_id != user_id
+        if entry_events or relink:
+            planned.append(Planned(m, entry_events, (m.anchor, m.dn, username) if relink else None))
+    return planned
+
+
+@dataclass
+class Planned:
+    """One entry's events, and (anchor, DN, username) when its link is new or moved."""
+
+    entry: Mapped
+    events: list[dict]
+    link: Optional[tuple[str, str, str]]
+
+
+def _store_batch(config, settings, planned: list[Planned], problems: list[EntryProblem], result: PullResult) -> None:
+    """Store a batch's events and links in one transaction. The ingest validates each event once; when
+    it refuses some, the batch is checked entry by entry, the refused entries are named by their LDAP
+    attribute and left out, and the rest is stored (a page is not lost for one bad entry)."""
+    def store(entries: list[Planned]) -> None:
+        raws = [e for p in entries for e in p.events]
+        linking = [p.link for p in entries if p.link is not None]
+        accept_all(raws, config, also=lambda session: link(
+            session, settings.name, config.tenant_domain, settings.user_store, linking) if linking else None)
+        result.events.update(r["type"] for r in raws)
+
+    if not planned:
+        return
+    try:
+        store(planned)
+        return
+    except InvalidInput:
+        kept = []
+        for p in planned:
+            problem = _invalid(p.events, config, p.entry)
+            (kept.append(p) if problem is None else problems.append(problem))
+        if len(kept) == len(planned):
+            raise  # not an entry's own fault: the store refused the batch
+    if kept:
+        store(kept)
 
 
 def _changes(m: Mapped, roles: Optional[set[str]], view) -> list[tuple[str, dict]]:
@@ -291,8 +344,28 @@ def _role_changes(config, settings, linked, seen, role_of, event) -> list[dict]:
             for v in stored.values() if not v.deleted]
 
 
-def _deletions(config, settings, linked, seen, event) -> list[dict]:
-    gone = [link.user_id for anchor, link in linked.items() if anchor not in seen]
+def reads_tombstones(settings: LdapSourceSettings) -> bool:
+    """`kind: ad`, or (kind not set) a uSNChanged watermark: only AD's rootDSE has highestCommittedUSN."""
+    return settings.watermark == "uSNChanged" and settings.kind != "ldap"
+
+
+def _tombstones(conn, settings: LdapSourceSettings, value: str, result: PullResult, log) -> list[str]:
+    """The anchors of AD's tombstones changed since the watermark; none (logged) when unreadable."""
+    container = deleted_objects_container(settings.base_dn)
+    if container is None:
+        log(f"tombstones not read: base_dn {settings.base_dn!r} has no DC= components to find CN=Deleted Objects")
+        return []
+    found, why_not = deleted_objects(conn, container, int(value), settings.anchor, settings.page_size)
+    if found is None:
+        log(f"tombstones not read ({why_not}): deletes are found by full pulls only; give the bind account "
+            f"List Contents and Read Property on {container} (docs/sources.md)")
+        return []
+    result.tombstones_read = len(found)
+    return tombstone_anchors(found, settings.anchor)
+
+
+def _deletions(config, linked, gone_anchors, event) -> list[dict]:
+    gone = [linked[anchor].user_id for anchor in gone_anchors]
     with session_scope() as session:
         stored = views(session, config.tenant_domain, gone)
     return [event("user.deleted", {"username": v.username, "user_store": v.user_store})

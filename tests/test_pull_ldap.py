@@ -7,6 +7,7 @@ ACCOUNTDISABLE bit, the uSNChanged watermark against highestCommittedUSN) are te
 narrowest seam, the pure functions of models.directory that map an entry and choose the filter.
 """
 
+import json
 import uuid
 
 import pytest
@@ -349,6 +350,36 @@ def test_changed_settings_make_the_next_pull_full(seeded):
     changed = config_of(directory.url, roles=config.sources.ldap.roles, user_store="CORP")
     result = pull(changed)
     assert result.full and result.why == "the settings that choose or map entries changed"
+
+
+def test_ranges_are_followed_by_the_connector_not_by_ldap3(directory):
+    from connectors.ldap import connected
+
+    with connected(config_of(directory.url).sources.ldap) as conn:
+        assert conn.auto_range is False  # see connectors.ldap.follow_ranges and tests/test_pull_ad_seams.py
+
+
+def test_explain_names_the_entry_and_the_attribute_behind_each_field_and_the_group_behind_each_role(seeded,
+                                                                                                   tmp_path):
+    directory, config, dns, groups = seeded
+    path = write_directory_config(tmp_path, directory, roles=config.sources.ldap.roles)
+    assert runner.invoke(app, ["pull", "--config", str(path)]).exit_code == 0
+    cli = runner.invoke(app, ["explain", "alice", "--config", str(path)])
+    assert cli.exit_code == 0, cli.output
+    lines = [line.strip() for line in cli.output.splitlines()]
+    assert lines[1].startswith(f"directory directory: entry {dns['alice']} (anchor ")
+    for line in (f"username ← uid ({dns['alice']})", f"email ← mail ({dns['alice']})",
+                 f"display_name ← cn ({dns['alice']})",
+                 f"role staff ← member of {groups['staff']} (directly or through nested groups)",
+                 f"role builder ← member of {groups['builders']} (directly or through nested groups)"):
+        assert line in lines, line
+    as_json = runner.invoke(app, ["explain", "alice", "--config", str(path), "--json"])
+    assert f"email ← mail ({dns['alice']})" in json.loads(as_json.output)["directory"]
+    changed = write_directory_config(tmp_path, directory, roles=config.sources.ldap.roles,
+                                     attributes={"uid": "username", "description": "email"})
+    cli = runner.invoke(app, ["explain", "alice", "--config", str(changed)])
+    assert "attribute map or rules changed since the last complete pull" in cli.output
+    assert f"email ← description ({dns['alice']})" in cli.output
 
 
 @pytest.mark.usefixtures("prefect_harness")
