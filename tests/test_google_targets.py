@@ -20,6 +20,7 @@ from sandbox.google import SCOPE_DOMAIN_RO, SCOPE_GROUP, SCOPE_USER, GoogleSandb
 from sandbox.google_workspace import SCOPE_ORGUNIT
 from targets import google_config
 
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 runner = CliRunner()
 SKU = "Google-Apps/1010020027"
 VAULT = "Google-Vault/Google-Vault"
@@ -251,6 +252,31 @@ def test_licences_by_role_assigned_revoked_and_a_full_sku_is_retried(tmp_path, s
     assert "nothing to do" in reconcile(config, "--dry-run")
     explained = runner.invoke(app, ["explain", "ann", "--config", config])
     assert f"licences ← google.licences entry 1 (role staff) = '{SKU}'" in explained.output, explained.output
+
+
+def test_the_event_path_assigns_licences_and_retries_one_that_failed(tmp_path, sqlite_url, google):
+    import asyncio
+
+    from flows.provision import provision_user
+    from helpers import event
+    from models.ingest import accept
+
+    google.licensing.seats[SKU] = 1
+    config = write(tmp_path, google, licences=LICENCES, org_unit=ORG_UNIT)
+    cfg = load_config(config)
+    for name in ("ann", "bob"):
+        accept(event("user.created", name, email=f"{name}@example.com", given_name=name.title(),
+                     family_name="Smith", roles=["staff"]), cfg)
+    asyncio.run(provision_user(config_path=config, return_state=True))
+    have = held(google)
+    assert sorted(have) == ["ann", "bob"] and sorted(len(s) for s in have.values()) == [0, 1]
+    assert units(google) == {"ann": "/Staff", "bob": "/Staff"}
+    without = next(n for n, s in have.items() if not s)
+    google.licensing.seats[SKU] = 2
+    accept(event("user.updated", without, attributes={"dept": "Sales"}), cfg)
+    asyncio.run(provision_user(config_path=config, return_state=True))
+    assert held(google)[without] == {SKU} and units(google)[without] == "/Sales"
+    assert "nothing to do" in reconcile(config, "--dry-run")
 
 
 def test_a_sku_the_customer_lacks_is_named_in_the_failure(tmp_path, sqlite_url, google):
