@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from models.mapping import AttributeMap, MappingError, compile_map
 from models.patterns import PatternError, parse_pattern
 from models.secrets import SecretRef
-from models.target_rules import Grant, Rules
+from models.target_rules import Grant, PermissionSetGrant, Rules
 from models.usernames import WSO2_DEFAULT_PATTERN, WSO2_DEFAULT_WORDS, UsernameRule
 from models.validation import InvalidInput, field_path, pattern, problems_of
 from models.wso2 import claim_target_problem
@@ -194,10 +194,24 @@ class SalesforceSettings(HttpSettings):
     # Deprecated alias of the connector's `attributes:` section: `Field: key` is `Field: attributes.key`.
     field_map: dict[str, str] = Field(default_factory=dict)
     free_username_on_deprovision: bool = False
+    # ProfileId and UserRoleId by rule (names, resolved to ids once per connector), and permission
+    # sets per role: see models.target_rules. profile_rules' default, if none, is `profile`.
+    profile_rules: Optional[Rules] = None
+    role_rules: Optional[Rules] = None
+    permission_sets: list[PermissionSetGrant] = Field(default_factory=list, max_length=100)
+    # How a user is suspended (deprovision: disable): IsActive = false, or its login frozen
+    # (UserLogin.IsFrozen; the licence stays taken, the account can sign in again when thawed).
+    suspend_mode: Literal["deactivate", "freeze"] = "deactivate"
+    # Before creates, compare the licences they need with UserLicense TotalLicenses - UsedLicenses.
+    check_licences: bool = True
 
     @model_validator(mode="after")
     def _urls(self):
         self.login_url = _checked("login_url", self.login_url, self.allow_insecure_http)
+        names = [g.name for g in self.permission_sets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"permission_sets: {', '.join(twice)} is listed more than once; give one entry its roles")
         return self
 
 
@@ -310,7 +324,7 @@ class ConnectorConfig(Strict):
 
     def _rule_attributes(self, compiled: AttributeMap) -> tuple:
         """The target rules (models.target_rules) as extra attributes of the map."""
-        from models.target_rules import LICENCES, RuleSource, SetSource
+        from models.target_rules import LICENCES, PERMISSION_SETS, RuleSource, SetSource
 
         entries = []
         if self.google is not None and self.google.org_unit is not None:
@@ -319,6 +333,16 @@ class ConnectorConfig(Strict):
             entries.append(("orgUnitPath", RuleSource("google.org_unit", self.google.org_unit)))
         if self.google is not None and self.google.licences:
             entries.append((LICENCES, SetSource("google.licences", tuple(self.google.licences))))
+        sf = self.salesforce
+        if sf is not None:
+            for target, rules, key in (("ProfileId", sf.profile_rules, "profile_rules"),
+                                       ("UserRoleId", sf.role_rules, "role_rules")):
+                if rules is not None:
+                    if target in compiled.extra_targets:
+                        raise ValueError(f"attributes.{target}: also set by salesforce.{key}; keep only one of them")
+                    entries.append((target, RuleSource(f"salesforce.{key}", rules)))
+            if sf.permission_sets:
+                entries.append((PERMISSION_SETS, SetSource("salesforce.permission_sets", tuple(sf.permission_sets))))
         return tuple(entries)
 
     @property

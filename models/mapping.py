@@ -70,7 +70,7 @@ OWNED = {
     "salesforce": {"Username": "the username comes from the connector's pattern",
                    "FederationIdentifier": "it links accounts", "IsActive": "it follows the user's state",
                    "Id": "Salesforce assigns it", "Name": "Salesforce computes it from FirstName and LastName",
-                   "ProfileId": "it comes from salesforce.profile"},
+                   "ProfileId": "it comes from salesforce.profile or salesforce.profile_rules"},
 }
 _URN_TARGET = re.compile(r"^(urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:\S+):([A-Za-z][A-Za-z0-9_$-]*)$")
 _GOOGLE_CUSTOM = re.compile(r"^customSchemas\.([A-Za-z][A-Za-z0-9_]{0,99})\.([A-Za-z][A-Za-z0-9_]{0,99})$")

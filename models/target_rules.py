@@ -29,6 +29,7 @@ from models.mapping import Source, parse_source
 
 NONE = "none"  # the canonical text of an empty set
 LICENCES = "licences"  # the extra attribute of a Google connector's licences (not a user field)
+PERMISSION_SETS = "permission_sets"  # a Salesforce connector's PermissionSetAssignment rows, by set name
 
 
 class _Strict(BaseModel):
@@ -118,6 +119,17 @@ class Grant(_Strict):
     @property
     def key(self) -> str:
         return f"{self.product}/{self.sku}"
+
+
+class PermissionSetGrant(_Strict):
+    """A Salesforce permission set (its API Name) for users with any of `roles` ("*": every user)."""
+
+    roles: list[str] = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+
+    @property
+    def key(self) -> str:
+        return self.name
 
 
 def value_source(text: str) -> Source:
