@@ -193,3 +193,20 @@ def test_suspend_mode_freeze_freezes_and_thaws_the_login(tmp_path, sqlite_url, s
     reconcile(config)
     assert not people(sf)["ann"]["frozen"]
     assert "nothing to do" in reconcile(config, "--dry-run")
+
+
+def test_check_names_an_unknown_profile_role_and_permission_set_and_reports_free_licences(sf):
+    from connectors.probe import check as probe
+
+    good = probe(salesforce_config(sf, profile_rules=PROFILES, role_rules=ROLES, permission_sets=SETS,
+                                   suspend_mode="freeze"))
+    assert good["usable"], good["problems"]
+    assert good["capabilities"]["licences"]["Salesforce"] == {"total": 10, "used": 1}
+    bad = probe(salesforce_config(sf, name="crm2", profile_rules={"default": "Chief Profile"},
+                                  role_rules={"rules": [{"roles": ["a"], "value": "Chief"}]},
+                                  permission_sets=[{"roles": ["a"], "name": "Nope"}]))
+    errors = [p["what"] for p in bad["problems"] if p["severity"] == "error"]
+    assert "salesforce.profile_rules gives 'Chief Profile', but Salesforce has no Profile named 'Chief Profile'" in errors
+    assert "salesforce.role_rules gives 'Chief', but Salesforce has no UserRole named 'Chief'" in errors
+    assert any("'Nope'" in e for e in errors) and len(errors) == 3, errors
+    clear_cache()
