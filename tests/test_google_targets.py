@@ -314,3 +314,24 @@ def test_check_names_a_missing_org_unit_an_unknown_sku_and_the_licensing_scope()
         no_ou = probe(google_config(google, name="g3", google={"org_unit": {"default": "/"}}))
         assert no_ou["usable"] and any("org units cannot be read" in p["what"] for p in no_ou["problems"])
     clear_cache()
+
+
+def test_licence_calls_are_counted_one_per_assignment_and_one_listing_per_sku():
+    from connectors.base import BatchOp
+
+    with GoogleSandbox(licences={SKU: 50, VAULT: 50}) as google:
+        gws = get_connector(google_config(google, google={"licences": LICENCES}))
+        ops = [BatchOp("create", account=Account(user_name=f"u{n}@example.com", given_name="U", family_name="V",
+                                                 extra={"licences": SKU})) for n in range(10)]
+        before = len(google.requests)
+        results = gws.apply_batch(ops, max_workers=4)
+        sent = [(m, p) for m, p in google.requests[before:] if p != "/token"]
+        assert all(isinstance(r, Account) and r.extra["licences"] == SKU for r in results)
+        assert sent.count(("POST", "/batch/admin/directory_v1")) == 1
+        assert len([1 for m, p in sent if m == "POST" and p.startswith("/apps/licensing/")]) == 10
+        assert len(sent) == 11  # a new account holds no licence: nothing to revoke
+        before = len(google.requests)
+        assert len(list(gws.iter_users())) == 10
+        listed = [p for m, p in google.requests[before:] if p != "/token"]
+        assert len(listed) == 3  # one page of users, one listing per managed SKU
+    clear_cache()

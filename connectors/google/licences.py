@@ -110,11 +110,13 @@ class Licensed(Groups):
 
     # --- writing ----------------------------------------------------------------------------
 
-    def set_licences(self, email: str, want: set[str]) -> None:
-        """Assign the wanted managed licences and revoke the others; raise the first failure, naming
-        every licence that could not be set."""
+    def set_licences(self, email: str, want: set[str], held: Optional[set[str]] = None) -> None:
+        """Assign the wanted managed licences and revoke the others (of `held`, when known: a new
+        account holds none); raise the first failure, naming every licence that could not be set."""
         failures: list[tuple[str, ConnectorError]] = []
         for sku_key in self.skus:
+            if sku_key not in want and held is not None and sku_key not in held:
+                continue
             try:
                 if sku_key in want:
                     self._licence_call("POST", sku_key, "user", json_body={"userId": email})
@@ -140,7 +142,7 @@ class Licensed(Groups):
         if not want:
             return self._with(created, set()) if self.skus else created
         try:
-            self.set_licences(created.user_name, want)
+            self.set_licences(created.user_name, want, held=set())
         except DryRunRejected:
             raise
         except ConnectorError as exc:
@@ -181,17 +183,21 @@ class Licensed(Groups):
         only = {i for i, op in enumerate(ops) if op.kind == Action.UPDATE and key in op.changes and not sent[i].changes}
         results = super().apply_batch([op for i, op in enumerate(sent) if i not in only], max_workers=max_workers)
         results = iter(results)
-        out: list[Any] = []
-        for i, op in enumerate(ops):
-            result = None if i in only else next(results)
-            if isinstance(result, BaseException):
-                out.append(result)
-                continue
+        firsts = [None if i in only else next(results) for i in range(len(ops))]
+
+        def licences(i: int) -> Any:
+            if isinstance(firsts[i], BaseException):
+                return firsts[i]
             try:
-                out.append(self._licences_of_op(op, result))
+                return self._licences_of_op(ops[i], firsts[i])
             except ConnectorError as exc:
-                out.append(exc)
-        return out
+                return exc
+
+        # The Licensing API has no batch endpoint of ours: its calls go `max_workers` at a time.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(ops) or 1))) as pool:
+            return list(pool.map(licences, range(len(ops))))
 
     def _licences_of_op(self, op: BatchOp, result: Any) -> Any:
         key = f"extra.{LICENCES}"

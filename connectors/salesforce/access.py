@@ -268,12 +268,12 @@ class Access(Batch):
                     results[i] = exc
         key = f"extra.{PERMISSION_SETS}"
         send: list[tuple[int, BatchOp]] = []
-        later: list[int] = []  # ops done one by one: freezing, an update of permission sets only
+        later: set[int] = set()  # ops done one by one: freezing, an update of permission sets only
         for i, op in enumerate(ops):
             if results[i] is not None:
                 continue
             if op.kind in (Action.DISABLE, Action.ENABLE) and self._freezes:
-                later.append(i)
+                later.add(i)
                 continue
             if op.kind == Action.UPDATE:
                 try:
@@ -282,16 +282,17 @@ class Access(Batch):
                     results[i] = exc
                     continue
                 if not changes:
-                    later.append(i)
+                    later.add(i)
                     continue
                 op = replace(op, changes=changes)
             send.append((i, op))
         if send:
             for (i, _), result in zip(send, super().apply_batch([op for _, op in send], max_workers=max_workers)):
                 results[i] = result
-        for i, op in enumerate(ops):
+        def follow_up(i: int) -> None:
+            op = ops[i]
             if isinstance(results[i], BaseException):
-                continue
+                return
             try:
                 if i in later and op.kind == Action.DISABLE:
                     self.disable_user(op.remote_id)
@@ -305,4 +306,10 @@ class Access(Batch):
                         results[i] = self.get_user(op.remote_id)
             except ConnectorError as exc:
                 results[i] = exc
+
+        # Freezes and permission set rows are one call each: `max_workers` at a time.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(ops) or 1))) as pool:
+            list(pool.map(follow_up, range(len(ops))))
         return results
