@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from models.mapping import AttributeMap, MappingError, compile_map
 from models.patterns import PatternError, parse_pattern
 from models.secrets import SecretRef
+from models.target_rules import Grant, PermissionSetGrant, Rules
 from models.usernames import WSO2_DEFAULT_PATTERN, WSO2_DEFAULT_WORDS, UsernameRule
 from models.validation import InvalidInput, field_path, pattern, problems_of
 from models.wso2 import claim_target_problem
@@ -121,11 +122,36 @@ class GoogleSettings(HttpSettings):
     api_base_url: str = "https://admin.googleapis.com"
     default_given_name: str = "-"
     default_family_name: str = "-"
+    # The user's organizational unit (orgUnitPath) by rule: see models.target_rules.
+    org_unit: Optional[Rules] = None
+    # Google Workspace licences by role (Enterprise License Manager API).
+    licences: list[Grant] = Field(default_factory=list, max_length=50)
+    # The Licensing API's root; None: https://licensing.googleapis.com, or api_base_url when that is
+    # not Google's (the sandbox serves both).
+    licensing_base_url: Optional[str] = None
 
     @model_validator(mode="after")
     def _urls(self):
         self.api_base_url = _checked("api_base_url", self.api_base_url, self.allow_insecure_http)
+        if self.licensing_base_url is not None:
+            self.licensing_base_url = _checked("licensing_base_url", self.licensing_base_url,
+                                               self.allow_insecure_http)
+        keys = [g.key for g in self.licences]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"licences: {', '.join(twice)} is listed more than once; give one entry its roles")
+        for value in (self.org_unit.literal_values() if self.org_unit else []):
+            if not value.startswith("/"):
+                raise ValueError(f"org_unit: {value!r} is not an org unit path (it starts with /, such as /Sales)")
         return self
+
+    @property
+    def licensing_url(self) -> str:
+        if self.licensing_base_url:
+            return self.licensing_base_url
+        if urlparse(self.api_base_url).hostname == "admin.googleapis.com":
+            return "https://licensing.googleapis.com"
+        return self.api_base_url
 
 
 class SalesforceAuth(Strict):
@@ -168,10 +194,24 @@ class SalesforceSettings(HttpSettings):
     # Deprecated alias of the connector's `attributes:` section: `Field: key` is `Field: attributes.key`.
     field_map: dict[str, str] = Field(default_factory=dict)
     free_username_on_deprovision: bool = False
+    # ProfileId and UserRoleId by rule (names, resolved to ids once per connector), and permission
+    # sets per role: see models.target_rules. profile_rules' default, if none, is `profile`.
+    profile_rules: Optional[Rules] = None
+    role_rules: Optional[Rules] = None
+    permission_sets: list[PermissionSetGrant] = Field(default_factory=list, max_length=100)
+    # How a user is suspended (deprovision: disable): IsActive = false, or its login frozen
+    # (UserLogin.IsFrozen; the licence stays taken, the account can sign in again when thawed).
+    suspend_mode: Literal["deactivate", "freeze"] = "deactivate"
+    # Before creates, compare the licences they need with UserLicense TotalLicenses - UsedLicenses.
+    check_licences: bool = True
 
     @model_validator(mode="after")
     def _urls(self):
         self.login_url = _checked("login_url", self.login_url, self.allow_insecure_http)
+        names = [g.name for g in self.permission_sets]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"permission_sets: {', '.join(twice)} is listed more than once; give one entry its roles")
         return self
 
 
@@ -277,9 +317,33 @@ class ConnectorConfig(Strict):
                                      f"({mapping[field]!r}); keep only the attributes: entry")
                 mapping[field] = alias
         try:
-            return compile_map(self.type, mapping)
+            compiled = compile_map(self.type, mapping)
         except MappingError as exc:
             raise ValueError("; ".join(f"attributes.{p}" for p in exc.problems)) from None
+        return compiled.with_extra(self._rule_attributes(compiled))
+
+    def _rule_attributes(self, compiled: AttributeMap) -> tuple:
+        """The target rules (models.target_rules) as extra attributes of the map."""
+        from models.target_rules import LICENCES, PERMISSION_SETS, RuleSource, SetSource
+
+        entries = []
+        if self.google is not None and self.google.org_unit is not None:
+            if "orgUnitPath" in compiled.extra_targets:
+                raise ValueError("attributes.orgUnitPath: also set by google.org_unit; keep only one of them")
+            entries.append(("orgUnitPath", RuleSource("google.org_unit", self.google.org_unit)))
+        if self.google is not None and self.google.licences:
+            entries.append((LICENCES, SetSource("google.licences", tuple(self.google.licences))))
+        sf = self.salesforce
+        if sf is not None:
+            for target, rules, key in (("ProfileId", sf.profile_rules, "profile_rules"),
+                                       ("UserRoleId", sf.role_rules, "role_rules")):
+                if rules is not None:
+                    if target in compiled.extra_targets:
+                        raise ValueError(f"attributes.{target}: also set by salesforce.{key}; keep only one of them")
+                    entries.append((target, RuleSource(f"salesforce.{key}", rules)))
+            if sf.permission_sets:
+                entries.append((PERMISSION_SETS, SetSource("salesforce.permission_sets", tuple(sf.permission_sets))))
+        return tuple(entries)
 
     @property
     def attribute_map(self) -> AttributeMap:

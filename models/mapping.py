@@ -70,7 +70,7 @@ OWNED = {
     "salesforce": {"Username": "the username comes from the connector's pattern",
                    "FederationIdentifier": "it links accounts", "IsActive": "it follows the user's state",
                    "Id": "Salesforce assigns it", "Name": "Salesforce computes it from FirstName and LastName",
-                   "ProfileId": "it comes from salesforce.profile"},
+                   "ProfileId": "it comes from salesforce.profile or salesforce.profile_rules"},
 }
 _URN_TARGET = re.compile(r"^(urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:\S+):([A-Za-z][A-Za-z0-9_$-]*)$")
 _GOOGLE_CUSTOM = re.compile(r"^customSchemas\.([A-Za-z][A-Za-z0-9_]{0,99})\.([A-Za-z][A-Za-z0-9_]{0,99})$")
@@ -105,6 +105,10 @@ class Source:
     constant: Any = None
     ref: Optional[Ref] = None
     parts: tuple[Union[str, Ref], ...] = ()
+
+    def why(self, local: dict, attributes: dict) -> str:
+        """Where the value comes from, for `explain`."""
+        return self.text
 
     def value(self, local: dict, attributes: dict) -> Any:
         if self.ref is not None:
@@ -243,16 +247,22 @@ class AttributeMap:
         pairs = [(t, s) for _, t, s in self.core] + list(self.extra)
         if local is None:
             return [f"{t} ← {s.text}" for t, s in pairs]
-        values = [s.value(local, attributes or {}) for _, s in pairs]
-        return [f"{t} ← {s.text} = " + ("(nothing: the target's value is left alone)" if v is None else repr(v))
-                for (t, s), v in zip(pairs, values)]
+        values = [(s.why(local, attributes or {}), s.value(local, attributes or {})) for _, s in pairs]
+        return [f"{t} ← {why} = " + ("(nothing: the target's value is left alone)" if v is None else repr(v))
+                for (t, s), (why, v) in zip(pairs, values)]
+
+    def with_extra(self, entries: tuple) -> "AttributeMap":
+        """This map with more extra attributes (target rules: `models.target_rules`)."""
+        return AttributeMap(self.core, self.extra + tuple(entries))
 
 
 def local_values(user: Any, user_name: Optional[str]) -> dict[str, Any]:
-    """The local fields a mapping may refer to, from a user as the policy sees it."""
+    """The local fields a mapping may refer to, from a user as the policy sees it (with the roles and
+    state that target rules read)."""
     return {"id": user.id, "username": user.username, "user_store": user.user_store, "tenant": user.tenant,
             "user_name": user_name, "email": user.email, "given_name": user.given_name,
-            "family_name": user.family_name, "display_name": user.display_name}
+            "family_name": user.family_name, "display_name": user.display_name,
+            "roles": frozenset(user.roles), "active": user.active}
 
 
 def compile_map(kind: str, attributes: dict[str, Any]) -> AttributeMap:

@@ -19,6 +19,8 @@ What it enforces, as Google does:
   the parameter), `query=externalId:...`; and the batch endpoint `POST /batch/admin/directory_v1`
   (multipart/mixed of application/http parts, at most 1,000 calls, answered in any order with
   `Content-ID: <response-...>`).
+- Org units (`org_units`: the paths that exist) and licences (`licences`: "product/sku" -> seats):
+  see `sandbox.google_workspace`; a user's orgUnitPath must be an org unit.
 - A rate limit (`rate_limit` calls per `rate_window` seconds, every call inside a batch counts):
   past it, 403 with reason `userRateLimitExceeded`, as the Directory API answers.
 
@@ -45,6 +47,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sandbox.faults import FaultInjector, FaultPlan
+from sandbox.google_workspace import LICENSING_PREFIX, SCOPE_LICENSING, SCOPE_ORGUNIT, Licensing, OrgUnits
 
 SCOPE_USER = "https://www.googleapis.com/auth/admin.directory.user"
 SCOPE_GROUP = "https://www.googleapis.com/auth/admin.directory.group"
@@ -191,10 +194,12 @@ class GoogleSandbox:
                  delegated_scopes: list[str] | None = None, token_lifetime: float = 3600,
                  reported_lifetime: float | None = None, rate_limit: int | None = None,
                  rate_window: float = 1.0, host: str = "127.0.0.1", port: int = 0,
-                 faults: FaultPlan | None = None, seed: int | None = None):
+                 faults: FaultPlan | None = None, seed: int | None = None, org_units: list[str] | None = None,
+                 licences: dict[str, int] | None = None):
         self.domains = [d.lower() for d in (domains or ["example.com"])]
         self.admins = [a.lower() for a in (admins or [f"admin@{self.domains[0]}"])]
-        self.delegated_scopes = set(delegated_scopes or (SCOPE_USER, SCOPE_GROUP, SCOPE_DOMAIN_RO))
+        self.delegated_scopes = set(delegated_scopes or (SCOPE_USER, SCOPE_GROUP, SCOPE_DOMAIN_RO,
+                                                         SCOPE_ORGUNIT, SCOPE_LICENSING))
         self.token_lifetime, self.reported_lifetime = token_lifetime, reported_lifetime
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self.customer_id = "C0" + secrets.token_hex(4)
@@ -209,6 +214,8 @@ class GoogleSandbox:
         self._groups: dict[str, dict] = {}
         self._group_ids: dict[str, str] = {}  # lower-cased email -> id
         self._members: dict[str, dict[str, dict]] = {}  # group id -> member id -> member
+        self.org_units = OrgUnits(org_units or [], ApiError)
+        self.licensing = Licensing(licences or {}, ApiError, self._user_or_none, (self.customer_id, *self.domains))
         self._calls: deque[float] = deque()
         self._lock = threading.RLock()
         self._random = random.Random(seed)
@@ -408,9 +415,10 @@ class GoogleSandbox:
             if scopes is None:
                 scopes = self._authorize(headers)
             self._count_call()
-            if not path.startswith(PREFIX):
+            licensing = path.startswith(LICENSING_PREFIX)
+            if not path.startswith(PREFIX) and not licensing:
                 raise ApiError(404, "Not Found", reason="notFound")
-            segments = path[len(PREFIX):].split("/")
+            segments = path[len(LICENSING_PREFIX if licensing else PREFIX):].split("/")
             params = dict(parse_qsl(query, keep_blank_values=True))
             payload = None
             if body:
@@ -420,7 +428,12 @@ class GoogleSandbox:
                     raise ApiError(400, "Invalid JSON payload received.", reason="parseError") from None
                 if not isinstance(payload, dict):
                     raise ApiError(400, "Invalid JSON payload received.", reason="parseError")
-            status, result = self._route(method, segments, params, payload or {}, scopes)
+            if licensing:
+                _need(scopes, (SCOPE_LICENSING,) + ((SCOPE_LICENSING + ".readonly",) if method == "GET" else ()))
+                with self._lock:
+                    status, result = self.licensing.route(method, segments, params, payload or {})
+            else:
+                status, result = self._route(method, segments, params, payload or {}, scopes)
             return status, result, []
         except ApiError as exc:
             return exc.code, exc.body, exc.headers
@@ -447,6 +460,12 @@ class GoogleSandbox:
                 raise ApiError(400, "Bad Request", reason="badRequest")
             return 200, {"kind": "admin#directory#domains", "domains": [
                 {"domainName": d, "isPrimary": i == 0, "verified": True} for i, d in enumerate(self.domains)]}
+        elif seg[0] == "customer" and len(seg) >= 3 and seg[2] == "orgunits":
+            _need(scopes, (SCOPE_ORGUNIT,) + ((SCOPE_ORGUNIT + ".readonly",) if read else ()))
+            if seg[1] not in ("my_customer", self.customer_id):
+                raise ApiError(400, "Bad Request", reason="badRequest")
+            with self._lock:
+                return self.org_units.route(method, seg, params, body)
         elif seg[0] == "groups":
             member_call = len(seg) >= 3 and seg[2] == "members"
             allowed = (SCOPE_GROUP,) + ((SCOPE_GROUP_RO,) if read else ()) + ((SCOPE_MEMBER,) if member_call else ())
@@ -484,6 +503,10 @@ class GoogleSandbox:
         if uid is None:
             raise _not_found("userKey")
         return self._users[uid]
+
+    def _user_or_none(self, key: str) -> dict | None:
+        uid = key if key in self._users else self._user_ids.get(key.lower())
+        return self._users.get(uid) if uid else None
 
     def _public_user(self, user: dict, full: bool = True) -> dict:
         """The user as the API shows it; custom schema values only in the full projection (as Google)."""
@@ -529,6 +552,7 @@ class GoogleSandbox:
         user.pop("id", None)
         user["primaryEmail"] = self._check_email(user.get("primaryEmail"))
         self._check_user_fields(user, creating=True)
+        self.org_units.check_user(user)
         if user["primaryEmail"] in self._user_ids or user["primaryEmail"] in self._group_ids:
             self.duplicate_creates += 1
             raise ApiError(409, "Entity already exists.", reason="duplicate")
@@ -555,6 +579,7 @@ class GoogleSandbox:
             self._check_user_fields({"name": merged}, creating=False)
         self._check_user_fields({k: patch[k] for k in ("organizations", "phones", "relations", "customSchemas")
                                  if k in patch}, creating=False)
+        self.org_units.check_user(patch)
         if "password" in patch:
             self._check_user_fields({"password": patch["password"], "hashFunction": patch.get("hashFunction")},
                                     creating=False)
@@ -577,6 +602,7 @@ class GoogleSandbox:
         del self._user_ids[user["primaryEmail"]]
         for members in self._members.values():
             members.pop(user["id"], None)
+        self.licensing.release(user["id"])
 
     def _matches(self, user: dict, terms: list[tuple[str, str]]) -> bool:
         for field, value in terms:

@@ -9,6 +9,8 @@ sObject Collections (`composite/sobjects`, at most 200 records, `allOrNone`), an
 request limit (403 REQUEST_LIMIT_EXCEEDED; a Collections request counts once). For `outbound check`:
 the API versions it offers (`/services/data`; others are 404), `/limits` (DailyApiRequests) and the
 User describe (required fields, `required_custom` adds org-specific ones, `custom_fields` optional ones).
+Licences, roles, permission sets and frozen logins: see `sandbox.salesforce_access` (`licences`,
+`roles`, `permission_sets`, and `profiles` of other licences).
 
 SOQL is parsed just enough for what a provisioning connector sends: `SELECT f, ... FROM User|Profile
 [WHERE cond] [ORDER BY f [ASC|DESC]] [LIMIT n]`, where cond combines `f = | != | LIKE value`,
@@ -33,6 +35,9 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from sandbox.faults import FaultInjector, FaultPlan
+from sandbox.salesforce_access import SCHEMAS as ACCESS_SCHEMAS
+from sandbox.salesforce_access import Access
+from sandbox.salesforce_access import route as access_route
 
 ACCEPTED_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
 MAX_COLLECTION = 200
@@ -40,7 +45,7 @@ MAX_COLLECTION = 200
 USER_FIELDS = ("Id", "Username", "LastName", "FirstName", "Name", "Email", "Alias", "CommunityNickname",
                "TimeZoneSidKey", "LocaleSidKey", "EmailEncodingKey", "LanguageLocaleKey", "ProfileId",
                "FederationIdentifier", "IsActive", "UserType", "Department", "Title", "Division",
-               "CompanyName", "EmployeeNumber", "Phone", "MobilePhone", "City", "Country", "ManagerId",
+               "CompanyName", "EmployeeNumber", "Phone", "MobilePhone", "City", "Country", "ManagerId", "UserRoleId",
                "CreatedDate", "LastModifiedDate")
 READ_ONLY = {"Id", "Name", "UserType", "CreatedDate", "LastModifiedDate"}
 REQUIRED = ("Username", "LastName", "Email", "Alias", "TimeZoneSidKey", "LocaleSidKey", "EmailEncodingKey",
@@ -334,7 +339,9 @@ class SalesforceSandbox:
                  token_ttl: float = 7200.0, query_batch_size: int = 2000, api_limit: int | None = None,
                  client_credentials_enabled: bool = True, api_versions: tuple[str, ...] = API_VERSIONS,
                  daily_api_requests: int = 15000, required_custom: tuple[str, ...] = (),
-                 custom_fields: tuple[str, ...] = ()):
+                 custom_fields: tuple[str, ...] = (), licences: dict[str, int] | None = None,
+                 profiles: dict[str, str] | None = None, roles: tuple[str, ...] = (),
+                 permission_sets: dict[str, str | None] | None = None):
         self._dir = tempfile.TemporaryDirectory(prefix="sf-sandbox-")
         self.ca_file, cert_file, key_file = _make_pki(Path(self._dir.name))
         # The connected app: consumer key/secret and the certificate key for the JWT bearer flow.
@@ -370,10 +377,16 @@ class SalesforceSandbox:
         self._tokens: dict[str, tuple[float, str]] = {}
         self._cursors: dict[str, tuple[list[str], list[str], str]] = {}
         self.profiles: dict[str, dict] = {}
-        for name in ("Standard User", "System Administrator", "Read Only"):
-            pid = self._new_id("00e")
-            self.profiles[pid] = {"Id": pid, "Name": name, "UserType": "Standard", "UserLicenseId": "100000000000001AAA"}
         self.users: dict[str, dict] = {}
+        # Licence name -> seats; profile name -> its licence (the three standard ones: "Salesforce").
+        licences = {"Salesforce": 1000, "Salesforce Platform": 1000, **(licences or {})}
+        self.access = Access(SfError, self.users, self.profiles, licences, list(roles), dict(permission_sets or {}))
+        profile_licences = {"Standard User": "Salesforce", "System Administrator": "Salesforce",
+                            "Read Only": "Salesforce", **(profiles or {})}
+        for name, licence in profile_licences.items():
+            pid = self._new_id("00e")
+            self.profiles[pid] = {"Id": pid, "Name": name, "UserType": "Standard",
+                                  "UserLicenseId": self.access.licence_id(licence)}
         admin = self._profile_id("System Administrator")
         self._integration_user_id = self._insert_user(self._defaults({
             "Username": self.username, "LastName": "Integration", "FirstName": "API", "Email": self.username,
@@ -450,6 +463,7 @@ class SalesforceSandbox:
             record["CommunityNickname"] = f"{record['Username'].split('@')[0][:30]}{uid[-7:-3]}"
         self._name(record)
         self.users[uid] = record
+        self.access.user_created(uid)
         return uid
 
     @staticmethod
@@ -486,6 +500,7 @@ class SalesforceSandbox:
             raise SfError(400, "INVALID_CROSS_REFERENCE_KEY", "Profile ID: id value of incorrect type", ["ProfileId"])
         if "IsActive" in fields and not isinstance(fields["IsActive"], bool):
             raise SfError(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of boolean from IsActive", ["IsActive"])
+        self.access.check_user(fields, current)
         if "Username" in fields:
             name = str(fields["Username"]).lower()
             clash = self.find_username(name)
@@ -586,6 +601,10 @@ class SalesforceSandbox:
                 return Response(status=204)
             if method == "DELETE":
                 raise SfError(405, "METHOD_NOT_ALLOWED", "HTTP Method 'DELETE' not allowed. Allowed are GET,HEAD,PATCH")
+        routed = access_route(self.access, method, rest, lambda: _body(request))
+        if routed is not None:
+            status, payload = routed
+            return Response(status=204) if payload is None else _json(payload, status)
         if rest == "/limits" and method == "GET":
             cap = self.api_limit if self.api_limit is not None else self.daily_api_requests
             return _json({"DailyApiRequests": {"Max": cap, "Remaining": max(0, cap - self.api_calls)}})
@@ -623,8 +642,8 @@ class SalesforceSandbox:
 
     def _query(self, soql: str, version: str) -> dict:
         entity, fields, where, order, descending, limit = _Parser(
-            soql, {"User": (*USER_FIELDS, *self.custom_fields), "Profile": PROFILE_FIELDS}).parse()
-        table = self.users if entity == "User" else self.profiles
+            soql, {"User": (*USER_FIELDS, *self.custom_fields), "Profile": PROFILE_FIELDS, **ACCESS_SCHEMAS}).parse()
+        table = self._table(entity)
         rows = [r for r in table.values() if where(r)]
         if order:
             rows.sort(key=lambda r: (r.get(order) is None, str(r.get(order) or "").lower()), reverse=descending)
@@ -635,12 +654,15 @@ class SalesforceSandbox:
         self._cursors[locator] = (ids, fields, entity)
         return self._page(f"{locator}-0", version)
 
+    def _table(self, entity: str) -> dict:
+        return self.users if entity == "User" else self.profiles if entity == "Profile" else self.access.table(entity)
+
     def _page(self, cursor: str, version: str) -> dict:
         locator, _, offset = cursor.partition("-")
         if locator not in self._cursors or not offset.isdigit():
             raise SfError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
         ids, fields, entity = self._cursors[locator]
-        table = self.users if entity == "User" else self.profiles
+        table = self._table(entity)
         start = int(offset)
         chunk = ids[start:start + self.query_batch_size]
         records = [self._record(entity, table[i], fields, version) for i in chunk if i in table]

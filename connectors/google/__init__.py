@@ -11,17 +11,23 @@ import json
 from google.oauth2 import service_account
 
 from connectors.errors import ConfigError
-from connectors.google.groups import Groups
+from connectors.google.licences import Licensed
 from connectors.google.mapping import query_value, read_mapped, slugify, write_mapped
 from connectors.google.transport import _TokenRequest, authorized_session, error_for, refresh_detail
 from models.config import GoogleSettings
 
 SCOPES = ("https://www.googleapis.com/auth/admin.directory.user",
           "https://www.googleapis.com/auth/admin.directory.group")
+LICENSING_SCOPE = "https://www.googleapis.com/auth/apps.licensing"
 
 
-class GoogleConnector(Groups):
-    """Users and groups in a Google Workspace customer; batches through the batch endpoint."""
+def scopes_for(settings: GoogleSettings) -> tuple[str, ...]:
+    """The scopes the connector's token asks for: the licensing scope too when licences are managed."""
+    return SCOPES + ((LICENSING_SCOPE,) if settings.licences else ())
+
+
+class GoogleConnector(Licensed):
+    """Users (with their licences) and groups in a Google Workspace customer; batches through the batch endpoint."""
 
 
 def _key_info(text: str, connector: str) -> dict:
@@ -48,7 +54,7 @@ def build(cfg, dry_run: bool = False) -> GoogleConnector:
         raise ConfigError(f"connector {cfg.name}: the key's token_uri {exc}") from None
     try:
         credentials = service_account.Credentials.from_service_account_info(
-            {**info, "token_uri": token_uri}, scopes=list(SCOPES), subject=settings.admin_email)
+            {**info, "token_uri": token_uri}, scopes=list(scopes_for(settings)), subject=settings.admin_email)
     except (ValueError, KeyError, TypeError) as exc:
         # The library's message may quote the key: name the problem's kind only.
         raise ConfigError(f"connector {cfg.name}: the service account key cannot be used "
@@ -58,5 +64,5 @@ def build(cfg, dry_run: bool = False) -> GoogleConnector:
                            extra_targets=cfg.attribute_map.extra_targets)
 
 
-__all__ = ["SCOPES", "GoogleConnector", "build", "authorized_session", "query_value", "slugify", "read_mapped",
+__all__ = ["SCOPES", "LICENSING_SCOPE", "scopes_for", "GoogleConnector", "build", "authorized_session", "query_value", "slugify", "read_mapped",
            "write_mapped", "error_for", "refresh_detail", "_TokenRequest"]

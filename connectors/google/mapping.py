@@ -19,6 +19,7 @@ from connectors.base import Account
 from connectors.errors import Rejected
 from models.config import GoogleSettings
 from models.mapping import as_text
+from models.target_rules import LICENCES
 
 RESERVED = {"abuse", "postmaster"}
 _LOCAL = re.compile(r"[a-z0-9_'.\-]+")
@@ -96,7 +97,7 @@ def insert_body(account: Account, settings: GoogleSettings, extra_targets: tuple
     if account.external_id:
         body["externalIds"] = [{"type": "organization", "value": account.external_id}]
     for target, value in account.extra.items():
-        if value is not None and target in extra_targets:
+        if value is not None and target in extra_targets and target != LICENCES:  # licences: another API
             write_mapped(body, target, value, {})
     return body
 
@@ -121,7 +122,7 @@ def patch_body(changes: dict[str, Any], settings: GoogleSettings, extra_targets:
         elif key == "external_id":
             kept = [e for e in external_ids or [] if isinstance(e, dict) and e.get("type") != "organization"]
             body["externalIds"] = kept + ([{"type": "organization", "value": value}] if value else [])
-        elif key.startswith("extra.") and key[len("extra."):] in extra_targets:
+        elif key.startswith("extra.") and key[len("extra."):] in extra_targets and key != f"extra.{LICENCES}":
             write_mapped(body, key[len("extra."):], value, current or {})
         # anything else (email is primaryEmail here, user_name) has nothing to change
     if name:
@@ -149,6 +150,8 @@ def read_mapped(user: dict, target: str) -> Any:
         schema, _, field = rest.partition(".")
         values = (user.get("customSchemas") or {}).get(schema)
         return values.get(field) if isinstance(values, dict) else None
+    if target == LICENCES:  # read from the Licensing API (connectors.google.licences)
+        return None
     return user.get(target)
 
 

@@ -13,6 +13,7 @@ from connectors.errors import AuthFailed, ConnectorError, TransientError
 from connectors.probe import Findings, network_problem, tls_of
 
 DOMAIN_SCOPE = "https://www.googleapis.com/auth/admin.directory.domain.readonly"
+ORGUNIT_SCOPE = "https://www.googleapis.com/auth/admin.directory.orgunit.readonly"
 
 
 def _delegation_fix(client_id: str, scopes: list[str]) -> str:
@@ -21,7 +22,7 @@ def _delegation_fix(client_id: str, scopes: list[str]) -> str:
 
 
 def probe(cfg, found: Findings) -> None:
-    from connectors.google import SCOPES, _TokenRequest, build
+    from connectors.google import _TokenRequest, build, scopes_for
     from connectors.http import build_session
 
     settings = cfg.google
@@ -36,7 +37,8 @@ def probe(cfg, found: Findings) -> None:
     token_request = _TokenRequest(build_session(settings))
     client_id = _client_id(settings)
     granted, refused = [], []
-    for scope in [*SCOPES, DOMAIN_SCOPE]:
+    wanted = [*scopes_for(settings), DOMAIN_SCOPE] + ([ORGUNIT_SCOPE] if settings.org_unit else [])
+    for scope in wanted:
         try:
             credentials.with_scopes([scope]).refresh(token_request)
             granted.append(scope)
@@ -56,14 +58,19 @@ def probe(cfg, found: Findings) -> None:
             return
     caps["token"] = True
     caps["scopes_granted"], caps["scopes_refused"] = granted, refused
-    user_scope, group_scope = SCOPES
+    user_scope, group_scope = scopes_for(settings)[:2]
+    licensing = [s for s in scopes_for(settings)[2:] if s in refused]
+    if licensing:
+        found.error(f"the service account is not delegated {licensing[0]}: google.licences needs it to assign "
+                    f"licences, and the connector asks for it, so no token is issued",
+                    _delegation_fix(client_id, licensing))
     if user_scope in refused:
         found.error(f"the service account is not delegated {user_scope}", _delegation_fix(client_id, [user_scope]))
     if group_scope in refused:
         found.error(
             f"the service account is not delegated {group_scope}: the connector asks for it, so no token is issued",
             _delegation_fix(client_id, [group_scope]))
-    if user_scope in refused or group_scope in refused:
+    if user_scope in refused or group_scope in refused or licensing:
         return
     try:  # the connector's own token, really used
         connector._request("GET", "users", params={"customer": settings.customer, "maxResults": 1})
@@ -78,6 +85,68 @@ def probe(cfg, found: Findings) -> None:
         found.error(*(problem or (f"users.list: {exc}", "check google.customer and google.api_base_url")))
         return
     _domains(cfg, credentials, token_request, found, DOMAIN_SCOPE in granted, client_id)
+    if settings.org_unit:
+        _org_units(cfg, credentials, token_request, found, ORGUNIT_SCOPE in granted, client_id)
+    if settings.licences:
+        _skus(cfg, connector, found)
+
+
+def _scoped_get(settings, credentials, token_request, scope: str, path: str, params: dict):
+    """A GET with a token of `scope` alone: (status, JSON body or None)."""
+    from connectors.http import build_session
+
+    scoped = credentials.with_scopes([scope])
+    scoped.refresh(token_request)
+    response = build_session(settings).get(f"{settings.api_base_url}{path}", params=params, headers={
+        "Authorization": f"Bearer {scoped.token}", "Accept": "application/json"}, timeout=settings.timeout)
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, None
+
+
+def _org_units(cfg, credentials, token_request, found: Findings, allowed: bool, client_id: str) -> None:
+    """The org units google.org_unit names must exist in the customer (a user moved to one that does not is refused)."""
+    settings, caps = cfg.google, found.capabilities
+    configured = settings.org_unit.literal_values()
+    if not allowed:
+        caps["org_units"] = None
+        found.warn("the customer's org units cannot be read, so google.org_unit's paths are not verified",
+                   "optional: " + _delegation_fix(client_id, [ORGUNIT_SCOPE]))
+        return
+    try:
+        status, body = _scoped_get(settings, credentials, token_request, ORGUNIT_SCOPE,
+                                   f"/admin/directory/v1/customer/{settings.customer}/orgunits", {"type": "all"})
+    except (OSError, ConnectorError, google.auth.exceptions.GoogleAuthError):
+        status, body = None, None
+    if status != 200 or not isinstance(body, dict):
+        caps["org_units"] = None
+        found.warn(f"the customer's org units could not be read (GET …/customer/{settings.customer}/orgunits: "
+                   f"HTTP {status})", "check google.customer")
+        return
+    paths = {"/"} | {u.get("orgUnitPath") for u in body.get("organizationUnits") or [] if isinstance(u, dict)}
+    caps["org_units"] = sorted(p for p in paths if p)
+    for value in configured:
+        if value not in paths:
+            found.error(f"google.org_unit names the org unit {value}, which does not exist in the customer "
+                        f"(users placed there would be refused with INVALID_OU_ID)",
+                        f"create {value} in the Admin console (Directory > Organizational units), or change the rule")
+
+
+def _skus(cfg, connector, found: Findings) -> None:
+    """Each SKU google.licences names must be one the customer has: one listing of its assignments."""
+    caps = found.capabilities
+    caps["licences"] = {}
+    for grant in cfg.google.licences:
+        try:
+            connector._licence_call("GET", grant.key, "users", params={
+                "customerId": connector._licensing_customer, "maxResults": 1})
+            caps["licences"][grant.key] = True
+        except ConnectorError as exc:
+            caps["licences"][grant.key] = False
+            found.error(f"google.licences: product {grant.product} SKU {grant.sku} cannot be read for the customer "
+                        f"({exc})", "check the product and SKU ids (Products and SKUs in the Licensing API docs) "
+                        "and that the customer has a subscription to it")
 
 
 def _domains(cfg, credentials, token_request, found: Findings, allowed: bool, client_id: str) -> None:
@@ -135,4 +204,8 @@ def summary(caps: dict[str, Any]) -> list[str]:
                         if caps.get("scopes_refused") else ""))
     if caps.get("domains") is not None and "domains" in caps:
         lines.append(f"domains: {', '.join(caps['domains'])}")
+    if caps.get("org_units"):
+        lines.append(f"org units: {', '.join(caps['org_units'])}")
+    if caps.get("licences"):
+        lines.append("licences: " + ", ".join(f"{k} {'ok' if ok else 'unknown'}" for k, ok in caps["licences"].items()))
     return lines

@@ -115,10 +115,12 @@ class Transport:
             return self._send(method, path, **kwargs)
 
     def _send(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
-              data: bytes | None = None, headers: dict | None = None, cost: int = 1) -> requests.Response:
+              data: bytes | None = None, headers: dict | None = None, cost: int = 1,
+              base: Optional[str] = None) -> requests.Response:
         if self.dry_run and method != "GET":
             raise DryRunRejected(method, path, _without_password(json_body, data))
-        url = f"{self.base_url}{path if path.startswith('/') else API_PATH + path}"
+        # `base`: another Google API's root (the Licensing API) for an absolute `path`.
+        url = f"{base or self.base_url}{path if path.startswith('/') else API_PATH + path}"
         headers = {"Accept": "application/json", **(headers or {})}
         if json_body is not None:
             headers["Content-Type"] = "application/json"

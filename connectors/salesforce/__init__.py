@@ -3,20 +3,20 @@
 auth (the token endpoint), transport (the call choke point, queries, errors), mapping (Account <->
 User record), users, batch (sObject Collections); this module puts them together and builds one
 from configuration. Salesforce users cannot be deleted: `delete_user` deactivates (and can free
-the username). Public groups, permission sets and queues are out of scope: `capabilities.groups`
+the username). Profile, role and permission sets by rule: `access`. Public groups and queues are out of scope: `capabilities.groups`
 is False and the connector has no group calls.
 """
 
 from typing import Optional
 
 from connectors.salesforce.auth import TokenSource
-from connectors.salesforce.batch import Batch
+from connectors.salesforce.access import Access
 from connectors.salesforce.mapping import freed_username, make_alias, soql_quote
 from models.config import SalesforceSettings
 
 
-class SalesforceConnector(Batch):
-    """Salesforce Users through the REST API."""
+class SalesforceConnector(Access):
+    """Salesforce Users (with profile, role, permission sets and frozen logins) through the REST API."""
 
 
 def build(cfg, dry_run: bool = False) -> SalesforceConnector:

@@ -6,6 +6,7 @@ from typing import Any
 
 from connectors.errors import AuthFailed, ConfigError, ConnectorError, RateLimited, TransientError
 from connectors.probe import Findings, network_problem, tls_of
+from models.target_rules import PERMISSION_SETS
 
 # Fields the connector itself fills on every create (see SalesforceConnector._create_fields).
 FILLED = {"Username", "LastName", "Email", "Alias", "ProfileId", "IsActive", "FirstName", "FederationIdentifier"}
@@ -53,6 +54,7 @@ def probe(cfg, found: Findings) -> None:
         _profile(cfg, connector, found)
         _required_fields(cfg, connector, found)
         _limits(connector, found)
+        _access(cfg, connector, found)
     except AuthFailed as exc:
         caps["authenticated"] = False
         found.error(f"a token was issued but the API refused it: {exc}",
@@ -87,7 +89,7 @@ def _required_fields(cfg, connector, found: Findings) -> None:
     required = sorted(f["name"] for f in (describe or {}).get("fields") or []
                       if f.get("createable") and not f.get("nillable") and not f.get("defaultedOnCreate"))
     found.capabilities["required_fields"] = required
-    mapped = cfg.attribute_map.extra_targets
+    mapped = tuple(t for t in cfg.attribute_map.extra_targets if t != PERMISSION_SETS)  # not a User field
     given = FILLED | set(cfg.salesforce.defaults) | set(mapped)
     missing = [f for f in required if f not in given]
     if missing:
@@ -106,6 +108,53 @@ def _required_fields(cfg, connector, found: Findings) -> None:
         if read_only:
             found.error(f"attributes: {', '.join(read_only)} cannot be written on the User object",
                         f"remove them from the attributes: of connector {cfg.name}")
+
+
+def _access(cfg, connector, found: Findings) -> None:
+    """The names the rules give must exist (Profile, UserRole, PermissionSet), and the objects they
+    need must be readable; the free licences are reported."""
+    settings, caps = cfg.salesforce, found.capabilities
+    checks = [("Profile", "profile_rules", settings.profile_rules), ("UserRole", "role_rules", settings.role_rules)]
+    for entity, setting, rules in checks:
+        if rules is None:
+            continue
+        try:
+            names = {str(r.get("Name")) for r in connector._table(entity, fresh=True).values()}
+        except ConnectorError as exc:
+            found.error(f"{entity} cannot be read ({exc}), so salesforce.{setting} cannot be resolved",
+                        f"give the integration user the View Setup and Configuration permission")
+            continue
+        for value in rules.literal_values():
+            if value not in names:
+                found.error(f"salesforce.{setting} gives {value!r}, but Salesforce has no {entity} named {value!r}",
+                            f"use one of: {', '.join(sorted(names)) or 'none'}, or create it in Setup")
+    if settings.permission_sets:
+        try:
+            names = {str(r.get("Name")) for r in connector._table("PermissionSet", fresh=True).values()}
+            connector._first("SELECT Id, AssigneeId, PermissionSetId FROM PermissionSetAssignment LIMIT 1")
+        except ConnectorError as exc:
+            found.error(f"permission sets cannot be read ({exc})",
+                        "give the integration user the Assign Permission Sets and View Setup and Configuration "
+                        "permissions")
+        else:
+            for grant in settings.permission_sets:
+                if grant.name not in names:
+                    found.error(f"salesforce.permission_sets names {grant.name!r}, which is not a PermissionSet "
+                                f"API Name in this org", "use the permission set's API Name (Setup > Permission Sets)")
+    if settings.suspend_mode == "freeze":
+        try:
+            connector._first("SELECT Id, UserId, IsFrozen FROM UserLogin LIMIT 1")
+        except ConnectorError as exc:
+            found.error(f"UserLogin cannot be read ({exc}), so suspend_mode: freeze cannot freeze users",
+                        "give the integration user the Manage Users permission")
+    if settings.check_licences:
+        try:
+            caps["licences"] = {r["Name"]: {"total": r.get("TotalLicenses"), "used": r.get("UsedLicenses")}
+                                for r in connector._query("SELECT Id, Name, TotalLicenses, UsedLicenses FROM UserLicense")}
+        except ConnectorError as exc:
+            found.warn(f"UserLicense cannot be read ({exc}): creates are sent without checking the free licences",
+                       "give the integration user the View Setup and Configuration permission, or set "
+                       "salesforce.check_licences: false")
 
 
 def _limits(connector, found: Findings) -> None:
@@ -134,6 +183,10 @@ def summary(caps: dict[str, Any]) -> list[str]:
         lines.append(f"profile {caps['profile']} ({caps['profile_id']})")
     if caps.get("required_fields") is not None and "required_fields" in caps:
         lines.append(f"required User fields: {', '.join(caps['required_fields'])}")
+    if caps.get("licences"):
+        lines.append("licences free: " + ", ".join(f"{n} {v['total'] - v['used']} of {v['total']}"
+                                                   for n, v in caps["licences"].items()
+                                                   if isinstance(v.get("total"), int) and isinstance(v.get("used"), int)))
     if caps.get("daily_api_requests"):
         d = caps["daily_api_requests"]
         lines.append(f"daily API requests: {d['remaining']} of {d['max']} left")
