@@ -231,7 +231,8 @@ def test_licences_by_role_assigned_revoked_and_a_full_sku_is_retried(tmp_path, s
 
     google.licensing.seats[SKU] = 3  # a seat is bought: the next run links the account and assigns it
     reconcile(config)
-    assert held(google)[without] == {SKU}
+    # Which of the three went without a seat depends on the order the assignments ran in (several at once).
+    assert held(google)[without] == ({SKU, VAULT} if without == "ann" else {SKU})
     assert "nothing to do" in reconcile(config, "--dry-run")
 
     user("ann", roles=["staff"])  # the legal role goes: its licence is revoked
