@@ -178,3 +178,41 @@ def test_scimmy_by_external_id_in_requests_bounded_by_the_batch(scimmy):
     found = scimmy.find_users(keys)
     assert scimmy.requests_sent - before == math.ceil(len(keys) / 15)
     assert _ids(found) == {made[i].id for i in range(0, 40, 2)} == _ids(matching(scimmy.iter_users(), keys))
+
+
+# --- observe(): which way a batch's accounts are read ----------------------------------------------
+
+def _state(keys: list[Lookup]):
+    import pandas as pd
+
+    ids = [f"u{i:03d}" for i in range(len(keys))]
+    accounts = {i: Account(user_name=k.user_name or f"x-{i}", email=k.email) for i, k in zip(ids, keys)}
+    mapped = [(i, k.remote_id) for i, k in zip(ids, keys) if k.remote_id]
+    return SimpleNamespace(desired=pd.DataFrame({"local_id": ids}), deprovision=pd.DataFrame({"local_id": []}),
+                           mappings=pd.DataFrame(mapped, columns=["local_id", "remote_id"]), accounts=accounts)
+
+
+@pytest.mark.parametrize("lookup", ["filter", "each"])
+def test_observe_reads_by_lookups_or_listing_and_finds_the_same(lookup):
+    from tasks.plan import observe
+
+    with ScimSandbox() as server:
+        cfg = scim2_config(server, name=f"observe-{lookup}", lookup=lookup).model_copy(
+            update={"match": ["user_name", "email"]})
+        connector = get_connector(cfg)
+        assert connector.capabilities.batched_lookup is (lookup == "filter")
+        made = _fill(connector, [_account(f"Name{i}") for i in range(8)] + [_account(f"other{i}") for i in range(40)])
+        keys = [Lookup(user_name=f"name{i}") for i in range(8)] + [Lookup(email=f"other{i}@EXAMPLE.com")
+                                                                 for i in range(2)]
+        keys += [Lookup(user_name=f"nobody{i}") for i in range(10)]
+        state = _state(keys)
+        want = {m.id for m in made[:10]}
+        listed = observe(connector, cfg, state, target_size=20)  # a small target: its listing
+        before = connector.requests_sent
+        looked = observe(connector, cfg, state, target_size=10_000)  # a large one: lookups
+        sent = connector.requests_sent - before
+        assert _ids(listed) == _ids(looked) == want
+        if lookup == "filter":
+            assert sent <= 1 + 2  # one filter, and the case questions asked once
+        else:
+            assert sent == 8 + 2 * 2 + 10  # find_user's filters, key by key until one finds: grows with the batch

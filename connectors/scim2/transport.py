@@ -39,6 +39,8 @@ class Transport:
         self._spc: Optional[dict] = None
         self._payload_cap: Optional[int] = None  # the bulk body size a 413 showed the server refuses
         self.requests_sent = 0
+        if settings.lookup == "each":  # a batch's accounts one find_user at a time (see Lookups)
+            self.capabilities = replace(self.capabilities, batched_lookup=False)
 
     # --- the one choke point -------------------------------------------------------------
 
