@@ -216,3 +216,28 @@ def test_observe_reads_by_lookups_or_listing_and_finds_the_same(lookup):
             assert sent <= 1 + 2  # one filter, and the case questions asked once
         else:
             assert sent == 8 + 2 * 2 + 10  # find_user's filters, key by key until one finds: grows with the batch
+
+
+# --- Salesforce: a SOQL IN per 200 values -----------------------------------------------------------
+
+def test_salesforce_finds_what_the_listing_finds_in_a_query_per_200_values():
+    from targets import salesforce_target
+
+    with salesforce_target() as (sf, sandbox):
+        assert sf.capabilities.batched_lookup
+        ours = [sf.create_user(Account(user_name=f"our{i}@example.com", external_id=f"ext-{i}", family_name="F",
+                                       email=f"our{i}@example.com")) for i in range(6)]
+        by_email = sf.create_user(Account(user_name="someone@example.com", family_name="F", email="Mail.Only@Example.com"))
+        other_case = sf.create_user(Account(user_name="Carol@Example.com", family_name="F", email="c@example.org"))
+        for i in range(15):
+            sf.create_user(Account(user_name=f"stranger{i}@example.com", family_name="F"))
+        keys = [Lookup(external_id=f"ext-{i}") for i in range(6)]
+        keys += [Lookup(user_name="wanted@example.com", email="mail.only@example.com"),
+                 Lookup(user_name="carol@example.com")]
+        keys += [Lookup(external_id=f"new-{i}", user_name=f"new{i}@example.com", email=f"new{i}@example.com")
+                 for i in range(80)]  # 6 + 3 + 240 values: two queries
+        before = len([r for r in sandbox.requests if "/query" in r[1]])
+        found = sf.find_users(keys)
+        queries = len([r for r in sandbox.requests if "/query" in r[1]]) - before
+        assert _ids(found) == _ids(matching(sf.iter_users(), keys)) == {a.id for a in ours} | {by_email.id, other_case.id}
+        assert queries == 2
