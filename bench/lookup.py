@@ -81,7 +81,8 @@ def main() -> int:
                         connector.find_users(keys[:1])  # its one-off questions (case, .search) not timed
                         before, t0 = connector.requests_sent, time.perf_counter()
                         found = how()
-                        cells.append(f"{len(found):3d} {connector.requests_sent - before:4d} req {time.perf_counter() - t0:5.2f} s")
+                        sent, took = connector.requests_sent - before, time.perf_counter() - t0
+                        cells.append(f"{len(found):3d} {sent:4d} req {took:5.2f} s")
                     print(f"{server:<13}{size:>7}{batch:>6}  " + "  ".join(cells), flush=True)
         finally:
             proc.terminate()

@@ -36,7 +36,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlmodel import Session
 
 from connectors.base import MANAGED, Account, Lookup, RemoteGroup, find_each, group_named, matching
-from connectors.errors import NotFound, Rejected
+from connectors.errors import Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView, group_ids, group_members, load_views, qualified_names
 from models.kinds import Action, Intent

@@ -227,7 +227,8 @@ def test_salesforce_finds_what_the_listing_finds_in_a_query_per_200_values():
         assert sf.capabilities.batched_lookup
         ours = [sf.create_user(Account(user_name=f"our{i}@example.com", external_id=f"ext-{i}", family_name="F",
                                        email=f"our{i}@example.com")) for i in range(6)]
-        by_email = sf.create_user(Account(user_name="someone@example.com", family_name="F", email="Mail.Only@Example.com"))
+        by_email = sf.create_user(Account(user_name="someone@example.com", family_name="F",
+                                          email="Mail.Only@Example.com"))
         other_case = sf.create_user(Account(user_name="Carol@Example.com", family_name="F", email="c@example.org"))
         for i in range(15):
             sf.create_user(Account(user_name=f"stranger{i}@example.com", family_name="F"))
@@ -239,5 +240,6 @@ def test_salesforce_finds_what_the_listing_finds_in_a_query_per_200_values():
         before = len([r for r in sandbox.requests if "/query" in r[1]])
         found = sf.find_users(keys)
         queries = len([r for r in sandbox.requests if "/query" in r[1]]) - before
-        assert _ids(found) == _ids(matching(sf.iter_users(), keys)) == {a.id for a in ours} | {by_email.id, other_case.id}
+        want = {a.id for a in ours} | {by_email.id, other_case.id}
+        assert _ids(found) == _ids(matching(sf.iter_users(), keys)) == want
         assert queries == 2

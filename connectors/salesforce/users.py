@@ -113,7 +113,8 @@ class Users(Transport):
         chunk: dict[str, set[str]] = {f: set() for f, _ in fields}
 
         def flush() -> None:
-            ors = " OR ".join(f"{f} IN ({', '.join(soql_quote(v) for v in sorted(vs))})" for f, vs in chunk.items() if vs)
+            ors = " OR ".join(f"{f} IN ({', '.join(soql_quote(v) for v in sorted(vs))})"
+                              for f, vs in chunk.items() if vs)
             if ors:
                 for record in self._query(f"SELECT {self._select()} FROM User WHERE UserType = 'Standard' AND ({ors})"):
                     account = self._account(record)
