@@ -1,10 +1,11 @@
 """Where a burst's time goes: accepting, claiming, each task, Prefect calls, store writes, target requests.
 
     .venv/bin/python bench/profile_burst.py [--events 2000] [--clients 16] [--store sqlite|postgres]
-                                            [--profile] [--drainers 1]
+                                            [--profile] [--drainers 1] [--existing 0]
 
 One run, one SCIM server (scim2-server in its own process, so its CPU is not charged to the engine):
-1. bare client: POST /Bulk with 100 creates per request, sequentially, `--events` other users.
+1. bare client: POST /Bulk with 100 creates per request, sequentially, `--events` other users;
+   `--existing N` then puts N more accounts in the target (untimed), a larger target to read.
 2. accepting: the event API (`deployments.api.create_app`) under uvicorn in this process, its
    dispatch only counting; `--clients` senders in a child process POST `--events` user.created
    events. Time inside `accept` (validate + store) is shown beside the HTTP rate.
@@ -213,19 +214,19 @@ def users_in_target(url: str, token: str) -> int:
     return answer.json()["totalResults"]
 
 
-def bare_bulk(url: str, token: str, n: int) -> float:
+def bare_bulk(url: str, token: str, n: int, prefix: str = "bare") -> float:
     """Users/s of a sequential POST /Bulk loop, 100 creates per request."""
     import httpx
 
-    run = uuid.uuid4().hex[:6]
+    run = prefix + uuid.uuid4().hex[:6]
     with httpx.Client(headers={"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"},
                       timeout=60) as client:
         started = time.perf_counter()
         for first in range(0, n, 100):
             ops = [{"method": "POST", "path": "/Users", "bulkId": f"b{i}",
-                    "data": {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": f"bare{run}{i}",
-                             "externalId": f"bare{run}{i}", "name": {"givenName": "Bare", "familyName": f"U{i}"},
-                             "emails": [{"value": f"bare{run}{i}@example.com", "primary": True}], "active": True}}
+                    "data": {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": f"{run}{i}",
+                             "externalId": f"{run}{i}", "name": {"givenName": "Bare", "familyName": f"U{i}"},
+                             "emails": [{"value": f"{run}{i}@example.com", "primary": True}], "active": True}}
                    for i in range(first, min(n, first + 100))]
             answer = client.post(f"{url}/Bulk", content=json.dumps(
                 {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkRequest"], "Operations": ops}))
@@ -304,6 +305,7 @@ def main() -> int:
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--accept-only", action="store_true", help="stop after the accepting phase")
+    parser.add_argument("--existing", type=int, default=0, help="accounts put in the target before the burst")
     args = parser.parse_args()
     n = args.events
     with tempfile.TemporaryDirectory(prefix="outbound-profile-") as tmp, scim_process() as (url, token), \
@@ -320,6 +322,9 @@ def main() -> int:
         bare = bare_bulk(url, token, n)
         print(f"bare client: POST /Bulk, 100 creates per request, sequential: {bare:.0f} users/s; "
               f"temporary Prefect API started in {prefect_start:.1f} s")
+        if args.existing:
+            bare_bulk(url, token, args.existing, prefix="existing")
+        print(f"the target holds {users_in_target(url, token)} accounts before the burst")
         instrument()
         run = uuid.uuid4().hex[:4]
         accepting, cpu = accept_phase(config_path, n, args.clients, run)

@@ -64,6 +64,9 @@ class Capabilities:
     # Whether the target tells group names apart by case (see `same_group_name`): SCIM's Group
     # displayName is caseExact=false unless the server's /Schemas say otherwise; Google compares addresses.
     group_names_case_exact: bool = False
+    # `find_users` looks a batch's accounts up in a few requests (SCIM `or` filters, a SOQL IN); False:
+    # callers use `find_each` (the per-user `find_user`), or the listing.
+    batched_lookup: bool = False
 
 
 class Connector(Protocol):
@@ -89,10 +92,68 @@ class Connector(Protocol):
     def delete_user(self, remote_id: str) -> None: ...
     def iter_users(self) -> Iterator[Account]: ...
 
+    # Only when `capabilities.batched_lookup`: every account `matching` any of `keys`, as a listing
+    # filtered by `matching` would give, in requests that grow with len(keys), not with the target.
+    def find_users(self, keys: list["Lookup"]) -> list[Account]: ...
+
     # Results align with `ops`: each is the resulting Account (create/update), None (done), or the
     # ConnectorError that call met. Never raises for one op. `max_workers` bounds parallel calls
     # where the target has no batch endpoint.
     def apply_batch(self, ops: list[BatchOp], *, max_workers: int = 1) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One user's keys to find its candidate accounts by: the mapped account's id, then externalId
+    (exact), userName and email (both without case). A key left None is not looked for."""
+
+    remote_id: Optional[str] = None
+    external_id: Optional[str] = None
+    user_name: Optional[str] = None
+    email: Optional[str] = None
+
+
+def _fold(value: Optional[str]) -> str:
+    return (value or "").lower()
+
+
+def matching(accounts: Iterable[Account], keys: Iterable[Lookup]) -> list[Account]:
+    """The accounts that match any key: by id, externalId (exact), userName or email (without case).
+
+    The one rule of what a batch's candidates are, whether they come from a listing or from lookups:
+    a server's answer to a filter is narrowed by it, so a server that compares otherwise changes nothing.
+    """
+    keys = list(keys)
+    ids = {k.remote_id for k in keys} - {None}
+    externals = {k.external_id for k in keys} - {None}
+    names = {_fold(k.user_name) for k in keys} - {""}
+    emails = {_fold(k.email) for k in keys} - {""}
+    return [a for a in accounts if a.id in ids or a.external_id in externals or _fold(a.user_name) in names
+            or _fold(a.email) in emails]
+
+
+def find_each(connector: "Connector", keys: list[Lookup], workers: int = 4) -> list[Account]:
+    """The per-user lookups, for a connector without `find_users`: the mapped account by id, else
+    the first `find_user` finds; over up to `workers` threads; each account once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from connectors.errors import NotFound
+
+    def look(key: Lookup) -> list[Account]:
+        if key.remote_id:
+            try:
+                return [connector.get_user(key.remote_id)]
+            except NotFound:
+                pass
+        if not (key.external_id or key.user_name or key.email):
+            return []
+        hit = connector.find_user(external_id=key.external_id, user_name=key.user_name,
+                                  **({"email": key.email} if key.email else {}))
+        return [hit] if hit is not None else []
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys) or 1))) as pool:
+        accounts = [a for found in pool.map(look, keys) for a in found]
+    return list({a.id: a for a in accounts}.values())
 
 
 class GroupConnector(Connector, Protocol):

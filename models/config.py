@@ -104,6 +104,11 @@ class Scim2Settings(HttpSettings):
     auth: ScimAuth
     page_size: int = Field(default=100, ge=1, le=1000)
     update_method: Literal["auto", "patch", "put"] = "auto"
+    # How an event batch finds its users' accounts when it does not read the listing: `each`, one
+    # filter per user and key (a single `eq`, which servers index); `filter`, a few `or` filters per
+    # batch (connectors/scim2/lookup.py), for a server that answers `or` from an index: scim2-server
+    # walks every account for each term of an `or`, slower than listing it (docs/scim.md).
+    lookup: Literal["each", "filter"] = "each"
 
     @model_validator(mode="after")
     def _urls(self):

@@ -35,8 +35,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlmodel import Session
 
-from connectors.base import MANAGED, Account, RemoteGroup, group_named
-from connectors.errors import NotFound, Rejected
+from connectors.base import MANAGED, Account, Lookup, RemoteGroup, find_each, group_named, matching
+from connectors.errors import Rejected
 from models.config import Config, ConnectorConfig
 from models.identity import UserView, group_ids, group_members, load_views, qualified_names
 from models.kinds import Action, Intent
@@ -236,56 +236,49 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
 # A listing page holds ~100 accounts, a lookup costs a request or two per user: a batch reads the
 # whole target instead when that is fewer requests (the target is under LIST_RATIO × the batch).
 LIST_RATIO = 100
+# With batched lookups (`find_users`) a request covers ~50 users' keys (100 eq terms): the listing is
+# fewer requests only while the target is under BATCHED_LIST_RATIO × the batch.
+BATCHED_LIST_RATIO = 2
 
 
 def observe(connector, cfg: ConnectorConfig, state: DesiredState, workers: int = 4,
             target_size: Optional[int] = None) -> list[Account]:
     """The target's accounts of a batch of users: by lookups, or from a listing when that is cheaper.
 
-    The mapped account (by id), else a search by the connector's match keys: the same candidates a
-    full listing would offer the diff, so both paths decide alike. `target_size`: an estimate of
-    how many accounts the target holds (the connector's mappings).
+    The candidates by the connector's match keys and the mapped id (`connectors.base.matching`):
+    the same ones a full listing would offer the diff, so both paths decide alike. Lookups are the
+    connector's batched `find_users` when it has them (a few requests, whatever the target's size),
+    else one `find_user` per user over `workers` threads. `target_size`: an estimate of how many
+    accounts the target holds (the connector's mappings).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
     batch = set(state.desired["local_id"]) | set(state.deprovision["local_id"])
-    keys = set(cfg.match)
-    if target_size is not None and len(batch) > 1 and target_size < LIST_RATIO * len(batch):
-        return _listed(connector, state, batch, mapped, keys)
+    keys = _lookups(state, batch, mapped, set(cfg.match))
+    batched = connector.capabilities.batched_lookup
+    ratio = BATCHED_LIST_RATIO if batched else LIST_RATIO
+    if target_size is not None and len(batch) > 1 and target_size < ratio * len(batch):
+        return _listed(connector, keys)
+    if batched:
+        return connector.find_users(keys)
+    return find_each(connector, keys, workers)
 
-    def look(local_id: str) -> list[Account]:
-        found = []
-        if mapped.get(local_id):
-            try:
-                found.append(connector.get_user(mapped[local_id]))
-                return found
-            except NotFound:
-                pass
+
+def _lookups(state: DesiredState, batch: set[str], mapped: dict[str, str], keys: set[str]) -> list[Lookup]:
+    """Each user's keys, by the connector's `match`: its mapped id, its id as externalId, the username
+    and email its account should have (a user to deprovision has only the first two)."""
+    out = []
+    for local_id in sorted(batch):
         account = state.accounts.get(local_id)
-        if account is None:
-            return found
-        hit = connector.find_user(external_id=local_id if "external_id" in keys else None,
-                                  user_name=account.user_name if "user_name" in keys else None,
-                                  **({"email": account.email} if "email" in keys and account.email else {}))
-        return found + ([hit] if hit is not None else [])
-
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(batch) or 1))) as pool:
-        accounts = [a for found in pool.map(look, sorted(batch)) for a in found]
-    unique = {a.id: a for a in accounts}
-    return list(unique.values())
+        out.append(Lookup(remote_id=mapped.get(local_id) or None,
+                          external_id=local_id if "external_id" in keys else None,
+                          user_name=account.user_name if account is not None and "user_name" in keys else None,
+                          email=(account.email or None) if account is not None and "email" in keys else None))
+    return out
 
 
-def _listed(connector, state: DesiredState, batch: set[str], mapped: dict[str, str], keys: set[str]) -> list[Account]:
+def _listed(connector, keys: list[Lookup]) -> list[Account]:
     """The batch's candidates out of a full listing: the same accounts the lookups would find."""
-    ids = {mapped[u] for u in batch if mapped.get(u)}
-    names = {state.accounts[u].user_name.lower() for u in batch if u in state.accounts} if "user_name" in keys else set()
-    emails = ({(state.accounts[u].email or "").lower() for u in batch if u in state.accounts} - {""}
-              if "email" in keys else set())
-    externals = batch if "external_id" in keys else set()
-    return [a for a in connector.iter_users()
-            if a.id in ids or a.external_id in externals or (a.user_name or "").lower() in names
-            or (a.email or "").lower() in emails]
+    return matching(connector.iter_users(), keys)
 
 
 # --- the diff ------------------------------------------------------------------------------

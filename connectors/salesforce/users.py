@@ -1,9 +1,10 @@
 """Salesforce users: create, read, find, update, activate, deactivate (Salesforce cannot delete), list."""
 
 import re
+from dataclasses import replace
 from typing import Any, Iterator, Optional
 
-from connectors.base import Account
+from connectors.base import Account, Lookup, matching
 from connectors.errors import AlreadyExists, ConnectorError, Rejected
 from connectors.salesforce.mapping import (USERNAME_MAX, applied, create_fields, created, freed_username, patch_fields,
                                            soql_quote, to_account)
@@ -96,3 +97,36 @@ class Users(Transport):
         """Every standard (human) user, active or not, page by page."""
         for record in self._query(f"SELECT {self._select()} FROM User WHERE UserType = 'Standard'"):
             yield self._account(record)
+
+    # --- a batch's accounts in a few queries (tasks.plan.observe) --------------------------------
+
+    capabilities = replace(Transport.capabilities, batched_lookup=True)
+    LOOKUP_VALUES = 200  # values in one query's IN lists (SOQL text stays ~10 KB)
+
+    def find_users(self, keys: list[Lookup]) -> list[Account]:
+        """Every standard user matching any of `keys` (`connectors.base.matching`), as the listing
+        gives: `WHERE UserType = 'Standard' AND (Id IN … OR FederationIdentifier IN … OR Username IN …
+        OR Email IN …)`, one query per LOOKUP_VALUES values (SOQL compares text without case)."""
+        fields = (("Id", "remote_id"), ("FederationIdentifier", "external_id"), ("Username", "user_name"),
+                  ("Email", "email"))
+        found: dict[str, Account] = {}
+        chunk: dict[str, set[str]] = {f: set() for f, _ in fields}
+
+        def flush() -> None:
+            ors = " OR ".join(f"{f} IN ({', '.join(soql_quote(v) for v in sorted(vs))})"
+                              for f, vs in chunk.items() if vs)
+            if ors:
+                for record in self._query(f"SELECT {self._select()} FROM User WHERE UserType = 'Standard' AND ({ors})"):
+                    account = self._account(record)
+                    found[account.id] = account
+            for values in chunk.values():
+                values.clear()
+
+        for key in keys:
+            values = {f: getattr(key, a) for f, a in fields if getattr(key, a)}
+            if sum(map(len, chunk.values())) + len(values) > self.LOOKUP_VALUES:
+                flush()
+            for f, v in values.items():
+                chunk[f].add(v if f in ("Id", "FederationIdentifier") else v.lower())
+        flush()
+        return matching(found.values(), keys)

@@ -1,17 +1,19 @@
 """SCIM 2.0 (RFC 7643/7644) connector: payloads with scim2-models, HTTP with requests.
 
 transport (the request choke point, auth refresh, errors), mapping (Account <-> SCIM resources),
-users, groups, batch (/Bulk); this module puts them together and builds one from configuration.
+users, groups, batch (/Bulk), lookup (a batch's accounts by `or` filters); this module puts them together and builds one from configuration.
 """
 
 from connectors.scim2.batch import Batch, match_answers
 from connectors.scim2.groups import Groups
+from connectors.scim2.lookup import Lookups
 from connectors.scim2.transport import filter_eq
 from models.config import Scim2Settings
 
 
-class Scim2Connector(Batch, Groups):
-    """Users and groups on a SCIM 2.0 server; batches through /Bulk when it has one."""
+class Scim2Connector(Batch, Lookups, Groups):
+    """Users and groups on a SCIM 2.0 server; batches through /Bulk when it has one; a batch's
+    accounts looked up by `or` filters."""
 
 
 def build(cfg, dry_run: bool = False) -> Scim2Connector:

@@ -25,7 +25,7 @@ def filter_eq(attribute: str, value: str) -> str:
 class Transport:
     """The connector's HTTP side: every request goes through `_request`."""
 
-    capabilities = Capabilities(groups=True, deletes_users=True, uses_profile=True)
+    capabilities = Capabilities(groups=True, deletes_users=True, uses_profile=True, batched_lookup=True)
 
     def __init__(self, name: str, settings: Scim2Settings, session: requests.Session, dry_run: bool = False,
                  extra_targets: tuple[str, ...] = ()):
@@ -39,6 +39,8 @@ class Transport:
         self._spc: Optional[dict] = None
         self._payload_cap: Optional[int] = None  # the bulk body size a 413 showed the server refuses
         self.requests_sent = 0
+        if settings.lookup == "each":  # a batch's accounts one find_user at a time (see Lookups)
+            self.capabilities = replace(self.capabilities, batched_lookup=False)
 
     # --- the one choke point -------------------------------------------------------------
 
@@ -46,13 +48,13 @@ class Transport:
                  cut_off_unknown: bool = False) -> requests.Response:
         """Send one request; HTTP errors become the shared error tree. With `cut_off_unknown`, a request
         that may have reached the server before the connection failed raises OutcomeUnknown. On a dry
-        run anything but a GET raises DryRunRejected instead of being sent."""
-        with read_applies_nothing(method):
+        run anything but a read (a GET, a POST …/.search) raises DryRunRejected instead of being sent."""
+        with read_applies_nothing("GET" if _is_search(method, path) else method):
             return self._send(method, path, json_body=json_body, params=params, cut_off_unknown=cut_off_unknown)
 
     def _send(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
               _refreshed: bool = False, cut_off_unknown: bool = False) -> requests.Response:
-        if self.dry_run and method != "GET":
+        if self.dry_run and method != "GET" and not _is_search(method, path):
             raise DryRunRejected(method, path, json_body)
         url = path if path.startswith("http") else f"{self.base_url}{path}"
         headers = {"Accept": SCIM_JSON}
@@ -139,6 +141,11 @@ class Transport:
         if self.settings.update_method != "auto":
             return self.settings.update_method == "patch"
         return bool((self.service_provider_config().get("patch") or {}).get("supported"))
+
+
+def _is_search(method: str, path: str) -> bool:
+    """A POST to …/.search (RFC 7644 §3.4.3) reads, as a GET does."""
+    return method == "POST" and path.rstrip("/").endswith("/.search")
 
 
 def scim_error(what: str, status: int, body: dict, retry_after: float | None) -> Exception:
