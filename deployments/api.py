@@ -233,10 +233,32 @@ class InProcess:
             self._wake.notify()
 
     def _loop(self) -> None:
-        from prefect import tags
+        # One event loop and one pair of Prefect API clients for the thread's life. Prefect makes new
+        # clients for each run otherwise (three, each parsing certifi's CA bundle for its TLS context,
+        # and checking the server's version): that was half of a lone event's time at rest.
+        loop = asyncio.new_event_loop()
+        try:
+            while not self._stopped:
+                try:
+                    loop.run_until_complete(self._drain_with_clients())
+                except Exception as exc:  # the Prefect API is unreachable: the outbox keeps the events
+                    log.warning("in-process drainer cannot reach the Prefect API: %s: %s", type(exc).__name__, exc)
+                    with self._wake:
+                        if not self._stopped:
+                            self._wake.wait(timeout=self.LOOK_EVERY)
+        finally:
+            loop.close()
 
-        from flows.provision import provision_user
+    async def _drain_with_clients(self) -> None:
+        from prefect.context import AsyncClientContext, SyncClientContext
 
+        with SyncClientContext.get_or_create():
+            async with AsyncClientContext.get_or_create():
+                while self._work_waits():  # blocks this thread while idle: nothing else runs on its loop
+                    await self._drain_once()
+
+    def _work_waits(self) -> bool:
+        """Wait until woken or LOOK_EVERY passes with a retry due; False once stopped."""
         from models.outbox import waiting_count
 
         while True:
@@ -244,19 +266,24 @@ class InProcess:
                 if not self._pending_wakes and not self._stopped:
                     self._wake.wait(timeout=self.LOOK_EVERY)
                 if self._stopped:
-                    return
+                    return False
                 woken, self._pending_wakes = self._pending_wakes, 0  # one drain serves every wake-up so far
             try:  # unwoken: only when a retry has come due (or an event was stored by another process)
-                if not woken and not waiting_count():
-                    continue
+                if woken or waiting_count():
+                    return True
             except Exception as exc:  # the store is down: look again later
                 log.warning("in-process drainer cannot read the outbox: %s", exc)
-                continue
-            try:
-                with tags("trigger:event", *(f"connector:{c}" for c in self.connectors)):
-                    asyncio.run(provision_user(config_path=self.config_path, return_state=True))
-            except Exception as exc:  # the outbox keeps the events; the sweeper will try again
-                log.warning("in-process drain failed: %s: %s", type(exc).__name__, exc)
+
+    async def _drain_once(self) -> None:
+        from prefect import tags
+
+        from flows.provision import provision_user
+
+        try:
+            with tags("trigger:event", *(f"connector:{c}" for c in self.connectors)):
+                await provision_user(config_path=self.config_path, return_state=True)
+        except Exception as exc:  # the outbox keeps the events; the sweeper will try again
+            log.warning("in-process drain failed: %s: %s", type(exc).__name__, exc)
 
     def shutdown(self, wait: bool = True) -> None:
         with self._wake:
