@@ -267,7 +267,8 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
               "dry_run": dry_run, "summary": plan.summary(),
               "counts": counts, "deletions": plan.deletions, "threshold": plan.threshold,
               "desired_count": plan.desired_count, "target_count": plan.target_count, "unmanaged": plan.unmanaged,
-              "guard_tripped": plan.guard_tripped, "plan_hash": digest, "reports": reports, "decision": None}
+              "guard_tripped": plan.guard_tripped, "plan_hash": digest, "reports": reports, "decision": None,
+              "problems": list(plan.problems)}
     if dry_run:
         logger.info("connector=%s dry run: nothing will be written. %s", cfg.name, _guard_line(plan))
 

@@ -198,6 +198,18 @@ class QuarantineBackoff(Strict):
         return min(self.max, current * self.factor if current else self.initial)
 
 
+class GroupNesting(Strict):
+    """How nested groups count (`eng-platform` nested in `engineering`): `flatten` makes a member of
+    eng-platform a member of engineering; `direct` counts only the groups a user was put in.
+
+    rules: for the connector's `roles:` rule (met by a role the user holds or a group they are in).
+    push: for the members a pushed group gets in the target (SCIM and Google groups).
+    """
+
+    rules: Literal["flatten", "direct"] = "flatten"
+    push: Literal["flatten", "direct"] = "flatten"
+
+
 class ConnectorConfig(Strict):
     name: Name
     type: Literal["scim2", "google", "salesforce"]
@@ -207,6 +219,8 @@ class ConnectorConfig(Strict):
     organization_level: bool = True
     roles: list[str] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
+    # Overrides the top-level `group_nesting`, key by key (a key left out keeps the top-level value).
+    group_nesting: Optional[GroupNesting] = None
     user_store_domain: Optional[str] = None
     pattern: Optional[str] = None
     separator: str = "_"
@@ -511,6 +525,7 @@ class Config(Strict):
     events: EventSettings = Field(default_factory=EventSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     sources: SourceSettings = Field(default_factory=SourceSettings)
+    group_nesting: GroupNesting = Field(default_factory=GroupNesting)
 
     @model_validator(mode="after")
     def _references(self):
@@ -530,6 +545,13 @@ class Config(Strict):
             if c.name == name:
                 return c
         raise KeyError(name)
+
+    def nesting(self, cfg: ConnectorConfig) -> GroupNesting:
+        """The group nesting settings of connector `cfg`: its own keys over the top-level ones."""
+        if cfg.group_nesting is None:
+            return self.group_nesting
+        own = cfg.group_nesting.model_dump(include=cfg.group_nesting.model_fields_set)
+        return self.group_nesting.model_copy(update=own)
 
     def idp(self, name: str) -> Optional[IdentityProvider]:
         return next((i for i in self.identity_providers if i.name == name), None)

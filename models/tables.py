@@ -87,6 +87,14 @@ class GroupMember(SQLModel, table=True):
     user_id: str = Field(foreign_key="users.id", primary_key=True, max_length=64)
 
 
+class GroupNesting(SQLModel, table=True):
+    """A group that is a member of another group: `member_group_id`'s members count in `group_id`."""
+
+    __tablename__ = "group_nesting"
+    group_id: str = Field(foreign_key="groups.id", primary_key=True, max_length=64)
+    member_group_id: str = Field(foreign_key="groups.id", primary_key=True, max_length=64, index=True)
+
+
 class Mapping(SQLModel, table=True):
     """A local entity linked to its account in one connector's target."""
 

@@ -15,7 +15,7 @@ from models.identity import UserView
 from models.mapping import local_values
 from models.patterns import PatternError
 from models.runstate import get_mapping, last_operation, recent_flow_runs
-from tasks.policy import decide, scope
+from tasks.policy import decide, held_names, scope
 from tasks.username import user_name_for
 
 log = logging.getLogger("outbound.explain")
@@ -116,11 +116,12 @@ def explain(session: Session, user: UserView, config: Config, connector: Optiona
             connector=cfg.name, type=cfg.type, enabled=cfg.enabled, in_scope=cfg.enabled and in_scope,
             decision=decision.action, reason=decision.reason, level=_levels(user, cfg, config),
             trigger=user.source, idps=list(user.idps), roles_required=list(cfg.roles),
-            roles_held=sorted(user.roles), user_store_required=cfg.user_store_domain, user_store=user.user_store,
+            roles_held=sorted(held_names(user, config.nesting(cfg).rules)), user_store_required=cfg.user_store_domain, user_store=user.user_store,
             remote_name=remote_name, how=how, recorded_name=recorded,
             remote_id=mapping.remote_id if mapping else None,
             last_operation=_last_operation(session, cfg.name, user.id),
-            groups=sorted(g for g in cfg.groups if g in user.groups),
+            groups=sorted(g for g in cfg.groups if g in user.groups or (
+                config.nesting(cfg).push == "flatten" and g in user.inherited)),
             recent_runs=_recent_runs(session, cfg.name, user.id),
             attributes=cfg.attribute_map.explain(local_values(user, remote_name), user.attributes)))
     return out
@@ -181,7 +182,8 @@ def render_markdown(user: UserView, items: list[ConnectorExplanation]) -> str:
     out = [f"# Why {_md(user.qualified_name)} is (not) provisioned", "",
            f"Tenant `{_md(user.tenant)}`, arrived by `{user.source}`"
            + (f" through {', '.join(user.idps)}" if user.idps else "")
-           + f"; roles: {', '.join(sorted(user.roles)) or 'none'}; groups: {', '.join(sorted(user.groups)) or 'none'}."]
+           + f"; roles: {', '.join(sorted(user.roles)) or 'none'}; groups: {', '.join(sorted(user.groups)) or 'none'}"
+           + (f" (through nesting: {', '.join(sorted(user.inherited))})" if user.inherited else "") + "."]
     for e in items:
         out += ["", f"## {_md(e.connector)} ({e.type}{'' if e.enabled else ', disabled'})", "",
                 "| | |", "|---|---|"]

@@ -41,6 +41,7 @@ from models.config import Config, ConnectorConfig
 from models.identity import UserView, group_ids, group_members, load_views, qualified_names
 from models.kinds import Action, Intent
 from models.mapping import local_values
+from models.nesting import cycle_problems, members_through, nesting
 from models.runstate import count_user_links, group_links, links_of_accounts, user_links
 from tasks.policy import Decision, decide
 from tasks.username import MAX_SUFFIX, assign_names, user_name_for, with_suffix
@@ -86,6 +87,9 @@ class Plan:
     decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)  # local_id -> (user@STORE, decision)
     mapped: dict[str, str] = field(default_factory=dict)  # local_id -> remote_id, before the plan
     present: set[str] = field(default_factory=set)  # a batch's plan: the remote ids found in the target
+    # What the store holds that cannot be honoured as it stands (a nested-group cycle): one line
+    # each, logged once per run; the plan goes ahead around it.
+    problems: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts = {a: 0 for a in ACTIONS}
@@ -116,7 +120,8 @@ class Plan:
         counts = ", ".join(f"{k} {v}" for k, v in self.counts().items() if v)
         return (f"{self.connector}: {self.desired_count} desired, {self.target_count} in the target "
                 f"({self.unmanaged} unmanaged); plan: {counts or 'nothing to do'}; "
-                f"deletes+disables {self.deletions} (limit {self.threshold})")
+                f"deletes+disables {self.deletions} (limit {self.threshold})"
+                + "".join(f"; problem: {p}" for p in self.problems))
 
 
 # --- frames --------------------------------------------------------------------------------
@@ -517,12 +522,22 @@ def group_diff(names: list[str], local_groups: dict[str, str], local_members: di
     return frame.where(frame.notna(), None)
 
 
+def pushed_members(session: Session, names: list[str], nest: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Group name -> the user ids its target group should hold: its own members, and with nesting
+    (`nest`, empty for `group_nesting.push: direct`) those of the groups nested in it."""
+    if not nest:
+        return group_members(session, names)
+    every = set(names) | set(nest) | {c for children in nest.values() for c in children}
+    return members_through(names, group_members(session, sorted(every)), nest)
+
+
 def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: DesiredState,
-                rows: pd.DataFrame) -> pd.DataFrame:
-    """The group rows of connector `cfg`, given the user plan `rows` (creates, links, deletes to come)."""
+                rows: pd.DataFrame, nest: dict[str, set[str]], push: str = "flatten") -> pd.DataFrame:
+    """The group rows of connector `cfg`, given the user plan `rows` (creates, links, deletes to come);
+    `nest`: the store's group nesting, `push`: how it counts (`group_nesting.push`)."""
     names = list(cfg.groups)
     local_groups = group_ids(session, names)
-    local_members = group_members(session, names)
+    local_members = pushed_members(session, names, nest if push == "flatten" else {})
     group_maps = group_links(session, cfg.name)
     # Each desired user's account: the mapped one, the one this plan links, or None (this plan creates it).
     mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
@@ -579,8 +594,10 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
                 max_deletions=cfg.max_deletions, desired=state.accounts, conflicts=state.conflicts,
                 decisions=state.decisions, mapped=dict(zip(state.mappings["local_id"], state.mappings["remote_id"])),
                 present=set(target["remote_id"]) if user_ids is not None else set())
+    nest = nesting(session)
+    plan.problems = cycle_problems(nest)
     if cfg.groups and connector.capabilities.groups:
-        plan.group_rows = plan_groups(session, cfg, connector, state, rows)
+        plan.group_rows = plan_groups(session, cfg, connector, state, rows, nest, config.nesting(cfg).push)
     return plan
 
 

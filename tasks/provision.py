@@ -27,7 +27,7 @@ from tasks import health, retry
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
-from tasks.runlog import LOGGED_OUTCOMES, log_outcomes, outcome_line
+from tasks.runlog import LOGGED_OUTCOMES, log_outcomes, outcome_line, run_logger
 from tasks.store_errors import store_errors_plain
 
 
@@ -182,6 +182,8 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
         report(cfg.name, failed, events, flow_run_id)
         raise
     health.record_success(cfg.name)
+    for problem in plan.problems:
+        run_logger(log).warning("connector=%s %s", cfg.name, problem)
     counts = Counts()
     rows = plan.rows.to_dict(orient="records")
     with slot:
