@@ -300,6 +300,11 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
         await _label_run("approved" if decision["decision"] == APPROVED else "forced with --yes")
 
     outcome = _apply(plan, config, run_id, dry_run, chunk_size)
+    if plan.followups and not dry_run:  # reports created with their managers: the managers' ids exist now
+        logger.info("connector=%s second pass: the manager of %d users created in this run", cfg.name,
+                    len(plan.followups))
+        second = plan_task.with_options(**task_options(config.retry))(cfg.name, config, dry_run, plan.followups)
+        outcome.add(_apply(second, config, run_id, dry_run, chunk_size))
     status = (RunStatus.FAILED if outcome.not_done and not outcome.succeeded else RunStatus.PARTIAL
               if outcome.not_done else RunStatus.SUCCEEDED)
     finish_run(run_id, status, counts, outcome.as_dict())

@@ -27,7 +27,7 @@ mapped to a user of this connector). Members that are not ours are left alone.
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,7 @@ from models.kinds import Action, Intent
 from models.mapping import local_values
 from models.nesting import cycle_problems, members_through, nesting
 from models.runstate import count_user_links, group_links, links_of_accounts, user_links
+from tasks.managers import Managers, creation_order, resolve_managers
 from tasks.policy import Decision, decide
 from tasks.username import MAX_SUFFIX, assign_names, user_name_for, with_suffix
 
@@ -90,6 +91,9 @@ class Plan:
     # What the store holds that cannot be honoured as it stands (a nested-group cycle): one line
     # each, logged once per run; the plan goes ahead around it.
     problems: list[str] = field(default_factory=list)
+    # Users created by this plan without their manager, because the manager is created by it too:
+    # planned again once this plan is applied (the run's second pass).
+    followups: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts = {a: 0 for a in ACTIONS}
@@ -151,8 +155,9 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig) -> Account:
-    """The account `user` should have on `cfg`, named `user_name`."""
+def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig, manager: Any = None) -> Account:
+    """The account `user` should have on `cfg`, named `user_name`; `manager`: what the target knows
+    the user's manager's account by (`tasks.managers`), None while it has none."""
     display = user.display_name or " ".join(p for p in (user.given_name, user.family_name) if p) or None
     values = {"given_name": user.given_name, "family_name": user.family_name, "display_name": display,
               "email": user.email}
@@ -161,6 +166,8 @@ def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig) -> Acc
     if mapping:  # the connector's `attributes:` (a mapped core field replaces its default)
         core, extra = mapping.evaluate(local_values(user, user_name), user.attributes)
         values.update(core)
+        if mapping.manager_target:
+            extra[mapping.manager_target] = manager
     return Account(user_name=user_name, external_id=user.id, active=user.active, extra=extra, **values)
 
 
@@ -176,6 +183,7 @@ class DesiredState:
     conflicts: dict[str, tuple[str, Rejected]] = field(default_factory=dict)
     decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)
     user_ids: Optional[list[str]] = None  # the batch, or None for every user
+    managers: Managers = field(default_factory=Managers)
 
 
 MAPPING_COLUMNS = ["local_id", "remote_id", "remote_name"]
@@ -217,10 +225,11 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
                                  names=_qualified_names(session, views, mapped), check=check_name)
     desired, deprovision, accounts = [], [], {}
     extra = extra_columns(cfg)
+    managers = resolve_managers(session, config, cfg, [u for u in wanted if u.id in names])
     for user in views:
         decision = decisions[user.id]
         if decision.action == PROVISION and user.id in names:
-            account = desired_account(user, names[user.id].user_name, cfg)
+            account = desired_account(user, names[user.id].user_name, cfg, managers.values.get(user.id))
             accounts[user.id] = account
             values = account.managed()
             desired.append((user.id, user.qualified_name, decision.reason,
@@ -235,7 +244,7 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
         conflicts={i: (next(u.qualified_name for u in views if u.id == i), e) for i, e in errors.items()},
         decisions={u.id: (u.qualified_name, decisions[u.id]) for u in views}
         if user_ids is not None else {},  # a batch reports per user; a full run per row
-        user_ids=user_ids)
+        user_ids=user_ids, managers=managers)
 
 
 # A listing page holds ~100 accounts, a lookup costs a request or two per user: a batch reads the
@@ -560,6 +569,16 @@ def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: Desire
                       entity_names, ours, connector.capabilities.group_names_case_exact)
 
 
+def _managers_first(rows: pd.DataFrame, manager_of: dict[str, str]) -> pd.DataFrame:
+    """The rows with every create after the creates of its user's managers (the rest keep their order)."""
+    creates = rows["action"].isin([CREATE, RELINK]).to_numpy()
+    if creates.sum() < 2:
+        return rows
+    depth = creation_order(list(rows.loc[creates, "local_id"]), manager_of)
+    key = np.where(creates, [depth.get(u, 0) for u in rows["local_id"]], 0)
+    return rows.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
+
+
 def _mapped_elsewhere(session: Session, cfg: ConnectorConfig, remote_ids: list[str], known: pd.DataFrame) -> pd.DataFrame:
     """Mappings of accounts a batch's lookups found, beyond those already read: whose are they?"""
     ids = [r for r in remote_ids if r not in set(known["remote_id"])]
@@ -594,16 +613,22 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
                 max_deletions=cfg.max_deletions, desired=state.accounts, conflicts=state.conflicts,
                 decisions=state.decisions, mapped=dict(zip(state.mappings["local_id"], state.mappings["remote_id"])),
                 present=set(target["remote_id"]) if user_ids is not None else set())
+    if state.managers.manager_of:
+        plan.rows = _managers_first(plan.rows, state.managers.manager_of)
+        # A report whose manager this plan creates (or links) gets its manager on the run's second pass.
+        planned = set(plan.rows.loc[plan.rows["action"].isin([CREATE, RELINK, LINK]), "local_id"])
+        plan.followups = sorted(r for r, m in state.managers.pending.items() if m in planned)
     nest = nesting(session)
-    plan.problems = cycle_problems(nest)
+    plan.problems = cycle_problems(nest) + state.managers.problems
     if cfg.groups and connector.capabilities.groups:
         plan.group_rows = plan_groups(session, cfg, connector, state, rows, nest, config.nesting(cfg).push)
     return plan
 
 
 @task(name="plan", task_run_name="plan {connector_name}", cache_policy=NO_CACHE)
-def plan_task(connector_name: str, config: Config, dry_run: bool = False) -> Plan:
-    """Snapshot the target and the desired state, and diff them into a plan."""
+def plan_task(connector_name: str, config: Config, dry_run: bool = False,
+              user_ids: Optional[list[str]] = None) -> Plan:
+    """Snapshot the target and the desired state (of every user, or of `user_ids`), and diff them into a plan."""
     from connectors.factory import get_connector
     from models.db import session_scope
     from tasks import retry
@@ -612,7 +637,7 @@ def plan_task(connector_name: str, config: Config, dry_run: bool = False) -> Pla
 
     def snapshot() -> Plan:
         with session_scope() as session:
-            return make_plan(config, cfg, get_connector(cfg, dry_run=dry_run), session)
+            return make_plan(config, cfg, get_connector(cfg, dry_run=dry_run), session, user_ids)
 
     # Listing is a read: a transient failure of the target lists again, by the retry policy.
     return retry.run_task(snapshot, config.retry, f"connector={cfg.name} plan")

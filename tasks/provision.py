@@ -193,6 +193,13 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
         if len(plan.group_rows):
             counts.add(apply_group_rows(plan.group_rows.to_dict(orient="records"), cfg, connector, run_id=run_id,
                                         flow_run_id=flow_run_id, events=events, policy=config.retry))
+        if plan.followups:  # reports created with their managers: plan them again, the managers' ids exist now
+            with session_scope() as session:
+                second = make_plan(config, cfg, connector, session, plan.followups)
+            again = second.rows.to_dict(orient="records")
+            if again:
+                counts.add(apply_rows(again, second.desired, cfg, connector, run_id=run_id, policy=config.retry,
+                                      flow_run_id=flow_run_id, events=events))
     touched = {r["entity_id"] for r in counts.operations if r["entity_type"] == "user"}
     quiet = _quiet_rows(plan, cfg.name, touched, flow_run_id)
     _record(quiet, events, cfg.name, run_id)
