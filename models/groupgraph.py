@@ -38,17 +38,46 @@ def reverse(groups: Mapping[Hashable, Iterable[Hashable]]) -> dict:
 
 
 def cycles(groups: Mapping[Hashable, Iterable[Hashable]]) -> list[list]:
-    """The sets of groups that contain each other through nesting (a cycle), each sorted, in order."""
-    reach = {g: walk({k: [m for m in v if m in groups] for k, v in groups.items()}, g)[0] for g in groups}
+    """The sets of groups that contain each other through nesting (a cycle), each sorted, in order.
+
+    Tarjan's strongly connected components, iterative: one pass over a graph of a million nodes
+    (managers), no recursion limit.
+    """
+    edges = {g: [m for m in members if m in groups] for g, members in groups.items()}
+    index: dict = {}
+    low: dict = {}
+    on_stack: set = set()
+    stack: list = []
     found: list[list] = []
-    done: set = set()
-    for group in sorted(groups, key=str):
-        if group in done:
+    for root in sorted(edges, key=str):
+        if root in index:
             continue
-        # In a cycle with `group`: reached from it and reaching it back (a self-member counts).
-        ring = {other for other in reach[group] if group in reach[other] and other != group}
-        if ring or group in set(groups.get(group, ())):
-            members = sorted(ring | {group}, key=str)
-            done.update(members)
-            found.append(members)
-    return found
+        work = [(root, 0)]
+        while work:
+            node, i = work.pop()
+            if i == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            if i < len(edges[node]):
+                work.append((node, i + 1))
+                member = edges[node][i]
+                if member not in index:
+                    work.append((member, 0))
+                elif member in on_stack:
+                    low[node] = min(low[node], index[member])
+                continue
+            if work:  # back in the caller: it takes the lowest index reached from here
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                ring = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    ring.append(member)
+                    if member == node:
+                        break
+                if len(ring) > 1 or node in edges[node]:
+                    found.append(sorted(ring, key=str))
+    return sorted(found, key=lambda ring: str(ring[0]))

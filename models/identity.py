@@ -7,7 +7,7 @@ from sqlmodel import Session, delete, select
 
 from models.config import Config
 from models.events import EventUser, IdentityEvent
-from models.nesting import inherited, nesting
+from models.nesting import ancestry, inherited, nesting
 from models.tables import Group, GroupMember, Role, User, UserRole, utcnow
 from models.validation import InvalidInput
 
@@ -160,7 +160,7 @@ def view(session: Session, user: User) -> UserView:
         email=user.email, given_name=user.given_name, family_name=user.family_name,
         display_name=user.display_name, active=user.active, deleted=user.deleted_at is not None,
         source=user.source, idps=tuple(user.idps), roles=roles_of(session, user.id),
-        groups=groups, attributes=dict(user.attributes), inherited=inherited(groups, nesting(session)),
+        groups=groups, attributes=dict(user.attributes), inherited=inherited(groups, ancestry(nesting(session))),
     )
 
 
@@ -185,12 +185,12 @@ def load_views(session: Session, tenant: str, user_ids: Optional[list[str]] = No
     groups: dict[str, set] = {}
     for user_id, name in session.exec(group_q):
         groups.setdefault(user_id, set()).add(name)
-    nest = nesting(session)
+    up = ancestry(nesting(session))
     return [UserView(id=u.id, username=u.username, user_store=u.user_store, tenant=u.tenant, email=u.email,
                      given_name=u.given_name, family_name=u.family_name, display_name=u.display_name,
                      active=u.active, deleted=u.deleted_at is not None, source=u.source, idps=tuple(u.idps),
                      roles=frozenset(roles.get(u.id, ())), groups=frozenset(groups.get(u.id, ())),
-                     attributes=dict(u.attributes), inherited=inherited(groups.get(u.id, ()), nest))
+                     attributes=dict(u.attributes), inherited=inherited(groups.get(u.id, ()), up))
             for u in session.exec(users)]
 
 

@@ -54,15 +54,20 @@ def _groups_only(nest: dict[str, set[str]]) -> dict[str, set[str]]:
     return {g: set(nest.get(g, ())) for g in every}
 
 
-def inherited(direct: Iterable[str], nest: dict[str, set[str]]) -> frozenset[str]:
-    """The groups a member of the groups `direct` is in through nesting, beyond `direct` themselves."""
+def ancestry(nest: dict[str, set[str]]) -> dict[str, frozenset[str]]:
+    """Group name -> the groups that hold it through nesting, at any depth (read once per plan)."""
     if not nest:
-        return frozenset()
+        return {}
     parents = reverse(_groups_only(nest))
+    return {g: frozenset(walk(parents, g)[0] - {g}) for g in parents if parents[g]}
+
+
+def inherited(direct: Iterable[str], up: dict[str, frozenset[str]]) -> frozenset[str]:
+    """The groups a member of the groups `direct` is in through nesting (`up`: `ancestry`), beyond `direct`."""
     direct = set(direct)
     found: set[str] = set()
-    for name in direct & set(parents):
-        found |= walk(parents, name)[0]
+    for name in direct:
+        found |= up.get(name, frozenset())
     return frozenset(found - direct)
 
 

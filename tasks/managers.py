@@ -37,19 +37,30 @@ class Managers:
 
 
 def _key(value: Any) -> Optional[str]:
-    return str(value).strip() or None if value is not None else None
+    """A reference as text; an empty one names nobody."""
+    if value is None:
+        return None
+    return str(value).strip() or None
 
 
-def _pick(key: str, user: UserView, found: list[tuple[str, str, str]]) -> Optional[str]:
-    """The manager `key` names for `user`: an id, else the username in the user's store, else a unique username."""
-    by_id = [i for i, _, _ in found if i == key]
-    if by_id:
-        return by_id[0]
-    same = [i for i, name, store in found if name == key and store.upper() == user.user_store.upper()]
-    if len(same) == 1:
-        return same[0]
-    anywhere = [i for i, name, _ in found if name == key]
-    return anywhere[0] if len(anywhere) == 1 else None
+class _Index:
+    """The users a batch of references may name, by id and by username."""
+
+    def __init__(self, found: list[tuple[str, str, str]]):
+        self.ids = {i for i, _, _ in found}
+        self.by_name: dict[str, list[tuple[str, str]]] = {}
+        for i, name, store in found:
+            self.by_name.setdefault(name, []).append((i, store.upper()))
+
+    def pick(self, key: str, user: UserView) -> Optional[str]:
+        """The manager `key` names for `user`: an id, else the username in the user's store, else a unique one."""
+        if key in self.ids:
+            return key
+        named = self.by_name.get(key, [])
+        same = [i for i, store in named if store == user.user_store.upper()]
+        if len(same) == 1:
+            return same[0]
+        return named[0][0] if len(named) == 1 else None
 
 
 def resolve_managers(session: Session, config: Config, cfg: ConnectorConfig, users: list[UserView]) -> Managers:
@@ -59,24 +70,24 @@ def resolve_managers(session: Session, config: Config, cfg: ConnectorConfig, use
     if source is None or not users:
         return out
     views = {u.id: u for u in users}
-    refs: dict[str, str] = {}
+    wanted = set(views)
+    refs: dict[str, str] = {}  # a plan user's reference that names no one
     todo = list(users)
     for _ in range(MAX_DEPTH):  # the managers' own managers too: a cycle may pass outside the batch
         keys = {u.id: _key(source.value(local_values(u, None), u.attributes)) for u in todo}
         keys = {i: k for i, k in keys.items() if k}
-        found = users_by_key(session, config.tenant_domain, set(keys.values()))
+        index = _Index(users_by_key(session, config.tenant_domain, set(keys.values())))
         for user_id, key in keys.items():
-            manager = _pick(key, views[user_id], found)
+            manager = index.pick(key, views[user_id])
             if manager is not None:
                 out.manager_of[user_id] = manager
-            elif user_id in {u.id for u in users}:
+            elif user_id in wanted:
                 refs[user_id] = key
         unseen = sorted({m for m in out.manager_of.values() if m not in views})
         if not unseen:
             break
         todo = load_views(session, config.tenant_domain, unseen)
         views.update({u.id: u for u in todo})
-    wanted = {u.id for u in users}
     for user_id, key in sorted(refs.items(), key=lambda kv: views[kv[0]].qualified_name):
         out.problems.append(f"the manager {key!r} of {views[user_id].qualified_name} ({source.text}) is no user "
                             f"of the store, or more than one; the account gets no manager from us")

@@ -12,7 +12,7 @@ from models.db import session_scope
 from models.events import EventUser
 from models.groupgraph import cycles, flatten
 from models.identity import upsert_user
-from models.nesting import cycle_problems, inherited, members_through, set_member_groups
+from models.nesting import ancestry, cycle_problems, inherited, members_through, set_member_groups
 from models.validation import InvalidInput
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -20,9 +20,10 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def test_the_walk_expands_nesting_and_ends_cycles():
     nest = {"engineering": {"eng-platform"}, "eng-platform": {"eng-sre"}, "a": {"b"}, "b": {"a"}}
-    assert inherited({"eng-sre"}, nest) == {"eng-platform", "engineering"}
-    assert inherited({"engineering"}, nest) == frozenset()
-    assert inherited({"a"}, nest) == {"b"}
+    up = ancestry(nest)
+    assert inherited({"eng-sre"}, up) == {"eng-platform", "engineering"}
+    assert inherited({"engineering"}, up) == frozenset()
+    assert inherited({"a"}, up) == {"b"}
     direct = {"engineering": {"u1"}, "eng-sre": {"u3"}, "a": {"u4"}, "b": {"u5"}}
     assert members_through(["engineering", "a", "none"], direct, nest) == {"engineering": {"u1", "u3"},
                                                                           "a": {"u4", "u5"}}
@@ -118,3 +119,21 @@ def test_a_nesting_cycle_is_named_once_and_every_member_counted(tmp_path, sqlite
     line = "nested groups form a cycle: team-a, team-b contain each other"
     assert out.count(line) == 1, out
     assert pushed(scim) == {"team-a": {"alice", "bob"}, "team-b": {"alice", "bob"}}
+
+
+def test_nest_sets_a_groups_nested_groups_from_the_command_line(tmp_path, sqlite_url, scim):
+    from models.nesting import nesting
+
+    config = write_config(tmp_path, scim)
+    runner = CliRunner()
+    done = runner.invoke(app, ["nest", "engineering", "eng-platform", "eng-sre", "--config", str(config)])
+    assert done.exit_code == 0 and "engineering holds eng-platform, eng-sre" in done.output, done.output
+    looped = runner.invoke(app, ["nest", "eng-sre", "engineering", "--config", str(config)])
+    assert looped.exit_code == 0 and "problem: nested groups form a cycle: eng-sre, engineering" in looped.output
+    refused = runner.invoke(app, ["nest", "eng-sre", "eng-sre", "", "--config", str(config)])
+    assert refused.exit_code == 2, refused.output
+    assert "'eng-sre': a group cannot be nested in itself" in refused.output and "(nothing changed)" in refused.output
+    with session_scope() as session:
+        assert nesting(session) == {"engineering": {"eng-platform", "eng-sre"}, "eng-sre": {"engineering"}}
+    cleared = runner.invoke(app, ["nest", "eng-sre", "--config", str(config)])
+    assert cleared.exit_code == 0 and "eng-sre holds no groups" in cleared.output
