@@ -198,6 +198,15 @@ class QuarantineBackoff(Strict):
         return min(self.max, current * self.factor if current else self.initial)
 
 
+class StagedDeprovision(Strict):
+    """`deprovision: {first: suspend, then: delete, after_days: 30}`: switch the account off when the
+    user leaves scope, and delete it once it has been off (by us) for `after_days`."""
+
+    first: Literal["suspend", "disable"]
+    then: Literal["delete"]
+    after_days: int = Field(ge=1, le=3650)
+
+
 class GroupNesting(Strict):
     """How nested groups count (`eng-platform` nested in `engineering`): `flatten` makes a member of
     eng-platform a member of engineering; `direct` counts only the groups a user was put in.
@@ -226,7 +235,8 @@ class ConnectorConfig(Strict):
     separator: str = "_"
     domain: Optional[str] = None
     # None: the target's own default (delete for SCIM, suspend for Google, disable for Salesforce).
-    deprovision: Optional[Literal["delete", "disable", "suspend", "none"]] = None
+    # Or staged: {first: suspend|disable, then: delete, after_days: N} (see StagedDeprovision).
+    deprovision: Optional[Union[Literal["delete", "disable", "suspend", "none"], StagedDeprovision]] = None
     on_collision: Literal["fail", "suffix"] = "fail"
     # How an unlinked account in the target is recognised as a user's, tried in this order. Email is
     # opt-in: two people can share a mailbox, and an address is reassigned when someone leaves.
@@ -259,6 +269,23 @@ class ConnectorConfig(Strict):
         parts = urlsplit(url)
         host = parts.hostname or ""
         return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}" if host else ""
+
+    @field_validator("deprovision", mode="before")
+    @classmethod
+    def _deprovision(cls, value):
+        """One message naming the valid choices, whichever form was meant."""
+        if value is None or isinstance(value, StagedDeprovision):
+            return value
+        modes = ("delete", "disable", "suspend", "none")
+        if isinstance(value, str) and value in modes:
+            return value
+        if isinstance(value, dict):
+            try:
+                return StagedDeprovision.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError("; ".join(problems_of(exc))) from None
+        raise ValueError(f"{value!r} is not one of {', '.join(modes)}, nor "
+                         f"{{first: suspend|disable, then: delete, after_days: <days>}}")
 
     @field_validator("pattern")
     @classmethod
@@ -309,8 +336,15 @@ class ConnectorConfig(Strict):
     @property
     def deprovision_mode(self) -> str:
         """delete | disable | none; Google's `suspend` is its name for disable."""
+        if isinstance(self.deprovision, StagedDeprovision):
+            return "disable"  # first; the delete comes from the planner when it is due
         mode = self.deprovision or {"scim2": "delete", "google": "suspend", "salesforce": "disable"}[self.type]
         return "disable" if mode == "suspend" else mode
+
+    @property
+    def staged(self) -> Optional[StagedDeprovision]:
+        """The suspend-then-delete settings, when deprovisioning is staged."""
+        return self.deprovision if isinstance(self.deprovision, StagedDeprovision) else None
 
 
 class IdentityProvider(Strict):

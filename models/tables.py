@@ -117,6 +117,17 @@ class Mapping(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class Suspension(SQLModel, table=True):
+    """An account we switched off on deprovisioning, on a connector that deletes it later
+    (`deprovision: {first: suspend, then: delete, after_days: N}`): since when."""
+
+    __tablename__ = "suspensions"
+    connector: str = Field(primary_key=True, max_length=64)
+    local_id: str = Field(primary_key=True, max_length=64)
+    remote_id: str = Field(max_length=255)
+    suspended_at: datetime = Field(default_factory=utcnow)
+
+
 class Event(SQLModel, table=True):
     """The outbox: an identity event, stored before it is acknowledged."""
 

@@ -15,6 +15,8 @@ from models.identity import UserView
 from models.mapping import local_values
 from models.patterns import PatternError
 from models.runstate import get_mapping, last_operation, recent_flow_runs
+from models.suspensions import suspended
+from tasks.staged import pending_line
 from tasks.policy import decide, held_names, scope
 from tasks.username import user_name_for
 
@@ -44,6 +46,8 @@ class ConnectorExplanation:
     groups: list[str] = field(default_factory=list)
     recent_runs: list[str] = field(default_factory=list)  # links to the Prefect runs that acted on the user
     attributes: list[str] = field(default_factory=list)  # the mapped attributes: target ← source = value
+    # Suspend, then delete: `delete pending: suspended 2026-11-01, due 2026-12-01`, when the account waits.
+    delete_pending: Optional[str] = None
 
 
 def _levels(user: UserView, cfg: ConnectorConfig, config: Config) -> list[str]:
@@ -95,6 +99,14 @@ def _recent_runs(session: Session, connector: str, user_id: str, n: int = 3) -> 
     return [run_url(i) for i in ids]
 
 
+def _delete_pending(session: Session, cfg, user_id: str) -> Optional[str]:
+    """The staged delete the user's account waits for on `cfg`, if any."""
+    if cfg.staged is None:
+        return None
+    since = suspended(session, cfg.name, [user_id]).get(user_id)
+    return pending_line(since, cfg.staged.after_days) if since else None
+
+
 def explain(session: Session, user: UserView, config: Config, connector: Optional[str] = None) -> list[ConnectorExplanation]:
     """One explanation per connector (or just `connector`)."""
     out = []
@@ -123,7 +135,8 @@ def explain(session: Session, user: UserView, config: Config, connector: Optiona
             groups=sorted(g for g in cfg.groups if g in user.groups or (
                 config.nesting(cfg).push == "flatten" and g in user.inherited)),
             recent_runs=_recent_runs(session, cfg.name, user.id),
-            attributes=cfg.attribute_map.explain(local_values(user, remote_name), user.attributes)))
+            attributes=cfg.attribute_map.explain(local_values(user, remote_name), user.attributes),
+            delete_pending=_delete_pending(session, cfg, user.id)))
     return out
 
 
@@ -152,6 +165,8 @@ def _lines(user: UserView, e: ConnectorExplanation) -> list[tuple[str, str]]:
     ]
     if e.groups:
         rows.append(("groups", ", ".join(e.groups)))
+    if e.delete_pending:
+        rows.append(("deprovision", e.delete_pending))
     if e.recent_runs:
         rows.append(("recent runs", " ".join(e.recent_runs)))
     for i, line in enumerate(e.attributes):

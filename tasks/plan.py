@@ -26,6 +26,7 @@ mapped to a user of this connector). Members that are not ours are left alone.
 """
 
 import math
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
@@ -43,6 +44,9 @@ from models.kinds import Action, Intent
 from models.mapping import local_values
 from models.nesting import cycle_problems, members_through, nesting
 from models.runstate import count_user_links, group_links, links_of_accounts, user_links
+from models.suspensions import suspended
+from models.tables import utcnow
+from tasks.staged import staged_rows
 from tasks.managers import Managers, creation_order, resolve_managers
 from tasks.policy import Decision, decide
 from tasks.username import MAX_SUFFIX, assign_names, user_name_for, with_suffix
@@ -339,8 +343,12 @@ def _rows(frame: pd.DataFrame, **values) -> pd.DataFrame:
 def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
          deprovision: Optional[pd.DataFrame] = None, known_ids: Optional[pd.Series] = None, *,
          read_only: tuple[str, ...] = (), orphans: str = "report",
-         match: tuple[str, ...] = ("external_id", "user_name"), partial: bool = False) -> tuple[pd.DataFrame, int]:
+         match: tuple[str, ...] = ("external_id", "user_name"), partial: bool = False,
+         staged: Optional[tuple[dict, int, datetime]] = None) -> tuple[pd.DataFrame, int]:
     """The plan rows for `desired` against `target`, given our `mappings`; and the unmanaged count.
+
+    `staged`: for a connector that suspends, then deletes: (local id -> when its account was
+    suspended, after how many days it is deleted, now); see `tasks.staged`.
 
     `match`: the keys an unlinked account is adopted by, in order. `partial`: `target` holds only
     the accounts of the users planned (an event batch), so nothing can be called an orphan.
@@ -441,6 +449,10 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
         for action, frame in ((DELETE, delete), (DISABLE, disable)):
             if len(frame):
                 parts.append(_rows(frame, action=action, op=action, changes=None, decision=DEPROVISION))
+        if staged is not None:  # switched off already: a pending delete, a due one, or a clock to start
+            off = dep[(dep["mode"] == "disable") & ~dep["active"].astype(bool)]
+            for action, op, frame, reason in staged_rows(off, *staged):
+                parts.append(_rows(frame, action=action, op=op, changes=None, decision=DEPROVISION, reason=reason))
 
     # 6. Accounts we manage (mapped, or carrying an externalId of ours) that no desired user wants.
     rest = target[~target["remote_id"].isin(pd.concat(claimed, ignore_index=True))]
@@ -569,6 +581,14 @@ def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: Desire
                       entity_names, ours, connector.capabilities.group_names_case_exact)
 
 
+def _staged(session: Session, cfg: ConnectorConfig, state: DesiredState) -> Optional[tuple[dict, int, datetime]]:
+    """What `diff` needs to stage the deprovisioned users' deletes (None: the connector does not stage)."""
+    if cfg.staged is None:
+        return None
+    ids = list(state.deprovision["local_id"])
+    return suspended(session, cfg.name, ids) if ids else {}, cfg.staged.after_days, utcnow()
+
+
 def _managers_first(rows: pd.DataFrame, manager_of: dict[str, str]) -> pd.DataFrame:
     """The rows with every create after the creates of its user's managers (the rest keep their order)."""
     creates = rows["action"].isin([CREATE, RELINK]).to_numpy()
@@ -606,7 +626,8 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
     target = target_frame(accounts, cfg.attribute_map.extra_targets)
     rows, unmanaged = diff(state.desired, target, state.mappings, state.deprovision, state.known_ids,
                            read_only=connector.capabilities.read_only_attributes, orphans=cfg.orphans,
-                           match=tuple(cfg.match), partial=user_ids is not None)
+                           match=tuple(cfg.match), partial=user_ids is not None,
+                           staged=_staged(session, cfg, state))
     if state.conflicts and len(rows):  # a user who cannot be named keeps the account it has, untouched
         rows = rows[~rows["local_id"].isin(list(state.conflicts))].reset_index(drop=True)
     plan = Plan(cfg.name, rows, target_count=len(target), desired_count=len(state.desired), unmanaged=unmanaged,
