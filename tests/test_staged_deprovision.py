@@ -167,3 +167,31 @@ def test_the_event_path_suspends_and_re_enables_alike(tmp_path, sqlite_url, scim
     backdate("erin", 5)
     assert send(tmp_path, config, event("user.roles_changed", username="erin", roles=["staff"]))[0] == 0
     assert active(scim) == {"erin": True} and suspensions() == {}
+
+
+def test_google_suspends_then_deletes(tmp_path, sqlite_url):
+    import uuid
+
+    import yaml
+
+    from sandbox.google import GoogleSandbox
+    from targets import google_config
+
+    with GoogleSandbox() as google:
+        entry = google_config(google, name="gws").model_dump(mode="json", exclude_unset=True)
+        entry.update(roles=["staff"], max_deletions=5, deprovision={"first": "suspend", "then": "delete", "after_days": 30})
+        config = tmp_path / f"outbound-{uuid.uuid4().hex[:6]}.yaml"
+        config.write_text(yaml.safe_dump({"tenant_domain": "example.com", "connectors": [entry],
+                                          "retry": {"attempts": 2, "base_delay": 0.01, "max_delay": 0.05}}))
+        add_user("gail", ["staff"])
+        assert run("reconcile", "--config", str(config))[0] == 0
+        roles("gail", [])
+        code, out = run("reconcile", "--config", str(config))
+        assert code == 0 and "plan: suspend 1;" in out, out
+        assert [u["suspended"] for u in google.users()] == [True]
+        code, out = run("reconcile", "--config", str(config), "--dry-run")
+        assert "plan: delete_pending 1;" in out, out
+        backdate("gail", 31)
+        code, out = run("reconcile", "--config", str(config))
+        assert code == 0 and "plan: delete 1;" in out, out
+        assert google.users() == [] and suspensions() == {}
