@@ -6,13 +6,14 @@ Exit codes: 0 everything succeeded or was skipped by policy; 1 an operation fail
 
 import typer
 
-from deployments import (commands_check, commands_db, commands_deployments, commands_events, commands_policy,
-                         commands_prune, commands_pull, commands_reconcile, commands_sandbox, commands_service)
+from deployments import (commands_check, commands_db, commands_deployments, commands_events, commands_groups,
+                         commands_policy, commands_prune, commands_pull, commands_reconcile, commands_sandbox,
+                         commands_service)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Outbound provisioning: push users from the identity store to Google, Salesforce and SCIM 2.0.")
 # Unnamed: each module's commands join the top level, in this order (the order of `outbound --help`).
-for commands in (commands_events, commands_sandbox, commands_check, commands_policy, commands_prune,
+for commands in (commands_events, commands_sandbox, commands_check, commands_policy, commands_groups, commands_prune,
                  commands_pull, commands_reconcile, commands_service):
     app.add_typer(commands.app)
 app.add_typer(commands_db.app, name="db")

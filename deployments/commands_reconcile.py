@@ -121,6 +121,8 @@ def _print_result(result: dict, connector_type: Optional[str] = None) -> None:
                    f"--wait SECONDS)", err=True)
         return
     typer.echo(plan_line(result, connector_type))
+    for problem in result.get("problems", []):
+        typer.echo(f"{name}: problem: {problem}", err=True)
     o = result["outcomes"]
     if result["dry_run"]:
         from tasks.guard import dry_run_verdict

@@ -269,7 +269,8 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
               "dry_run": dry_run, "summary": plan.summary(),
               "counts": counts, "deletions": plan.deletions, "threshold": plan.threshold,
               "desired_count": plan.desired_count, "target_count": plan.target_count, "unmanaged": plan.unmanaged,
-              "guard_tripped": plan.guard_tripped, "plan_hash": digest, "reports": reports, "decision": None}
+              "guard_tripped": plan.guard_tripped, "plan_hash": digest, "reports": reports, "decision": None,
+              "problems": list(plan.problems)}
     if dry_run:
         logger.info("connector=%s dry run: nothing will be written. %s", cfg.name, _guard_line(plan))
 
@@ -301,6 +302,11 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
         await _label_run("approved" if decision["decision"] == APPROVED else "forced with --yes")
 
     outcome = _apply(plan, config, run_id, dry_run, chunk_size)
+    if plan.followups and not dry_run:  # reports created with their managers: the managers' ids exist now
+        logger.info("connector=%s second pass: the manager of %d users created in this run", cfg.name,
+                    len(plan.followups))
+        second = plan_task.with_options(**task_options(config.retry))(cfg.name, config, dry_run, plan.followups)
+        outcome.add(_apply(second, config, run_id, dry_run, chunk_size))
     status = (RunStatus.FAILED if outcome.not_done and not outcome.succeeded else RunStatus.PARTIAL
               if outcome.not_done else RunStatus.SUCCEEDED)
     finish_run(run_id, status, counts, outcome.as_dict())

@@ -243,6 +243,27 @@ class QuarantineBackoff(Strict):
         return min(self.max, current * self.factor if current else self.initial)
 
 
+class StagedDeprovision(Strict):
+    """`deprovision: {first: suspend, then: delete, after_days: 30}`: switch the account off when the
+    user leaves scope, and delete it once it has been off (by us) for `after_days`."""
+
+    first: Literal["suspend", "disable"]
+    then: Literal["delete"]
+    after_days: int = Field(ge=1, le=3650)
+
+
+class GroupNesting(Strict):
+    """How nested groups count (`eng-platform` nested in `engineering`): `flatten` makes a member of
+    eng-platform a member of engineering; `direct` counts only the groups a user was put in.
+
+    rules: for the connector's `roles:` rule (met by a role the user holds or a group they are in).
+    push: for the members a pushed group gets in the target (SCIM and Google groups).
+    """
+
+    rules: Literal["flatten", "direct"] = "flatten"
+    push: Literal["flatten", "direct"] = "flatten"
+
+
 class ConnectorConfig(Strict):
     name: Name
     type: Literal["scim2", "google", "salesforce"]
@@ -252,12 +273,15 @@ class ConnectorConfig(Strict):
     organization_level: bool = True
     roles: list[str] = Field(default_factory=list)
     groups: list[str] = Field(default_factory=list)
+    # Overrides the top-level `group_nesting`, key by key (a key left out keeps the top-level value).
+    group_nesting: Optional[GroupNesting] = None
     user_store_domain: Optional[str] = None
     pattern: Optional[str] = None
     separator: str = "_"
     domain: Optional[str] = None
     # None: the target's own default (delete for SCIM, suspend for Google, disable for Salesforce).
-    deprovision: Optional[Literal["delete", "disable", "suspend", "none"]] = None
+    # Or staged: {first: suspend|disable, then: delete, after_days: N} (see StagedDeprovision).
+    deprovision: Optional[Union[Literal["delete", "disable", "suspend", "none"], StagedDeprovision]] = None
     on_collision: Literal["fail", "suffix"] = "fail"
     # How an unlinked account in the target is recognised as a user's, tried in this order. Email is
     # opt-in: two people can share a mailbox, and an address is reassigned when someone leaves.
@@ -290,6 +314,23 @@ class ConnectorConfig(Strict):
         parts = urlsplit(url)
         host = parts.hostname or ""
         return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}" if host else ""
+
+    @field_validator("deprovision", mode="before")
+    @classmethod
+    def _deprovision(cls, value):
+        """One message naming the valid choices, whichever form was meant."""
+        if value is None or isinstance(value, StagedDeprovision):
+            return value
+        modes = ("delete", "disable", "suspend", "none")
+        if isinstance(value, str) and value in modes:
+            return value
+        if isinstance(value, dict):
+            try:
+                return StagedDeprovision.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError("; ".join(problems_of(exc))) from None
+        raise ValueError(f"{value!r} is not one of {', '.join(modes)}, nor "
+                         f"{{first: suspend|disable, then: delete, after_days: <days>}}")
 
     @field_validator("pattern")
     @classmethod
@@ -364,8 +405,15 @@ class ConnectorConfig(Strict):
     @property
     def deprovision_mode(self) -> str:
         """delete | disable | none; Google's `suspend` is its name for disable."""
+        if isinstance(self.deprovision, StagedDeprovision):
+            return "disable"  # first; the delete comes from the planner when it is due
         mode = self.deprovision or {"scim2": "delete", "google": "suspend", "salesforce": "disable"}[self.type]
         return "disable" if mode == "suspend" else mode
+
+    @property
+    def staged(self) -> Optional[StagedDeprovision]:
+        """The suspend-then-delete settings, when deprovisioning is staged."""
+        return self.deprovision if isinstance(self.deprovision, StagedDeprovision) else None
 
 
 class IdentityProvider(Strict):
@@ -586,6 +634,7 @@ class Config(Strict):
     events: EventSettings = Field(default_factory=EventSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     sources: SourceSettings = Field(default_factory=SourceSettings)
+    group_nesting: GroupNesting = Field(default_factory=GroupNesting)
 
     @model_validator(mode="after")
     def _references(self):
@@ -605,6 +654,13 @@ class Config(Strict):
             if c.name == name:
                 return c
         raise KeyError(name)
+
+    def nesting(self, cfg: ConnectorConfig) -> GroupNesting:
+        """The group nesting settings of connector `cfg`: its own keys over the top-level ones."""
+        if cfg.group_nesting is None:
+            return self.group_nesting
+        own = cfg.group_nesting.model_dump(include=cfg.group_nesting.model_fields_set)
+        return self.group_nesting.model_copy(update=own)
 
     def idp(self, name: str) -> Optional[IdentityProvider]:
         return next((i for i in self.identity_providers if i.name == name), None)

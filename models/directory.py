@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Iterable, Optional
 
 from models.config import LdapSourceSettings
+from models.groupgraph import flatten  # the one walk of nested groups; re-exported for the LDAP pull
 from models.identity import UserView
 from models.usernames import normalized
 
@@ -138,21 +139,6 @@ def map_entry(dn: str, raw: dict[str, list[bytes]], settings: LdapSourceSettings
 
 
 # --- groups ------------------------------------------------------------------------------
-
-def flatten(groups: dict[str, set[str]], top: str) -> set[str]:
-    """Every DN reachable from group `top` through `groups` (DN -> member DNs, normalised): nested
-    groups expanded, each visited once, so a cycle ends the walk instead of looping."""
-    seen, members, stack = {top}, set(), [top]
-    while stack:
-        for member in groups.get(stack.pop(), ()):
-            if member in groups:
-                if member not in seen:
-                    seen.add(member)
-                    stack.append(member)
-            else:
-                members.add(member)
-    return members
-
 
 def roles_by_dn(groups: dict[str, set[str]], rules: dict[str, list[str]]) -> dict[str, set[str]]:
     """User DN (normalised) -> the roles the rules give it, through nested groups."""

@@ -8,6 +8,7 @@ from sqlmodel import Session, delete, select
 
 from models.config import Config
 from models.events import EventUser, IdentityEvent
+from models.nesting import ancestry, inherited, nesting
 from models.tables import Group, GroupMember, Role, User, UserRole, utcnow
 from models.validation import InvalidInput
 
@@ -33,6 +34,7 @@ class UserView:
     roles: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
     attributes: dict = field(default_factory=dict)
+    inherited: frozenset[str] = frozenset()  # groups the user is in through nested groups, beyond `groups`
 
     @property
     def qualified_name(self) -> str:
@@ -245,12 +247,13 @@ def groups_of(session: Session, user_id: str) -> frozenset[str]:
 
 
 def view(session: Session, user: User) -> UserView:
+    groups = groups_of(session, user.id)
     return UserView(
         id=user.id, username=user.username, user_store=user.user_store, tenant=user.tenant,
         email=user.email, given_name=user.given_name, family_name=user.family_name,
         display_name=user.display_name, active=user.active, deleted=user.deleted_at is not None,
         source=user.source, idps=tuple(user.idps), roles=roles_of(session, user.id),
-        groups=groups_of(session, user.id), attributes=dict(user.attributes),
+        groups=groups, attributes=dict(user.attributes), inherited=inherited(groups, ancestry(nesting(session))),
     )
 
 
@@ -275,11 +278,12 @@ def load_views(session: Session, tenant: str, user_ids: Optional[list[str]] = No
     groups: dict[str, set] = {}
     for user_id, name in session.exec(group_q):
         groups.setdefault(user_id, set()).add(name)
+    up = ancestry(nesting(session))
     return [UserView(id=u.id, username=u.username, user_store=u.user_store, tenant=u.tenant, email=u.email,
                      given_name=u.given_name, family_name=u.family_name, display_name=u.display_name,
                      active=u.active, deleted=u.deleted_at is not None, source=u.source, idps=tuple(u.idps),
                      roles=frozenset(roles.get(u.id, ())), groups=frozenset(groups.get(u.id, ())),
-                     attributes=dict(u.attributes))
+                     attributes=dict(u.attributes), inherited=inherited(groups.get(u.id, ()), up))
             for u in session.exec(users)]
 
 

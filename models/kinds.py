@@ -30,6 +30,7 @@ class Action(StrEnum):
     LINK = "link"  # adopt an existing account
     RELINK = "relink"  # the mapped account is gone: create it again
     ORPHAN = "orphan"  # an account we do not hold a user for
+    DELETE_PENDING = "delete_pending"  # suspended on deprovisioning, deleted when its time is up
     GROUP_CREATE = "group_create"
     MEMBER_ADD = "member_add"
     MEMBER_REMOVE = "member_remove"

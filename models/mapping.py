@@ -72,6 +72,10 @@ OWNED = {
                    "Id": "Salesforce assigns it", "Name": "Salesforce computes it from FirstName and LastName",
                    "ProfileId": "it comes from salesforce.profile or salesforce.profile_rules"},
 }
+# `manager:` names the local manager (a username or user id); the planner sends, in this target
+# attribute, what the target knows the manager's account by (see tasks.managers).
+MANAGER = "manager"
+MANAGER_TARGETS = {"scim2": f"{ENTERPRISE}:manager", "google": "relations.manager", "salesforce": "ManagerId"}
 _URN_TARGET = re.compile(r"^(urn:[A-Za-z0-9][A-Za-z0-9-]{0,31}:\S+):([A-Za-z][A-Za-z0-9_$-]*)$")
 _GOOGLE_CUSTOM = re.compile(r"^customSchemas\.([A-Za-z][A-Za-z0-9_]{0,99})\.([A-Za-z][A-Za-z0-9_]{0,99})$")
 _SALESFORCE_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
@@ -229,13 +233,15 @@ class AttributeMap:
 
     core: tuple[tuple[str, str, Source], ...] = ()  # (account field, target, source)
     extra: tuple[tuple[str, Source], ...] = ()  # (target, source)
+    manager: Optional[Source] = None  # the local manager's username or id (`manager:`)
+    manager_target: Optional[str] = None  # where the manager's account goes (MANAGER_TARGETS)
 
     @property
     def extra_targets(self) -> tuple[str, ...]:
-        return tuple(t for t, _ in self.extra)
+        return tuple(t for t, _ in self.extra) + ((self.manager_target,) if self.manager_target else ())
 
     def __bool__(self) -> bool:
-        return bool(self.core or self.extra)
+        return bool(self.core or self.extra or self.manager)
 
     def evaluate(self, local: dict, attributes: dict) -> tuple[dict[str, Any], dict[str, Any]]:
         """(core field -> value, extra target -> value) for one user."""
@@ -245,6 +251,8 @@ class AttributeMap:
     def explain(self, local: Optional[dict] = None, attributes: Optional[dict] = None) -> list[str]:
         """One line per mapping, `target ← source`, for operators; with a user's values, `= value` too."""
         pairs = [(t, s) for _, t, s in self.core] + list(self.extra)
+        if self.manager is not None:
+            pairs.append((f"{self.manager_target} (the manager's account, by {MANAGER})", self.manager))
         if local is None:
             return [f"{t} ← {s.text}" for t, s in pairs]
         values = [(s.why(local, attributes or {}), s.value(local, attributes or {})) for _, s in pairs]
@@ -268,7 +276,17 @@ def local_values(user: Any, user_name: Optional[str]) -> dict[str, Any]:
 def compile_map(kind: str, attributes: dict[str, Any]) -> AttributeMap:
     """Compile a connector's `attributes:` section; raise MappingError naming every bad entry."""
     problems, core, extra, seen = [], [], [], {}
+    manager = None
     for target, value in attributes.items():
+        if target == MANAGER:
+            try:
+                manager = parse_source(value)
+            except MappingError as exc:
+                problems.append(f"{target}: {exc} (got {value!r})")
+            if MANAGER_TARGETS[kind] in attributes:
+                problems.append(f"{MANAGER_TARGETS[kind]}: {MANAGER} already sets it from the local manager; "
+                                f"map only one of them")
+            continue
         try:
             field = check_target(kind, target)
             source = parse_source(value)
@@ -284,4 +302,4 @@ def compile_map(kind: str, attributes: dict[str, Any]) -> AttributeMap:
             core.append((field, target, source))
     if problems:
         raise MappingError("; ".join(problems), problems)
-    return AttributeMap(tuple(core), tuple(extra))
+    return AttributeMap(tuple(core), tuple(extra), manager, MANAGER_TARGETS[kind] if manager else None)

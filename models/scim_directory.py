@@ -95,5 +95,8 @@ def rename_group(session: Session, group: Group, name: str) -> None:
 
 def delete_group(session: Session, group_id: str) -> None:
     """Drop a group that no live user belongs to any more (deleted users' rows go with it)."""
+    from models.nesting import forget_group
+
     session.exec(delete(GroupMember).where(GroupMember.group_id == group_id))
+    forget_group(session, group_id)
     session.exec(delete(Group).where(Group.id == group_id))

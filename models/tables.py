@@ -87,6 +87,14 @@ class GroupMember(SQLModel, table=True):
     user_id: str = Field(foreign_key="users.id", primary_key=True, max_length=64)
 
 
+class GroupNesting(SQLModel, table=True):
+    """A group that is a member of another group: `member_group_id`'s members count in `group_id`."""
+
+    __tablename__ = "group_nesting"
+    group_id: str = Field(foreign_key="groups.id", primary_key=True, max_length=64)
+    member_group_id: str = Field(foreign_key="groups.id", primary_key=True, max_length=64, index=True)
+
+
 class Mapping(SQLModel, table=True):
     """A local entity linked to its account in one connector's target."""
 
@@ -107,6 +115,17 @@ class Mapping(SQLModel, table=True):
     pushed_hash: Optional[str] = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Suspension(SQLModel, table=True):
+    """An account we switched off on deprovisioning, on a connector that deletes it later
+    (`deprovision: {first: suspend, then: delete, after_days: N}`): since when."""
+
+    __tablename__ = "suspensions"
+    connector: str = Field(primary_key=True, max_length=64)
+    local_id: str = Field(primary_key=True, max_length=64)
+    remote_id: str = Field(max_length=255)
+    suspended_at: datetime = Field(default_factory=utcnow)
 
 
 class Event(SQLModel, table=True):

@@ -22,6 +22,7 @@ from models.db import session_scope
 from models.kinds import Action, Intent, OperationStatus
 from models.runstate import (accounts_of, link_accounts, owner_of_account, pushed_hash, record_attempts,
                              record_operations, unlink_accounts)
+from models.suspensions import clear_suspended, record_suspended
 from models.tables import utcnow
 from tasks import retry
 from tasks.history import change_of_row, emit_account_events
@@ -211,6 +212,8 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
             outcomes[i], history[i] = result, tries.history[k]
     now = utcnow()
     op_rows, new_maps, gone_remote = [], [], []
+    # Suspend, then delete: a deprovisioning's disable starts the clock; an enable or a delete ends it.
+    suspended_now, suspension_over = [], []
     for row, result, tried in zip(rows, outcomes, history):
         n = len(tried)
         result = _would_apply(result)
@@ -243,6 +246,11 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
                 account = accounts[row["local_id"]]  # a rename: the mapping follows the account's new name
                 new_maps.append({"local_id": row["local_id"], "remote_id": remote_id,
                                  "remote_name": account.user_name, "pushed_hash": pushed_hash(account.managed())})
+            if cfg.staged is not None and row["local_id"] and action != Action.ORPHAN:
+                if kind == Action.DISABLE and row.get("decision") == Intent.DEPROVISION and remote_id:
+                    suspended_now.append((row["local_id"], remote_id))
+                elif kind in (Action.ENABLE, DELETE):
+                    suspension_over.append(row["local_id"])
         error = result if isinstance(result, BaseException) else None
         counts.add_line(row["entity_name"], cfg.name, action, status, dry_run, remote_id, error)
         op_rows.append({
@@ -264,6 +272,8 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
         link_accounts(session, cfg.name, new_maps)
         if gone_remote:
             unlink_accounts(session, cfg.name, gone_remote)
+        record_suspended(session, cfg.name, suspended_now, now)
+        clear_suspended(session, cfg.name, suspension_over)
         # Every try of every row, in bulk: the operations' ids come back in the order they were given.
         sent = [(k, h) for k, h in enumerate(history) if h]
         if sent:

@@ -17,8 +17,10 @@ from models.identity import UserView
 from models.mapping import local_values
 from models.patterns import PatternError
 from models.runstate import get_mapping, last_operation, recent_flow_runs
-from tasks.policy import decide, scope
+from models.suspensions import suspended
+from tasks.policy import decide, held_names, scope
 from tasks.pull import settings_hash
+from tasks.staged import pending_line
 from tasks.username import user_name_for
 
 log = logging.getLogger("outbound.explain")
@@ -50,6 +52,8 @@ class ConnectorExplanation:
     recent_runs: list[dict] = field(default_factory=list)
     held: Optional[str] = None  # a deprovisioning of the user the deletion guard holds back, and where
     attributes: list[str] = field(default_factory=list)  # the mapped attributes: target ← source = value
+    # Suspend, then delete: `delete pending: suspended 2026-11-01, due 2026-12-01`, when the account waits.
+    delete_pending: Optional[str] = None
 
 
 def _levels(user: UserView, cfg: ConnectorConfig, config: Config) -> list[str]:
@@ -157,6 +161,14 @@ def _held(held: Optional[dict], decision, mapping, last: Optional[dict]) -> Opti
             f"a real run settles it{link}")
 
 
+def _delete_pending(session: Session, cfg, user_id: str) -> Optional[str]:
+    """The staged delete the user's account waits for on `cfg`, if any."""
+    if cfg.staged is None:
+        return None
+    since = suspended(session, cfg.name, [user_id]).get(user_id)
+    return pending_line(since, cfg.staged.after_days) if since else None
+
+
 def explain(session: Session, user: UserView, config: Config, connector: Optional[str] = None) -> list[ConnectorExplanation]:
     """One explanation per connector (or just `connector`)."""
     from tasks.guard import held_decisions
@@ -182,15 +194,17 @@ def explain(session: Session, user: UserView, config: Config, connector: Optiona
             connector=cfg.name, type=cfg.type, enabled=cfg.enabled, in_scope=cfg.enabled and in_scope,
             decision=decision.action, reason=decision.reason, level=_levels(user, cfg, config),
             trigger=user.source, idps=list(user.idps), roles_required=list(cfg.roles),
-            roles_held=sorted(user.roles), user_store_required=cfg.user_store_domain, user_store=user.user_store,
+            roles_held=sorted(held_names(user, config.nesting(cfg).rules)), user_store_required=cfg.user_store_domain, user_store=user.user_store,
             remote_name=remote_name, how=how, recorded_name=recorded,
             remote_id=mapping.remote_id if mapping else None,
             last_operation=last,
-            groups=sorted(g for g in cfg.groups if g in user.groups),
+            groups=sorted(g for g in cfg.groups if g in user.groups or (
+                config.nesting(cfg).push == "flatten" and g in user.inherited)),
             recent_runs=_recent_runs(session, cfg.name, user.id),
             held=_held({**held[cfg.name], "connector": cfg.name} if cfg.name in held else None, decision, mapping,
                        last),
-            attributes=cfg.attribute_map.explain(local_values(user, remote_name), user.attributes)))
+            attributes=cfg.attribute_map.explain(local_values(user, remote_name), user.attributes),
+            delete_pending=_delete_pending(session, cfg, user.id)))
     return out
 
 
@@ -248,6 +262,8 @@ def _lines(user: UserView, e: ConnectorExplanation) -> list[tuple[str, str]]:
     ]
     if e.groups:
         rows.append(("groups", ", ".join(e.groups)))
+    if e.delete_pending:
+        rows.append(("deprovision", e.delete_pending))
     for i, run in enumerate(e.recent_runs):
         rows.append(("recent runs" if i == 0 else "", run_words(run)))
     for i, line in enumerate(e.attributes):
@@ -278,7 +294,8 @@ def render_markdown(user: UserView, items: list[ConnectorExplanation]) -> str:
     out = [f"# Why {_md(user.qualified_name)} is (not) provisioned", "",
            f"Tenant `{_md(user.tenant)}`, arrived by `{user.source}`"
            + (f" through {', '.join(user.idps)}" if user.idps else "")
-           + f"; roles: {', '.join(sorted(user.roles)) or 'none'}; groups: {', '.join(sorted(user.groups)) or 'none'}."]
+           + f"; roles: {', '.join(sorted(user.roles)) or 'none'}; groups: {', '.join(sorted(user.groups)) or 'none'}"
+           + (f" (through nesting: {', '.join(sorted(user.inherited))})" if user.inherited else "") + "."]
     for e in items:
         out += ["", f"## {_md(e.connector)} ({e.type}{'' if e.enabled else ', disabled'})", "",
                 "| | |", "|---|---|"]

@@ -26,8 +26,9 @@ mapped to a user of this connector). Members that are not ours are left alone.
 """
 
 import math
+from datetime import datetime
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,12 @@ from models.config import Config, ConnectorConfig
 from models.identity import UserView, group_ids, group_members, load_views, qualified_names
 from models.kinds import Action, Intent
 from models.mapping import local_values
+from models.nesting import cycle_problems, members_through, nesting
 from models.runstate import count_user_links, group_links, links_of_accounts, user_links
+from models.suspensions import suspended
+from models.tables import utcnow
+from tasks.staged import staged_rows
+from tasks.managers import Managers, creation_order, resolve_managers
 from tasks.policy import Decision, decide
 from tasks.username import MAX_SUFFIX, assign_names, user_name_for, with_suffix
 
@@ -86,6 +92,12 @@ class Plan:
     decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)  # local_id -> (user@STORE, decision)
     mapped: dict[str, str] = field(default_factory=dict)  # local_id -> remote_id, before the plan
     present: set[str] = field(default_factory=set)  # a batch's plan: the remote ids found in the target
+    # What the store holds that cannot be honoured as it stands (a nested-group cycle): one line
+    # each, logged once per run; the plan goes ahead around it.
+    problems: list[str] = field(default_factory=list)
+    # Users created by this plan without their manager, because the manager is created by it too:
+    # planned again once this plan is applied (the run's second pass).
+    followups: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts = {a: 0 for a in ACTIONS}
@@ -116,7 +128,8 @@ class Plan:
         counts = ", ".join(f"{k} {v}" for k, v in self.counts().items() if v)
         return (f"{self.connector}: {self.desired_count} desired, {self.target_count} in the target "
                 f"({self.unmanaged} unmanaged); plan: {counts or 'nothing to do'}; "
-                f"deletes+disables {self.deletions} (limit {self.threshold})")
+                f"deletes+disables {self.deletions} (limit {self.threshold})"
+                + "".join(f"; problem: {p}" for p in self.problems))
 
 
 # --- frames --------------------------------------------------------------------------------
@@ -146,8 +159,9 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig) -> Account:
-    """The account `user` should have on `cfg`, named `user_name`."""
+def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig, manager: Any = None) -> Account:
+    """The account `user` should have on `cfg`, named `user_name`; `manager`: what the target knows
+    the user's manager's account by (`tasks.managers`), None while it has none."""
     display = user.display_name or " ".join(p for p in (user.given_name, user.family_name) if p) or None
     values = {"given_name": user.given_name, "family_name": user.family_name, "display_name": display,
               "email": user.email}
@@ -156,6 +170,8 @@ def desired_account(user: UserView, user_name: str, cfg: ConnectorConfig) -> Acc
     if mapping:  # the connector's `attributes:` (a mapped core field replaces its default)
         core, extra = mapping.evaluate(local_values(user, user_name), user.attributes)
         values.update(core)
+        if mapping.manager_target:
+            extra[mapping.manager_target] = manager
     return Account(user_name=user_name, external_id=user.id, active=user.active, extra=extra, **values)
 
 
@@ -171,6 +187,7 @@ class DesiredState:
     conflicts: dict[str, tuple[str, Rejected]] = field(default_factory=dict)
     decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)
     user_ids: Optional[list[str]] = None  # the batch, or None for every user
+    managers: Managers = field(default_factory=Managers)
 
 
 MAPPING_COLUMNS = ["local_id", "remote_id", "remote_name"]
@@ -212,10 +229,11 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
                                  names=_qualified_names(session, views, mapped), check=check_name)
     desired, deprovision, accounts = [], [], {}
     extra = extra_columns(cfg)
+    managers = resolve_managers(session, config, cfg, [u for u in wanted if u.id in names])
     for user in views:
         decision = decisions[user.id]
         if decision.action == PROVISION and user.id in names:
-            account = desired_account(user, names[user.id].user_name, cfg)
+            account = desired_account(user, names[user.id].user_name, cfg, managers.values.get(user.id))
             accounts[user.id] = account
             values = account.managed()
             desired.append((user.id, user.qualified_name, decision.reason,
@@ -230,7 +248,7 @@ def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_i
         conflicts={i: (next(u.qualified_name for u in views if u.id == i), e) for i, e in errors.items()},
         decisions={u.id: (u.qualified_name, decisions[u.id]) for u in views}
         if user_ids is not None else {},  # a batch reports per user; a full run per row
-        user_ids=user_ids)
+        user_ids=user_ids, managers=managers)
 
 
 # A listing page holds ~100 accounts, a lookup costs a request or two per user: a batch reads the
@@ -318,8 +336,12 @@ def _rows(frame: pd.DataFrame, **values) -> pd.DataFrame:
 def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
          deprovision: Optional[pd.DataFrame] = None, known_ids: Optional[pd.Series] = None, *,
          read_only: tuple[str, ...] = (), orphans: str = "report",
-         match: tuple[str, ...] = ("external_id", "user_name"), partial: bool = False) -> tuple[pd.DataFrame, int]:
+         match: tuple[str, ...] = ("external_id", "user_name"), partial: bool = False,
+         staged: Optional[tuple[dict, int, datetime]] = None) -> tuple[pd.DataFrame, int]:
     """The plan rows for `desired` against `target`, given our `mappings`; and the unmanaged count.
+
+    `staged`: for a connector that suspends, then deletes: (local id -> when its account was
+    suspended, after how many days it is deleted, now); see `tasks.staged`.
 
     `match`: the keys an unlinked account is adopted by, in order. `partial`: `target` holds only
     the accounts of the users planned (an event batch), so nothing can be called an orphan.
@@ -420,6 +442,10 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
         for action, frame in ((DELETE, delete), (DISABLE, disable)):
             if len(frame):
                 parts.append(_rows(frame, action=action, op=action, changes=None, decision=DEPROVISION))
+        if staged is not None:  # switched off already: a pending delete, a due one, or a clock to start
+            off = dep[(dep["mode"] == "disable") & ~dep["active"].astype(bool)]
+            for action, op, frame, reason in staged_rows(off, *staged):
+                parts.append(_rows(frame, action=action, op=op, changes=None, decision=DEPROVISION, reason=reason))
 
     # 6. Accounts we manage (mapped, or carrying an externalId of ours) that no desired user wants.
     rest = target[~target["remote_id"].isin(pd.concat(claimed, ignore_index=True))]
@@ -510,12 +536,22 @@ def group_diff(names: list[str], local_groups: dict[str, str], local_members: di
     return frame.where(frame.notna(), None)
 
 
+def pushed_members(session: Session, names: list[str], nest: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Group name -> the user ids its target group should hold: its own members, and with nesting
+    (`nest`, empty for `group_nesting.push: direct`) those of the groups nested in it."""
+    if not nest:
+        return group_members(session, names)
+    every = set(names) | set(nest) | {c for children in nest.values() for c in children}
+    return members_through(names, group_members(session, sorted(every)), nest)
+
+
 def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: DesiredState,
-                rows: pd.DataFrame) -> pd.DataFrame:
-    """The group rows of connector `cfg`, given the user plan `rows` (creates, links, deletes to come)."""
+                rows: pd.DataFrame, nest: dict[str, set[str]], push: str = "flatten") -> pd.DataFrame:
+    """The group rows of connector `cfg`, given the user plan `rows` (creates, links, deletes to come);
+    `nest`: the store's group nesting, `push`: how it counts (`group_nesting.push`)."""
     names = list(cfg.groups)
     local_groups = group_ids(session, names)
-    local_members = group_members(session, names)
+    local_members = pushed_members(session, names, nest if push == "flatten" else {})
     group_maps = group_links(session, cfg.name)
     # Each desired user's account: the mapped one, the one this plan links, or None (this plan creates it).
     mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
@@ -536,6 +572,24 @@ def plan_groups(session: Session, cfg: ConnectorConfig, connector, state: Desire
     entity_names.update(zip(state.deprovision["local_id"], state.deprovision["entity_name"]))
     return group_diff(names, local_groups, local_members, list(connector.iter_groups()), group_maps, members,
                       entity_names, ours, connector.capabilities.group_names_case_exact)
+
+
+def _staged(session: Session, cfg: ConnectorConfig, state: DesiredState) -> Optional[tuple[dict, int, datetime]]:
+    """What `diff` needs to stage the deprovisioned users' deletes (None: the connector does not stage)."""
+    if cfg.staged is None:
+        return None
+    ids = list(state.deprovision["local_id"])
+    return suspended(session, cfg.name, ids) if ids else {}, cfg.staged.after_days, utcnow()
+
+
+def _managers_first(rows: pd.DataFrame, manager_of: dict[str, str]) -> pd.DataFrame:
+    """The rows with every create after the creates of its user's managers (the rest keep their order)."""
+    creates = rows["action"].isin([CREATE, RELINK]).to_numpy()
+    if creates.sum() < 2:
+        return rows
+    depth = creation_order(list(rows.loc[creates, "local_id"]), manager_of)
+    key = np.where(creates, [depth.get(u, 0) for u in rows["local_id"]], 0)
+    return rows.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
 
 
 def _mapped_elsewhere(session: Session, cfg: ConnectorConfig, remote_ids: list[str], known: pd.DataFrame) -> pd.DataFrame:
@@ -565,21 +619,30 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
     target = target_frame(accounts, cfg.attribute_map.extra_targets)
     rows, unmanaged = diff(state.desired, target, state.mappings, state.deprovision, state.known_ids,
                            read_only=connector.capabilities.read_only_attributes, orphans=cfg.orphans,
-                           match=tuple(cfg.match), partial=user_ids is not None)
+                           match=tuple(cfg.match), partial=user_ids is not None,
+                           staged=_staged(session, cfg, state))
     if state.conflicts and len(rows):  # a user who cannot be named keeps the account it has, untouched
         rows = rows[~rows["local_id"].isin(list(state.conflicts))].reset_index(drop=True)
     plan = Plan(cfg.name, rows, target_count=len(target), desired_count=len(state.desired), unmanaged=unmanaged,
                 max_deletions=cfg.max_deletions, desired=state.accounts, conflicts=state.conflicts,
                 decisions=state.decisions, mapped=dict(zip(state.mappings["local_id"], state.mappings["remote_id"])),
                 present=set(target["remote_id"]) if user_ids is not None else set())
+    if state.managers.manager_of:
+        plan.rows = _managers_first(plan.rows, state.managers.manager_of)
+        # A report whose manager this plan creates (or links) gets its manager on the run's second pass.
+        planned = set(plan.rows.loc[plan.rows["action"].isin([CREATE, RELINK, LINK]), "local_id"])
+        plan.followups = sorted(r for r, m in state.managers.pending.items() if m in planned)
+    nest = nesting(session)
+    plan.problems = cycle_problems(nest) + state.managers.problems
     if cfg.groups and connector.capabilities.groups:
-        plan.group_rows = plan_groups(session, cfg, connector, state, rows)
+        plan.group_rows = plan_groups(session, cfg, connector, state, rows, nest, config.nesting(cfg).push)
     return plan
 
 
 @task(name="plan", task_run_name="plan {connector_name}", cache_policy=NO_CACHE)
-def plan_task(connector_name: str, config: Config, dry_run: bool = False) -> Plan:
-    """Snapshot the target and the desired state, and diff them into a plan."""
+def plan_task(connector_name: str, config: Config, dry_run: bool = False,
+              user_ids: Optional[list[str]] = None) -> Plan:
+    """Snapshot the target and the desired state (of every user, or of `user_ids`), and diff them into a plan."""
     from connectors.factory import get_connector
     from models.db import session_scope
     from tasks import retry
@@ -588,7 +651,7 @@ def plan_task(connector_name: str, config: Config, dry_run: bool = False) -> Pla
 
     def snapshot() -> Plan:
         with session_scope() as session:
-            return make_plan(config, cfg, get_connector(cfg, dry_run=dry_run), session)
+            return make_plan(config, cfg, get_connector(cfg, dry_run=dry_run), session, user_ids)
 
     # Listing is a read: a transient failure of the target lists again, by the retry policy.
     return retry.run_task(snapshot, config.retry, f"connector={cfg.name} plan")

@@ -20,6 +20,12 @@ class Decision:
     mode: Optional[str] = None  # for deprovision: delete | disable | none
 
 
+def held_names(user: UserView, nesting: str) -> frozenset[str]:
+    """What a role rule is met by: the user's roles and groups, and with `flatten` the groups they are
+    in through nested groups (a member of eng-platform, nested in engineering, holds engineering)."""
+    return user.roles | user.groups | (user.inherited if nesting == "flatten" else frozenset())
+
+
 def scope(user: UserView, cfg: ConnectorConfig, config: Config) -> tuple[bool, str]:
     """Whether `user` belongs on connector `cfg`, with the reason."""
     if user.deleted:
@@ -38,11 +44,14 @@ def scope(user: UserView, cfg: ConnectorConfig, config: Config) -> tuple[bool, s
     if cfg.user_store_domain and cfg.user_store_domain.upper() != user.user_store.upper():
         return False, f"limited to user store {cfg.user_store_domain}; the user is in {user.user_store}"
     if cfg.roles:
-        held = sorted(user.roles & set(cfg.roles))
+        names = held_names(user, config.nesting(cfg).rules)
+        held = sorted(names & set(cfg.roles))
         if not held:
             return False, (f"needs one of the roles {', '.join(cfg.roles)}; the user holds "
-                           f"{', '.join(sorted(user.roles)) or 'none'}")
-        levels.append(f"holds role {', '.join(held)}")
+                           f"{', '.join(sorted(names)) or 'none'}")
+        via = sorted(set(held) - user.roles - user.groups)
+        levels.append(f"holds role {', '.join(held)}"
+                      + (f" ({', '.join(via)} through nested groups)" if via else ""))
     return True, "; ".join(levels)
 
 

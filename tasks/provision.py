@@ -28,7 +28,7 @@ from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operat
 from tasks.history import emit_account_events
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
-from tasks.runlog import LOGGED_OUTCOMES, log_outcomes, outcome_line
+from tasks.runlog import LOGGED_OUTCOMES, log_outcomes, outcome_line, run_logger
 from tasks.store_errors import store_errors_plain
 
 
@@ -183,6 +183,8 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
         report(cfg.name, failed, events, flow_run_id)
         raise
     health.record_success(cfg.name)
+    for problem in plan.problems:
+        run_logger(log).warning("connector=%s %s", cfg.name, problem)
     counts = Counts()
     rows = plan.rows.to_dict(orient="records")
     with slot:
@@ -192,6 +194,13 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
         if len(plan.group_rows):
             counts.add(apply_group_rows(plan.group_rows.to_dict(orient="records"), cfg, connector, run_id=run_id,
                                         flow_run_id=flow_run_id, events=events, policy=config.retry))
+        if plan.followups:  # reports created with their managers: plan them again, the managers' ids exist now
+            with session_scope() as session:
+                second = make_plan(config, cfg, connector, session, plan.followups)
+            again = second.rows.to_dict(orient="records")
+            if again:
+                counts.add(apply_rows(again, second.desired, cfg, connector, run_id=run_id, policy=config.retry,
+                                      flow_run_id=flow_run_id, events=events))
     touched = {r["entity_id"] for r in counts.operations if r["entity_type"] == "user"}
     quiet = _quiet_rows(plan, cfg.name, touched, flow_run_id)
     _record(quiet, events, cfg.name, run_id)
