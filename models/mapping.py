@@ -22,6 +22,7 @@ connector. Targets the engine itself owns (the username, externalId, active) can
 """
 
 import re
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -261,7 +262,7 @@ class AttributeMap:
 
     def with_extra(self, entries: tuple) -> "AttributeMap":
         """This map with more extra attributes (target rules: `models.target_rules`)."""
-        return AttributeMap(self.core, self.extra + tuple(entries))
+        return dataclasses.replace(self, extra=self.extra + tuple(entries))
 
 
 def local_values(user: Any, user_name: Optional[str]) -> dict[str, Any]:
