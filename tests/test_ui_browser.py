@@ -149,3 +149,31 @@ def test_the_flow_run_page_shows_name_failed_state_and_the_users_outcome(tmp_pat
                 page.screenshot(path=str(shots / f"{shot}-outcome.png"))
         finally:
             browser.close()
+
+
+def test_the_automations_page_lists_the_two_notifications_setup_made(tmp_path, sqlite_url, against):
+    from prefect.blocks.notifications import SlackWebhook
+    from playwright.sync_api import expect, sync_playwright
+
+    from tasks.notify import APPROVAL, QUARANTINE
+
+    SlackWebhook(url="https://hooks.slack.com/services/T0/B0/test").save("ops-alerts", overwrite=True)
+    with ScimSandbox() as scim:
+        config = write_config(tmp_path, scim, top="notifications: {block: slack-webhook/ops-alerts}")
+    for _ in range(2):  # twice: still one of each
+        result = CliRunner().invoke(app, ["setup", "--config", str(config)])
+        assert result.exit_code == 0, result.output
+    shots = DOC_SHOTS if os.environ.get("OUTBOUND_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{against}/automations")
+            for name in (APPROVAL, QUARANTINE):
+                expect(page.get_by_text(name, exact=True)).to_have_count(1, timeout=60_000)
+            expect(page.get_by_text("2 automations")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("Send a slack webhook notification using")).to_have_count(2, timeout=30_000)
+            page.screenshot(path=str(shots / "automations.png"))
+        finally:
+            browser.close()
