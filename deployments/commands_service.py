@@ -59,16 +59,31 @@ def serve(config: Optional[Path] = ConfigOption,
 
 @app.command()
 def setup(config: Optional[Path] = ConfigOption) -> None:
-    """Create or update the Prefect global concurrency and rate limits `outbound:<connector>`."""
+    """Create or update the Prefect limits `outbound:<connector>` and the notification automations."""
     from tasks.limits import apply_limits
+    from tasks.notify import NotificationSetupError, apply_automations, check_block
 
     cfg = read_config(config)
+    try:
+        check_block(cfg)  # a missing block is refused before anything is changed
+    except NotificationSetupError as exc:
+        fail(str(exc))
     done = apply_limits(cfg)
     for name, slots, decay in done:
         kind = f"rate limit, {decay:g} slots/s" if decay else "concurrency limit"
         typer.echo(f"{name:<32} {slots:>5} slots ({kind})")
     if not done:
         typer.echo("no connector sets max_concurrency or requests_per_second: no limits to create")
+    try:
+        automations = apply_automations(cfg)
+    except NotificationSetupError as exc:
+        fail(str(exc))
+    if automations is None:
+        typer.echo("no notifications.block configured: no automations created, nobody is told of a paused "
+                   "approval or a quarantined connector (see docs/operations.md, Notifications)")
+        return
+    for name, what in automations:
+        typer.echo(f"{name:<32} automation {what}, notifies through {cfg.notifications.block}")
 
 
 # --- status ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.utilities.annotations import quote
 
-from connectors.errors import CREDENTIAL_CODES, is_permanent
+from connectors.errors import CREDENTIAL_CODES, Rejected, is_permanent
 from flows.crashed import ended_runs, expired, mark_crashed
 from models.availability import STORE_UNAVAILABLE, UNREACHABLE, unreachable_message
 from models.config import Config, load_config
@@ -334,8 +334,17 @@ def next_step(outcomes: list[Outcome], event_id: str, config: Config) -> str:
     when = (f"attempt {attempts} of {MAX_ATTEMPTS}, next at {at:%H:%M:%S} UTC" if status == EventStatus.RETRYING and at
             else "not tried again automatically")
     refused = [o.connector for o in failed if o.code in CREDENTIAL_CODES]
-    step = (f"fix {refused[0]}'s credential or configuration, check it with `outbound check --connector {refused[0]}`, then "
-            f"`outbound retry {event_id}`" if refused else f"to retry now: `outbound retry {event_id}`")
+    bad_value = [o.connector for o in failed if o.code == Rejected.code]
+    if refused:
+        step = (f"fix {refused[0]}'s credential or configuration, check it with `outbound check --connector "
+                f"{refused[0]}`, then `outbound retry {event_id}`")
+    elif bad_value:  # the target refused a value: retrying as is cannot help
+        index = next((i for i, c in enumerate(config.connectors) if c.name == bad_value[0]), None)
+        mapping = f"connectors[{index}].attributes" if index is not None else "the connector's attributes"
+        step = (f"{bad_value[0]} refused a value (named above): correct it at the source or in {mapping} of "
+                f"the configuration, then `outbound retry {event_id}`")
+    else:
+        step = f"to retry now: `outbound retry {event_id}`"
     return "; ".join(p for p in (where, when, step) if p)
 
 

@@ -624,6 +624,17 @@ class RetentionSettings(Strict):
     reconciliation_runs_days: int = Field(default=90, ge=1, le=36500)
 
 
+class NotificationSettings(Strict):
+    """Who hears of a paused deletion-guard approval or a quarantined connector (`outbound setup`).
+
+    `block`: a Prefect notification block as `<block-type-slug>/<block-name>` (the form `Block.load`
+    takes), e.g. `slack-webhook/ops-alerts`; create it in the UI (Blocks) or with its class's `.save()`.
+    The webhook URL stays in the block, never in this file.
+    """
+
+    block: str = Field(pattern=r"^[a-z0-9-]+/[A-Za-z0-9_. -]+$", max_length=255)
+
+
 class Config(Strict):
     tenant_domain: str = Field(min_length=1, max_length=255)
     connectors: list[ConnectorConfig] = Field(default_factory=list)
@@ -635,6 +646,7 @@ class Config(Strict):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     sources: SourceSettings = Field(default_factory=SourceSettings)
     group_nesting: GroupNesting = Field(default_factory=GroupNesting)
+    notifications: Optional[NotificationSettings] = None
 
     @model_validator(mode="after")
     def _references(self):

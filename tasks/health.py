@@ -82,6 +82,15 @@ def _logger():
         return log
 
 
+def _flow_run_id() -> Optional[str]:
+    try:
+        from prefect.runtime import flow_run
+
+        return flow_run.id
+    except Exception:
+        return None
+
+
 def get(connector: str) -> Optional[ConnectorHealth]:
     """The connector's health row, or None when it never failed."""
     with session_scope() as session:
@@ -218,6 +227,12 @@ def _count_failure(connector: str, exc: BaseException, cfg: ConnectorConfig, pro
         _logger().warning("connector=%s quarantined%s after %d failures in a row (%s: %s); next probe at %s (in %g s)",
                           connector, "" if opened else " again: the probe failed", failures, code, exc,
                           _stamp(retry_at), backoff)
+    if opened:  # what the quarantine automation of `outbound setup` listens for
+        from tasks.history import emit_connector_event
+
+        emit_connector_event(connector, "quarantined", {
+            "failures": failures, "error": f"{code}: {str(exc)[:MAX_ERROR_CHARS]}", "retry_at": _stamp(retry_at),
+            "check": f"outbound check --connector {connector}"}, _flow_run_id())
 
 
 def record_success(connector: str) -> None:

@@ -88,3 +88,29 @@ def emit_account_events(connector: str, changes: Iterable[dict], flow_run_id: Op
     except Exception as exc:
         log.warning("connector=%s could not tell the changes to Prefect: %s: %s", connector, type(exc).__name__, exc)
     return emitted
+
+
+def emit_connector_event(connector: str, kind: str, payload: dict, flow_run_id: Optional[str] = None) -> bool:
+    """Emit `outbound.connector.<kind>` about the connector (e.g. `quarantined`); True when it was sent.
+
+    What the automations `outbound setup` creates listen for (tasks/notify.py). Sent only inside a
+    run or when a Prefect API is configured: outside both, Prefect would start a temporary server
+    for it. Never raises.
+    """
+    try:
+        from prefect.events import emit_event
+        from prefect.settings import get_current_settings
+
+        if not flow_run_id and not get_current_settings().api.url:
+            return False
+
+        related = ([{"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}]
+                   if flow_run_id else [])
+        sent = emit_event(event=f"outbound.connector.{kind}",
+                          resource={"prefect.resource.id": f"outbound.connector.{connector}",
+                                    "prefect.resource.name": connector},
+                          related=related, payload={"connector": connector, **payload})
+        return sent is not None
+    except Exception as exc:
+        log.warning("connector=%s could not tell Prefect it is %s: %s: %s", connector, kind, type(exc).__name__, exc)
+        return False

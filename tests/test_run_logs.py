@@ -170,3 +170,19 @@ def test_a_skip_logs_the_policys_reason(tmp_path, sqlite_url, scim):
     lines = [m for _, m in logs_of(run_of(ev["id"]).id, f"user={name}@PRIMARY connector=crm")]
     skipped = [m for m in lines if m.startswith(f"user={name}@PRIMARY connector=crm ")]
     assert skipped and "skipped reason=" in skipped[0] and "sales" in skipped[0], lines
+
+
+def test_a_refused_value_says_which_configuration_field_to_fix(tmp_path, sqlite_url, scim):
+    from flows.provision import next_step
+    from models.config import load_config
+    from models.ingest import accept
+    from tasks.provision import Outcome
+
+    config = load_config(write_config(tmp_path, scim))
+    ev = accept(event(username="valerie"), config)
+    refused = Outcome(connector="app", action="provision", operation="create", status="failed", reason="",
+                      code="rejected", error="rejected: POST /Users: HTTP 400 invalidValue: emails")
+    step = next_step([refused], ev.event_id, config)
+    assert step.startswith("app at http://127.0.0.1:") and "not tried again automatically" in step, step
+    assert "app refused a value (named above): correct it at the source or in connectors[0].attributes" in step
+    assert step.endswith(f"`outbound retry {ev.event_id}`"), step
