@@ -44,7 +44,7 @@ from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision
                          dry_run_verdict, plan_hash, record_decision)
 from tasks.plan import Plan, plan_task
 from tasks.retry import task_options
-from tasks.runlog import log_outcomes
+from tasks.runlog import artifact_key, log_outcomes
 
 DRIFT_ROWS_SHOWN = 1000
 LOCK_TTL = 300.0  # seconds; renewed every third of it while the run lives, so only a dead holder lets it lapse
@@ -66,12 +66,6 @@ FAILED_STATUSES = (RunStatus.FAILED, RunStatus.PARTIAL)
 def _run_name() -> str:
     name = f"reconcile {flow_run.parameters.get('connector', '?')}"
     return f"{name} (dry run)" if flow_run.parameters.get("dry_run") else name
-
-
-def artifact_key(connector: str, kind: str, dry_run: bool) -> str:
-    """`outbound-<connector>-<kind>`, or `outbound-<connector>-dry-run-<kind>` (keys: lowercase, digits, dashes)."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", connector.lower()).strip("-") or "connector"
-    return f"outbound-{slug}-{'dry-run-' if dry_run else ''}{kind}"
 
 
 def _ui_link(path: str) -> Optional[str]:

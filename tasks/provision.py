@@ -28,7 +28,7 @@ from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operat
 from tasks.history import emit_account_events
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
-from tasks.runlog import LOGGED_OUTCOMES, log_outcomes, outcome_line
+from tasks.runlog import LOGGED_OUTCOMES, artifact_key, log_outcomes, outcome_line
 from tasks.store_errors import store_errors_plain
 
 
@@ -155,7 +155,7 @@ def _log_outcomes(connector: str, outcomes: list[Outcome]) -> None:
     """One line per user in the run's log (the first ones; the artifact has them all)."""
     log_outcomes([(outcome_line(o.entity_name, o.connector, o.operation, o.status, o.remote_id, o.error, o.reason),
                    o.status in NOT_DONE) for o in outcomes[:LOGGED_OUTCOMES]], len(outcomes), log,
-                 f"users on {connector}, in the artifact {artifact_key(connector)}")
+                 f"users on {connector}, in the artifact {artifact_key(connector, 'operations')}")
 
 
 def provision_batch(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
@@ -204,11 +204,6 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
 ARTIFACT_ROWS = 1000
 
 
-def artifact_key(connector: str) -> str:
-    """`outbound-<connector>-operations`: Prefect keys are lower-case letters, digits and dashes."""
-    return "outbound-" + "".join(c if c.isalnum() else "-" for c in connector.lower()) + "-operations"
-
-
 def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]], flow_run_id: Optional[str]) -> None:
     """A keyed table artifact of the batch's outcomes on this connector, and Prefect events of its changes.
 
@@ -223,7 +218,7 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
                  "remote_id": o.remote_id or "", "remote_username": o.remote_name or "", "reason": o.reason,
                  "error": o.error or ""} for o in outcomes[:ARTIFACT_ROWS]]
         if rows and flow_run_id:
-            create_table_artifact(table=rows, key=artifact_key(connector),
+            create_table_artifact(table=rows, key=artifact_key(connector, "operations"),
                                   description=f"{connector}: {len(outcomes)} users"
                                   + (f" (first {ARTIFACT_ROWS})" if len(outcomes) > ARTIFACT_ROWS else ""))
     except Exception as exc:
