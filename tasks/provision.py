@@ -21,10 +21,10 @@ from models.config import Config
 from models.db import session_scope
 from models.kinds import NOT_DONE, Action, Intent, OperationStatus
 from models.locks import LockTimeout
-from models.runstate import record_attempts, record_operations, unlink_users
+from models.runstate import operation_row, record_attempts, record_operations, unlink_users
 from models.tables import utcnow
 from tasks import health, retry
-from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
+from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows
 from tasks.history import emit_account_events
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
