@@ -104,22 +104,37 @@ def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[st
                    exc: BaseException, flow_run_id: Optional[str], task_run_id: Optional[str] = None) -> list[Outcome]:
     """The batch could not be planned on this connector: a failed operation, and its attempt, per user."""
     code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
+    failed = [Outcome(cfg_name, d.action, Action.NONE, OperationStatus.FAILED, d.reason, error=f"{code}: {exc}",
+                      user_id=local_id, entity_name=name, code=code)
+              for local_id, (name, d) in state.decisions.items() if d.action != Intent.SKIP]
+    record_failures(failed, events, run_id, flow_run_id, task_run_id, attempted=True)
+    return failed
+
+
+def record_failures(outcomes: list[Outcome], events: dict[str, list[str]], run_id: str, flow_run_id: Optional[str],
+                    task_run_id: Optional[str] = None, attempted: bool = False) -> None:
+    """Record each failed outcome as a failed operation for its user's events: the one failure recorder.
+
+    `attempted`: the connector was tried (one failed attempt is recorded per operation); otherwise the
+    batch never reached it (no desired state), and the operations show no attempt.
+    """
+    if not outcomes:
+        return
     now = utcnow()
-    rows = [operation_row(cfg_name, local_id, name, d.action, reason=d.reason, status=OperationStatus.FAILED, attempts=1,
-                          error_code=code, error_message=str(exc), flow_run_id=flow_run_id)
-            for local_id, (name, d) in state.decisions.items() if d.action != Intent.SKIP]
-    if not rows:
-        return []
-    failed = [Outcome(cfg_name, r["action"], Action.NONE, OperationStatus.FAILED, r["reason"], error=f"{code}: {exc}",
-                      user_id=r["entity_id"], entity_name=r["entity_name"], code=code) for r in rows]
+    rows = [operation_row(o.connector, o.user_id, o.entity_name, o.action, reason=o.reason,
+                          status=OperationStatus.FAILED, error_code=o.code, error_message=o.error.partition(": ")[2],
+                          flow_run_id=flow_run_id, **({"attempts": 1} if attempted else {})) for o in outcomes]
     rows = event_rows(rows, events, run_id)
     with session_scope() as session:
+        if not attempted:
+            record_operations(session, rows)
+            return
         ids = record_operations(session, rows, ids=True)
         record_attempts(session, [
-            {"operation_id": i, "number": 1, "status": OperationStatus.FAILED, "error_code": code, "error_message": str(exc),
-             "flow_run_id": flow_run_id, "task_run_id": task_run_id, "started_at": now, "finished_at": now}
-            for i in ids])
-    return failed
+            {"operation_id": i, "number": 1, "status": OperationStatus.FAILED, "error_code": row["error_code"],
+             "error_message": row["error_message"], "flow_run_id": flow_run_id, "task_run_id": task_run_id,
+             "started_at": now, "finished_at": now}
+            for i, row in zip(ids, rows)])
 
 
 def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
