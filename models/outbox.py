@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Optional
 from sqlalchemy import update
 from sqlmodel import select
 
+from models.config import RetryPolicy
 from models.db import session_scope
 from models.availability import STORE_UNAVAILABLE
 from models.kinds import EventStatus
@@ -27,11 +28,14 @@ log = logging.getLogger(__name__)
 UNFINISHED = (EventStatus.ACCEPTED, EventStatus.RUNNING)
 CLAIM_TTL = 900.0  # seconds: a drain that dies frees its users after this (at once on this machine)
 MAX_ATTEMPTS = 8  # runs that failed for a passing reason before the event is failed for good
-FIRST_RETRY, LAST_RETRY = 30.0, 3600.0  # seconds: 30 s, 1 min, 2 min, … capped at an hour
+# The wait before an event's next run, by the retry runner's schedule (`RetryPolicy.delay`): 30 s,
+# 1 min, 2 min, … capped at an hour, no jitter.
+EVENT_RETRY = RetryPolicy(attempts=MAX_ATTEMPTS, base_delay=30.0, max_delay=3600.0, jitter=0)
 
 
 def retry_delay(attempts: int) -> float:
-    return min(LAST_RETRY, FIRST_RETRY * 2 ** max(attempts - 1, 0))
+    """The wait before the next run of an event that has run `attempts` times."""
+    return EVENT_RETRY.delay(attempts)
 
 
 def _claimable(now, named: bool = False):
