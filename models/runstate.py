@@ -127,6 +127,15 @@ def record(session: Session, connector: str, entity_id: str, entity_name: str, a
     return op
 
 
+def record_decision(run_id: str, decision: str, by: Optional[str], comment: Optional[str], digest: str) -> None:
+    """Store the guard's decision on a reconciliation run: who decided what, on which plan (its sha256)."""
+    with session_scope() as session:
+        run = session.get(ReconciliationRun, run_id)
+        run.decision, run.decided_by, run.decision_comment = decision, (by or None), (comment or None)
+        run.decided_at, run.plan_hash = utcnow(), digest
+        session.add(run)
+
+
 def record_operations(session: Session, rows: list[dict], *, ids: bool = False) -> list[int]:
     """Insert operation rows in bulk; with `ids`, return their ids in the order given."""
     if not ids:
