@@ -81,6 +81,12 @@ def link(session: Session, directory: str, tenant: str, user_store: str, entries
         session.execute(update(DirectoryEntry), moved)  # by primary key (directory, anchor)
 
 
+def entry_of(session: Session, user_id: str) -> Optional[DirectoryEntry]:
+    """The directory entry the latest pull linked to this user, or None."""
+    return session.exec(select(DirectoryEntry).where(DirectoryEntry.user_id == user_id)
+                        .order_by(DirectoryEntry.pulled_at.desc())).first()
+
+
 def watermark(session: Session, directory: str) -> Optional[Watermark]:
     row = session.get(DirectoryWatermark, directory)
     return None if row is None else Watermark(row.attribute, row.value, row.settings_hash, row.full_pull_at)

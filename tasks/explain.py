@@ -8,16 +8,15 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from models.config import ORG_TRIGGERS, Config, ConnectorConfig
 from models.directory import normalized_dn
-from models.directory_state import watermark
+from models.directory_state import entry_of, watermark
 from models.identity import UserView
 from models.mapping import local_values
 from models.patterns import PatternError
 from models.runstate import get_mapping, last_operation, recent_flow_runs
-from models.tables import DirectoryEntry
 from tasks.policy import decide, scope
 from tasks.pull import settings_hash
 from tasks.username import user_name_for
@@ -199,8 +198,7 @@ def directory_origin(session: Session, user: UserView, config: Config) -> list[s
     """For a user pulled from the directory: the entry's DN (recorded by the pull that linked it) and
     the LDAP attribute behind each mapped field and the group behind each role, as the pull maps
     them (`email ← mail (uid=alice,ou=people,dc=example,dc=org)`); [] for any other user."""
-    entry = session.exec(select(DirectoryEntry).where(DirectoryEntry.user_id == user.id)
-                         .order_by(DirectoryEntry.pulled_at.desc())).first()
+    entry = entry_of(session, user.id)
     if entry is None:
         return []
     lines = [f"directory {entry.directory}: entry {entry.dn} (anchor {entry.anchor}, last linked "
