@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Optional, Protocol
 
+from models.compare import canonical, same
 from models.kinds import Action
 
 # The attributes we manage on a remote account; reconciliation compares only these.
@@ -175,15 +176,6 @@ class ProfiledConnector(Connector, Protocol):
         """Act on the stored capability profile (from `outbound check`) instead of asking the target."""
 
 
-def canonical(value: Any) -> Any:
-    """Compare as a target would: emails case-insensitively, absent equal to empty."""
-    if value == "" or value == [] or value == {}:
-        return None
-    if isinstance(value, str):
-        return value.strip()
-    return value
-
-
 def same_group_name(want: str, have: Optional[str], case_exact: bool = False) -> bool:
     """Whether a target holding a group named `have` holds the group named `want`: compared as the
     target compares them (trimmed; without case unless `case_exact`), as `differences` compares users."""
@@ -208,16 +200,13 @@ def differences(desired: Account, current: Account, ignore: tuple[str, ...] = ()
 
     A desired value of None means "we hold nothing here": the target's value is left alone.
     `ignore` names attributes the target derives itself (a connector's `read_only_attributes`).
+    Values compare by the one rule, `models.compare.same`.
     """
     changes = {}
     have = current.managed()
     for key, want in desired.managed().items():
         if want is None or key in ignore:
             continue
-        got = have.get(key)
-        a, b = canonical(want), canonical(got)
-        if key == "email" and isinstance(a, str) and isinstance(b, str):
-            a, b = a.lower(), b.lower()
-        if a != b:
+        if not same(key, want, have.get(key)):
             changes[key] = want
     return changes

@@ -13,8 +13,9 @@ ends `outcome_unknown`, for the next run's plan to find and link.
 
 from typing import Any, Callable, Optional
 
-from connectors.base import BatchOp, RemoteGroup, canonical
+from connectors.base import BatchOp, RemoteGroup
 from connectors.errors import ConnectorError, NotFound, OutcomeUnknown, TransientError
+from models.compare import same
 from models.kinds import Action
 
 
@@ -75,8 +76,8 @@ def applied(connector, op: BatchOp) -> tuple[bool, Any]:
     current = connector.get_user(op.remote_id)
     want = op.changes if op.kind == Action.UPDATE else {"active": op.kind == Action.ENABLE}
     have = current.managed()
-    same = all(_same(key, value, have.get(key)) for key, value in want.items())
-    return same, (current if op.kind == Action.UPDATE else None)
+    held = all(same(key, value, have.get(key)) for key, value in want.items())
+    return held, (current if op.kind == Action.UPDATE else None)
 
 
 def unless_applied(connector, ops: list[BatchOp], results: list[Any], again: list[int]) -> list[int]:
@@ -115,10 +116,3 @@ def group_created(connector, name: str, external_id: Optional[str]) -> Optional[
     if found is None or (external_id and found.external_id and found.external_id != external_id):
         return None
     return found
-
-
-def _same(key: str, want: Any, got: Any) -> bool:
-    a, b = canonical(want), canonical(got)
-    if key == "email" and isinstance(a, str) and isinstance(b, str):
-        return a.lower() == b.lower()
-    return a == b

@@ -375,7 +375,7 @@ class StoreStorage(ScimStorage):
                 setattr(row, name, None)
             if gone:
                 row.attributes = {k: v for k, v in row.attributes.items() if k not in gone}
-            session.add(row)
+            # `row` is the session's own (live_user read it): its changes go with the transaction.
 
         self._accept([event], prepare=clear if cleared or gone or renamed or stale else None)
         return self.get(resource_type, resource.id)

@@ -28,7 +28,7 @@ from models.outbox import UNFINISHED, Batch, claim, finish, leases_kept, release
 from models.runstate import get_event
 from tasks.desired import generate_username, resolve_policy
 from tasks.explain import attach_explanation
-from tasks.provision import Outcome, provision
+from tasks.provision import Outcome, provision, record_failures
 from tasks.readback import reconcile
 from tasks.retry import task_options
 
@@ -165,7 +165,7 @@ def _run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
         except Exception as exc:  # no desired state: provision never ran, so record the failure here
             _raise_if_store_down(exc)
             failed = _failed(name, exc, batch, logger)
-            _record_failures(failed, batch, run_id)
+            record_failures(failed, batch.events, run_id, str(flow_run.id) if flow_run.id else None)
             _add(per_user, failed)
     checking = {}
     for name, future in provisioning.items():
@@ -205,17 +205,6 @@ def _failed(name: str, exc: BaseException, batch: Batch, logger) -> list[Outcome
         logger.warning("connector=%s failed for the batch: %s: %s", name, code, exc)
     return [Outcome(name, Intent.PROVISION, Action.NONE, OperationStatus.FAILED, "the connector failed for the batch",
                     error=f"{code}: {exc}", user_id=u, entity_name=batch.names.get(u), code=code) for u in batch.user_ids]
-
-
-def _record_failures(outcomes: list[Outcome], batch: Batch, run_id: str) -> None:
-    from models.runstate import record_operations
-    from tasks.apply import event_rows, operation_row
-
-    rows = [operation_row(o.connector, o.user_id, o.entity_name, o.action, status=OperationStatus.FAILED,
-                          reason=o.reason, error_code=o.code, error_message=o.error.partition(": ")[2],
-                          flow_run_id=str(flow_run.id) if flow_run.id else None) for o in outcomes]
-    with session_scope() as session:
-        record_operations(session, event_rows(rows, batch.events, run_id))
 
 
 def event_status(outcomes: list[Outcome]) -> tuple[EventStatus, Optional[str]]:

@@ -17,8 +17,6 @@ started (`trigger:<how>`) and for which connector (`connector:<name>`), and its 
 import asyncio
 import json
 import logging
-import re
-import threading
 from collections import deque
 from contextlib import ExitStack, contextmanager
 from typing import Iterator, Optional
@@ -36,7 +34,7 @@ from models.config import Config, load_config
 from flows.crashed import mark_crashed
 from models.errors import ProvisioningError
 from models.kinds import OperationStatus, RunStatus
-from models.locks import LockTimeout, lease, renew_lease
+from models.locks import LockTimeout, kept, lease
 from models.runstate import abandon_stale_runs, finish_run, running_reconciliation_flow_runs, start_run
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
@@ -44,7 +42,7 @@ from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision
                          dry_run_verdict, plan_hash, record_decision)
 from tasks.plan import Plan, plan_task
 from tasks.retry import task_options
-from tasks.runlog import log_outcomes
+from tasks.runlog import artifact_key, log_outcomes
 
 DRIFT_ROWS_SHOWN = 1000
 LOCK_TTL = 300.0  # seconds; renewed every third of it while the run lives, so only a dead holder lets it lapse
@@ -66,12 +64,6 @@ FAILED_STATUSES = (RunStatus.FAILED, RunStatus.PARTIAL)
 def _run_name() -> str:
     name = f"reconcile {flow_run.parameters.get('connector', '?')}"
     return f"{name} (dry run)" if flow_run.parameters.get("dry_run") else name
-
-
-def artifact_key(connector: str, kind: str, dry_run: bool) -> str:
-    """`outbound-<connector>-<kind>`, or `outbound-<connector>-dry-run-<kind>` (keys: lowercase, digits, dashes)."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", connector.lower()).strip("-") or "connector"
-    return f"outbound-{slug}-{'dry-run-' if dry_run else ''}{kind}"
 
 
 def _ui_link(path: str) -> Optional[str]:
@@ -98,13 +90,6 @@ async def _label_run(suffix: Optional[str] = None, add_tags: tuple[str, ...] = (
         get_run_logger().warning("could not label the flow run: %s: %s", type(exc).__name__, exc)
 
 
-def _keep_alive(name: str, owner: str, stop: threading.Event) -> None:
-    while not stop.wait(LOCK_TTL / 3):
-        if not renew_lease(name, owner, LOCK_TTL):
-            logging.getLogger("outbound.reconcile").warning("lease=%s lost: expired and taken over", name)
-            return
-
-
 @contextmanager
 def reconcile_lock(connector: str, wait: float) -> Iterator[str]:
     """Hold `reconcile:<connector>` for the block; wait up to `wait` seconds, else raise Busy saying who holds it."""
@@ -121,14 +106,8 @@ def reconcile_lock(connector: str, wait: float) -> Iterator[str]:
                 owner = stack.enter_context(lease(name, ttl=LOCK_TTL, wait=wait))
             except LockTimeout as exc:
                 raise Busy(f"{exc} (waited {wait:g}s)") from None
-        stop = threading.Event()
-        keeper = threading.Thread(target=_keep_alive, args=(name, owner, stop), name=f"lease {name}", daemon=True)
-        keeper.start()
-        try:
-            yield owner
-        finally:
-            stop.set()
-            keeper.join()
+        stack.enter_context(kept([name], owner, LOCK_TTL))
+        yield owner
 
 
 def _plan_artifacts(plan: Plan, dry_run: bool) -> Optional[str]:

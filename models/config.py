@@ -230,6 +230,11 @@ class RetryPolicy(Strict):
     max_delay: float = Field(default=60.0, ge=0, le=3600)
     jitter: float = Field(default=0.5, ge=0, le=1)
 
+    def delay(self, tries: int) -> float:
+        """The planned wait (before jitter) after `tries` failed tries: base_delay doubled each try, capped
+        at max_delay. The one back-off schedule: the retry runner's and the outbox's."""
+        return min(self.max_delay, self.base_delay * 2 ** (max(tries, 1) - 1))
+
 
 class QuarantineBackoff(Strict):
     """How long a quarantined connector waits before the next probe: `initial`, times `factor` per failed probe, capped at `max`."""

@@ -4,8 +4,10 @@ A lease is a row keyed by name; taking it is an INSERT that the primary key make
 lease carries an expiry, so one left by a killed process is taken over once it runs out.
 """
 
+import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -18,6 +20,8 @@ from sqlmodel import delete, update
 from models.db import session_scope
 from models.errors import LockTimeout
 from models.tables import Lease, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def _owner(run: Optional[str] = None) -> str:
@@ -169,8 +173,35 @@ def new_owner(run: Optional[str] = None) -> str:
     return _owner(run)
 
 
-def renew_lease(name: str, owner: str, ttl: float) -> bool:
-    """Push the expiry of `owner`'s lease `name` to `ttl` seconds from now; False when it is no longer held."""
-    with session_scope() as session:
-        return bool(session.exec(update(Lease).where(Lease.name == name, Lease.owner == owner)
-                                 .values(expires_at=utcnow() + timedelta(seconds=ttl))).rowcount)
+@contextmanager
+def kept(names: list[str], owner: str, ttl: float, every: Optional[float] = None) -> Iterator[None]:
+    """Push the expiry of `owner`'s leases `names` to `ttl` seconds ahead, every `every` seconds
+    (a third of `ttl`), while the block runs: the one keep-alive, for drains and reconciliations.
+
+    A renewal that fails (the store is away) is tried again at the next beat: the leases still have
+    time left. A lease found expired and taken over is warned about; once none is held, renewal stops.
+    """
+    stop = threading.Event()
+    every = ttl / 3 if every is None else every
+
+    def keep() -> None:
+        while not stop.wait(every):
+            try:
+                held = renew_many(names, owner, ttl)
+            except Exception as exc:
+                log.warning("owner=%s lease renewal failed: %s", owner, exc)
+                continue
+            if held < len(names):
+                log.warning("owner=%s holds %d of its %d leases (%s): expired and taken over", owner, held,
+                            len(names), names[0] if len(names) == 1 else "…")
+            if not held:
+                return
+
+    keeper = threading.Thread(target=keep, name=f"lease {names[0]}" if len(names) == 1 else "lease-keeper",
+                              daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()

@@ -11,7 +11,7 @@ from typing import Iterable
 from sqlmodel import Session, delete, select
 
 from models.groupgraph import cycles, reverse, walk
-from models.tables import Group, GroupMember, GroupNesting
+from models.tables import Group, GroupNesting
 
 _GROUP = "group:"  # a group's key in the membership graph; user ids (hex) never start with it
 

@@ -16,10 +16,11 @@ from typing import Callable, Iterator, Optional
 from sqlalchemy import update
 from sqlmodel import select
 
+from models.config import RetryPolicy
 from models.db import session_scope
 from models.availability import STORE_UNAVAILABLE
 from models.kinds import EventStatus
-from models.locks import acquire_many, elsewhere, host_of, leases_named, new_owner, release_many, renew_many, run_of
+from models.locks import acquire_many, elsewhere, host_of, kept, leases_named, new_owner, release_many, run_of
 from models.tables import Event, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,14 @@ log = logging.getLogger(__name__)
 UNFINISHED = (EventStatus.ACCEPTED, EventStatus.RUNNING)
 CLAIM_TTL = 900.0  # seconds: a drain that dies frees its users after this (at once on this machine)
 MAX_ATTEMPTS = 8  # runs that failed for a passing reason before the event is failed for good
-FIRST_RETRY, LAST_RETRY = 30.0, 3600.0  # seconds: 30 s, 1 min, 2 min, … capped at an hour
+# The wait before an event's next run, by the retry runner's schedule (`RetryPolicy.delay`): 30 s,
+# 1 min, 2 min, … capped at an hour, no jitter.
+EVENT_RETRY = RetryPolicy(attempts=MAX_ATTEMPTS, base_delay=30.0, max_delay=3600.0, jitter=0)
 
 
 def retry_delay(attempts: int) -> float:
-    return min(LAST_RETRY, FIRST_RETRY * 2 ** max(attempts - 1, 0))
+    """The wait before the next run of an event that has run `attempts` times."""
+    return EVENT_RETRY.delay(attempts)
 
 
 def _claimable(now, named: bool = False):
@@ -199,32 +203,8 @@ def leases_kept(batch: Batch, every: float = CLAIM_TTL / 3) -> Iterator[None]:
     A batch slowed by a throttling target can outlast CLAIM_TTL; without renewal a drain elsewhere
     would take its users over (running them twice) and mark this live run Crashed.
     """
-    with _renewed([_lease(u) for u in batch.events], batch.owner, every):
+    with kept([_lease(u) for u in batch.events], batch.owner, CLAIM_TTL, every):
         yield
-
-
-@contextmanager
-def _renewed(names: list[str], owner: str, every: float) -> Iterator[None]:
-    """Push the expiry of `owner`'s leases `names` every `every` seconds while the block runs."""
-    stop = threading.Event()
-
-    def keep() -> None:
-        while not stop.wait(every):
-            try:
-                held = renew_many(names, owner, CLAIM_TTL)
-            except Exception as exc:  # the store is away: the leases still have time left, try again later
-                log.warning("owner=%s lease renewal failed: %s", owner, exc)
-                continue
-            if held < len(names):
-                log.warning("owner=%s holds %d of its %d leases", owner, held, len(names))
-
-    keeper = threading.Thread(target=keep, name="lease-keeper", daemon=True)
-    keeper.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        keeper.join()
 
 
 RUN_LEASE = "run:"  # `run:<flow run id>`: held by a drain's run from its start to its end
@@ -247,7 +227,7 @@ def run_held(run: Optional[str], every: float = CLAIM_TTL / 3) -> Iterator[None]
         yield
         return
     try:
-        with _renewed([name], owner, every):
+        with kept([name], owner, CLAIM_TTL, every):
             yield
     finally:
         try:

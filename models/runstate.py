@@ -9,7 +9,7 @@ from sqlalchemy import MetaData, Table, delete, func, inspect, insert, update
 from sqlmodel import Session, select
 
 from models.db import session_scope
-from models.kinds import NOT_DONE, EventStatus, Intent, OperationStatus, RunStatus
+from models.kinds import NOT_DONE, Action, EventStatus, Intent, OperationStatus, RunStatus
 from models.outbox import UNFINISHED
 from models.tables import Event, Mapping, Operation, OperationAttempt, ReconciliationRun, utcnow
 
@@ -106,12 +106,34 @@ def group_links(session: Session, connector: str) -> dict[str, str]:
 
 # --- operations ----------------------------------------------------------------------------
 
-def record(session: Session, **fields) -> Operation:
-    """A finished operation with no remote call (a skip, a decision, a verification)."""
-    op = Operation(finished_at=utcnow(), **fields)
+def operation_row(connector: str, entity_id: str, entity_name: Optional[str], action: str, **fields) -> dict:
+    """An operation as a row for a bulk insert: a finished one with no remote call, unless `fields` say more.
+
+    The one builder of operation rows: every path (event runs, reconciliations, failures, read-backs)
+    records through it, so each row has every column.
+    """
+    now = utcnow()
+    return {"connector": connector, "entity_type": "user", "entity_id": entity_id, "entity_name": entity_name,
+            "action": action, "operation": Action.NONE, "status": OperationStatus.SKIPPED, "attempts": 0,
+            "reason": None, "error_code": None, "error_message": None, "remote_id": None, "remote_name": None,
+            "drift": None, "flow_run_id": None, "started_at": now, "finished_at": now, **fields}
+
+
+def record(session: Session, connector: str, entity_id: str, entity_name: str, action: str, **fields) -> Operation:
+    """A finished operation with no remote call (a skip, a decision, a verification), stored at once."""
+    op = Operation(**operation_row(connector, entity_id, entity_name, action, **fields))
     session.add(op)
     session.flush()
     return op
+
+
+def record_decision(run_id: str, decision: str, by: Optional[str], comment: Optional[str], digest: str) -> None:
+    """Store the guard's decision on a reconciliation run: who decided what, on which plan (its sha256)."""
+    with session_scope() as session:
+        run = session.get(ReconciliationRun, run_id)
+        run.decision, run.decided_by, run.decision_comment = decision, (by or None), (comment or None)
+        run.decided_at, run.plan_hash = utcnow(), digest
+        session.add(run)
 
 
 def record_operations(session: Session, rows: list[dict], *, ids: bool = False) -> list[int]:

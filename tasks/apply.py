@@ -20,8 +20,8 @@ from connectors.outcome import group_created, outcome_unknown, unless_applied
 from models.config import ConnectorConfig, RetryPolicy
 from models.db import session_scope
 from models.kinds import Action, Intent, OperationStatus
-from models.runstate import (accounts_of, link_accounts, owner_of_account, pushed_hash, record_attempts,
-                             record_operations, unlink_accounts)
+from models.runstate import (accounts_of, link_accounts, operation_row, owner_of_account, pushed_hash,
+                             record_attempts, record_operations, unlink_accounts)
 from models.suspensions import clear_suspended, record_suspended
 from models.tables import utcnow
 from tasks import retry
@@ -163,15 +163,6 @@ def _adopt(connector, cfg: ConnectorConfig, row: dict) -> Optional[Account]:
     return found if owner in (None, row["local_id"]) else None
 
 
-def operation_row(connector: str, entity_id: str, entity_name: Optional[str], action: str, **fields) -> dict:
-    """An operation as a row for a bulk insert: a finished one with no remote call, unless `fields` say more."""
-    now = utcnow()
-    return {"connector": connector, "entity_type": "user", "entity_id": entity_id, "entity_name": entity_name,
-            "action": action, "operation": NONE, "status": SKIPPED, "attempts": 0, "reason": None,
-            "error_code": None, "error_message": None, "remote_id": None, "remote_name": None, "drift": None,
-            "flow_run_id": None, "started_at": now, "finished_at": now, **fields}
-
-
 def event_rows(op_rows: list[dict], events: Optional[dict[str, list[str]]], run_id: str) -> list[dict]:
     """Give each operation row its event: the user's latest event of the batch, or the reconciliation.
 
@@ -253,15 +244,12 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
                     suspension_over.append(row["local_id"])
         error = result if isinstance(result, BaseException) else None
         counts.add_line(row["entity_name"], cfg.name, action, status, dry_run, remote_id, error)
-        op_rows.append({
-            "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "user",
-            "entity_id": row["local_id"] or remote_id or "-", "entity_name": row["entity_name"],
-            "action": SKIP if status == SKIPPED else row.get("decision") or PROVISION,
-            "operation": action, "status": status, "attempts": n, "reason": row["reason"],
-            "error_code": _code(error),
-            "error_message": str(error) if error else None, "remote_id": remote_id,
-            "remote_name": row["user_name"], "drift": row["changes"], "flow_run_id": flow_run_id,
-            "started_at": tried[0][0] if tried else now, "finished_at": now})
+        op_rows.append(operation_row(
+            cfg.name, row["local_id"] or remote_id or "-", row["entity_name"],
+            SKIP if status == SKIPPED else row.get("decision") or PROVISION, event_id=f"reconcile:{run_id}",
+            operation=action, status=status, attempts=n, reason=row["reason"], error_code=_code(error),
+            error_message=str(error) if error else None, remote_id=remote_id, remote_name=row["user_name"],
+            drift=row["changes"], flow_run_id=flow_run_id, started_at=tried[0][0] if tried else now, finished_at=now))
     if dry_run:
         return counts
     if events is not None:
@@ -396,14 +384,13 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
                                     "status": status, "code": _code(error)})
         counts.add_line(row["entity_name"], cfg.name, f"{row['action']} {row['group']}", status, dry_run,
                         group_remote_id, error)
-        op_rows.append({
-            "event_id": f"reconcile:{run_id}", "connector": cfg.name, "entity_type": "group",
-            "entity_id": group_id or row["group"], "entity_name": row["entity_name"],
-            "action": SKIP if status == SKIPPED else Intent.GROUP, "operation": row["action"], "status": status,
-            "attempts": 0 if status == SKIPPED else tries, "reason": reason or row["reason"],
-            "error_code": _code(error), "error_message": str(error) if error else None,
-            "remote_id": group_remote_id, "remote_name": row["group"], "drift": None, "flow_run_id": flow_run_id,
-            "started_at": started, "finished_at": utcnow(), "_member": row["local_id"] if member is None else member})
+        op_rows.append(operation_row(
+            cfg.name, group_id or row["group"], row["entity_name"], SKIP if status == SKIPPED else Intent.GROUP,
+            event_id=f"reconcile:{run_id}", entity_type="group", operation=row["action"], status=status,
+            attempts=0 if status == SKIPPED else tries, reason=reason or row["reason"], error_code=_code(error),
+            error_message=str(error) if error else None, remote_id=group_remote_id, remote_name=row["group"],
+            flow_run_id=flow_run_id, started_at=started, finished_at=utcnow(),
+            _member=row["local_id"] if member is None else member))
 
     for name, group_rows in by_group.items():
         group_id, group_remote_id = group_rows[0]["group_id"], group_rows[0]["group_remote_id"]

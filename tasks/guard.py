@@ -16,10 +16,8 @@ from typing import Any, Optional
 from prefect.input import RunInput
 from pydantic import Field
 
-from models.db import session_scope
 from models.kinds import Action, RunStatus
-from models.runstate import last_reconciliations
-from models.tables import ReconciliationRun, utcnow
+from models.runstate import last_reconciliations, record_decision
 
 APPROVED, REJECTED, STOPPED, FORCED = "approved", "rejected", "stopped", "forced"
 
@@ -68,14 +66,6 @@ def cli_user() -> str:
         return getpass.getuser()
     except Exception:  # no login name in some containers
         return "unknown"
-
-
-def record_decision(run_id: str, decision: str, by: Optional[str], comment: Optional[str], digest: str) -> None:
-    with session_scope() as session:
-        run = session.get(ReconciliationRun, run_id)
-        run.decision, run.decided_by, run.decision_comment = decision, (by or None), (comment or None)
-        run.decided_at, run.plan_hash = utcnow(), digest
-        session.add(run)
 
 
 def approval_description(connector: str, counts: dict, deletions: int, threshold: int, digest: str,

@@ -21,12 +21,9 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from sqlalchemy.exc import IntegrityError
-
 from connectors.errors import AuthFailed, ConnectorError, RateLimited, TransientError
 from models.config import Config, ConnectorConfig
 from models import health as store
-from models.db import session_scope
 from models.kinds import HealthState
 from models.locks import _owner, release, try_acquire
 from models.tables import ConnectorHealth, utcnow
@@ -93,8 +90,7 @@ def _flow_run_id() -> Optional[str]:
 
 def get(connector: str) -> Optional[ConnectorHealth]:
     """The connector's health row, or None when it never failed."""
-    with session_scope() as session:
-        return session.get(ConnectorHealth, connector)
+    return store.get(connector)
 
 
 def all_health() -> dict[str, ConnectorHealth]:
@@ -193,24 +189,10 @@ def _close(connector: str) -> None:
                           _stamp(h.opened_at))
 
 
-def _ensure_row(connector: str) -> None:
-    if get(connector) is not None:
-        return
-    try:
-        with session_scope() as session:
-            session.add(ConnectorHealth(connector=connector))
-    except IntegrityError:  # another worker created it first
-        pass
-
-
 def _count_failure(connector: str, exc: BaseException, cfg: ConnectorConfig, probe: bool) -> None:
-    _ensure_row(connector)
     now, code = utcnow(), getattr(exc, "code", type(exc).__name__)
-    with session_scope() as session:
-        # Write first: the increment is atomic, and it takes the row (PostgreSQL) or the database
-        # (SQLite) for the rest of this transaction, so two workers never open it twice.
-        store.add_failure(session, connector, code, str(exc)[:MAX_ERROR_CHARS], now)
-        h = session.get(ConnectorHealth, connector)
+    # The row is taken for the block (see failure_counted), so two workers never open it twice.
+    with store.failure_counted(connector, code, str(exc)[:MAX_ERROR_CHARS], now) as h:
         opened = False
         if h.state == OPEN:
             if probe:  # the probe failed: wait longer before the next one
@@ -221,7 +203,6 @@ def _count_failure(connector: str, exc: BaseException, cfg: ConnectorConfig, pro
             h.state, h.opened_at, opened = OPEN, now, True
             h.backoff = cfg.quarantine_backoff.after(0.0)
             h.retry_at = now + timedelta(seconds=h.backoff)
-        session.add(h)
         failures, backoff, retry_at = h.consecutive_failures, h.backoff, h.retry_at
     if opened or probe:
         _logger().warning("connector=%s quarantined%s after %d failures in a row (%s: %s); next probe at %s (in %g s)",

@@ -38,6 +38,7 @@ from sqlmodel import Session
 
 from connectors.base import MANAGED, Account, Lookup, RemoteGroup, find_each, group_named, matching
 from connectors.errors import Rejected
+from models import compare
 from models.config import Config, ConnectorConfig
 from models.identity import UserView, group_ids, group_members, load_views, qualified_names
 from models.kinds import Action, Intent
@@ -67,9 +68,9 @@ GROUP_ACTIONS = (GROUP_CREATE, MEMBER_ADD, MEMBER_REMOVE)
 # its account is created by this plan: apply reads it from the mapping the create wrote).
 GROUP_COLUMNS = ("action", "group", "group_id", "group_remote_id", "local_id", "entity_name", "remote_id", "reason")
 DESTRUCTIVE = (DELETE, DISABLE)
-# Compared case-insensitively: emails, and usernames (SCIM userName is caseExact=false; Google and
-# Salesforce usernames are addresses), so a server that changes their case shows no drift.
-CASELESS = ("email", "user_name")
+# Which fields compare without case is the one rule in models/compare.py (`same`); `_differs` is its
+# vectorised twin.
+CASELESS = compare.CASELESS
 
 
 @dataclass
@@ -309,12 +310,14 @@ def _canon(values: pd.Series, lower: bool = False) -> pd.Series:
     return text.where(text.ne("") & values.notna())
 
 
-def _differs(want: pd.Series, have: pd.Series, lower: bool = False) -> np.ndarray:
-    """Where a desired value is set and the target's differs once both are canonical.
+def _differs(want: pd.Series, have: pd.Series, name: str) -> np.ndarray:
+    """Where a desired value is set and the target's differs once both are canonical: `compare.same`
+    over a column (caseless when `compare.caseless(name)`).
 
     Raw equality implies canonical equality, so only the rows that differ raw are canonicalised:
     at 1% drift that is a small fraction of the work.
     """
+    lower = compare.caseless(name)
     w, h = want.to_numpy(dtype=object, na_value=None), have.to_numpy(dtype=object, na_value=None)
     out = want.notna().to_numpy() & (w != h)
     pos = np.flatnonzero(out)
@@ -398,7 +401,7 @@ def diff(desired: pd.DataFrame, target: pd.DataFrame, mappings: pd.DataFrame,
     cmp = pd.concat([d.loc[present].assign(how="mapped").merge(target, on="remote_id", suffixes=("", "_t")),
                      links.merge(desired, on="local_id").merge(target, on="remote_id", suffixes=("", "_t"))],
                     ignore_index=True)
-    diffs = {f: _differs(cmp[f], cmp[f + "_t"], lower=f in CASELESS) for f in compared}
+    diffs = {f: _differs(cmp[f], cmp[f + "_t"], f) for f in compared}
     any_diff = np.zeros(len(cmp), dtype=bool)
     for mask in diffs.values():
         any_diff |= mask

@@ -21,14 +21,14 @@ from models.config import Config
 from models.db import session_scope
 from models.kinds import NOT_DONE, Action, Intent, OperationStatus
 from models.locks import LockTimeout
-from models.runstate import record_attempts, record_operations, unlink_users
+from models.runstate import operation_row, record_attempts, record_operations, unlink_users
 from models.tables import utcnow
 from tasks import health, retry
-from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows, operation_row
+from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows
 from tasks.history import emit_account_events
 from tasks.limits import connector_slot
 from tasks.plan import DesiredState, Plan, make_plan
-from tasks.runlog import LOGGED_OUTCOMES, log_outcomes, outcome_line, run_logger
+from tasks.runlog import LOGGED_OUTCOMES, artifact_key, log_outcomes, outcome_line, run_logger
 from tasks.store_errors import store_errors_plain
 
 
@@ -104,22 +104,37 @@ def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[st
                    exc: BaseException, flow_run_id: Optional[str], task_run_id: Optional[str] = None) -> list[Outcome]:
     """The batch could not be planned on this connector: a failed operation, and its attempt, per user."""
     code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
+    failed = [Outcome(cfg_name, d.action, Action.NONE, OperationStatus.FAILED, d.reason, error=f"{code}: {exc}",
+                      user_id=local_id, entity_name=name, code=code)
+              for local_id, (name, d) in state.decisions.items() if d.action != Intent.SKIP]
+    record_failures(failed, events, run_id, flow_run_id, task_run_id, attempted=True)
+    return failed
+
+
+def record_failures(outcomes: list[Outcome], events: dict[str, list[str]], run_id: str, flow_run_id: Optional[str],
+                    task_run_id: Optional[str] = None, attempted: bool = False) -> None:
+    """Record each failed outcome as a failed operation for its user's events: the one failure recorder.
+
+    `attempted`: the connector was tried (one failed attempt is recorded per operation); otherwise the
+    batch never reached it (no desired state), and the operations show no attempt.
+    """
+    if not outcomes:
+        return
     now = utcnow()
-    rows = [operation_row(cfg_name, local_id, name, d.action, reason=d.reason, status=OperationStatus.FAILED, attempts=1,
-                          error_code=code, error_message=str(exc), flow_run_id=flow_run_id)
-            for local_id, (name, d) in state.decisions.items() if d.action != Intent.SKIP]
-    if not rows:
-        return []
-    failed = [Outcome(cfg_name, r["action"], Action.NONE, OperationStatus.FAILED, r["reason"], error=f"{code}: {exc}",
-                      user_id=r["entity_id"], entity_name=r["entity_name"], code=code) for r in rows]
+    rows = [operation_row(o.connector, o.user_id, o.entity_name, o.action, reason=o.reason,
+                          status=OperationStatus.FAILED, error_code=o.code, error_message=o.error.partition(": ")[2],
+                          flow_run_id=flow_run_id, **({"attempts": 1} if attempted else {})) for o in outcomes]
     rows = event_rows(rows, events, run_id)
     with session_scope() as session:
+        if not attempted:
+            record_operations(session, rows)
+            return
         ids = record_operations(session, rows, ids=True)
         record_attempts(session, [
-            {"operation_id": i, "number": 1, "status": OperationStatus.FAILED, "error_code": code, "error_message": str(exc),
-             "flow_run_id": flow_run_id, "task_run_id": task_run_id, "started_at": now, "finished_at": now}
-            for i in ids])
-    return failed
+            {"operation_id": i, "number": 1, "status": OperationStatus.FAILED, "error_code": row["error_code"],
+             "error_message": row["error_message"], "flow_run_id": flow_run_id, "task_run_id": task_run_id,
+             "started_at": now, "finished_at": now}
+            for i, row in zip(ids, rows)])
 
 
 def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
@@ -155,7 +170,7 @@ def _log_outcomes(connector: str, outcomes: list[Outcome]) -> None:
     """One line per user in the run's log (the first ones; the artifact has them all)."""
     log_outcomes([(outcome_line(o.entity_name, o.connector, o.operation, o.status, o.remote_id, o.error, o.reason),
                    o.status in NOT_DONE) for o in outcomes[:LOGGED_OUTCOMES]], len(outcomes), log,
-                 f"users on {connector}, in the artifact {artifact_key(connector)}")
+                 f"users on {connector}, in the artifact {artifact_key(connector, 'operations')}")
 
 
 def provision_batch(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
@@ -213,11 +228,6 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
 ARTIFACT_ROWS = 1000
 
 
-def artifact_key(connector: str) -> str:
-    """`outbound-<connector>-operations`: Prefect keys are lower-case letters, digits and dashes."""
-    return "outbound-" + "".join(c if c.isalnum() else "-" for c in connector.lower()) + "-operations"
-
-
 def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]], flow_run_id: Optional[str]) -> None:
     """A keyed table artifact of the batch's outcomes on this connector, and Prefect events of its changes.
 
@@ -232,7 +242,7 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
                  "remote_id": o.remote_id or "", "remote_username": o.remote_name or "", "reason": o.reason,
                  "error": o.error or ""} for o in outcomes[:ARTIFACT_ROWS]]
         if rows and flow_run_id:
-            create_table_artifact(table=rows, key=artifact_key(connector),
+            create_table_artifact(table=rows, key=artifact_key(connector, "operations"),
                                   description=f"{connector}: {len(outcomes)} users"
                                   + (f" (first {ARTIFACT_ROWS})" if len(outcomes) > ARTIFACT_ROWS else ""))
     except Exception as exc:

@@ -23,9 +23,9 @@ from connectors.factory import get_connector
 from models.config import Config
 from models.db import session_scope
 from models.kinds import Action, Intent, OperationStatus
-from models.runstate import record_operations
+from models.runstate import operation_row, record_operations
 from tasks import health, retry
-from tasks.apply import apply_rows, event_rows, operation_row
+from tasks.apply import apply_rows, event_rows
 from tasks.limits import connector_slot
 from tasks.plan import make_plan
 from tasks.provision import Outcome, _runtime_ids

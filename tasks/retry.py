@@ -28,7 +28,7 @@ Look = Callable[[list, list, list[int]], list[int]]
 
 
 def delays(policy: RetryPolicy) -> list[float]:
-    return [min(policy.max_delay, policy.base_delay * 2 ** i) for i in range(max(policy.attempts - 1, 1))]
+    return [policy.delay(i + 1) for i in range(max(policy.attempts - 1, 1))]
 
 
 def backoff(policy: RetryPolicy, tries: int, errors: Sequence[BaseException]) -> float:

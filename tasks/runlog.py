@@ -6,9 +6,18 @@ lines and a count of the rest (the rest are in the run's artifacts and `outbound
 """
 
 import logging
+import re
 from typing import Optional
 
 from models.kinds import OperationStatus
+
+
+def artifact_key(connector: str, kind: str, dry_run: bool = False) -> str:
+    """The key of a run's `kind` artifact on `connector`, for event runs and reconciliations alike:
+    `outbound-<connector>-<kind>`, or `outbound-<connector>-dry-run-<kind>` (Prefect keys: lowercase
+    letters, digits and dashes)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", connector.lower()).strip("-") or "connector"
+    return f"outbound-{slug}-{'dry-run-' if dry_run else ''}{kind}"
 
 LOGGED_OUTCOMES = 50
 

@@ -122,7 +122,7 @@ def _access(cfg, connector, found: Findings) -> None:
             names = {str(r.get("Name")) for r in connector._table(entity, fresh=True).values()}
         except ConnectorError as exc:
             found.error(f"{entity} cannot be read ({exc}), so salesforce.{setting} cannot be resolved",
-                        f"give the integration user the View Setup and Configuration permission")
+                        "give the integration user the View Setup and Configuration permission")
             continue
         for value in rules.literal_values():
             if value not in names:
