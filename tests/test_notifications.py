@@ -3,6 +3,7 @@
 import os
 import time
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 from typer.testing import CliRunner
@@ -101,18 +102,20 @@ def test_setup_without_notifications_or_with_a_missing_block_says_so(tmp_path, s
 
 def test_a_quarantine_is_a_prefect_event_the_automation_listens_for(tmp_path, sqlite_url):
     from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
     from connectors.errors import TransientError
     from test_quarantine import provision_directly
 
     name = "app"
+    since = datetime.now(timezone.utc)  # the session's Prefect server keeps other tests' quarantines of app
     with ScimSandbox(faults=FaultPlan(rate=1.0, kinds=("5xx",))) as scim:
         config = load_config(write_config(tmp_path, scim.url, scim.token, name=name))
         with pytest.raises(TransientError):
             provision_directly(config, "quin")
     assert health.get(name).state == "open"
-    wanted = EventFilter(event=EventNameFilter(name=["outbound.connector.quarantined"]),
+    wanted = EventFilter(occurred=EventOccurredFilter(since=since),
+                         event=EventNameFilter(name=["outbound.connector.quarantined"]),
                          resource=EventResourceFilter(id=[f"outbound.connector.{name}"]))
     deadline, events = time.monotonic() + 30, []
     while time.monotonic() < deadline and not events:  # events reach the server asynchronously
