@@ -82,7 +82,7 @@ def test_setup_without_notifications_or_with_a_missing_block_says_so(tmp_path, s
     assert result.exit_code == 0 and "no notifications.block configured: no automations created" in result.output
 
     missing = write_config(tmp_path, "http://127.0.0.1:9/scim/v2", "t0ken",
-                           "notifications: {block: slack-webhook/nowhere}", name="limited")
+                           "notifications: {block: slack-webhook/nowhere}", name="notify-refused")
     text = missing.read_text().replace("quarantine_after: 1", "quarantine_after: 1\n    max_concurrency: 2")
     missing.write_text(text)
     refused = runner.invoke(app, ["setup", "--config", str(missing)])
@@ -93,7 +93,7 @@ def test_setup_without_notifications_or_with_a_missing_block_says_so(tmp_path, s
         from prefect.exceptions import ObjectNotFound
 
         with pytest.raises(ObjectNotFound):  # refused before the limits were touched too
-            client.read_global_concurrency_limit_by_name("outbound:limited")
+            client.read_global_concurrency_limit_by_name("outbound:notify-refused")  # a name no other test uses
 
     bad = write_config(tmp_path, "http://127.0.0.1:9/scim/v2", "t0ken", "notifications: {block: 'no slash'}")
     invalid = runner.invoke(app, ["setup", "--config", str(bad)])
