@@ -166,13 +166,15 @@ def _refused(plan: Plan, cfg) -> Optional[tuple[Counts, str]]:
     from connectors.factory import get_connector
     from models.kinds import Action
 
+    rows = plan.rows.to_dict(orient="records")
+    creates = [r for r in rows if r["op"] == Action.CREATE and r["local_id"] in plan.desired]
+    if not creates:
+        return None
     connector = get_connector(cfg)
     if not connector.capabilities.checks_plan:
         return None
-    rows = plan.rows.to_dict(orient="records")
-    creates = [r for r in rows if r["op"] == Action.CREATE and r["local_id"] in plan.desired]
     try:
-        message = connector.plan_refusal([plan.desired[r["local_id"]] for r in creates]) if creates else None
+        message = connector.plan_refusal([plan.desired[r["local_id"]] for r in creates])
     except ConnectorError as exc:
         get_run_logger().warning("connector=%s the plan's licences could not be checked (%s); each chunk checks "
                                  "its own", cfg.name, exc)
