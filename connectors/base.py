@@ -68,6 +68,9 @@ class Capabilities:
     # `find_users` looks a batch's accounts up in a few requests (SCIM `or` filters, a SOQL IN); False:
     # callers use `find_each` (the per-user `find_user`), or the listing.
     batched_lookup: bool = False
+    # `plan_refusal` can tell, before a reconciliation sends its first chunk, that the target cannot
+    # take the plan's creates as a whole (Salesforce: the licences they need are not free).
+    checks_plan: bool = False
 
 
 class Connector(Protocol):
@@ -101,6 +104,10 @@ class Connector(Protocol):
     # ConnectorError that call met. Never raises for one op. `max_workers` bounds parallel calls
     # where the target has no batch endpoint.
     def apply_batch(self, ops: list[BatchOp], *, max_workers: int = 1) -> list[Any]: ...
+
+    # Only when `capabilities.checks_plan`: why the target cannot take these creates (a whole plan's),
+    # None when it can. Reads only.
+    def plan_refusal(self, creates: list[Account]) -> Optional[str]: ...
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,50 @@ def _summary_artifact(plan: Plan, status: str, outcome: Counts, dry_run: bool,
                                             else ""), _sync=True)
 
 
+def _refused(plan: Plan, cfg) -> Optional[tuple[Counts, str]]:
+    """The plan refused as a whole, before its first chunk, when the target says it cannot take its
+    creates (Salesforce: fewer licences free than they need; each chunk checks only its own); None
+    when it can, or cannot tell (each chunk then checks its creates)."""
+    from connectors.errors import ConnectorError
+    from connectors.factory import get_connector
+    from models.kinds import Action
+
+    rows = plan.rows.to_dict(orient="records")
+    creates = [r for r in rows if r["op"] == Action.CREATE and r["local_id"] in plan.desired]
+    if not creates:
+        return None
+    connector = get_connector(cfg)
+    if not connector.capabilities.checks_plan:
+        return None
+    try:
+        message = connector.plan_refusal([plan.desired[r["local_id"]] for r in creates])
+    except ConnectorError as exc:
+        get_run_logger().warning("connector=%s the plan's licences could not be checked (%s); each chunk checks "
+                                 "its own", cfg.name, exc)
+        return None
+    if message is None:
+        return None
+    return Counts(failed=len(creates), skipped=len(rows) - len(creates) + len(plan.group_rows),
+                  failures=[{"action": r["action"], "user": r["entity_name"], "error": f"create user "
+                             f"{r['user_name']}: {message}", "status": OperationStatus.FAILED, "code": "rejected"}
+                            for r in creates]), message
+
+
+def _record_refused(plan: Plan, connector: str, run_id: str, message: str) -> None:
+    """Each refused create as a failed operation of the run, with no attempt (nothing was sent)."""
+    from models.db import session_scope
+    from models.kinds import Action, Intent
+    from models.runstate import operation_row, record_operations
+
+    rows = [operation_row(connector, r["local_id"], r["entity_name"], r.get("decision") or Intent.PROVISION,
+                          event_id=f"reconcile:{run_id}", operation=r["action"], status=OperationStatus.FAILED,
+                          reason=r["reason"], error_code="rejected", error_message=message,
+                          remote_name=r["user_name"], flow_run_id=str(flow_run.id) if flow_run.id else None)
+            for r in plan.rows.to_dict(orient="records") if r["op"] == Action.CREATE and r["local_id"] in plan.desired]
+    with session_scope() as session:
+        record_operations(session, rows)
+
+
 def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: int) -> Counts:
     """Apply the plan's rows in chunks, a few chunk tasks in flight, reporting progress."""
     cfg = config.connector(plan.connector)
@@ -280,6 +324,15 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
                     "message": message, "failures": []}
         await _label_run("approved" if decision["decision"] == APPROVED else "forced with --yes")
 
+    refused = None if dry_run else _refused(plan, cfg)
+    if refused is not None:  # the target cannot take the plan's creates: nothing is sent
+        refused, message = refused
+        logger.warning("connector=%s %s", cfg.name, message)
+        _record_refused(plan, cfg.name, run_id, message)
+        finish_run(run_id, RunStatus.FAILED, counts, refused.as_dict(), message)
+        _summary_artifact(plan, RunStatus.FAILED, refused, dry_run, decision)
+        return {**result, "status": RunStatus.FAILED, "outcomes": refused.as_dict(), "message": message,
+                "failures": refused.failures[:50]}
     outcome = _apply(plan, config, run_id, dry_run, chunk_size)
     if plan.followups and not dry_run:  # reports created with their managers: the managers' ids exist now
         logger.info("connector=%s second pass: the manager of %d users created in this run", cfg.name,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from models.mapping import AttributeMap, MappingError, compile_map
 from models.patterns import PatternError, parse_pattern
 from models.secrets import SecretRef
-from models.target_rules import Grant, PermissionSetGrant, Rules
+from models.target_rules import AliasRule, Grant, PermissionSetGrant, Rules
 from models.usernames import WSO2_DEFAULT_PATTERN, WSO2_DEFAULT_WORDS, UsernameRule
 from models.validation import InvalidInput, field_path, pattern, problems_of
 from models.wso2 import claim_target_problem
@@ -131,6 +131,8 @@ class GoogleSettings(HttpSettings):
     org_unit: Optional[Rules] = None
     # Google Workspace licences by role (Enterprise License Manager API).
     licences: list[Grant] = Field(default_factory=list, max_length=50)
+    # The users' email aliases by rule (users/{userKey}/aliases): see models.target_rules.AliasRule.
+    aliases: list[AliasRule] = Field(default_factory=list, max_length=20)
     # The Licensing API's root; None: https://licensing.googleapis.com, or api_base_url when that is
     # not Google's (the sandbox serves both).
     licensing_base_url: Optional[str] = None
@@ -375,7 +377,7 @@ class ConnectorConfig(Strict):
 
     def _rule_attributes(self, compiled: AttributeMap) -> tuple:
         """The target rules (models.target_rules) as extra attributes of the map."""
-        from models.target_rules import LICENCES, PERMISSION_SETS, RuleSource, SetSource
+        from models.target_rules import ALIASES, LICENCES, PERMISSION_SETS, AliasSource, RuleSource, SetSource
 
         entries = []
         if self.google is not None and self.google.org_unit is not None:
@@ -384,6 +386,8 @@ class ConnectorConfig(Strict):
             entries.append(("orgUnitPath", RuleSource("google.org_unit", self.google.org_unit)))
         if self.google is not None and self.google.licences:
             entries.append((LICENCES, SetSource("google.licences", tuple(self.google.licences))))
+        if self.google is not None and self.google.aliases:
+            entries.append((ALIASES, AliasSource("google.aliases", tuple(self.google.aliases))))
         sf = self.salesforce
         if sf is not None:
             for target, rules, key in (("ProfileId", sf.profile_rules, "profile_rules"),

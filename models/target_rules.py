@@ -11,12 +11,16 @@ An admin configures, on a target, rules that the attribute map alone cannot expr
         default: /Staff
       licences:                        # every entry whose roles the user has
         - {roles: [staff], product: Google-Apps, sku: "1010020027"}
+      aliases:                         # every entry whose roles the user has (no roles: every user)
+        - {value: "{username}@alias.example.com"}           # a template giving one address
+        - {roles: [sales], attribute: aliases}               # a list of addresses in the attributes
 
 Each becomes an extra attribute of the connector's attribute map (`RuleSource`, `SetSource`), so
 the planner compares it with what the target holds and apply writes it like any mapped field: a
 change of the rule's answer is an update, a change in the target is drift. A set (licences) is
 compared as canonical text: the sorted entries joined by ", ", or `none` for the empty set, so that
-losing the last role removes what the rule granted rather than leaving it alone.
+losing the last role removes what the rule granted rather than leaving it alone. Aliases are such a
+set too (`AliasSource`), of lower-cased addresses.
 """
 
 from dataclasses import dataclass
@@ -29,6 +33,7 @@ from models.mapping import Source, parse_source
 
 NONE = "none"  # the canonical text of an empty set
 LICENCES = "licences"  # the extra attribute of a Google connector's licences (not a user field)
+ALIASES = "aliases"  # the extra attribute of a Google connector's email aliases (their own endpoint)
 PERMISSION_SETS = "permission_sets"  # a Salesforce connector's PermissionSetAssignment rows, by set name
 
 
@@ -132,6 +137,53 @@ class PermissionSetGrant(_Strict):
         return self.name
 
 
+class AliasRule(_Strict):
+    """Email aliases for users with any of `roles` (absent or "*": every user): `value`, a template
+    giving one address ("{username}@alias.example.com"; `{UN}` is the username too), or `attribute`,
+    a key of the user's attributes holding a list of addresses (or text separated by commas)."""
+
+    roles: Optional[list[str]] = Field(default=None, min_length=1)
+    value: Optional[str] = Field(default=None, min_length=3, max_length=320)
+    attribute: Optional[str] = Field(default=None, min_length=1, max_length=128, pattern=r"^[^\s{}|]+$")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.value is None) == (self.attribute is None):
+            raise ValueError("an alias entry gives either value: <address template> or attribute: <key>, not "
+                             + ("both" if self.value is not None else "neither"))
+        if self.value is not None:
+            if "{" not in self.value:
+                raise ValueError(f"value {self.value!r}: no placeholder, so every user would get the same "
+                                 f"alias; write a template such as \"{{username}}@alias.example.com\"")
+            if "@" not in self.value:
+                raise ValueError(f"value {self.value!r}: not an address template (local@domain)")
+            try:
+                self._template()
+            except MappingError as exc:
+                raise ValueError(f"value {self.value!r}: {exc}") from None
+        return self
+
+    def _template(self) -> Source:
+        return parse_source(self.value.replace("{UN}", "{username}"))
+
+    def describe(self) -> str:
+        who = "any user" if self.roles is None or "*" in self.roles else f"role {' or '.join(self.roles)}"
+        return f"{who}: " + (self.value if self.value is not None else f"attributes.{self.attribute}")
+
+    def applies(self, roles: frozenset[str]) -> bool:
+        return self.roles is None or "*" in self.roles or bool(roles & set(self.roles))
+
+    def addresses(self, local: dict, attributes: dict) -> list[str]:
+        """The lower-cased addresses this entry gives one user."""
+        if self.value is not None:
+            got = self._template().value(local, attributes)
+            items = [] if got is None else [got]
+        else:
+            got = attributes.get(self.attribute)
+            items = [] if got is None else got if isinstance(got, (list, tuple, set)) else str(got).split(",")
+        return [str(i).strip().lower() for i in items if i is not None and str(i).strip()]
+
+
 def value_source(text: str) -> Source:
     """A rule's value: literal text, or a template when it holds braces ("/Dept/{attributes.dept}")."""
     if "{" in text or "}" in text:
@@ -207,3 +259,31 @@ def set_of(text: Any) -> set[str]:
     if not isinstance(text, str) or text.strip() in ("", NONE):
         return set()
     return {k.strip() for k in text.split(",") if k.strip()}
+
+
+@dataclass(frozen=True)
+class AliasSource:
+    """An attribute map entry whose value is the set of a user's email aliases (see `AliasRule`), as
+    text. The primary address itself is never an alias of its own account."""
+
+    text: str  # google.aliases
+    rules: tuple[AliasRule, ...]
+
+    def chosen(self, local: dict, attributes: dict) -> list[tuple[int, list[str]]]:
+        roles, primary = _roles(local), str(local.get("user_name") or "").lower()
+        out = []
+        for n, rule in enumerate(self.rules, 1):
+            if rule.applies(roles):
+                got = [a for a in rule.addresses(local, attributes) if a != primary]
+                if got:
+                    out.append((n, got))
+        return out
+
+    def value(self, local: dict, attributes: dict) -> str:
+        return set_text(a for _, got in self.chosen(local, attributes) for a in got)
+
+    def why(self, local: dict, attributes: dict) -> str:
+        chosen = self.chosen(local, attributes)
+        if not chosen:
+            return f"{self.text}: no entry gives this user an address, so none"
+        return f"{self.text} " + ", ".join(f"entry {n} ({self.rules[n - 1].describe()})" for n, _ in chosen)

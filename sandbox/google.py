@@ -19,6 +19,10 @@ What it enforces, as Google does:
   the parameter), `query=externalId:...`; and the batch endpoint `POST /batch/admin/directory_v1`
   (multipart/mixed of application/http parts, at most 1,000 calls, answered in any order with
   `Content-ID: <response-...>`).
+- User aliases (`users/<key>/aliases`: list, insert, delete; scope admin.directory.user or
+  admin.directory.user.alias): an alias must be in one of the customer's domains (400 `Domain not
+  found.`), unique across users' and groups' addresses and aliases (409 "Entity already exists."),
+  of a known user (404); the user resource lists its `aliases`, and a user key may be an alias.
 - Org units (`org_units`: the paths that exist) and licences (`licences`: "product/sku" -> seats):
   see `sandbox.google_workspace`; a user's orgUnitPath must be an org unit.
 - A rate limit (`rate_limit` calls per `rate_window` seconds, every call inside a batch counts):
@@ -52,6 +56,7 @@ from sandbox.google_workspace import LICENSING_PREFIX, SCOPE_LICENSING, SCOPE_OR
 SCOPE_USER = "https://www.googleapis.com/auth/admin.directory.user"
 SCOPE_GROUP = "https://www.googleapis.com/auth/admin.directory.group"
 SCOPE_USER_RO = SCOPE_USER + ".readonly"
+SCOPE_ALIAS = SCOPE_USER + ".alias"
 SCOPE_GROUP_RO = SCOPE_GROUP + ".readonly"
 SCOPE_MEMBER = "https://www.googleapis.com/auth/admin.directory.group.member"
 SCOPE_DOMAIN_RO = "https://www.googleapis.com/auth/admin.directory.domain.readonly"
@@ -213,6 +218,7 @@ class GoogleSandbox:
         self._user_ids: dict[str, str] = {}   # lower-cased primaryEmail -> id
         self._groups: dict[str, dict] = {}
         self._group_ids: dict[str, str] = {}  # lower-cased email -> id
+        self._alias_ids: dict[str, str] = {}  # lower-cased user alias -> user id
         self._members: dict[str, dict[str, dict]] = {}  # group id -> member id -> member
         self.org_units = OrgUnits(org_units or [], ApiError)
         self.licensing = Licensing(licences or {}, ApiError, self._user_or_none, (self.customer_id, *self.domains))
@@ -440,7 +446,17 @@ class GoogleSandbox:
 
     def _route(self, method: str, seg: list[str], params: dict, body: dict, scopes: set[str]):
         read = method == "GET"
-        if seg[0] == "users":
+        if seg[0] == "users" and len(seg) in (3, 4) and seg[2] == "aliases":
+            _need(scopes, (SCOPE_USER, SCOPE_ALIAS) + ((SCOPE_USER_RO, SCOPE_ALIAS + ".readonly") if read else ()))
+            with self._lock:
+                if len(seg) == 3 and method == "GET":
+                    return 200, self._list_aliases(seg[1])
+                if len(seg) == 3 and method == "POST":
+                    return 200, self._insert_alias(seg[1], body)
+                if len(seg) == 4 and method == "DELETE":
+                    self._delete_alias(seg[1], unquote(seg[3]))
+                    return 204, None
+        elif seg[0] == "users":
             _need(scopes, (SCOPE_USER,) + ((SCOPE_USER_RO,) if read else ()))
             with self._lock:
                 if len(seg) == 1 and method == "GET":
@@ -499,13 +515,13 @@ class GoogleSandbox:
     # --- users ----------------------------------------------------------------------------
 
     def _user(self, key: str) -> dict:
-        uid = key if key in self._users else self._user_ids.get(key.lower())
+        uid = key if key in self._users else self._user_ids.get(key.lower()) or self._alias_ids.get(key.lower())
         if uid is None:
             raise _not_found("userKey")
         return self._users[uid]
 
     def _user_or_none(self, key: str) -> dict | None:
-        uid = key if key in self._users else self._user_ids.get(key.lower())
+        uid = key if key in self._users else self._user_ids.get(key.lower()) or self._alias_ids.get(key.lower())
         return self._users.get(uid) if uid else None
 
     def _public_user(self, user: dict, full: bool = True) -> dict:
@@ -549,11 +565,12 @@ class GoogleSandbox:
 
     def _insert_user(self, body: dict) -> dict:
         user = json.loads(json.dumps(body))
-        user.pop("id", None)
+        for readonly in ("id", "aliases", "nonEditableAliases"):
+            user.pop(readonly, None)
         user["primaryEmail"] = self._check_email(user.get("primaryEmail"))
         self._check_user_fields(user, creating=True)
         self.org_units.check_user(user)
-        if user["primaryEmail"] in self._user_ids or user["primaryEmail"] in self._group_ids:
+        if self._taken(user["primaryEmail"]):
             self.duplicate_creates += 1
             raise ApiError(409, "Entity already exists.", reason="duplicate")
         uid = str(100000000000000000000 + self._random.randrange(10 ** 20))
@@ -570,7 +587,7 @@ class GoogleSandbox:
     def _update_user(self, key: str, body: dict) -> dict:
         user = self._user(key)
         patch = json.loads(json.dumps(body))
-        for readonly in ("id", "kind", "etag", "customerId", "creationTime", "isAdmin"):
+        for readonly in ("id", "kind", "etag", "customerId", "creationTime", "isAdmin", "aliases", "nonEditableAliases"):
             patch.pop(readonly, None)
         if isinstance(patch.get("name"), dict):
             patch["name"].pop("fullName", None)
@@ -587,7 +604,7 @@ class GoogleSandbox:
         if "primaryEmail" in patch:
             email = self._check_email(patch["primaryEmail"])
             if email != user["primaryEmail"]:
-                if email in self._user_ids or email in self._group_ids:
+                if self._taken(email):
                     raise ApiError(409, "Entity already exists.", reason="duplicate")
                 del self._user_ids[user["primaryEmail"]]
                 self._user_ids[email] = user["id"]
@@ -600,9 +617,45 @@ class GoogleSandbox:
         user = self._user(key)
         del self._users[user["id"]]
         del self._user_ids[user["primaryEmail"]]
+        for alias in user.get("aliases") or []:
+            self._alias_ids.pop(alias, None)
         for members in self._members.values():
             members.pop(user["id"], None)
         self.licensing.release(user["id"])
+
+    def _taken(self, email: str) -> bool:
+        """Whether a user's or group's address or a user's alias is `email` (lower-cased)."""
+        return email in self._user_ids or email in self._group_ids or email in self._alias_ids
+
+    def _alias(self, user: dict, alias: str) -> dict:
+        return {"kind": "admin#directory#alias", "id": user["id"], "etag": f'"{secrets.token_hex(8)}"',
+                "primaryEmail": user["primaryEmail"], "alias": alias}
+
+    def _list_aliases(self, key: str) -> dict:
+        user = self._user(key)
+        return {"kind": "admin#directory#aliases", "etag": f'"{secrets.token_hex(8)}"',
+                "aliases": [self._alias(user, a) for a in user.get("aliases") or []]}
+
+    def _insert_alias(self, key: str, body: dict) -> dict:
+        user = self._user(key)
+        alias = self._check_email(body.get("alias"), what="alias")
+        if self._taken(alias):
+            raise ApiError(409, "Entity already exists.", reason="duplicate")
+        user.setdefault("aliases", []).append(alias)
+        self._alias_ids[alias] = user["id"]
+        user["etag"] = f'"{secrets.token_hex(8)}"'
+        return self._alias(user, alias)
+
+    def _delete_alias(self, key: str, alias: str) -> None:
+        user = self._user(key)
+        alias = alias.lower()
+        if alias not in (user.get("aliases") or []):
+            raise _not_found("alias")
+        user["aliases"].remove(alias)
+        if not user["aliases"]:
+            del user["aliases"]  # Google leaves the field out when there is none
+        del self._alias_ids[alias]
+        user["etag"] = f'"{secrets.token_hex(8)}"'
 
     def _matches(self, user: dict, terms: list[tuple[str, str]]) -> bool:
         for field, value in terms:
@@ -676,7 +729,7 @@ class GoogleSandbox:
 
     def _insert_group(self, body: dict) -> dict:
         email = self._check_email(body.get("email"), what="email")
-        if email in self._group_ids or email in self._user_ids:
+        if self._taken(email):
             raise ApiError(409, "Entity already exists.", reason="duplicate")
         name = body.get("name") or email.split("@")[0]
         if len(name) > 73 or set(name) & set("<>="):

@@ -180,6 +180,33 @@ def test_creates_needing_more_licences_than_are_free_are_not_sent(tmp_path, sqli
     clear_cache()
 
 
+def test_a_plan_needing_more_licences_than_are_free_is_refused_before_its_first_chunk(tmp_path, sqlite_url):
+    import asyncio
+
+    from flows.reconcile import reconcile as reconcile_flow
+
+    with SalesforceSandbox(licences={"Salesforce": 3}) as sf:  # the integration user holds one: 2 free
+        config = write(tmp_path, sf)
+        for name in ("ann", "bob", "cid"):
+            user(name)
+        writes = len([m for m, _ in sf.requests if m != "GET"])
+        # Chunks of one: each would fit the free licences alone, the plan as a whole does not.
+        result = asyncio.run(reconcile_flow("crm", config_path=config, chunk_size=1))
+        assert result["status"] == "failed" and result["outcomes"]["failed"] == 3, result
+        assert "the plan creates 3 users needing a Salesforce licence but 2 are free" in result["message"]
+        assert sorted(f["user"].split("@")[0] for f in result["failures"]) == ["ann", "bob", "cid"]
+        out = runner.invoke(app, ["runs", "--status", "failed", "--connector", "crm", "--config", config]).output
+        assert "ann" in out and "2 are free" in out, out  # recorded as failed operations of the run
+        assert people(sf) == {}  # nothing was sent
+        assert [p for m, p in sf.requests[writes:] if m != "GET" and not p.endswith("/token")] == []
+        with session_scope() as session:  # one user fewer: the plan fits, chunk by chunk
+            upsert_user(session, EventUser(username="cid", active=False), "example.com", source="api")
+        result = asyncio.run(reconcile_flow("crm", config_path=config, chunk_size=1))
+        assert result["status"] == "succeeded", result
+        assert sorted(people(sf)) == ["ann", "bob", "cid"]
+    clear_cache()
+
+
 def test_suspend_mode_freeze_freezes_and_thaws_the_login(tmp_path, sqlite_url, sf):
     config = write(tmp_path, sf, suspend_mode="freeze")
     user("ann")

@@ -2,7 +2,7 @@
 
 Authentication is google-auth's service account flow with domain-wide delegation (`subject` =
 the admin to impersonate); the key's own `token_uri` is honoured. transport (the choke point,
-pacing, errors), mapping (Account <-> user resource), users, groups, batch; this module puts them
+pacing, errors), mapping (Account <-> user resource), users, groups, batch, licences, aliases; this module puts them
 together and builds one from configuration.
 """
 
@@ -11,7 +11,7 @@ import json
 from google.oauth2 import service_account
 
 from connectors.errors import ConfigError
-from connectors.google.licences import Licensed
+from connectors.google.aliases import Aliased
 from connectors.google.mapping import query_value, read_mapped, slugify, write_mapped
 from connectors.google.transport import _TokenRequest, authorized_session, error_for, refresh_detail
 from models.config import GoogleSettings
@@ -26,8 +26,8 @@ def scopes_for(settings: GoogleSettings) -> tuple[str, ...]:
     return SCOPES + ((LICENSING_SCOPE,) if settings.licences else ())
 
 
-class GoogleConnector(Licensed):
-    """Users (with their licences) and groups in a Google Workspace customer; batches through the batch endpoint."""
+class GoogleConnector(Aliased):
+    """Users (with their licences and aliases) and groups in a Google Workspace customer; batches through the batch endpoint."""
 
 
 def _key_info(text: str, connector: str) -> dict:

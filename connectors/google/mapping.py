@@ -19,7 +19,7 @@ from connectors.base import Account
 from connectors.errors import Rejected
 from models.config import GoogleSettings
 from models.mapping import as_text
-from models.target_rules import LICENCES
+from models.target_rules import ALIASES, LICENCES, set_text
 
 RESERVED = {"abuse", "postmaster"}
 _LOCAL = re.compile(r"[a-z0-9_'.\-]+")
@@ -97,7 +97,7 @@ def insert_body(account: Account, settings: GoogleSettings, extra_targets: tuple
     if account.external_id:
         body["externalIds"] = [{"type": "organization", "value": account.external_id}]
     for target, value in account.extra.items():
-        if value is not None and target in extra_targets and target != LICENCES:  # licences: another API
+        if value is not None and target in extra_targets and target not in (LICENCES, ALIASES):  # their own APIs
             write_mapped(body, target, value, {})
     return body
 
@@ -122,7 +122,8 @@ def patch_body(changes: dict[str, Any], settings: GoogleSettings, extra_targets:
         elif key == "external_id":
             kept = [e for e in external_ids or [] if isinstance(e, dict) and e.get("type") != "organization"]
             body["externalIds"] = kept + ([{"type": "organization", "value": value}] if value else [])
-        elif key.startswith("extra.") and key[len("extra."):] in extra_targets and key != f"extra.{LICENCES}":
+        elif key.startswith("extra.") and key[len("extra."):] in extra_targets \
+                and key not in (f"extra.{LICENCES}", f"extra.{ALIASES}"):
             write_mapped(body, key[len("extra."):], value, current or {})
         # anything else (email is primaryEmail here, user_name) has nothing to change
     if name:
@@ -152,6 +153,8 @@ def read_mapped(user: dict, target: str) -> Any:
         return values.get(field) if isinstance(values, dict) else None
     if target == LICENCES:  # read from the Licensing API (connectors.google.licences)
         return None
+    if target == ALIASES:  # the user resource lists its editable aliases (written by connectors.google.aliases)
+        return set_text(str(a).lower() for a in user.get("aliases") or [] if a)
     return user.get(target)
 
 

@@ -34,6 +34,7 @@ RULED = {"ProfileId": ("Profile", "profile_rules"), "UserRoleId": ("UserRole", "
 
 
 class Access(Batch):
+    capabilities = replace(Batch.capabilities, checks_plan=True)
     # --- names and ids --------------------------------------------------------------------------
 
     def _table(self, entity: str, fresh: bool = False) -> dict[str, dict]:
@@ -224,8 +225,18 @@ class Access(Batch):
 
     # --- batches --------------------------------------------------------------------------------
 
-    def _licence_check(self, ops: list[BatchOp], creates: list[int], results: list[Any]) -> None:
-        """Refuse, before sending, the creates of a licence of which fewer are free than they need."""
+    def plan_refusal(self, creates: list[Account]) -> Optional[str]:
+        """Why a plan's creates cannot all be made: a licence of which fewer are free than they need."""
+        if not creates or not self.settings.check_licences:
+            return None
+        ops = [BatchOp(Action.CREATE, account=a) for a in creates]
+        messages = self._licence_check(ops, list(range(len(ops))), [None] * len(ops), what="the plan")
+        return "; ".join(messages) or None
+
+    def _licence_check(self, ops: list[BatchOp], creates: list[int], results: list[Any],
+                       what: str = "the batch") -> list[str]:
+        """Refuse, before sending, the creates of a licence of which fewer are free than they need;
+        return what was refused, one message per licence."""
         profiles = self._table("Profile")
         need: dict[str, list[int]] = {}
         for i in creates:
@@ -240,7 +251,8 @@ class Access(Batch):
                 profile = profiles.get(pid) or self._table("Profile", fresh=True).get(pid) or {}
                 need.setdefault(str(profile.get("UserLicenseId")), []).append(i)
         if not need:
-            return
+            return []
+        messages = []
         licences = {r["Id"]: r for r in self._query(
             "SELECT Id, Name, TotalLicenses, UsedLicenses FROM UserLicense")}
         for licence_id, idx in need.items():
@@ -249,11 +261,13 @@ class Access(Batch):
                 continue
             free = int(licence["TotalLicenses"] or 0) - int(licence["UsedLicenses"] or 0)
             if len(idx) > free:
-                message = (f"the batch creates {len(idx)} users needing a {licence['Name']} licence but "
+                message = (f"{what} creates {len(idx)} users needing a {licence['Name']} licence but "
                            f"{max(free, 0)} are free (TotalLicenses {licence['TotalLicenses']} - UsedLicenses "
                            f"{licence['UsedLicenses']}): none of them was sent")
+                messages.append(message)
                 for i in idx:
                     results[i] = Rejected(f"create user {ops[i].account.user_name}: {message}", field="ProfileId")
+        return messages
 
     def apply_batch(self, ops: list[BatchOp], *, max_workers: int = 1) -> list[Any]:
         """sObject Collections for the User records (creates past the free licences are not sent; with
