@@ -103,6 +103,21 @@ def _logs_reached(flow_run_id, text: str) -> None:
     raise AssertionError(f"no log line with {text!r} reached the server")
 
 
+def _task_runs_reached(flow_run_id) -> list[str]:
+    """The run's task run names, once the server has recorded them (they arrive as events)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline, names = time.monotonic() + 30, []
+    while time.monotonic() < deadline and not names:
+        with get_client(sync_client=True) as client:
+            names = [t.name for t in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))]
+        time.sleep(0.3)
+    assert names, "no task run of the flow run reached the server"
+    return names
+
+
 def test_the_flow_run_page_shows_name_failed_state_and_the_users_outcome(tmp_path, sqlite_url, against):
     from playwright.sync_api import expect, sync_playwright
 
@@ -131,6 +146,9 @@ def test_the_flow_run_page_shows_name_failed_state_and_the_users_outcome(tmp_pat
     rec_run = _run_named("reconcile crm")
     assert rec_run.state.is_failed() and "failed:crm" in rec_run.tags, (rec_run.state, rec_run.tags)
     _logs_reached(rec_run.id, outcome)
+    # The DAG is there to see: the event run's four steps per connector, the reconciliation's plan and apply.
+    assert any(n.startswith("provision crm") for n in _task_runs_reached(run.id))
+    assert _task_runs_reached(rec_run.id)
 
     shots = DOC_SHOTS if os.environ.get("OUTBOUND_SCREENSHOTS") == "1" else tmp_path / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
@@ -142,6 +160,9 @@ def test_the_flow_run_page_shows_name_failed_state_and_the_users_outcome(tmp_pat
                 page.goto(f"{against}/runs/flow-run/{shown.id}")
                 expect(page.get_by_text(shown.name).first).to_be_visible(timeout=60_000)
                 expect(page.get_by_text("Failed", exact=True).first).to_be_visible(timeout=30_000)
+                expect(page.get_by_text("did not generate any task")).to_have_count(0, timeout=30_000)
+                page.wait_for_load_state("networkidle")
+                page.wait_for_timeout(2000)  # the run graph is drawn on a canvas after its data arrives
                 page.screenshot(path=str(shots / f"{shot}-failed.png"))
                 line = page.get_by_text(outcome).first
                 line.scroll_into_view_if_needed(timeout=30_000)
