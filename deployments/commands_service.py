@@ -88,15 +88,6 @@ def setup(config: Optional[Path] = ConfigOption) -> None:
 
 # --- status ----------------------------------------------------------------------------------
 
-def _as_dict(value) -> dict:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _when(value) -> str:
     if value is None:
         return "-"
@@ -149,7 +140,7 @@ def status_summary(names: list[str]) -> dict:
     from models.runstate import failures_by_connector, last_reconciliations, oldest_unfinished_event, unfinished_count
 
     since = datetime.now(timezone.utc) - timedelta(days=1)
-    from tasks.guard import held_decisions
+    from tasks.guard import held_decisions, json_dict
 
     with session_scope() as session:
         last = last_reconciliations(session)
@@ -172,7 +163,7 @@ def status_summary(names: list[str]) -> dict:
             "last_reconciliation": None if run is None else {
                 "status": _status_name(run.get("status")), "dry_run": run.get("dry_run"),
                 "started_at": _when(run.get("started_at")), "finished_at": _when(run.get("finished_at")),
-                "counts": _as_dict(run.get("counts")), "outcomes": _as_dict(run.get("outcomes")),
+                "counts": json_dict(run.get("counts")), "outcomes": json_dict(run.get("outcomes")),
                 "error": run.get("error"), "flow_run_id": run.get("flow_run_id"), "guard": _guard(run)},
             "held": held.get(name),
             "failed_last_day": failed.get(name, 0),

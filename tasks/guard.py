@@ -96,7 +96,8 @@ def _stamp(value: Any) -> Optional[str]:
     return str(value)[:19].replace("T", " ")
 
 
-def _counts(value: Any) -> dict:
+def json_dict(value: Any) -> dict:
+    """A run-state column that holds a dict, or its JSON text; {} for anything else."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -113,7 +114,7 @@ def held_decisions(session) -> dict[str, dict]:
         status = RunStatus.STOPPED_BY_GUARD if run.get("status") == RunStatus.AWAITING_APPROVAL else run.get("status")
         if status not in HOLDING:
             continue
-        counts = _counts(run.get("counts"))
+        counts = json_dict(run.get("counts"))
         out[connector] = {
             "status": status, "decision": run.get("decision") or (REJECTED if status == RunStatus.REJECTED else STOPPED),
             "by": run.get("decided_by"), "comment": run.get("decision_comment"),

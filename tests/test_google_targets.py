@@ -1,9 +1,6 @@
 """Google org units and licences by rule, against the Directory and Licensing API sandbox over real HTTP."""
 
-import uuid
-
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from connectors.base import Account
@@ -12,12 +9,10 @@ from connectors.factory import clear_cache, get_connector
 from connectors.probe import check as probe
 from deployments.cli import app
 from models.config import load_config, parse_config
-from models.db import session_scope
-from models.events import EventUser
-from models.identity import upsert_user
 from models.validation import InvalidInput
 from sandbox.google import SCOPE_DOMAIN_RO, SCOPE_GROUP, SCOPE_USER, GoogleSandbox
 from sandbox.google_workspace import SCOPE_ORGUNIT
+from helpers import reconcile, store_user as user, write_connector_config
 from targets import google_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -43,25 +38,8 @@ def scoped(google, *scopes):
 
 
 def write(tmp_path, google, **google_settings) -> str:
-    entry = google_config(google, name="gws", google=google_settings).model_dump(mode="json", exclude_unset=True)
-    path = tmp_path / f"outbound-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(yaml.safe_dump({"tenant_domain": "example.com", "connectors": [entry],
-                                    "retry": {"attempts": 2, "base_delay": 0.01, "max_delay": 0.05, "jitter": 0.1}}))
-    clear_cache()
-    return str(path)
-
-
-def user(name: str, roles=(), active=True, **attributes) -> None:
-    with session_scope() as session:
-        upsert_user(session, EventUser(username=name, email=f"{name}@example.com", given_name=name.title(),
-                                       family_name="Smith", roles=list(roles), attributes=attributes, active=active),
-                    "example.com", source="api")
-
-
-def reconcile(config, *args, code=0) -> str:
-    result = runner.invoke(app, ["reconcile", "--config", config, *args])
-    assert result.exit_code == code, result.output
-    return result.output
+    return write_connector_config(tmp_path, google_config(google, name="gws", google=google_settings)
+                                  .model_dump(mode="json", exclude_unset=True))
 
 
 def units(google) -> dict[str, str]:

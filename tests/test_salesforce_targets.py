@@ -1,9 +1,6 @@
 """Salesforce profile, role and permission sets by rule, licences and freezing, against the sandbox over HTTPS."""
 
-import uuid
-
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from connectors.base import Account
@@ -16,6 +13,7 @@ from models.events import EventUser
 from models.identity import upsert_user
 from models.validation import InvalidInput
 from sandbox.salesforce import SalesforceSandbox
+from helpers import reconcile, store_user as user, write_connector_config
 from targets import salesforce_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -35,25 +33,8 @@ def sf():
 
 
 def write(tmp_path, sf, **settings) -> str:
-    entry = salesforce_config(sf, name="crm", **settings).model_dump(mode="json", exclude_unset=True)
-    path = tmp_path / f"outbound-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(yaml.safe_dump({"tenant_domain": "example.com", "connectors": [entry],
-                                    "retry": {"attempts": 2, "base_delay": 0.01, "max_delay": 0.05, "jitter": 0.1}}))
-    clear_cache()
-    return str(path)
-
-
-def user(name: str, roles=(), active=True, **attributes) -> None:
-    with session_scope() as session:
-        upsert_user(session, EventUser(username=name, email=f"{name}@example.com", given_name=name.title(),
-                                       family_name="Smith", roles=list(roles), attributes=attributes, active=active),
-                    "example.com", source="api")
-
-
-def reconcile(config, *args, code=0) -> str:
-    result = runner.invoke(app, ["reconcile", "--config", config, *args])
-    assert result.exit_code == code, result.output
-    return result.output
+    return write_connector_config(tmp_path, salesforce_config(sf, name="crm", **settings)
+                                  .model_dump(mode="json", exclude_unset=True))
 
 
 def people(sf) -> dict[str, dict]:
