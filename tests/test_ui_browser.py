@@ -73,11 +73,22 @@ def ui_server(tmp_path_factory):
 
 @pytest.fixture
 def against(ui_server):
-    """This process talks to the UI's server (inside the test only)."""
+    """This process talks to the UI's server (inside the test only).
+
+    Prefect keeps one events worker per process, and its client holds the API URL it was built with:
+    task runs reach the server as events, so a worker left from an earlier test would send this
+    test's task runs to the session's server. Draining it on the way in and out makes the next event
+    build a worker for the URL in force.
+    """
+    from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
+    EventsWorker.drain_all(timeout=30)
     with temporary_settings(updates={PREFECT_API_URL: f"{ui_server}/api", PREFECT_UI_URL: ui_server}):
-        yield ui_server
+        try:
+            yield ui_server
+        finally:
+            EventsWorker.drain_all(timeout=30)
 
 
 def _run_named(like: str):
