@@ -26,334 +26,36 @@ answer; dispatch happens after the commit and a dispatch failure does not lose i
 re-dispatches whatever stays unfinished. With the state store unreachable, POST and GET answer 503
 with Retry-After: never 202 for an event that was not stored.
 
-Dispatch: with a reachable Prefect server (PREFECT_API_URL) the API emits the Prefect event
-`outbound.user.<type>` and the `provision-user` deployment's trigger starts the run on a worker
-(the scale-out path); otherwise it runs the flow in this process on a small thread pool (the
-low-latency path).
+Dispatch (deployments.dispatch): with a reachable Prefect server (PREFECT_API_URL) the API emits
+the Prefect event `outbound.user.<type>` and the `provision-user` deployment's trigger starts the
+run on a worker (the scale-out path); otherwise it runs the flow in this process on a small thread
+pool (the low-latency path). Who may call it: deployments.api_auth; what the OpenAPI document says:
+deployments.openapi.
 """
 
 import asyncio
-import contextvars
-import hashlib
-import hmac
 import logging
-import threading
-import time
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from models.config import ApiSettings, Config
-from models.events import IdentityEvent
-from deployments import webhooks
+from deployments.api_auth import Authenticator, sign
+from deployments.dispatch import AutoDispatch, DispatchMode, InProcess
+from deployments.openapi import (PROBLEMS, RETRY_AFTER_HEADER, SECURITY, ConnectorOutcome, EventAccepted, EventStatus,
+                                 Health, Problem, describe)
 from deployments.webhooks_wso2 import mount_wso2
 from models.availability import STORE_UNAVAILABLE, store_up
-from models.secrets import SecretError, resolve
+from models.config import Config
 from models.validation import InvalidInput
+
+# Names callers import from here, though each now lives in its own module.
+__all__ = ["AutoDispatch", "InProcess", "create_app", "sign"]
 
 log = logging.getLogger("outbound.api")
 
-EVENT_PREFIX = "outbound."
-LEGACY_SIGNATURE_HEADER = "X-Outbound-Signature"
 RETRY_AFTER = 5  # seconds: what a sender is told to wait while the state store is unreachable
-DispatchMode = Literal["auto", "prefect", "in-process"]
-
-
-# --- response models (they make the OpenAPI document) ----------------------------------------
-
-class EventAccepted(BaseModel):
-    id: str
-    status: str
-    duplicate: bool = False
-
-
-class ConnectorOutcome(BaseModel):
-    connector: str
-    action: str
-    operation: str
-    status: str
-    remote_id: Optional[str] = None
-    remote_name: Optional[str] = None
-    reason: str = ""
-    error: Optional[str] = None
-
-
-class EventStatus(BaseModel):
-    id: str
-    type: str
-    trigger: str
-    status: str
-    received_at: datetime
-    finished_at: Optional[datetime] = None
-    error: Optional[str] = None
-    outcomes: list[ConnectorOutcome]
-
-
-class Health(BaseModel):
-    status: str
-    store: Literal["up", "down"]
-
-
-class Problem(BaseModel):
-    error: str
-    problems: list[str] = []
-    fields: list[str] = []
-
-
-# --- authentication --------------------------------------------------------------------------
-
-class Authenticator:
-    """Check a request's Standard Webhooks signature, bearer token or (if enabled) legacy signature.
-
-    The secrets are resolved once, when the API starts, and never shown: a webhook secret that is
-    not in the `whsec_<base64>` form stops the start with its field and reference named.
-    """
-
-    def __init__(self, settings: Optional[ApiSettings]):
-        if settings is None or not (settings.webhook_secrets or settings.token or settings.legacy_signature):
-            raise InvalidInput("configuration", ["api: set api.webhook_secrets and/or api.token "
-                                                 "(secret references) before starting the event API"])
-        self._keys, problems = [], []
-        for i, ref in enumerate(settings.webhook_secrets):
-            try:
-                self._keys.append(webhooks.secret_key(resolve(ref)))
-            except SecretError as exc:
-                problems.append(f"api.webhook_secrets[{i}]: {exc}")
-            except ValueError as exc:
-                problems.append(f"api.webhook_secrets[{i}] ({ref}): {exc}")
-        if problems:
-            raise InvalidInput("configuration", problems)
-        self._token = resolve(settings.token).encode() if settings.token else None
-        self._hmac = resolve(settings.hmac_secret).encode() if settings.legacy_signature else None
-
-    def __repr__(self) -> str:
-        return "Authenticator(<secrets hidden>)"
-
-    def check(self, headers, payload: bytes, legacy_payload: Optional[bytes] = None) -> Optional[str]:
-        """None when the request is authenticated, else why not (never a secret).
-
-        `payload` is what a webhook signature covers after `id.timestamp.`; the legacy signature
-        covers `legacy_payload` (default: the same).
-        """
-        auth = headers.get("authorization", "")
-        if self._token is not None and auth[:7].lower() == "bearer ":
-            if hmac.compare_digest(auth[7:].strip().encode(), self._token):
-                return None
-            return "bad bearer token"
-        if self._keys and headers.get(webhooks.SIGNATURE_HEADER):
-            return webhooks.verify(self._keys, headers, payload)
-        legacy = headers.get(LEGACY_SIGNATURE_HEADER.lower(), "")
-        if self._hmac is not None and legacy.startswith("sha256="):
-            signed = payload if legacy_payload is None else legacy_payload
-            expected = hmac.new(self._hmac, signed, hashlib.sha256).hexdigest()
-            return None if hmac.compare_digest(legacy[7:].strip().lower().encode(), expected.encode()) else \
-                "bad X-Outbound-Signature"
-        return "missing webhook-signature headers or bearer token"
-
-
-def sign(secret: str | bytes, body: bytes) -> str:
-    """The legacy X-Outbound-Signature value for `body` (only accepted with api.legacy_signature: true)."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-
-
-# --- dispatch --------------------------------------------------------------------------------
-
-def prefect_event_name(event_type: str) -> str:
-    return EVENT_PREFIX + event_type  # user.created -> outbound.user.created
-
-
-def run_tags(trigger: str, connectors: list[str]) -> list[str]:
-    return [f"trigger:{trigger}", *(f"connector:{c}" for c in connectors)]
-
-
-def emit(event_id: str, event_type: str, trigger: str) -> None:
-    """Emit the Prefect event that the provision-user deployment's trigger listens for."""
-    from prefect.events import emit_event
-
-    emitted = emit_event(event=prefect_event_name(event_type),
-                         resource={"prefect.resource.id": f"outbound.event.{event_id}",
-                                   "prefect.resource.name": event_id},
-                         payload={"event_id": event_id, "trigger": trigger})
-    if emitted is None:
-        raise RuntimeError("Prefect did not accept the event (no events client)")
-
-
-def prefect_server_reachable(timeout: float = 2.0) -> bool:
-    """A Prefect API is configured (PREFECT_API_URL) and answers its health check."""
-    import httpx
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if not url:
-        return False
-    try:
-        return httpx.get(f"{url.rstrip('/')}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-class InProcess:
-    """Drain the outbox in this process: each accepted event wakes a drainer, which provisions
-    everything pending in batches (one flow run per batch, not per event) until nothing is left.
-
-    `workers` drainers run at once; they claim disjoint users, so a burst spreads over them. A
-    wake-up while every drainer is busy is not lost: a drainer looks again before it sleeps. Every
-    LOOK_EVERY seconds an idle drainer also looks for retries that have come due.
-    """
-
-    LOOK_EVERY = 15.0  # seconds between looks at the outbox when no event wakes a drainer
-
-    def __init__(self, config_path: Optional[str], connectors: list[str], workers: int = 2):
-        from flows.warm import warm_up
-
-        warm_up()  # what a first batch would build, built here, before any drainer thread exists
-        self.config_path = config_path
-        self.connectors = connectors
-        self._wake = threading.Condition()
-        self._pending_wakes = 0
-        self._stopped = False
-        # The Prefect settings in force where the app was made (e.g. a test server) go with each run.
-        self._context = contextvars.copy_context()
-        self._threads = [threading.Thread(target=self._context.copy().run, args=(self._loop,), daemon=True,
-                                          name=f"outbound-drain-{i}") for i in range(max(1, workers))]
-        self._started = False
-
-    def __call__(self, event_id: str, event_type: str, trigger: str) -> None:
-        with self._wake:
-            if not self._started:
-                self._started = True
-                for thread in self._threads:
-                    thread.start()
-            self._pending_wakes += 1
-            self._wake.notify()
-
-    def _loop(self) -> None:
-        # One event loop and one pair of Prefect API clients for the thread's life. Prefect makes new
-        # clients for each run otherwise (three, each parsing certifi's CA bundle for its TLS context,
-        # and checking the server's version): that was half of a lone event's time at rest.
-        loop = asyncio.new_event_loop()
-        try:
-            while not self._stopped:
-                try:
-                    loop.run_until_complete(self._drain_with_clients())
-                except Exception as exc:  # the Prefect API is unreachable: the outbox keeps the events
-                    log.warning("in-process drainer cannot reach the Prefect API: %s: %s", type(exc).__name__, exc)
-                    with self._wake:
-                        if not self._stopped:
-                            self._wake.wait(timeout=self.LOOK_EVERY)
-        finally:
-            loop.close()
-
-    async def _drain_with_clients(self) -> None:
-        from prefect.context import AsyncClientContext, SyncClientContext
-
-        with SyncClientContext.get_or_create():
-            async with AsyncClientContext.get_or_create():
-                while self._work_waits():  # blocks this thread while idle: nothing else runs on its loop
-                    await self._drain_once()
-
-    def _work_waits(self) -> bool:
-        """Wait until woken or LOOK_EVERY passes with a retry due; False once stopped."""
-        from models.outbox import waiting_count
-
-        while True:
-            with self._wake:
-                if not self._pending_wakes and not self._stopped:
-                    self._wake.wait(timeout=self.LOOK_EVERY)
-                if self._stopped:
-                    return False
-                woken, self._pending_wakes = self._pending_wakes, 0  # one drain serves every wake-up so far
-            try:  # unwoken: only when a retry has come due (or an event was stored by another process)
-                if woken or waiting_count():
-                    return True
-            except Exception as exc:  # the store is down: look again later
-                log.warning("in-process drainer cannot read the outbox: %s", exc)
-
-    async def _drain_once(self) -> None:
-        from prefect import tags
-
-        from flows.provision import provision_user
-
-        try:
-            with tags("trigger:event", *(f"connector:{c}" for c in self.connectors)):
-                await provision_user(config_path=self.config_path, return_state=True)
-        except Exception as exc:  # the outbox keeps the events; the sweeper will try again
-            log.warning("in-process drain failed: %s: %s", type(exc).__name__, exc)
-
-    def shutdown(self, wait: bool = True) -> None:
-        with self._wake:
-            self._stopped = True
-            self._wake.notify_all()
-        if wait and self._started:
-            for thread in self._threads:
-                thread.join(timeout=60)
-
-
-class AutoDispatch:
-    """Emit to Prefect when its server is reachable, else run in-process; re-checked every 30 s."""
-
-    def __init__(self, mode: DispatchMode, in_process: InProcess, recheck: float = 30.0):
-        self.mode, self.in_process, self.recheck = mode, in_process, recheck
-        self._checked_at, self._reachable = 0.0, False
-        self._lock = threading.Lock()
-        self._context = contextvars.copy_context()
-
-    def use_prefect(self) -> bool:
-        if self.mode != "auto":
-            return self.mode == "prefect"
-        with self._lock:
-            if time.monotonic() - self._checked_at > self.recheck:
-                self._reachable = self._context.copy().run(prefect_server_reachable)
-                self._checked_at = time.monotonic()
-            return self._reachable
-
-    def __call__(self, event_id: str, event_type: str, trigger: str) -> str:
-        if self.use_prefect():
-            self._context.copy().run(emit, event_id, event_type, trigger)
-            return "prefect"
-        self.in_process(event_id, event_type, trigger)
-        return "in-process"
-
-    def shutdown(self, wait: bool = True) -> None:
-        self.in_process.shutdown(wait=wait)
-
-
-# --- the app ---------------------------------------------------------------------------------
-
-RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before sending again",
-                                      "schema": {"type": "integer"}}}
-PROBLEM_DESCRIPTIONS = {
-    401: "Missing, expired or wrong webhook signature, or wrong bearer token; nothing stored",
-    404: "No event with this id",
-    413: "The body is larger than api.max_body_bytes; nothing stored",
-    422: "Not JSON, or bad fields (each named); nothing stored",
-    503: "The state store is unreachable; nothing stored (or not known to be): send it again after Retry-After",
-}
-# Either a bearer token, or the three Standard Webhooks headers together.
-SECURITY = [{"bearerToken": []}, {"webhookId": [], "webhookTimestamp": [], "webhookSignature": []}]
-SECURITY_SCHEMES = {
-    "bearerToken": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <api.token>"},
-    "webhookId": {"type": "apiKey", "in": "header", "name": webhooks.ID_HEADER,
-                  "description": "A unique message id chosen by the sender"},
-    "webhookTimestamp": {"type": "apiKey", "in": "header", "name": webhooks.TIMESTAMP_HEADER,
-                         "description": "Seconds since the epoch; refused more than 5 minutes away"},
-    "webhookSignature": {"type": "apiKey", "in": "header", "name": webhooks.SIGNATURE_HEADER,
-                         "description": "v1,<base64 HMAC-SHA256 of 'id.timestamp.payload'>, space-separated"},
-}
-
-
-def PROBLEMS(*codes: int) -> dict:  # noqa: N802 - reads as a declaration in the route decorators
-    out = {}
-    for code in codes:
-        out[code] = {"model": Problem, "description": PROBLEM_DESCRIPTIONS[code]}
-        if code == 503:
-            out[code]["headers"] = RETRY_AFTER_HEADER
-    return out
 
 
 def _problem(status: int, error: str, problems: list[str] = (), headers: Optional[dict] = None) -> JSONResponse:
@@ -499,18 +201,5 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
 
         app.include_router(scim_router(config, lambda: dispatcher))
 
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            event_schema = IdentityEvent.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(event_schema.pop("$defs", {}))
-            components["IdentityEvent"] = event_schema
-            schema["components"]["securitySchemes"] = SECURITY_SCHEMES
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi
+    describe(app)
     return app

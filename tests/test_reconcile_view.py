@@ -181,8 +181,8 @@ def _column(table: str, header: str, next_header: str) -> str:
 
 
 def test_google_suspend_is_called_suspend():
-    from deployments.commands_reconcile import _print_result, plan_line
-    from deployments.console import action_name
+    from deployments.cli.reconcile import _print_result, plan_line
+    from deployments.cli.console import action_name
 
     result = {"connector": "gw", "status": "succeeded", "dry_run": False, "counts": {"create": 1, "disable": 2},
               "deletions": 2, "threshold": 5, "desired_count": 3, "target_count": 4, "unmanaged": 0,
@@ -223,7 +223,7 @@ def test_cli_keeps_prefect_logs_off_the_terminal_but_in_the_api(guarded):
         assert code == 0, out
         assert console_levels() == {logging.NOTSET}
     finally:
-        from deployments.console import quiet_prefect
+        from deployments.cli.console import quiet_prefect
 
         quiet_prefect(True)
 

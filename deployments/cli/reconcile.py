@@ -13,8 +13,9 @@ from typing import Optional
 
 import typer
 
-from deployments.console import (ConfigOption, action_name, fail, prefect_ready, prefect_soon, quiet_prefect,
-                                 read_config)
+from deployments.cli.console import (ConfigOption, action_name, fail, prefect_ready, prefect_soon, quiet_prefect,
+                                     read_config)
+from deployments.cli.guard import STOPPED_STATUSES, dry_run_verdict, stopped_line
 from models.kinds import Action, RunStatus
 
 app = typer.Typer()
@@ -125,15 +126,11 @@ def _print_result(result: dict, connector_type: Optional[str] = None) -> None:
         typer.echo(f"{name}: problem: {problem}", err=True)
     o = result["outcomes"]
     if result["dry_run"]:
-        from tasks.guard import dry_run_verdict
-
-        guard = dry_run_verdict(bool(result.get("guard_tripped")), result["deletions"], result["threshold"])
+        guard = dry_run_verdict(result)
         typer.echo(f"{name}: dry run, nothing written: would apply {o['succeeded']}, would fail {o['failed']}, "
                    f"skipped {o['skipped']}; {guard}")
-    elif result["status"] in (RunStatus.STOPPED_BY_GUARD, RunStatus.AWAITING_APPROVAL):
-        typer.echo(f"{name}: stopped by the deletion guard: {result['message']}; nothing applied. Review the plan "
-                   f"(outbound reconcile --connector {name} --dry-run --report plan.csv), then run again with "
-                   f"--yes to apply it", err=True)
+    elif result["status"] in STOPPED_STATUSES:
+        typer.echo(stopped_line(result), err=True)
     else:
         unknown = f", outcome_unknown {o['outcome_unknown']}" if o.get("outcome_unknown") else ""
         typer.echo(f"{name}: {result['status']}: succeeded {o['succeeded']}, failed {o['failed']}, "

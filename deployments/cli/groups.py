@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from deployments.console import ConfigOption, fail, read_config
+from deployments.cli.console import ConfigOption, fail, read_config
 
 app = typer.Typer()
 

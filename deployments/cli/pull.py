@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from deployments.console import ConfigOption, fail, prefect_ready, quiet_prefect, read_config
+from deployments.cli.console import ConfigOption, fail, prefect_ready, quiet_prefect, read_config
 
 app = typer.Typer()
 

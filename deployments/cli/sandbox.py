@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from deployments.console import prefect_ready, quiet_prefect
+from deployments.cli.console import prefect_ready, quiet_prefect
 
 app = typer.Typer()
 

@@ -1,4 +1,4 @@
-"""The operator's command line: `outbound …`, assembled from the command modules.
+"""The operator's command line: `outbound …`, assembled from one module per command group.
 
 Exit codes: 0 everything succeeded or was skipped by policy; 1 an operation failed; 2 bad input
 (a clear message naming the field; nothing stored).
@@ -6,18 +6,16 @@ Exit codes: 0 everything succeeded or was skipped by policy; 1 an operation fail
 
 import typer
 
-from deployments import (commands_check, commands_db, commands_deployments, commands_events, commands_groups,
-                         commands_policy, commands_prune, commands_pull, commands_reconcile, commands_sandbox,
-                         commands_service)
+from deployments.cli import (catalog, check, db, events, groups, policy, prune, pull, reconcile, sandbox,
+                             service, status)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Outbound provisioning: push users from the identity store to Google, Salesforce and SCIM 2.0.")
 # Unnamed: each module's commands join the top level, in this order (the order of `outbound --help`).
-for commands in (commands_events, commands_sandbox, commands_check, commands_policy, commands_groups, commands_prune,
-                 commands_pull, commands_reconcile, commands_service):
+for commands in (events, sandbox, check, policy, groups, prune, pull, reconcile, service, status):
     app.add_typer(commands.app)
-app.add_typer(commands_db.app, name="db")
-app.add_typer(commands_deployments.app, name="deployments")
+app.add_typer(db.app, name="db")
+app.add_typer(catalog.app, name="deployments")
 
 
 def main() -> None:
@@ -28,7 +26,3 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         raise SystemExit(130)
-
-
-if __name__ == "__main__":
-    main()

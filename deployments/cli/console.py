@@ -2,6 +2,7 @@
 
 import os
 import sys
+from datetime import timezone
 from pathlib import Path
 from typing import Optional
 
@@ -84,3 +85,12 @@ def action_name(action: str, connector_type: Optional[str]) -> str:
     if connector_type == "google":
         return {Action.DISABLE: "suspend", Action.ENABLE: "unsuspend"}.get(action, action)
     return action
+
+
+def when(value) -> str:
+    """A stored time as `YYYY-MM-DD HH:MM:SS` (UTC), whatever type the store returned it as; `-` for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value[:19]
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value.tzinfo else str(value)[:19]

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from deployments.console import (ConfigOption, action_name, connector_types, fail, prefect_ready, prefect_soon,
-                                 quiet_prefect, read_config)
+from deployments.cli.console import (ConfigOption, action_name, connector_types, fail, prefect_ready, prefect_soon,
+                                     quiet_prefect, read_config)
 from deployments.outcomes import stored_outcomes
 from models.kinds import NOT_DONE, Action, EventStatus
 
@@ -103,7 +103,7 @@ def runs(status: Optional[str] = typer.Option(None, help="Only operations with t
          wide: bool = typer.Option(False, "--wide", help="Every field (event, action, tries, flow run), one block each."),
          config: Optional[Path] = ConfigOption) -> None:
     """List recorded operations, newest first: who, what, the outcome, the remote id and the reason."""
-    from deployments.tables import console, table
+    from deployments.cli.tables import console, table
     from models.db import session_scope
     from models.runstate import recent_operations
 

@@ -2,7 +2,7 @@
 
 import typer
 
-from deployments.console import fail
+from deployments.cli.console import fail
 
 app = typer.Typer(no_args_is_help=True, help="The state store.")
 
