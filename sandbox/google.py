@@ -28,11 +28,11 @@ What it enforces, as Google does:
 - A rate limit (`rate_limit` calls per `rate_window` seconds, every call inside a batch counts):
   past it, 403 with reason `userRateLimitExceeded`, as the Directory API answers.
 
-State lives in memory behind one lock. Served by wsgiref in a thread and wrapped in
-`sandbox.faults.FaultInjector`, like the SCIM sandbox.
+State lives in memory behind one lock. The server, fault injection, tokens and page tokens are the
+shared ones (`sandbox.http`, `sandbox.oauth`, `sandbox.paging`); the batch wire format is
+`sandbox.google_batch`.
 """
 
-import base64
 import hashlib
 import json
 import random
@@ -41,16 +41,17 @@ import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
-from socketserver import ThreadingMixIn
 from typing import Any, Optional
-from urllib.parse import parse_qsl, unquote, urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from urllib.parse import parse_qsl, unquote
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from werkzeug.wrappers import Request, Response
 
-from sandbox.faults import FaultInjector, FaultPlan
+from sandbox import google_batch
+from sandbox.faults import FaultPlan
+from sandbox.google_batch import MAX_BATCH, split_multipart
+from sandbox.http import HttpError, HttpSandbox, json_response
+from sandbox.oauth import AssertionRefused, Tokens, assertion_claims, assertion_key_id, rsa_key_pem
+from sandbox.paging import page
 from sandbox.google_workspace import LICENSING_PREFIX, SCOPE_LICENSING, SCOPE_ORGUNIT, Licensing, OrgUnits
 
 SCOPE_USER = "https://www.googleapis.com/auth/admin.directory.user"
@@ -65,34 +66,27 @@ GOOGLE_TOKEN_AUDIENCES = ("https://oauth2.googleapis.com/token", "https://www.go
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 PREFIX = "/admin/directory/v1/"
 BATCH_PATHS = ("/batch/admin/directory_v1", "/batch")
-MAX_BATCH = 1000
-STATUS_TEXT = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-               404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
-               413: "Payload Too Large", 500: "Internal Server Error"}
+JSON = "application/json; charset=UTF-8"
+SHORT_LIVED = ("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
+               "Check your iat and exp values in the JWT claim.")
+__all__ = ["GoogleSandbox", "ApiError", "parse_query", "split_multipart", "MAX_BATCH"]
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):  # the sandbox is not the thing being debugged
-        pass
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class ApiError(Exception):
+class ApiError(HttpError):
     """An answer in Google's error shape: {"error": {"code", "message", "errors": [...]}}."""
+
+    content_type = JSON
 
     def __init__(self, code: int, message: str, reason: str = "invalid", domain: str = "global",
                  location: str | None = None, status: str | None = None, headers=()):
-        super().__init__(message)
-        self.code, self.headers = code, list(headers)
         item = {"message": message, "domain": domain, "reason": reason}
         if location:  # Google names the location for parameters and headers, not for body fields
             item.update(locationType="parameter" if location != "Authorization" else "header", location=location)
-        self.body = {"error": {"code": code, "message": message, "errors": [item]}}
+        body = {"error": {"code": code, "message": message, "errors": [item]}}
         if status:
-            self.body["error"]["status"] = status
+            body["error"]["status"] = status
+        super().__init__(code, body, headers)
+        self.code, self.body = code, body
 
 
 def _not_found(key: str) -> ApiError:
@@ -153,47 +147,11 @@ def parse_query(query: str) -> list[tuple[str, str]]:
     return terms
 
 
-def split_multipart(body: bytes, boundary: str) -> list[tuple[dict, bytes]]:
-    """The parts of a multipart body, each as (lower-cased headers, payload)."""
-    delimiter = b"--" + boundary.encode()
-    parts = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk.lstrip(b"\n")
-        chunk = chunk[:-2] if chunk.endswith(b"\r\n") else chunk.rstrip(b"\n")
-        head, body_ = _split_head(chunk)
-        parts.append((_headers(head), body_))
-    return parts
 
-
-def _split_head(message: bytes) -> tuple[bytes, bytes]:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        if sep in message:
-            head, _, rest = message.partition(sep)
-            return head, rest
-    return message, b""
-
-
-def _headers(head: bytes) -> dict:
-    headers = {}
-    for line in head.decode("latin-1").splitlines():
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return headers
-
-
-def _boundary(content_type: str) -> str | None:
-    for piece in content_type.split(";")[1:]:
-        key, _, value = piece.strip().partition("=")
-        if key.lower() == "boundary":
-            return value.strip('"')
-    return None
-
-
-class GoogleSandbox:
+class GoogleSandbox(HttpSandbox):
     """Serve the Directory API on http://127.0.0.1:<port> from a thread; `stop()` ends it."""
+
+    name = "google-sandbox"
 
     def __init__(self, domains: list[str] | None = None, admins: list[str] | None = None,
                  delegated_scopes: list[str] | None = None, token_lifetime: float = 3600,
@@ -210,10 +168,10 @@ class GoogleSandbox:
         self.customer_id = "C0" + secrets.token_hex(4)
         self.client_email = "outbound@sandbox-project.iam.gserviceaccount.com"
         self.client_id = str(100000000000000000000 + secrets.randbelow(10 ** 20))
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._private_key_pem, public_key_pem = rsa_key_pem()
         self.private_key_id = secrets.token_hex(20)
-        self._public_keys = {self.private_key_id: self._key.public_key()}
-        self._tokens: dict[str, dict] = {}
+        self._public_keys = {self.private_key_id: public_key_pem}
+        self._tokens = Tokens()
         self._users: dict[str, dict] = {}
         self._user_ids: dict[str, str] = {}   # lower-cased primaryEmail -> id
         self._groups: dict[str, dict] = {}
@@ -225,52 +183,25 @@ class GoogleSandbox:
         self._calls: deque[float] = deque()
         self._lock = threading.RLock()
         self._random = random.Random(seed)
-        self.requests: list[tuple[str, str]] = []
-        self.tokens_issued = 0
         # Creates refused because the address was taken: where nothing refused them, each would be a
         # second account (the lost-answer tests count them).
         self.duplicate_creates = 0
-        self.faults = FaultInjector(self._app, faults)
-        self._server = make_server(host, port, self._wsgi, server_class=_ThreadingServer,
-                                   handler_class=_QuietHandler)
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle ------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        self._serve(host, port, faults)
 
     @property
     def token_url(self) -> str:
         return f"{self.url}/token"
 
-    def start(self) -> "GoogleSandbox":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="google-sandbox", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> "GoogleSandbox":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    @property
+    def tokens_issued(self) -> int:
+        return self._tokens.issued
 
     # --- the service account --------------------------------------------------------------
 
     def service_account_info(self) -> dict:
         """The JSON key of the sandbox's service account (token_uri points at the sandbox)."""
-        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()).decode()
         return {"type": "service_account", "project_id": "sandbox-project", "private_key_id": self.private_key_id,
-                "private_key": pem, "client_email": self.client_email, "client_id": self.client_id,
+                "private_key": self._private_key_pem, "client_email": self.client_email, "client_id": self.client_id,
                 "auth_uri": "https://accounts.google.com/o/oauth2/auth", "token_uri": self.token_url,
                 "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
                 "universe_domain": "googleapis.com"}
@@ -287,8 +218,7 @@ class GoogleSandbox:
 
     def revoke_tokens(self) -> None:
         """Forget every issued access token (clients holding one get 401 next time)."""
-        with self._lock:
-            self._tokens.clear()
+        self._tokens.revoke()
 
     # --- inspection for tests and the demo ------------------------------------------------
 
@@ -300,37 +230,19 @@ class GoogleSandbox:
         with self._lock:
             return [dict(g) for g in self._groups.values()]
 
-    # --- WSGI -----------------------------------------------------------------------------
+    # --- HTTP -----------------------------------------------------------------------------
 
-    def _wsgi(self, environ, start_response):
-        self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
-        return self.faults(environ, start_response)
-
-    def _app(self, environ, start_response):
-        method = environ["REQUEST_METHOD"]
-        # PEP 3333: PATH_INFO arrives percent-decoded, its bytes carried as latin-1.
-        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
-        query = environ.get("QUERY_STRING", "")
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        body = environ["wsgi.input"].read(length) if length else b""
-        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
-        if environ.get("CONTENT_TYPE"):
-            headers["content-type"] = environ["CONTENT_TYPE"]
+    def _answer(self, request: Request) -> Response:
+        method, path, body = request.method, request.path, request.get_data()
+        headers = {k.lower(): v for k, v in request.headers.items()}
         if path == "/token" and method == "POST":
             status, payload, extra = self._token(body)
-            raw, ctype = json.dumps(payload).encode(), "application/json; charset=utf-8"
-        elif path in BATCH_PATHS and method == "POST":
+            return json_response(payload, status, extra, "application/json; charset=utf-8")
+        if path in BATCH_PATHS and method == "POST":
             status, raw, ctype, extra = self._batch(headers, body)
-        else:
-            status, payload, extra = self._call(method, path, query, headers, body)
-            raw = b"" if payload is None else json.dumps(payload).encode()
-            ctype = "application/json; charset=UTF-8"
-        response_headers = [("Content-Type", ctype), ("Content-Length", str(len(raw))), *extra]
-        start_response(f"{status} {STATUS_TEXT.get(status, 'Status')}", response_headers)
-        return [raw]
+            return Response(raw, status=status, headers=extra, content_type=ctype)
+        status, payload, extra = self._call(method, path, request.environ.get("QUERY_STRING", ""), headers, body)
+        return json_response(payload, status, extra, JSON)
 
     # --- OAuth ----------------------------------------------------------------------------
 
@@ -340,30 +252,24 @@ class GoogleSandbox:
             return 400, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type."}, []
         assertion = form.get("assertion", "")
         try:
-            kid = jwt.get_unverified_header(assertion).get("kid")
-        except jwt.PyJWTError:
+            kid = assertion_key_id(assertion)
+        except AssertionRefused:
             return 400, _grant_error("Invalid JWT."), []
         key = self._public_keys.get(kid) if kid else None
         if key is None:
             return 400, _grant_error("Invalid JWT Signature."), []
-        audiences = [*GOOGLE_TOKEN_AUDIENCES, self.token_url]
         try:
-            claims = jwt.decode(assertion, key, algorithms=["RS256"], audience=audiences, leeway=30,
-                                options={"require": ["iss", "aud", "exp", "iat", "scope"]})
-        except jwt.InvalidSignatureError:
-            return 400, _grant_error("Invalid JWT Signature."), []
-        except jwt.ExpiredSignatureError:
-            return 400, _grant_error("Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
-                                     "reasonable timeframe. Check your iat and exp values in the JWT claim."), []
-        except jwt.InvalidAudienceError:
-            return 400, _grant_error("Invalid JWT: Failed audience check."), []
-        except jwt.PyJWTError as exc:
-            return 400, _grant_error(f"Invalid JWT: {type(exc).__name__}."), []
+            claims = assertion_claims(assertion, key, [*GOOGLE_TOKEN_AUDIENCES, self.token_url],
+                                      require=["iss", "aud", "exp", "iat", "scope"], leeway=30)
+        except AssertionRefused as exc:
+            return 400, _grant_error({"InvalidSignatureError": "Invalid JWT Signature.",
+                                      "ExpiredSignatureError": SHORT_LIVED,
+                                      "InvalidAudienceError": "Invalid JWT: Failed audience check."}
+                                     .get(exc.reason, f"Invalid JWT: {exc.reason}.")), []
         if claims["iss"] != self.client_email:
             return 400, _grant_error("Invalid grant: account not found"), []
         if claims["exp"] - claims["iat"] > 3600:
-            return 400, _grant_error("Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
-                                     "reasonable timeframe. Check your iat and exp values in the JWT claim."), []
+            return 400, _grant_error(SHORT_LIVED), []
         subject = str(claims.get("sub") or "").lower()
         if subject not in self.admins:
             return 400, _grant_error("Invalid email or User ID"), []
@@ -375,22 +281,14 @@ class GoogleSandbox:
             return 401, {"error": "unauthorized_client",
                          "error_description": "Client is unauthorized to retrieve access tokens using this method, "
                                               "or client not authorized for any of the scopes requested."}, []
-        token = "ya29.sandbox-" + secrets.token_urlsafe(32)
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = {t: v for t, v in self._tokens.items() if v["expires"] > now}
-            self._tokens[token] = {"scopes": scopes, "subject": subject, "expires": now + self.token_lifetime}
-            self.tokens_issued += 1
+        token = self._tokens.issue({"scopes": scopes, "subject": subject}, self.token_lifetime, prefix="ya29.sandbox-")
         reported = self.token_lifetime if self.reported_lifetime is None else self.reported_lifetime
         return 200, {"access_token": token, "expires_in": max(0, int(reported)), "token_type": "Bearer"}, []
 
     def _authorize(self, headers: dict) -> set[str]:
         value = headers.get("authorization", "")
         token = value[7:].strip() if value.lower().startswith("bearer ") else ""
-        with self._lock:
-            grant = self._tokens.get(token) if token else None
-            if grant and grant["expires"] <= time.monotonic():
-                grant = None
+        grant = self._tokens.check(token)
         if grant is None:
             raise ApiError(401, "Request had invalid authentication credentials. Expected OAuth 2 access token, "
                                 "login cookie or other valid authentication credential.",
@@ -434,12 +332,12 @@ class GoogleSandbox:
                     raise ApiError(400, "Invalid JSON payload received.", reason="parseError") from None
                 if not isinstance(payload, dict):
                     raise ApiError(400, "Invalid JSON payload received.", reason="parseError")
-            if licensing:
-                _need(scopes, (SCOPE_LICENSING,) + ((SCOPE_LICENSING + ".readonly",) if method == "GET" else ()))
-                with self._lock:
+            with self._lock:
+                if licensing:
+                    _need(scopes, (SCOPE_LICENSING,) + ((SCOPE_LICENSING + ".readonly",) if method == "GET" else ()))
                     status, result = self.licensing.route(method, segments, params, payload or {})
-            else:
-                status, result = self._route(method, segments, params, payload or {}, scopes)
+                else:
+                    status, result = self._route(method, segments, params, payload or {}, scopes)
             return status, result, []
         except ApiError as exc:
             return exc.code, exc.body, exc.headers
@@ -448,28 +346,26 @@ class GoogleSandbox:
         read = method == "GET"
         if seg[0] == "users" and len(seg) in (3, 4) and seg[2] == "aliases":
             _need(scopes, (SCOPE_USER, SCOPE_ALIAS) + ((SCOPE_USER_RO, SCOPE_ALIAS + ".readonly") if read else ()))
-            with self._lock:
-                if len(seg) == 3 and method == "GET":
-                    return 200, self._list_aliases(seg[1])
-                if len(seg) == 3 and method == "POST":
-                    return 200, self._insert_alias(seg[1], body)
-                if len(seg) == 4 and method == "DELETE":
-                    self._delete_alias(seg[1], unquote(seg[3]))
-                    return 204, None
+            if len(seg) == 3 and method == "GET":
+                return 200, self._list_aliases(seg[1])
+            if len(seg) == 3 and method == "POST":
+                return 200, self._insert_alias(seg[1], body)
+            if len(seg) == 4 and method == "DELETE":
+                self._delete_alias(seg[1], unquote(seg[3]))
+                return 204, None
         elif seg[0] == "users":
             _need(scopes, (SCOPE_USER,) + ((SCOPE_USER_RO,) if read else ()))
-            with self._lock:
-                if len(seg) == 1 and method == "GET":
-                    return 200, self._list_users(params)
-                if len(seg) == 1 and method == "POST":
-                    return 200, self._insert_user(body)
-                if len(seg) == 2 and method == "GET":
-                    return 200, self._public_user(self._user(seg[1]), _full(params))
-                if len(seg) == 2 and method in ("PATCH", "PUT"):
-                    return 200, self._update_user(seg[1], body)
-                if len(seg) == 2 and method == "DELETE":
-                    self._delete_user(seg[1])
-                    return 204, None
+            if len(seg) == 1 and method == "GET":
+                return 200, self._list_users(params)
+            if len(seg) == 1 and method == "POST":
+                return 200, self._insert_user(body)
+            if len(seg) == 2 and method == "GET":
+                return 200, self._public_user(self._user(seg[1]), _full(params))
+            if len(seg) == 2 and method in ("PATCH", "PUT"):
+                return 200, self._update_user(seg[1], body)
+            if len(seg) == 2 and method == "DELETE":
+                self._delete_user(seg[1])
+                return 204, None
         elif seg[0] == "customer" and len(seg) == 3 and seg[2] == "domains" and read:
             _need(scopes, (SCOPE_DOMAIN_RO, SCOPE_DOMAIN_RO.removesuffix(".readonly")))
             if seg[1] not in ("my_customer", self.customer_id):
@@ -480,45 +376,43 @@ class GoogleSandbox:
             _need(scopes, (SCOPE_ORGUNIT,) + ((SCOPE_ORGUNIT + ".readonly",) if read else ()))
             if seg[1] not in ("my_customer", self.customer_id):
                 raise ApiError(400, "Bad Request", reason="badRequest")
-            with self._lock:
-                return self.org_units.route(method, seg, params, body)
+            return self.org_units.route(method, seg, params, body)
         elif seg[0] == "groups":
             member_call = len(seg) >= 3 and seg[2] == "members"
             allowed = (SCOPE_GROUP,) + ((SCOPE_GROUP_RO,) if read else ()) + ((SCOPE_MEMBER,) if member_call else ())
             _need(scopes, allowed)
-            with self._lock:
-                if len(seg) == 1 and method == "GET":
-                    return 200, self._list_groups(params)
-                if len(seg) == 1 and method == "POST":
-                    return 200, self._insert_group(body)
-                if len(seg) == 2 and method == "GET":
-                    return 200, dict(self._group(seg[1]))
-                if len(seg) == 2 and method in ("PATCH", "PUT"):
-                    return 200, self._update_group(seg[1], body)
-                if len(seg) == 2 and method == "DELETE":
-                    self._delete_group(seg[1])
-                    return 204, None
-                if member_call and len(seg) == 3 and method == "GET":
-                    return 200, self._list_members(seg[1], params)
-                if member_call and len(seg) == 3 and method == "POST":
-                    return 200, self._insert_member(seg[1], body)
-                if member_call and len(seg) == 4 and method == "GET":
-                    group = self._group(seg[1])
-                    return 200, dict(self._member(group["id"], seg[3]))
-                if member_call and len(seg) == 4 and method == "DELETE":
-                    group = self._group(seg[1])
-                    self._members[group["id"]].pop(self._member(group["id"], seg[3])["id"])
-                    group["directMembersCount"] = str(len(self._members[group["id"]]))
-                    return 204, None
+            if len(seg) == 1 and method == "GET":
+                return 200, self._list_groups(params)
+            if len(seg) == 1 and method == "POST":
+                return 200, self._insert_group(body)
+            if len(seg) == 2 and method == "GET":
+                return 200, dict(self._group(seg[1]))
+            if len(seg) == 2 and method in ("PATCH", "PUT"):
+                return 200, self._update_group(seg[1], body)
+            if len(seg) == 2 and method == "DELETE":
+                self._delete_group(seg[1])
+                return 204, None
+            if member_call and len(seg) == 3 and method == "GET":
+                return 200, self._list_members(seg[1], params)
+            if member_call and len(seg) == 3 and method == "POST":
+                return 200, self._insert_member(seg[1], body)
+            if member_call and len(seg) == 4 and method == "GET":
+                group = self._group(seg[1])
+                return 200, dict(self._member(group["id"], seg[3]))
+            if member_call and len(seg) == 4 and method == "DELETE":
+                group = self._group(seg[1])
+                self._members[group["id"]].pop(self._member(group["id"], seg[3])["id"])
+                group["directMembersCount"] = str(len(self._members[group["id"]]))
+                return 204, None
         raise ApiError(404, "Not Found", reason="notFound")
 
     # --- users ----------------------------------------------------------------------------
 
     def _user(self, key: str) -> dict:
-        uid = key if key in self._users else self._user_ids.get(key.lower()) or self._alias_ids.get(key.lower())
-        if uid is None:
+        user = self._user_or_none(key)
+        if user is None:
             raise _not_found("userKey")
-        return self._users[uid]
+        return user
 
     def _user_or_none(self, key: str) -> dict | None:
         uid = key if key in self._users else self._user_ids.get(key.lower()) or self._alias_ids.get(key.lower())
@@ -686,38 +580,12 @@ class GoogleSandbox:
             raise ApiError(400, "Domain not found.", reason="notFound")
         return domain.lower() if domain else None
 
-    def _page(self, items: list, params: dict, limit: int, default: int) -> tuple[list, str | None]:
-        raw = params.get("maxResults")
-        try:
-            size = int(raw) if raw else default
-        except ValueError:
-            size = -1
-        if not 1 <= size <= limit:
-            raise ApiError(400, f"Invalid value '{raw}'. Values must be within the range: [1, {limit}]",
-                           location="maxResults")
-        start = 0
-        if params.get("pageToken"):
-            try:
-                start = int(base64.urlsafe_b64decode(params["pageToken"].encode()).decode().split(":")[1])
-            except (ValueError, IndexError, UnicodeDecodeError):
-                raise ApiError(400, "Invalid Input: pageToken", location="pageToken") from None
-        page = items[start:start + size]
-        more = start + size < len(items)
-        token = base64.urlsafe_b64encode(f"offset:{start + size}".encode()).decode() if more else None
-        return page, token
-
     def _list_users(self, params: dict) -> dict:
         domain = self._scope_filter(params)
         terms = parse_query(params["query"]) if params.get("query") else []
         users = [u for u in self._users.values()
                  if (domain is None or u["primaryEmail"].endswith("@" + domain)) and self._matches(u, terms)]
-        page, token = self._page(users, params, limit=500, default=100)
-        out = {"kind": "admin#directory#users", "etag": f'"{secrets.token_hex(8)}"'}
-        if page:
-            out["users"] = [self._public_user(u, _full(params)) for u in page]
-        if token:
-            out["nextPageToken"] = token
-        return out
+        return _listing("users", users, params, 500, 100, lambda u: self._public_user(u, _full(params)))
 
     # --- groups and members ---------------------------------------------------------------
 
@@ -757,13 +625,7 @@ class GoogleSandbox:
     def _list_groups(self, params: dict) -> dict:
         domain = self._scope_filter(params)
         groups = [g for g in self._groups.values() if domain is None or g["email"].endswith("@" + domain)]
-        page, token = self._page(groups, params, limit=200, default=200)
-        out = {"kind": "admin#directory#groups", "etag": f'"{secrets.token_hex(8)}"'}
-        if page:
-            out["groups"] = [dict(g) for g in page]
-        if token:
-            out["nextPageToken"] = token
-        return out
+        return _listing("groups", groups, params, 200, 200, dict)
 
     def _member(self, gid: str, key: str) -> dict:
         members = self._members[gid]
@@ -799,25 +661,19 @@ class GoogleSandbox:
 
     def _list_members(self, group_key: str, params: dict) -> dict:
         group = self._group(group_key)
-        page, token = self._page(list(self._members[group["id"]].values()), params, limit=200, default=200)
-        out = {"kind": "admin#directory#members", "etag": f'"{secrets.token_hex(8)}"'}
-        if page:
-            out["members"] = [dict(m) for m in page]
-        if token:
-            out["nextPageToken"] = token
-        return out
+        return _listing("members", list(self._members[group["id"]].values()), params, 200, 200, dict)
 
     # --- batch ----------------------------------------------------------------------------
 
     def _batch(self, headers: dict, body: bytes) -> tuple[int, bytes, str, list]:
         def fail(error: ApiError):
-            return error.code, json.dumps(error.body).encode(), "application/json; charset=UTF-8", error.headers
+            return error.code, json.dumps(error.body).encode(), JSON, error.headers
 
         try:
             scopes = self._authorize(headers)
         except ApiError as exc:
             return fail(exc)
-        boundary = _boundary(headers.get("content-type", ""))
+        boundary = google_batch.boundary(headers.get("content-type", ""))
         if not headers.get("content-type", "").lower().startswith("multipart/mixed") or not boundary:
             return fail(ApiError(400, "Bad Request: a batch request must be multipart/mixed", reason="badRequest"))
         parts = split_multipart(body, boundary)
@@ -825,34 +681,27 @@ class GoogleSandbox:
             return fail(ApiError(400, f"A batch request cannot contain more than {MAX_BATCH} calls.",
                                  reason="badRequest"))
         answers = []
-        for index, (part_headers, payload) in enumerate(parts):
-            content_id = part_headers.get("content-id", f"<item{index + 1}>").strip("<>")
-            head, inner_body = _split_head(payload)
-            lines = head.decode("latin-1").splitlines()
-            request_line = lines[0].split() if lines else []
-            inner_headers = _headers("\n".join(lines[1:]).encode("latin-1"))
-            if len(request_line) < 2:
+        for content_id, method, path, query, inner_headers, inner_body in google_batch.calls(parts):
+            if method is None:
                 status, result, extra = 400, ApiError(400, "Bad Request", reason="badRequest").body, []
             else:
-                url = urlsplit(request_line[1])
                 inner_scopes = scopes if "authorization" not in inner_headers else None
-                status, result, extra = self._call(request_line[0].upper(), unquote(url.path), url.query, inner_headers,
-                                                   inner_body, scopes=inner_scopes)
+                status, result, extra = self._call(method, path, query, inner_headers, inner_body, scopes=inner_scopes)
             answers.append((content_id, status, result, extra))
         self._random.shuffle(answers)  # Google answers batch calls in any order: clients must use Content-ID
-        out_boundary = "batch_" + secrets.token_hex(12)
-        chunks = []
-        for content_id, status, result, extra in answers:
-            inner = b"" if result is None else json.dumps(result).encode()
-            head = [f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Status')}"]
-            if result is not None:
-                head += ["Content-Type: application/json; charset=UTF-8", f"Content-Length: {len(inner)}"]
-            head += [f"{k}: {v}" for k, v in extra]
-            chunks.append(f"--{out_boundary}\r\nContent-Type: application/http\r\n"
-                          f"Content-ID: <response-{content_id}>\r\n\r\n".encode()
-                          + "\r\n".join(head).encode() + b"\r\n\r\n" + inner + b"\r\n")
-        raw = b"".join(chunks) + f"--{out_boundary}--\r\n".encode()
-        return 200, raw, f"multipart/mixed; boundary={out_boundary}", []
+        raw, content_type = google_batch.encode(answers)
+        return 200, raw, content_type, []
+
+
+def _listing(key: str, items: list, params: dict, limit: int, default: int, render) -> dict:
+    """One page of a Directory API list: `key` holds the items (left out when none), then nextPageToken."""
+    items, token = page(items, params, limit, default, ApiError)
+    out = {"kind": f"admin#directory#{key}", "etag": f'"{secrets.token_hex(8)}"'}
+    if items:
+        out[key] = [render(item) for item in items]
+    if token:
+        out["nextPageToken"] = token
+    return out
 
 
 def _full(params: dict) -> bool:
