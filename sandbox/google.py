@@ -28,20 +28,20 @@ What it enforces, as Google does:
 - A rate limit (`rate_limit` calls per `rate_window` seconds, every call inside a batch counts):
   past it, 403 with reason `userRateLimitExceeded`, as the Directory API answers.
 
-State lives in memory behind one lock. The server, fault injection, tokens and page tokens are the
-shared ones (`sandbox.http`, `sandbox.oauth`, `sandbox.paging`); the batch wire format is
-`sandbox.google_batch`.
+This module is the HTTP side: the service account and its grant, routing with the scopes each call
+needs, the rate limit, the batch endpoint. The users, aliases, groups and members and their rules are
+`sandbox.google_directory`; the batch wire format `sandbox.google_batch`; the server, fault
+injection, tokens and page tokens the shared `sandbox.http`, `sandbox.oauth`, `sandbox.paging`. State
+lives in memory behind one lock.
 """
 
-import hashlib
 import json
 import random
 import secrets
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Optional
 from urllib.parse import parse_qsl, unquote
 
 from werkzeug.wrappers import Request, Response
@@ -49,10 +49,11 @@ from werkzeug.wrappers import Request, Response
 from sandbox import google_batch
 from sandbox.faults import FaultPlan
 from sandbox.google_batch import MAX_BATCH, split_multipart
-from sandbox.http import HttpError, HttpSandbox, json_response
-from sandbox.oauth import AssertionRefused, Tokens, assertion_claims, assertion_key_id, rsa_key_pem
-from sandbox.paging import page
+from sandbox.google_directory import Directory, full_projection, parse_query
+from sandbox.google_errors import JSON, ApiError
 from sandbox.google_workspace import LICENSING_PREFIX, SCOPE_LICENSING, SCOPE_ORGUNIT, Licensing, OrgUnits
+from sandbox.http import HttpSandbox, json_response
+from sandbox.oauth import AssertionRefused, Tokens, assertion_claims, assertion_key_id, rsa_key_pem
 
 SCOPE_USER = "https://www.googleapis.com/auth/admin.directory.user"
 SCOPE_GROUP = "https://www.googleapis.com/auth/admin.directory.group"
@@ -66,86 +67,9 @@ GOOGLE_TOKEN_AUDIENCES = ("https://oauth2.googleapis.com/token", "https://www.go
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 PREFIX = "/admin/directory/v1/"
 BATCH_PATHS = ("/batch/admin/directory_v1", "/batch")
-JSON = "application/json; charset=UTF-8"
 SHORT_LIVED = ("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
                "Check your iat and exp values in the JWT claim.")
 __all__ = ["GoogleSandbox", "ApiError", "parse_query", "split_multipart", "MAX_BATCH"]
-
-
-class ApiError(HttpError):
-    """An answer in Google's error shape: {"error": {"code", "message", "errors": [...]}}."""
-
-    content_type = JSON
-
-    def __init__(self, code: int, message: str, reason: str = "invalid", domain: str = "global",
-                 location: str | None = None, status: str | None = None, headers=()):
-        item = {"message": message, "domain": domain, "reason": reason}
-        if location:  # Google names the location for parameters and headers, not for body fields
-            item.update(locationType="parameter" if location != "Authorization" else "header", location=location)
-        body = {"error": {"code": code, "message": message, "errors": [item]}}
-        if status:
-            body["error"]["status"] = status
-        super().__init__(code, body, headers)
-        self.code, self.body = code, body
-
-
-def _not_found(key: str) -> ApiError:
-    return ApiError(404, f"Resource Not Found: {key}", reason="notFound")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def _merge(target: dict, patch: dict) -> None:
-    """Patch semantics: nested objects merge, arrays and scalars replace, null clears."""
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = value
-
-
-def parse_query(query: str) -> list[tuple[str, str]]:
-    """Google's user search syntax: `field:value` terms; values may be 'single-quoted' with \\ escapes."""
-    terms, i, n = [], 0, len(query)
-    while i < n:
-        while i < n and query[i] == " ":
-            i += 1
-        if i >= n:
-            break
-        start = i
-        while i < n and query[i] not in ":=":
-            i += 1
-        if i >= n:
-            raise ApiError(400, "Invalid Input: query", location="query")
-        field = query[start:i].strip()
-        i += 1
-        value = []
-        if i < n and query[i] == "'":
-            i += 1
-            while True:
-                if i >= n:
-                    raise ApiError(400, "Invalid Input: query", location="query")
-                ch = query[i]
-                if ch == "\\" and i + 1 < n:
-                    value.append(query[i + 1])
-                    i += 2
-                elif ch == "'":
-                    i += 1
-                    break
-                else:
-                    value.append(ch)
-                    i += 1
-        else:
-            while i < n and query[i] != " ":
-                value.append(query[i])
-                i += 1
-        terms.append((field, "".join(value)))
-    return terms
-
 
 
 class GoogleSandbox(HttpSandbox):
@@ -172,20 +96,13 @@ class GoogleSandbox(HttpSandbox):
         self.private_key_id = secrets.token_hex(20)
         self._public_keys = {self.private_key_id: public_key_pem}
         self._tokens = Tokens()
-        self._users: dict[str, dict] = {}
-        self._user_ids: dict[str, str] = {}   # lower-cased primaryEmail -> id
-        self._groups: dict[str, dict] = {}
-        self._group_ids: dict[str, str] = {}  # lower-cased email -> id
-        self._alias_ids: dict[str, str] = {}  # lower-cased user alias -> user id
-        self._members: dict[str, dict[str, dict]] = {}  # group id -> member id -> member
+        self._random = random.Random(seed)
         self.org_units = OrgUnits(org_units or [], ApiError)
-        self.licensing = Licensing(licences or {}, ApiError, self._user_or_none, (self.customer_id, *self.domains))
+        self.directory = Directory(self.domains, self.customer_id, self.org_units, self._random)
+        self.licensing = Licensing(licences or {}, ApiError, self.directory.user_or_none,
+                                   (self.customer_id, *self.domains))
         self._calls: deque[float] = deque()
         self._lock = threading.RLock()
-        self._random = random.Random(seed)
-        # Creates refused because the address was taken: where nothing refused them, each would be a
-        # second account (the lost-answer tests count them).
-        self.duplicate_creates = 0
         self._serve(host, port, faults)
 
     @property
@@ -195,6 +112,14 @@ class GoogleSandbox(HttpSandbox):
     @property
     def tokens_issued(self) -> int:
         return self._tokens.issued
+
+    @property
+    def duplicate_creates(self) -> int:
+        return self.directory.duplicate_creates
+
+    @property
+    def _users(self) -> dict[str, dict]:  # the stored users, for a test that edits one as an admin would
+        return self.directory.users
 
     # --- the service account --------------------------------------------------------------
 
@@ -224,11 +149,11 @@ class GoogleSandbox(HttpSandbox):
 
     def users(self) -> list[dict]:
         with self._lock:
-            return [self._public_user(u) for u in self._users.values()]
+            return [self.directory.public_user(u) for u in self.directory.users.values()]
 
     def groups(self) -> list[dict]:
         with self._lock:
-            return [dict(g) for g in self._groups.values()]
+            return [dict(g) for g in self.directory.groups.values()]
 
     # --- HTTP -----------------------------------------------------------------------------
 
@@ -347,24 +272,24 @@ class GoogleSandbox(HttpSandbox):
         if seg[0] == "users" and len(seg) in (3, 4) and seg[2] == "aliases":
             _need(scopes, (SCOPE_USER, SCOPE_ALIAS) + ((SCOPE_USER_RO, SCOPE_ALIAS + ".readonly") if read else ()))
             if len(seg) == 3 and method == "GET":
-                return 200, self._list_aliases(seg[1])
+                return 200, self.directory.list_aliases(seg[1])
             if len(seg) == 3 and method == "POST":
-                return 200, self._insert_alias(seg[1], body)
+                return 200, self.directory.insert_alias(seg[1], body)
             if len(seg) == 4 and method == "DELETE":
-                self._delete_alias(seg[1], unquote(seg[3]))
+                self.directory.delete_alias(seg[1], unquote(seg[3]))
                 return 204, None
         elif seg[0] == "users":
             _need(scopes, (SCOPE_USER,) + ((SCOPE_USER_RO,) if read else ()))
             if len(seg) == 1 and method == "GET":
-                return 200, self._list_users(params)
+                return 200, self.directory.list_users(params)
             if len(seg) == 1 and method == "POST":
-                return 200, self._insert_user(body)
+                return 200, self.directory.insert_user(body)
             if len(seg) == 2 and method == "GET":
-                return 200, self._public_user(self._user(seg[1]), _full(params))
+                return 200, self.directory.public_user(self.directory.user(seg[1]), full_projection(params))
             if len(seg) == 2 and method in ("PATCH", "PUT"):
-                return 200, self._update_user(seg[1], body)
+                return 200, self.directory.update_user(seg[1], body)
             if len(seg) == 2 and method == "DELETE":
-                self._delete_user(seg[1])
+                self.licensing.release(self.directory.delete_user(seg[1]))
                 return 204, None
         elif seg[0] == "customer" and len(seg) == 3 and seg[2] == "domains" and read:
             _need(scopes, (SCOPE_DOMAIN_RO, SCOPE_DOMAIN_RO.removesuffix(".readonly")))
@@ -382,286 +307,26 @@ class GoogleSandbox(HttpSandbox):
             allowed = (SCOPE_GROUP,) + ((SCOPE_GROUP_RO,) if read else ()) + ((SCOPE_MEMBER,) if member_call else ())
             _need(scopes, allowed)
             if len(seg) == 1 and method == "GET":
-                return 200, self._list_groups(params)
+                return 200, self.directory.list_groups(params)
             if len(seg) == 1 and method == "POST":
-                return 200, self._insert_group(body)
+                return 200, self.directory.insert_group(body)
             if len(seg) == 2 and method == "GET":
-                return 200, dict(self._group(seg[1]))
+                return 200, dict(self.directory.group(seg[1]))
             if len(seg) == 2 and method in ("PATCH", "PUT"):
-                return 200, self._update_group(seg[1], body)
+                return 200, self.directory.update_group(seg[1], body)
             if len(seg) == 2 and method == "DELETE":
-                self._delete_group(seg[1])
+                self.directory.delete_group(seg[1])
                 return 204, None
             if member_call and len(seg) == 3 and method == "GET":
-                return 200, self._list_members(seg[1], params)
+                return 200, self.directory.list_members(seg[1], params)
             if member_call and len(seg) == 3 and method == "POST":
-                return 200, self._insert_member(seg[1], body)
+                return 200, self.directory.insert_member(seg[1], body)
             if member_call and len(seg) == 4 and method == "GET":
-                group = self._group(seg[1])
-                return 200, dict(self._member(group["id"], seg[3]))
+                return 200, dict(self.directory.member(self.directory.group(seg[1])["id"], seg[3]))
             if member_call and len(seg) == 4 and method == "DELETE":
-                group = self._group(seg[1])
-                self._members[group["id"]].pop(self._member(group["id"], seg[3])["id"])
-                group["directMembersCount"] = str(len(self._members[group["id"]]))
+                self.directory.delete_member(seg[1], seg[3])
                 return 204, None
         raise ApiError(404, "Not Found", reason="notFound")
-
-    # --- users ----------------------------------------------------------------------------
-
-    def _user(self, key: str) -> dict:
-        user = self._user_or_none(key)
-        if user is None:
-            raise _not_found("userKey")
-        return user
-
-    def _user_or_none(self, key: str) -> dict | None:
-        uid = key if key in self._users else self._user_ids.get(key.lower()) or self._alias_ids.get(key.lower())
-        return self._users.get(uid) if uid else None
-
-    def _public_user(self, user: dict, full: bool = True) -> dict:
-        """The user as the API shows it; custom schema values only in the full projection (as Google)."""
-        hidden = ("password", "hashFunction") if full else ("password", "hashFunction", "customSchemas")
-        out = {k: v for k, v in user.items() if k not in hidden}
-        out["name"] = dict(user.get("name") or {})
-        out["name"]["fullName"] = f"{out['name'].get('givenName', '')} {out['name'].get('familyName', '')}".strip()
-        return out
-
-    def _check_email(self, email: Any, what: str = "primary_user_email") -> str:
-        if not isinstance(email, str) or email.count("@") != 1 or not email.split("@")[0]:
-            raise ApiError(400, f"Invalid Input: {what}")
-        local, domain = email.lower().split("@")
-        if domain not in self.domains:
-            raise ApiError(400, "Domain not found.", reason="notFound")
-        if len(local) > 64 or ".." in local or local.startswith(".") or local.endswith("."):
-            raise ApiError(400, f"Invalid Input: {what}")
-        return f"{local}@{domain}"
-
-    def _check_user_fields(self, user: dict, creating: bool) -> None:
-        name = user.get("name")
-        if creating or "name" in user:
-            if not isinstance(name, dict):
-                raise ApiError(400, "Invalid Given/Family Name: GivenName")
-            for field, label in (("givenName", "GivenName"), ("familyName", "FamilyName")):
-                value = name.get(field)
-                if not isinstance(value, str) or not value.strip() or len(value) > 60 or set(value) & set("<>="):
-                    raise ApiError(400, f"Invalid Given/Family Name: {label}")
-        for key in ("organizations", "phones", "relations"):
-            if key in user and not (isinstance(user[key], list) and all(isinstance(e, dict) for e in user[key])):
-                raise ApiError(400, f"Invalid Input: {key}")
-        if "customSchemas" in user and not (isinstance(user["customSchemas"], dict) and all(
-                isinstance(v, dict) for v in user["customSchemas"].values())):
-            raise ApiError(400, "Invalid Input: customSchemas")
-        if creating or "password" in user:
-            password = user.get("password")
-            if not isinstance(password, str) or (not user.get("hashFunction") and (
-                    not 8 <= len(password) <= 100 or not password.isascii())):
-                raise ApiError(400, "Invalid Password")
-
-    def _insert_user(self, body: dict) -> dict:
-        user = json.loads(json.dumps(body))
-        for readonly in ("id", "aliases", "nonEditableAliases"):
-            user.pop(readonly, None)
-        user["primaryEmail"] = self._check_email(user.get("primaryEmail"))
-        self._check_user_fields(user, creating=True)
-        self.org_units.check_user(user)
-        if self._taken(user["primaryEmail"]):
-            self.duplicate_creates += 1
-            raise ApiError(409, "Entity already exists.", reason="duplicate")
-        uid = str(100000000000000000000 + self._random.randrange(10 ** 20))
-        # Only a digest is kept: a sandbox has no business holding plaintext passwords either.
-        user["password"] = hashlib.sha256(user["password"].encode()).hexdigest()
-        user.update(kind="admin#directory#user", id=uid, etag=f'"{secrets.token_hex(8)}"',
-                    customerId=self.customer_id, creationTime=_now(), isAdmin=False,
-                    suspended=bool(user.get("suspended", False)), orgUnitPath=user.get("orgUnitPath", "/"),
-                    emails=[{"address": user["primaryEmail"], "primary": True}])
-        self._users[uid] = user
-        self._user_ids[user["primaryEmail"]] = uid
-        return self._public_user(user)
-
-    def _update_user(self, key: str, body: dict) -> dict:
-        user = self._user(key)
-        patch = json.loads(json.dumps(body))
-        for readonly in ("id", "kind", "etag", "customerId", "creationTime", "isAdmin", "aliases", "nonEditableAliases"):
-            patch.pop(readonly, None)
-        if isinstance(patch.get("name"), dict):
-            patch["name"].pop("fullName", None)
-            merged = dict(user.get("name") or {})
-            _merge(merged, patch["name"])
-            self._check_user_fields({"name": merged}, creating=False)
-        self._check_user_fields({k: patch[k] for k in ("organizations", "phones", "relations", "customSchemas")
-                                 if k in patch}, creating=False)
-        self.org_units.check_user(patch)
-        if "password" in patch:
-            self._check_user_fields({"password": patch["password"], "hashFunction": patch.get("hashFunction")},
-                                    creating=False)
-            patch["password"] = hashlib.sha256(str(patch["password"]).encode()).hexdigest()
-        if "primaryEmail" in patch:
-            email = self._check_email(patch["primaryEmail"])
-            if email != user["primaryEmail"]:
-                if self._taken(email):
-                    raise ApiError(409, "Entity already exists.", reason="duplicate")
-                del self._user_ids[user["primaryEmail"]]
-                self._user_ids[email] = user["id"]
-            patch["primaryEmail"] = email
-        _merge(user, patch)
-        user["etag"] = f'"{secrets.token_hex(8)}"'
-        return self._public_user(user)
-
-    def _delete_user(self, key: str) -> None:
-        user = self._user(key)
-        del self._users[user["id"]]
-        del self._user_ids[user["primaryEmail"]]
-        for alias in user.get("aliases") or []:
-            self._alias_ids.pop(alias, None)
-        for members in self._members.values():
-            members.pop(user["id"], None)
-        self.licensing.release(user["id"])
-
-    def _taken(self, email: str) -> bool:
-        """Whether a user's or group's address or a user's alias is `email` (lower-cased)."""
-        return email in self._user_ids or email in self._group_ids or email in self._alias_ids
-
-    def _alias(self, user: dict, alias: str) -> dict:
-        return {"kind": "admin#directory#alias", "id": user["id"], "etag": f'"{secrets.token_hex(8)}"',
-                "primaryEmail": user["primaryEmail"], "alias": alias}
-
-    def _list_aliases(self, key: str) -> dict:
-        user = self._user(key)
-        return {"kind": "admin#directory#aliases", "etag": f'"{secrets.token_hex(8)}"',
-                "aliases": [self._alias(user, a) for a in user.get("aliases") or []]}
-
-    def _insert_alias(self, key: str, body: dict) -> dict:
-        user = self._user(key)
-        alias = self._check_email(body.get("alias"), what="alias")
-        if self._taken(alias):
-            raise ApiError(409, "Entity already exists.", reason="duplicate")
-        user.setdefault("aliases", []).append(alias)
-        self._alias_ids[alias] = user["id"]
-        user["etag"] = f'"{secrets.token_hex(8)}"'
-        return self._alias(user, alias)
-
-    def _delete_alias(self, key: str, alias: str) -> None:
-        user = self._user(key)
-        alias = alias.lower()
-        if alias not in (user.get("aliases") or []):
-            raise _not_found("alias")
-        user["aliases"].remove(alias)
-        if not user["aliases"]:
-            del user["aliases"]  # Google leaves the field out when there is none
-        del self._alias_ids[alias]
-        user["etag"] = f'"{secrets.token_hex(8)}"'
-
-    def _matches(self, user: dict, terms: list[tuple[str, str]]) -> bool:
-        for field, value in terms:
-            if field == "externalId":
-                if not any(e.get("value") == value for e in user.get("externalIds") or []):
-                    return False
-            elif field == "email":
-                if user["primaryEmail"] != value.lower():
-                    return False
-            elif field == "isSuspended":
-                if bool(user.get("suspended")) != (value.lower() == "true"):
-                    return False
-            elif field in ("givenName", "familyName"):
-                if (user.get("name") or {}).get(field, "").lower() != value.lower():
-                    return False
-            else:
-                raise ApiError(400, "Invalid Input: query", location="query")
-        return True
-
-    def _scope_filter(self, params: dict) -> str | None:
-        """The domain a list is limited to (None: the whole customer)."""
-        customer, domain = params.get("customer"), params.get("domain")
-        if not customer and not domain:
-            raise ApiError(400, "Bad Request", reason="badRequest")
-        if customer and customer not in ("my_customer", self.customer_id):
-            raise ApiError(400, "Bad Request", reason="badRequest")
-        if domain and domain.lower() not in self.domains:
-            raise ApiError(400, "Domain not found.", reason="notFound")
-        return domain.lower() if domain else None
-
-    def _list_users(self, params: dict) -> dict:
-        domain = self._scope_filter(params)
-        terms = parse_query(params["query"]) if params.get("query") else []
-        users = [u for u in self._users.values()
-                 if (domain is None or u["primaryEmail"].endswith("@" + domain)) and self._matches(u, terms)]
-        return _listing("users", users, params, 500, 100, lambda u: self._public_user(u, _full(params)))
-
-    # --- groups and members ---------------------------------------------------------------
-
-    def _group(self, key: str) -> dict:
-        gid = key if key in self._groups else self._group_ids.get(key.lower())
-        if gid is None:
-            raise _not_found("groupKey")
-        return self._groups[gid]
-
-    def _insert_group(self, body: dict) -> dict:
-        email = self._check_email(body.get("email"), what="email")
-        if self._taken(email):
-            raise ApiError(409, "Entity already exists.", reason="duplicate")
-        name = body.get("name") or email.split("@")[0]
-        if len(name) > 73 or set(name) & set("<>="):
-            raise ApiError(400, "Invalid Input: name")
-        gid = "0" + secrets.token_hex(7)
-        group = {"kind": "admin#directory#group", "id": gid, "etag": f'"{secrets.token_hex(8)}"', "email": email,
-                 "name": name, "description": body.get("description", ""), "directMembersCount": "0",
-                 "adminCreated": True, "nonEditableAliases": []}
-        self._groups[gid] = group
-        self._group_ids[email] = gid
-        self._members[gid] = {}
-        return dict(group)
-
-    def _update_group(self, key: str, body: dict) -> dict:
-        group = self._group(key)
-        for field in ("name", "description"):
-            if field in body:
-                group[field] = body[field]
-        return dict(group)
-
-    def _delete_group(self, key: str) -> None:
-        group = self._group(key)
-        del self._groups[group["id"]], self._group_ids[group["email"]], self._members[group["id"]]
-
-    def _list_groups(self, params: dict) -> dict:
-        domain = self._scope_filter(params)
-        groups = [g for g in self._groups.values() if domain is None or g["email"].endswith("@" + domain)]
-        return _listing("groups", groups, params, 200, 200, dict)
-
-    def _member(self, gid: str, key: str) -> dict:
-        members = self._members[gid]
-        if key in members:
-            return members[key]
-        for member in members.values():
-            if member["email"] == key.lower():
-                return member
-        raise _not_found("memberKey")
-
-    def _insert_member(self, group_key: str, body: dict) -> dict:
-        group = self._group(group_key)
-        key = body.get("id") or body.get("email")
-        if not key:
-            raise ApiError(400, "Missing required field: member", reason="required")
-        if key in self._users or str(key).lower() in self._user_ids:
-            target, kind = self._user(key), "USER"
-            email = target["primaryEmail"]
-        elif key in self._groups or str(key).lower() in self._group_ids:
-            target, kind = self._group(key), "GROUP"
-            email = target["email"]
-        else:
-            raise _not_found("memberKey")
-        members = self._members[group["id"]]
-        if target["id"] in members:
-            raise ApiError(409, "Member already exists.", reason="duplicate")
-        member = {"kind": "admin#directory#member", "id": target["id"], "email": email,
-                  "role": body.get("role", "MEMBER"), "type": kind, "status": "ACTIVE",
-                  "etag": f'"{secrets.token_hex(8)}"'}
-        members[target["id"]] = member
-        group["directMembersCount"] = str(len(members))
-        return dict(member)
-
-    def _list_members(self, group_key: str, params: dict) -> dict:
-        group = self._group(group_key)
-        return _listing("members", list(self._members[group["id"]].values()), params, 200, 200, dict)
 
     # --- batch ----------------------------------------------------------------------------
 
@@ -691,22 +356,6 @@ class GoogleSandbox(HttpSandbox):
         self._random.shuffle(answers)  # Google answers batch calls in any order: clients must use Content-ID
         raw, content_type = google_batch.encode(answers)
         return 200, raw, content_type, []
-
-
-def _listing(key: str, items: list, params: dict, limit: int, default: int, render) -> dict:
-    """One page of a Directory API list: `key` holds the items (left out when none), then nextPageToken."""
-    items, token = page(items, params, limit, default, ApiError)
-    out = {"kind": f"admin#directory#{key}", "etag": f'"{secrets.token_hex(8)}"'}
-    if items:
-        out[key] = [render(item) for item in items]
-    if token:
-        out["nextPageToken"] = token
-    return out
-
-
-def _full(params: dict) -> bool:
-    """Whether a users.get/list asks for the full projection (custom schemas included)."""
-    return params.get("projection") in ("full", "custom")
 
 
 def _need(scopes: set[str], any_of: tuple[str, ...]) -> None:

@@ -121,19 +121,16 @@ class Parser:
         return self.entity, fields, where, order, descending, limit
 
     def expr(self):
-        left = self.term()
-        while self.peek_word() == "OR":
-            self.i += 1
-            right = self.term()
-            left = (lambda a, b: lambda r: a(r) or b(r))(left, right)
-        return left
+        return self._joined("OR", self.term, lambda a, b: lambda r: a(r) or b(r))
 
     def term(self):
-        left = self.factor()
-        while self.peek_word() == "AND":
+        return self._joined("AND", self.factor, lambda a, b: lambda r: a(r) and b(r))
+
+    def _joined(self, word: str, part, join):
+        left = part()
+        while self.peek_word() == word:
             self.i += 1
-            right = self.factor()
-            left = (lambda a, b: lambda r: a(r) and b(r))(left, right)
+            left = join(left, part())
         return left
 
     def factor(self):
