@@ -28,30 +28,32 @@ What it enforces, as Google does:
 - A rate limit (`rate_limit` calls per `rate_window` seconds, every call inside a batch counts):
   past it, 403 with reason `userRateLimitExceeded`, as the Directory API answers.
 
-State lives in memory behind one lock. Served by wsgiref in a thread and wrapped in
-`sandbox.faults.FaultInjector`, like the SCIM sandbox.
+This module is the HTTP side: the service account and its grant, routing with the scopes each call
+needs, the rate limit, the batch endpoint. The users, aliases, groups and members and their rules are
+`sandbox.google_directory`; the batch wire format `sandbox.google_batch`; the server, fault
+injection, tokens and page tokens the shared `sandbox.http`, `sandbox.oauth`, `sandbox.paging`. State
+lives in memory behind one lock.
 """
 
-import base64
-import hashlib
 import json
 import random
 import secrets
 import threading
 import time
 from collections import deque
-from datetime import datetime, timezone
-from socketserver import ThreadingMixIn
-from typing import Any, Optional
-from urllib.parse import parse_qsl, unquote, urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Optional
+from urllib.parse import parse_qsl, unquote
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from werkzeug.wrappers import Request, Response
 
-from sandbox.faults import FaultInjector, FaultPlan
+from sandbox import google_batch
+from sandbox.faults import FaultPlan
+from sandbox.google_batch import MAX_BATCH, split_multipart
+from sandbox.google_directory import Directory, full_projection, parse_query
+from sandbox.google_errors import JSON, ApiError
 from sandbox.google_workspace import LICENSING_PREFIX, SCOPE_LICENSING, SCOPE_ORGUNIT, Licensing, OrgUnits
+from sandbox.http import HttpSandbox, json_response
+from sandbox.oauth import AssertionRefused, Tokens, assertion_claims, assertion_key_id, rsa_key_pem
 
 SCOPE_USER = "https://www.googleapis.com/auth/admin.directory.user"
 SCOPE_GROUP = "https://www.googleapis.com/auth/admin.directory.group"
@@ -65,135 +67,15 @@ GOOGLE_TOKEN_AUDIENCES = ("https://oauth2.googleapis.com/token", "https://www.go
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 PREFIX = "/admin/directory/v1/"
 BATCH_PATHS = ("/batch/admin/directory_v1", "/batch")
-MAX_BATCH = 1000
-STATUS_TEXT = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-               404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 412: "Precondition Failed",
-               413: "Payload Too Large", 500: "Internal Server Error"}
+SHORT_LIVED = ("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
+               "Check your iat and exp values in the JWT claim.")
+__all__ = ["GoogleSandbox", "ApiError", "parse_query", "split_multipart", "MAX_BATCH"]
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):  # the sandbox is not the thing being debugged
-        pass
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class ApiError(Exception):
-    """An answer in Google's error shape: {"error": {"code", "message", "errors": [...]}}."""
-
-    def __init__(self, code: int, message: str, reason: str = "invalid", domain: str = "global",
-                 location: str | None = None, status: str | None = None, headers=()):
-        super().__init__(message)
-        self.code, self.headers = code, list(headers)
-        item = {"message": message, "domain": domain, "reason": reason}
-        if location:  # Google names the location for parameters and headers, not for body fields
-            item.update(locationType="parameter" if location != "Authorization" else "header", location=location)
-        self.body = {"error": {"code": code, "message": message, "errors": [item]}}
-        if status:
-            self.body["error"]["status"] = status
-
-
-def _not_found(key: str) -> ApiError:
-    return ApiError(404, f"Resource Not Found: {key}", reason="notFound")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def _merge(target: dict, patch: dict) -> None:
-    """Patch semantics: nested objects merge, arrays and scalars replace, null clears."""
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = value
-
-
-def parse_query(query: str) -> list[tuple[str, str]]:
-    """Google's user search syntax: `field:value` terms; values may be 'single-quoted' with \\ escapes."""
-    terms, i, n = [], 0, len(query)
-    while i < n:
-        while i < n and query[i] == " ":
-            i += 1
-        if i >= n:
-            break
-        start = i
-        while i < n and query[i] not in ":=":
-            i += 1
-        if i >= n:
-            raise ApiError(400, "Invalid Input: query", location="query")
-        field = query[start:i].strip()
-        i += 1
-        value = []
-        if i < n and query[i] == "'":
-            i += 1
-            while True:
-                if i >= n:
-                    raise ApiError(400, "Invalid Input: query", location="query")
-                ch = query[i]
-                if ch == "\\" and i + 1 < n:
-                    value.append(query[i + 1])
-                    i += 2
-                elif ch == "'":
-                    i += 1
-                    break
-                else:
-                    value.append(ch)
-                    i += 1
-        else:
-            while i < n and query[i] != " ":
-                value.append(query[i])
-                i += 1
-        terms.append((field, "".join(value)))
-    return terms
-
-
-def split_multipart(body: bytes, boundary: str) -> list[tuple[dict, bytes]]:
-    """The parts of a multipart body, each as (lower-cased headers, payload)."""
-    delimiter = b"--" + boundary.encode()
-    parts = []
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk.lstrip(b"\n")
-        chunk = chunk[:-2] if chunk.endswith(b"\r\n") else chunk.rstrip(b"\n")
-        head, body_ = _split_head(chunk)
-        parts.append((_headers(head), body_))
-    return parts
-
-
-def _split_head(message: bytes) -> tuple[bytes, bytes]:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        if sep in message:
-            head, _, rest = message.partition(sep)
-            return head, rest
-    return message, b""
-
-
-def _headers(head: bytes) -> dict:
-    headers = {}
-    for line in head.decode("latin-1").splitlines():
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return headers
-
-
-def _boundary(content_type: str) -> str | None:
-    for piece in content_type.split(";")[1:]:
-        key, _, value = piece.strip().partition("=")
-        if key.lower() == "boundary":
-            return value.strip('"')
-    return None
-
-
-class GoogleSandbox:
+class GoogleSandbox(HttpSandbox):
     """Serve the Directory API on http://127.0.0.1:<port> from a thread; `stop()` ends it."""
+
+    name = "google-sandbox"
 
     def __init__(self, domains: list[str] | None = None, admins: list[str] | None = None,
                  delegated_scopes: list[str] | None = None, token_lifetime: float = 3600,
@@ -210,67 +92,41 @@ class GoogleSandbox:
         self.customer_id = "C0" + secrets.token_hex(4)
         self.client_email = "outbound@sandbox-project.iam.gserviceaccount.com"
         self.client_id = str(100000000000000000000 + secrets.randbelow(10 ** 20))
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._private_key_pem, public_key_pem = rsa_key_pem()
         self.private_key_id = secrets.token_hex(20)
-        self._public_keys = {self.private_key_id: self._key.public_key()}
-        self._tokens: dict[str, dict] = {}
-        self._users: dict[str, dict] = {}
-        self._user_ids: dict[str, str] = {}   # lower-cased primaryEmail -> id
-        self._groups: dict[str, dict] = {}
-        self._group_ids: dict[str, str] = {}  # lower-cased email -> id
-        self._alias_ids: dict[str, str] = {}  # lower-cased user alias -> user id
-        self._members: dict[str, dict[str, dict]] = {}  # group id -> member id -> member
+        self._public_keys = {self.private_key_id: public_key_pem}
+        self._tokens = Tokens()
+        self._random = random.Random(seed)
         self.org_units = OrgUnits(org_units or [], ApiError)
-        self.licensing = Licensing(licences or {}, ApiError, self._user_or_none, (self.customer_id, *self.domains))
+        self.directory = Directory(self.domains, self.customer_id, self.org_units, self._random)
+        self.licensing = Licensing(licences or {}, ApiError, self.directory.user_or_none,
+                                   (self.customer_id, *self.domains))
         self._calls: deque[float] = deque()
         self._lock = threading.RLock()
-        self._random = random.Random(seed)
-        self.requests: list[tuple[str, str]] = []
-        self.tokens_issued = 0
-        # Creates refused because the address was taken: where nothing refused them, each would be a
-        # second account (the lost-answer tests count them).
-        self.duplicate_creates = 0
-        self.faults = FaultInjector(self._app, faults)
-        self._server = make_server(host, port, self._wsgi, server_class=_ThreadingServer,
-                                   handler_class=_QuietHandler)
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle ------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        self._serve(host, port, faults)
 
     @property
     def token_url(self) -> str:
         return f"{self.url}/token"
 
-    def start(self) -> "GoogleSandbox":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="google-sandbox", daemon=True)
-        self._thread.start()
-        return self
+    @property
+    def tokens_issued(self) -> int:
+        return self._tokens.issued
 
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread = None
-        self._server.server_close()
+    @property
+    def duplicate_creates(self) -> int:
+        return self.directory.duplicate_creates
 
-    def __enter__(self) -> "GoogleSandbox":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    @property
+    def _users(self) -> dict[str, dict]:  # the stored users, for a test that edits one as an admin would
+        return self.directory.users
 
     # --- the service account --------------------------------------------------------------
 
     def service_account_info(self) -> dict:
         """The JSON key of the sandbox's service account (token_uri points at the sandbox)."""
-        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()).decode()
         return {"type": "service_account", "project_id": "sandbox-project", "private_key_id": self.private_key_id,
-                "private_key": pem, "client_email": self.client_email, "client_id": self.client_id,
+                "private_key": self._private_key_pem, "client_email": self.client_email, "client_id": self.client_id,
                 "auth_uri": "https://accounts.google.com/o/oauth2/auth", "token_uri": self.token_url,
                 "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
                 "universe_domain": "googleapis.com"}
@@ -287,50 +143,31 @@ class GoogleSandbox:
 
     def revoke_tokens(self) -> None:
         """Forget every issued access token (clients holding one get 401 next time)."""
-        with self._lock:
-            self._tokens.clear()
+        self._tokens.revoke()
 
     # --- inspection for tests and the demo ------------------------------------------------
 
     def users(self) -> list[dict]:
         with self._lock:
-            return [self._public_user(u) for u in self._users.values()]
+            return [self.directory.public_user(u) for u in self.directory.users.values()]
 
     def groups(self) -> list[dict]:
         with self._lock:
-            return [dict(g) for g in self._groups.values()]
+            return [dict(g) for g in self.directory.groups.values()]
 
-    # --- WSGI -----------------------------------------------------------------------------
+    # --- HTTP -----------------------------------------------------------------------------
 
-    def _wsgi(self, environ, start_response):
-        self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
-        return self.faults(environ, start_response)
-
-    def _app(self, environ, start_response):
-        method = environ["REQUEST_METHOD"]
-        # PEP 3333: PATH_INFO arrives percent-decoded, its bytes carried as latin-1.
-        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
-        query = environ.get("QUERY_STRING", "")
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        body = environ["wsgi.input"].read(length) if length else b""
-        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
-        if environ.get("CONTENT_TYPE"):
-            headers["content-type"] = environ["CONTENT_TYPE"]
+    def _answer(self, request: Request) -> Response:
+        method, path, body = request.method, request.path, request.get_data()
+        headers = {k.lower(): v for k, v in request.headers.items()}
         if path == "/token" and method == "POST":
             status, payload, extra = self._token(body)
-            raw, ctype = json.dumps(payload).encode(), "application/json; charset=utf-8"
-        elif path in BATCH_PATHS and method == "POST":
+            return json_response(payload, status, extra, "application/json; charset=utf-8")
+        if path in BATCH_PATHS and method == "POST":
             status, raw, ctype, extra = self._batch(headers, body)
-        else:
-            status, payload, extra = self._call(method, path, query, headers, body)
-            raw = b"" if payload is None else json.dumps(payload).encode()
-            ctype = "application/json; charset=UTF-8"
-        response_headers = [("Content-Type", ctype), ("Content-Length", str(len(raw))), *extra]
-        start_response(f"{status} {STATUS_TEXT.get(status, 'Status')}", response_headers)
-        return [raw]
+            return Response(raw, status=status, headers=extra, content_type=ctype)
+        status, payload, extra = self._call(method, path, request.environ.get("QUERY_STRING", ""), headers, body)
+        return json_response(payload, status, extra, JSON)
 
     # --- OAuth ----------------------------------------------------------------------------
 
@@ -340,30 +177,24 @@ class GoogleSandbox:
             return 400, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type."}, []
         assertion = form.get("assertion", "")
         try:
-            kid = jwt.get_unverified_header(assertion).get("kid")
-        except jwt.PyJWTError:
+            kid = assertion_key_id(assertion)
+        except AssertionRefused:
             return 400, _grant_error("Invalid JWT."), []
         key = self._public_keys.get(kid) if kid else None
         if key is None:
             return 400, _grant_error("Invalid JWT Signature."), []
-        audiences = [*GOOGLE_TOKEN_AUDIENCES, self.token_url]
         try:
-            claims = jwt.decode(assertion, key, algorithms=["RS256"], audience=audiences, leeway=30,
-                                options={"require": ["iss", "aud", "exp", "iat", "scope"]})
-        except jwt.InvalidSignatureError:
-            return 400, _grant_error("Invalid JWT Signature."), []
-        except jwt.ExpiredSignatureError:
-            return 400, _grant_error("Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
-                                     "reasonable timeframe. Check your iat and exp values in the JWT claim."), []
-        except jwt.InvalidAudienceError:
-            return 400, _grant_error("Invalid JWT: Failed audience check."), []
-        except jwt.PyJWTError as exc:
-            return 400, _grant_error(f"Invalid JWT: {type(exc).__name__}."), []
+            claims = assertion_claims(assertion, key, [*GOOGLE_TOKEN_AUDIENCES, self.token_url],
+                                      require=["iss", "aud", "exp", "iat", "scope"], leeway=30)
+        except AssertionRefused as exc:
+            return 400, _grant_error({"InvalidSignatureError": "Invalid JWT Signature.",
+                                      "ExpiredSignatureError": SHORT_LIVED,
+                                      "InvalidAudienceError": "Invalid JWT: Failed audience check."}
+                                     .get(exc.reason, f"Invalid JWT: {exc.reason}.")), []
         if claims["iss"] != self.client_email:
             return 400, _grant_error("Invalid grant: account not found"), []
         if claims["exp"] - claims["iat"] > 3600:
-            return 400, _grant_error("Invalid JWT: Token must be a short-lived token (60 minutes) and in a "
-                                     "reasonable timeframe. Check your iat and exp values in the JWT claim."), []
+            return 400, _grant_error(SHORT_LIVED), []
         subject = str(claims.get("sub") or "").lower()
         if subject not in self.admins:
             return 400, _grant_error("Invalid email or User ID"), []
@@ -375,22 +206,14 @@ class GoogleSandbox:
             return 401, {"error": "unauthorized_client",
                          "error_description": "Client is unauthorized to retrieve access tokens using this method, "
                                               "or client not authorized for any of the scopes requested."}, []
-        token = "ya29.sandbox-" + secrets.token_urlsafe(32)
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = {t: v for t, v in self._tokens.items() if v["expires"] > now}
-            self._tokens[token] = {"scopes": scopes, "subject": subject, "expires": now + self.token_lifetime}
-            self.tokens_issued += 1
+        token = self._tokens.issue({"scopes": scopes, "subject": subject}, self.token_lifetime, prefix="ya29.sandbox-")
         reported = self.token_lifetime if self.reported_lifetime is None else self.reported_lifetime
         return 200, {"access_token": token, "expires_in": max(0, int(reported)), "token_type": "Bearer"}, []
 
     def _authorize(self, headers: dict) -> set[str]:
         value = headers.get("authorization", "")
         token = value[7:].strip() if value.lower().startswith("bearer ") else ""
-        with self._lock:
-            grant = self._tokens.get(token) if token else None
-            if grant and grant["expires"] <= time.monotonic():
-                grant = None
+        grant = self._tokens.check(token)
         if grant is None:
             raise ApiError(401, "Request had invalid authentication credentials. Expected OAuth 2 access token, "
                                 "login cookie or other valid authentication credential.",
@@ -434,12 +257,12 @@ class GoogleSandbox:
                     raise ApiError(400, "Invalid JSON payload received.", reason="parseError") from None
                 if not isinstance(payload, dict):
                     raise ApiError(400, "Invalid JSON payload received.", reason="parseError")
-            if licensing:
-                _need(scopes, (SCOPE_LICENSING,) + ((SCOPE_LICENSING + ".readonly",) if method == "GET" else ()))
-                with self._lock:
+            with self._lock:
+                if licensing:
+                    _need(scopes, (SCOPE_LICENSING,) + ((SCOPE_LICENSING + ".readonly",) if method == "GET" else ()))
                     status, result = self.licensing.route(method, segments, params, payload or {})
-            else:
-                status, result = self._route(method, segments, params, payload or {}, scopes)
+                else:
+                    status, result = self._route(method, segments, params, payload or {}, scopes)
             return status, result, []
         except ApiError as exc:
             return exc.code, exc.body, exc.headers
@@ -448,28 +271,26 @@ class GoogleSandbox:
         read = method == "GET"
         if seg[0] == "users" and len(seg) in (3, 4) and seg[2] == "aliases":
             _need(scopes, (SCOPE_USER, SCOPE_ALIAS) + ((SCOPE_USER_RO, SCOPE_ALIAS + ".readonly") if read else ()))
-            with self._lock:
-                if len(seg) == 3 and method == "GET":
-                    return 200, self._list_aliases(seg[1])
-                if len(seg) == 3 and method == "POST":
-                    return 200, self._insert_alias(seg[1], body)
-                if len(seg) == 4 and method == "DELETE":
-                    self._delete_alias(seg[1], unquote(seg[3]))
-                    return 204, None
+            if len(seg) == 3 and method == "GET":
+                return 200, self.directory.list_aliases(seg[1])
+            if len(seg) == 3 and method == "POST":
+                return 200, self.directory.insert_alias(seg[1], body)
+            if len(seg) == 4 and method == "DELETE":
+                self.directory.delete_alias(seg[1], unquote(seg[3]))
+                return 204, None
         elif seg[0] == "users":
             _need(scopes, (SCOPE_USER,) + ((SCOPE_USER_RO,) if read else ()))
-            with self._lock:
-                if len(seg) == 1 and method == "GET":
-                    return 200, self._list_users(params)
-                if len(seg) == 1 and method == "POST":
-                    return 200, self._insert_user(body)
-                if len(seg) == 2 and method == "GET":
-                    return 200, self._public_user(self._user(seg[1]), _full(params))
-                if len(seg) == 2 and method in ("PATCH", "PUT"):
-                    return 200, self._update_user(seg[1], body)
-                if len(seg) == 2 and method == "DELETE":
-                    self._delete_user(seg[1])
-                    return 204, None
+            if len(seg) == 1 and method == "GET":
+                return 200, self.directory.list_users(params)
+            if len(seg) == 1 and method == "POST":
+                return 200, self.directory.insert_user(body)
+            if len(seg) == 2 and method == "GET":
+                return 200, self.directory.public_user(self.directory.user(seg[1]), full_projection(params))
+            if len(seg) == 2 and method in ("PATCH", "PUT"):
+                return 200, self.directory.update_user(seg[1], body)
+            if len(seg) == 2 and method == "DELETE":
+                self.licensing.release(self.directory.delete_user(seg[1]))
+                return 204, None
         elif seg[0] == "customer" and len(seg) == 3 and seg[2] == "domains" and read:
             _need(scopes, (SCOPE_DOMAIN_RO, SCOPE_DOMAIN_RO.removesuffix(".readonly")))
             if seg[1] not in ("my_customer", self.customer_id):
@@ -480,344 +301,44 @@ class GoogleSandbox:
             _need(scopes, (SCOPE_ORGUNIT,) + ((SCOPE_ORGUNIT + ".readonly",) if read else ()))
             if seg[1] not in ("my_customer", self.customer_id):
                 raise ApiError(400, "Bad Request", reason="badRequest")
-            with self._lock:
-                return self.org_units.route(method, seg, params, body)
+            return self.org_units.route(method, seg, params, body)
         elif seg[0] == "groups":
             member_call = len(seg) >= 3 and seg[2] == "members"
             allowed = (SCOPE_GROUP,) + ((SCOPE_GROUP_RO,) if read else ()) + ((SCOPE_MEMBER,) if member_call else ())
             _need(scopes, allowed)
-            with self._lock:
-                if len(seg) == 1 and method == "GET":
-                    return 200, self._list_groups(params)
-                if len(seg) == 1 and method == "POST":
-                    return 200, self._insert_group(body)
-                if len(seg) == 2 and method == "GET":
-                    return 200, dict(self._group(seg[1]))
-                if len(seg) == 2 and method in ("PATCH", "PUT"):
-                    return 200, self._update_group(seg[1], body)
-                if len(seg) == 2 and method == "DELETE":
-                    self._delete_group(seg[1])
-                    return 204, None
-                if member_call and len(seg) == 3 and method == "GET":
-                    return 200, self._list_members(seg[1], params)
-                if member_call and len(seg) == 3 and method == "POST":
-                    return 200, self._insert_member(seg[1], body)
-                if member_call and len(seg) == 4 and method == "GET":
-                    group = self._group(seg[1])
-                    return 200, dict(self._member(group["id"], seg[3]))
-                if member_call and len(seg) == 4 and method == "DELETE":
-                    group = self._group(seg[1])
-                    self._members[group["id"]].pop(self._member(group["id"], seg[3])["id"])
-                    group["directMembersCount"] = str(len(self._members[group["id"]]))
-                    return 204, None
+            if len(seg) == 1 and method == "GET":
+                return 200, self.directory.list_groups(params)
+            if len(seg) == 1 and method == "POST":
+                return 200, self.directory.insert_group(body)
+            if len(seg) == 2 and method == "GET":
+                return 200, dict(self.directory.group(seg[1]))
+            if len(seg) == 2 and method in ("PATCH", "PUT"):
+                return 200, self.directory.update_group(seg[1], body)
+            if len(seg) == 2 and method == "DELETE":
+                self.directory.delete_group(seg[1])
+                return 204, None
+            if member_call and len(seg) == 3 and method == "GET":
+                return 200, self.directory.list_members(seg[1], params)
+            if member_call and len(seg) == 3 and method == "POST":
+                return 200, self.directory.insert_member(seg[1], body)
+            if member_call and len(seg) == 4 and method == "GET":
+                return 200, dict(self.directory.member(self.directory.group(seg[1])["id"], seg[3]))
+            if member_call and len(seg) == 4 and method == "DELETE":
+                self.directory.delete_member(seg[1], seg[3])
+                return 204, None
         raise ApiError(404, "Not Found", reason="notFound")
-
-    # --- users ----------------------------------------------------------------------------
-
-    def _user(self, key: str) -> dict:
-        uid = key if key in self._users else self._user_ids.get(key.lower()) or self._alias_ids.get(key.lower())
-        if uid is None:
-            raise _not_found("userKey")
-        return self._users[uid]
-
-    def _user_or_none(self, key: str) -> dict | None:
-        uid = key if key in self._users else self._user_ids.get(key.lower()) or self._alias_ids.get(key.lower())
-        return self._users.get(uid) if uid else None
-
-    def _public_user(self, user: dict, full: bool = True) -> dict:
-        """The user as the API shows it; custom schema values only in the full projection (as Google)."""
-        hidden = ("password", "hashFunction") if full else ("password", "hashFunction", "customSchemas")
-        out = {k: v for k, v in user.items() if k not in hidden}
-        out["name"] = dict(user.get("name") or {})
-        out["name"]["fullName"] = f"{out['name'].get('givenName', '')} {out['name'].get('familyName', '')}".strip()
-        return out
-
-    def _check_email(self, email: Any, what: str = "primary_user_email") -> str:
-        if not isinstance(email, str) or email.count("@") != 1 or not email.split("@")[0]:
-            raise ApiError(400, f"Invalid Input: {what}")
-        local, domain = email.lower().split("@")
-        if domain not in self.domains:
-            raise ApiError(400, "Domain not found.", reason="notFound")
-        if len(local) > 64 or ".." in local or local.startswith(".") or local.endswith("."):
-            raise ApiError(400, f"Invalid Input: {what}")
-        return f"{local}@{domain}"
-
-    def _check_user_fields(self, user: dict, creating: bool) -> None:
-        name = user.get("name")
-        if creating or "name" in user:
-            if not isinstance(name, dict):
-                raise ApiError(400, "Invalid Given/Family Name: GivenName")
-            for field, label in (("givenName", "GivenName"), ("familyName", "FamilyName")):
-                value = name.get(field)
-                if not isinstance(value, str) or not value.strip() or len(value) > 60 or set(value) & set("<>="):
-                    raise ApiError(400, f"Invalid Given/Family Name: {label}")
-        for key in ("organizations", "phones", "relations"):
-            if key in user and not (isinstance(user[key], list) and all(isinstance(e, dict) for e in user[key])):
-                raise ApiError(400, f"Invalid Input: {key}")
-        if "customSchemas" in user and not (isinstance(user["customSchemas"], dict) and all(
-                isinstance(v, dict) for v in user["customSchemas"].values())):
-            raise ApiError(400, "Invalid Input: customSchemas")
-        if creating or "password" in user:
-            password = user.get("password")
-            if not isinstance(password, str) or (not user.get("hashFunction") and (
-                    not 8 <= len(password) <= 100 or not password.isascii())):
-                raise ApiError(400, "Invalid Password")
-
-    def _insert_user(self, body: dict) -> dict:
-        user = json.loads(json.dumps(body))
-        for readonly in ("id", "aliases", "nonEditableAliases"):
-            user.pop(readonly, None)
-        user["primaryEmail"] = self._check_email(user.get("primaryEmail"))
-        self._check_user_fields(user, creating=True)
-        self.org_units.check_user(user)
-        if self._taken(user["primaryEmail"]):
-            self.duplicate_creates += 1
-            raise ApiError(409, "Entity already exists.", reason="duplicate")
-        uid = str(100000000000000000000 + self._random.randrange(10 ** 20))
-        # Only a digest is kept: a sandbox has no business holding plaintext passwords either.
-        user["password"] = hashlib.sha256(user["password"].encode()).hexdigest()
-        user.update(kind="admin#directory#user", id=uid, etag=f'"{secrets.token_hex(8)}"',
-                    customerId=self.customer_id, creationTime=_now(), isAdmin=False,
-                    suspended=bool(user.get("suspended", False)), orgUnitPath=user.get("orgUnitPath", "/"),
-                    emails=[{"address": user["primaryEmail"], "primary": True}])
-        self._users[uid] = user
-        self._user_ids[user["primaryEmail"]] = uid
-        return self._public_user(user)
-
-    def _update_user(self, key: str, body: dict) -> dict:
-        user = self._user(key)
-        patch = json.loads(json.dumps(body))
-        for readonly in ("id", "kind", "etag", "customerId", "creationTime", "isAdmin", "aliases", "nonEditableAliases"):
-            patch.pop(readonly, None)
-        if isinstance(patch.get("name"), dict):
-            patch["name"].pop("fullName", None)
-            merged = dict(user.get("name") or {})
-            _merge(merged, patch["name"])
-            self._check_user_fields({"name": merged}, creating=False)
-        self._check_user_fields({k: patch[k] for k in ("organizations", "phones", "relations", "customSchemas")
-                                 if k in patch}, creating=False)
-        self.org_units.check_user(patch)
-        if "password" in patch:
-            self._check_user_fields({"password": patch["password"], "hashFunction": patch.get("hashFunction")},
-                                    creating=False)
-            patch["password"] = hashlib.sha256(str(patch["password"]).encode()).hexdigest()
-        if "primaryEmail" in patch:
-            email = self._check_email(patch["primaryEmail"])
-            if email != user["primaryEmail"]:
-                if self._taken(email):
-                    raise ApiError(409, "Entity already exists.", reason="duplicate")
-                del self._user_ids[user["primaryEmail"]]
-                self._user_ids[email] = user["id"]
-            patch["primaryEmail"] = email
-        _merge(user, patch)
-        user["etag"] = f'"{secrets.token_hex(8)}"'
-        return self._public_user(user)
-
-    def _delete_user(self, key: str) -> None:
-        user = self._user(key)
-        del self._users[user["id"]]
-        del self._user_ids[user["primaryEmail"]]
-        for alias in user.get("aliases") or []:
-            self._alias_ids.pop(alias, None)
-        for members in self._members.values():
-            members.pop(user["id"], None)
-        self.licensing.release(user["id"])
-
-    def _taken(self, email: str) -> bool:
-        """Whether a user's or group's address or a user's alias is `email` (lower-cased)."""
-        return email in self._user_ids or email in self._group_ids or email in self._alias_ids
-
-    def _alias(self, user: dict, alias: str) -> dict:
-        return {"kind": "admin#directory#alias", "id": user["id"], "etag": f'"{secrets.token_hex(8)}"',
-                "primaryEmail": user["primaryEmail"], "alias": alias}
-
-    def _list_aliases(self, key: str) -> dict:
-        user = self._user(key)
-        return {"kind": "admin#directory#aliases", "etag": f'"{secrets.token_hex(8)}"',
-                "aliases": [self._alias(user, a) for a in user.get("aliases") or []]}
-
-    def _insert_alias(self, key: str, body: dict) -> dict:
-        user = self._user(key)
-        alias = self._check_email(body.get("alias"), what="alias")
-        if self._taken(alias):
-            raise ApiError(409, "Entity already exists.", reason="duplicate")
-        user.setdefault("aliases", []).append(alias)
-        self._alias_ids[alias] = user["id"]
-        user["etag"] = f'"{secrets.token_hex(8)}"'
-        return self._alias(user, alias)
-
-    def _delete_alias(self, key: str, alias: str) -> None:
-        user = self._user(key)
-        alias = alias.lower()
-        if alias not in (user.get("aliases") or []):
-            raise _not_found("alias")
-        user["aliases"].remove(alias)
-        if not user["aliases"]:
-            del user["aliases"]  # Google leaves the field out when there is none
-        del self._alias_ids[alias]
-        user["etag"] = f'"{secrets.token_hex(8)}"'
-
-    def _matches(self, user: dict, terms: list[tuple[str, str]]) -> bool:
-        for field, value in terms:
-            if field == "externalId":
-                if not any(e.get("value") == value for e in user.get("externalIds") or []):
-                    return False
-            elif field == "email":
-                if user["primaryEmail"] != value.lower():
-                    return False
-            elif field == "isSuspended":
-                if bool(user.get("suspended")) != (value.lower() == "true"):
-                    return False
-            elif field in ("givenName", "familyName"):
-                if (user.get("name") or {}).get(field, "").lower() != value.lower():
-                    return False
-            else:
-                raise ApiError(400, "Invalid Input: query", location="query")
-        return True
-
-    def _scope_filter(self, params: dict) -> str | None:
-        """The domain a list is limited to (None: the whole customer)."""
-        customer, domain = params.get("customer"), params.get("domain")
-        if not customer and not domain:
-            raise ApiError(400, "Bad Request", reason="badRequest")
-        if customer and customer not in ("my_customer", self.customer_id):
-            raise ApiError(400, "Bad Request", reason="badRequest")
-        if domain and domain.lower() not in self.domains:
-            raise ApiError(400, "Domain not found.", reason="notFound")
-        return domain.lower() if domain else None
-
-    def _page(self, items: list, params: dict, limit: int, default: int) -> tuple[list, str | None]:
-        raw = params.get("maxResults")
-        try:
-            size = int(raw) if raw else default
-        except ValueError:
-            size = -1
-        if not 1 <= size <= limit:
-            raise ApiError(400, f"Invalid value '{raw}'. Values must be within the range: [1, {limit}]",
-                           location="maxResults")
-        start = 0
-        if params.get("pageToken"):
-            try:
-                start = int(base64.urlsafe_b64decode(params["pageToken"].encode()).decode().split(":")[1])
-            except (ValueError, IndexError, UnicodeDecodeError):
-                raise ApiError(400, "Invalid Input: pageToken", location="pageToken") from None
-        page = items[start:start + size]
-        more = start + size < len(items)
-        token = base64.urlsafe_b64encode(f"offset:{start + size}".encode()).decode() if more else None
-        return page, token
-
-    def _list_users(self, params: dict) -> dict:
-        domain = self._scope_filter(params)
-        terms = parse_query(params["query"]) if params.get("query") else []
-        users = [u for u in self._users.values()
-                 if (domain is None or u["primaryEmail"].endswith("@" + domain)) and self._matches(u, terms)]
-        page, token = self._page(users, params, limit=500, default=100)
-        out = {"kind": "admin#directory#users", "etag": f'"{secrets.token_hex(8)}"'}
-        if page:
-            out["users"] = [self._public_user(u, _full(params)) for u in page]
-        if token:
-            out["nextPageToken"] = token
-        return out
-
-    # --- groups and members ---------------------------------------------------------------
-
-    def _group(self, key: str) -> dict:
-        gid = key if key in self._groups else self._group_ids.get(key.lower())
-        if gid is None:
-            raise _not_found("groupKey")
-        return self._groups[gid]
-
-    def _insert_group(self, body: dict) -> dict:
-        email = self._check_email(body.get("email"), what="email")
-        if self._taken(email):
-            raise ApiError(409, "Entity already exists.", reason="duplicate")
-        name = body.get("name") or email.split("@")[0]
-        if len(name) > 73 or set(name) & set("<>="):
-            raise ApiError(400, "Invalid Input: name")
-        gid = "0" + secrets.token_hex(7)
-        group = {"kind": "admin#directory#group", "id": gid, "etag": f'"{secrets.token_hex(8)}"', "email": email,
-                 "name": name, "description": body.get("description", ""), "directMembersCount": "0",
-                 "adminCreated": True, "nonEditableAliases": []}
-        self._groups[gid] = group
-        self._group_ids[email] = gid
-        self._members[gid] = {}
-        return dict(group)
-
-    def _update_group(self, key: str, body: dict) -> dict:
-        group = self._group(key)
-        for field in ("name", "description"):
-            if field in body:
-                group[field] = body[field]
-        return dict(group)
-
-    def _delete_group(self, key: str) -> None:
-        group = self._group(key)
-        del self._groups[group["id"]], self._group_ids[group["email"]], self._members[group["id"]]
-
-    def _list_groups(self, params: dict) -> dict:
-        domain = self._scope_filter(params)
-        groups = [g for g in self._groups.values() if domain is None or g["email"].endswith("@" + domain)]
-        page, token = self._page(groups, params, limit=200, default=200)
-        out = {"kind": "admin#directory#groups", "etag": f'"{secrets.token_hex(8)}"'}
-        if page:
-            out["groups"] = [dict(g) for g in page]
-        if token:
-            out["nextPageToken"] = token
-        return out
-
-    def _member(self, gid: str, key: str) -> dict:
-        members = self._members[gid]
-        if key in members:
-            return members[key]
-        for member in members.values():
-            if member["email"] == key.lower():
-                return member
-        raise _not_found("memberKey")
-
-    def _insert_member(self, group_key: str, body: dict) -> dict:
-        group = self._group(group_key)
-        key = body.get("id") or body.get("email")
-        if not key:
-            raise ApiError(400, "Missing required field: member", reason="required")
-        if key in self._users or str(key).lower() in self._user_ids:
-            target, kind = self._user(key), "USER"
-            email = target["primaryEmail"]
-        elif key in self._groups or str(key).lower() in self._group_ids:
-            target, kind = self._group(key), "GROUP"
-            email = target["email"]
-        else:
-            raise _not_found("memberKey")
-        members = self._members[group["id"]]
-        if target["id"] in members:
-            raise ApiError(409, "Member already exists.", reason="duplicate")
-        member = {"kind": "admin#directory#member", "id": target["id"], "email": email,
-                  "role": body.get("role", "MEMBER"), "type": kind, "status": "ACTIVE",
-                  "etag": f'"{secrets.token_hex(8)}"'}
-        members[target["id"]] = member
-        group["directMembersCount"] = str(len(members))
-        return dict(member)
-
-    def _list_members(self, group_key: str, params: dict) -> dict:
-        group = self._group(group_key)
-        page, token = self._page(list(self._members[group["id"]].values()), params, limit=200, default=200)
-        out = {"kind": "admin#directory#members", "etag": f'"{secrets.token_hex(8)}"'}
-        if page:
-            out["members"] = [dict(m) for m in page]
-        if token:
-            out["nextPageToken"] = token
-        return out
 
     # --- batch ----------------------------------------------------------------------------
 
     def _batch(self, headers: dict, body: bytes) -> tuple[int, bytes, str, list]:
         def fail(error: ApiError):
-            return error.code, json.dumps(error.body).encode(), "application/json; charset=UTF-8", error.headers
+            return error.code, json.dumps(error.body).encode(), JSON, error.headers
 
         try:
             scopes = self._authorize(headers)
         except ApiError as exc:
             return fail(exc)
-        boundary = _boundary(headers.get("content-type", ""))
+        boundary = google_batch.boundary(headers.get("content-type", ""))
         if not headers.get("content-type", "").lower().startswith("multipart/mixed") or not boundary:
             return fail(ApiError(400, "Bad Request: a batch request must be multipart/mixed", reason="badRequest"))
         parts = split_multipart(body, boundary)
@@ -825,39 +346,16 @@ class GoogleSandbox:
             return fail(ApiError(400, f"A batch request cannot contain more than {MAX_BATCH} calls.",
                                  reason="badRequest"))
         answers = []
-        for index, (part_headers, payload) in enumerate(parts):
-            content_id = part_headers.get("content-id", f"<item{index + 1}>").strip("<>")
-            head, inner_body = _split_head(payload)
-            lines = head.decode("latin-1").splitlines()
-            request_line = lines[0].split() if lines else []
-            inner_headers = _headers("\n".join(lines[1:]).encode("latin-1"))
-            if len(request_line) < 2:
+        for content_id, method, path, query, inner_headers, inner_body in google_batch.calls(parts):
+            if method is None:
                 status, result, extra = 400, ApiError(400, "Bad Request", reason="badRequest").body, []
             else:
-                url = urlsplit(request_line[1])
                 inner_scopes = scopes if "authorization" not in inner_headers else None
-                status, result, extra = self._call(request_line[0].upper(), unquote(url.path), url.query, inner_headers,
-                                                   inner_body, scopes=inner_scopes)
+                status, result, extra = self._call(method, path, query, inner_headers, inner_body, scopes=inner_scopes)
             answers.append((content_id, status, result, extra))
         self._random.shuffle(answers)  # Google answers batch calls in any order: clients must use Content-ID
-        out_boundary = "batch_" + secrets.token_hex(12)
-        chunks = []
-        for content_id, status, result, extra in answers:
-            inner = b"" if result is None else json.dumps(result).encode()
-            head = [f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Status')}"]
-            if result is not None:
-                head += ["Content-Type: application/json; charset=UTF-8", f"Content-Length: {len(inner)}"]
-            head += [f"{k}: {v}" for k, v in extra]
-            chunks.append(f"--{out_boundary}\r\nContent-Type: application/http\r\n"
-                          f"Content-ID: <response-{content_id}>\r\n\r\n".encode()
-                          + "\r\n".join(head).encode() + b"\r\n\r\n" + inner + b"\r\n")
-        raw = b"".join(chunks) + f"--{out_boundary}--\r\n".encode()
-        return 200, raw, f"multipart/mixed; boundary={out_boundary}", []
-
-
-def _full(params: dict) -> bool:
-    """Whether a users.get/list asks for the full projection (custom schemas included)."""
-    return params.get("projection") in ("full", "custom")
+        raw, content_type = google_batch.encode(answers)
+        return 200, raw, content_type, []
 
 
 def _need(scopes: set[str], any_of: tuple[str, ...]) -> None:

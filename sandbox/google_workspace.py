@@ -15,9 +15,10 @@ and `listForProduct` with `customerId`, paged (maxResults <= 1000). A deleted us
 released.
 """
 
-import base64
 import secrets
 from typing import Callable
+
+from sandbox.paging import page
 
 SCOPE_ORGUNIT = "https://www.googleapis.com/auth/admin.directory.orgunit"
 SCOPE_LICENSING = "https://www.googleapis.com/auth/apps.licensing"
@@ -167,28 +168,14 @@ class Licensing:
     def _list(self, keys: list[str], params: dict) -> dict:
         if params.get("customerId") not in self._customers:
             raise self._error(400, "Invalid Input: customerId", location="customerId")
-        raw = params.get("maxResults")
-        try:
-            size = int(raw) if raw else 100
-        except ValueError:
-            size = -1
-        if not 1 <= size <= 1000:
-            raise self._error(400, f"Invalid value '{raw}'. Values must be within the range: [1, 1000]",
-                              location="maxResults")
         items = []
         for key in keys:
             for user_id in sorted(self._held[key]):
                 user = self._user_of(user_id)
                 if user is not None:
                     items.append(self._assignment(key, user))
-        start = 0
-        if params.get("pageToken"):
-            try:
-                start = int(base64.urlsafe_b64decode(params["pageToken"].encode()).decode())
-            except (ValueError, UnicodeDecodeError):
-                raise self._error(400, "Invalid Input: pageToken", location="pageToken") from None
-        out = {"kind": "licensing#licenseAssignmentList", "etag": f'"{secrets.token_hex(8)}"',
-               "items": items[start:start + size]}
-        if start + size < len(items):
-            out["nextPageToken"] = base64.urlsafe_b64encode(str(start + size).encode()).decode()
+        items, token = page(items, params, 1000, 100, self._error)
+        out = {"kind": "licensing#licenseAssignmentList", "etag": f'"{secrets.token_hex(8)}"', "items": items}
+        if token:
+            out["nextPageToken"] = token
         return out

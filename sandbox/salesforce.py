@@ -12,9 +12,8 @@ User describe (required fields, `required_custom` adds org-specific ones, `custo
 Licences, roles, permission sets and frozen logins: see `sandbox.salesforce_access` (`licences`,
 `roles`, `permission_sets`, and `profiles` of other licences).
 
-SOQL is parsed just enough for what a provisioning connector sends: `SELECT f, ... FROM User|Profile
-[WHERE cond] [ORDER BY f [ASC|DESC]] [LIMIT n]`, where cond combines `f = | != | LIKE value`,
-`f [NOT] IN (values)` with AND/OR/NOT and parentheses, and string literals honour SOQL's escapes.
+SOQL: see `sandbox.salesforce_soql`. The server, OAuth tokens and query locators are the shared
+ones (`sandbox.http`, `sandbox.oauth`, `sandbox.paging`).
 """
 
 import base64
@@ -30,14 +29,22 @@ import threading
 import time
 from pathlib import Path
 
-import jwt
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from sandbox.faults import FaultInjector, FaultPlan
+from sandbox.faults import FaultPlan
+from sandbox.http import HttpSandbox, json_response
+from sandbox.oauth import AssertionRefused, Tokens, assertion_claims, rsa_key_pem
+from sandbox.paging import QueryLocators
 from sandbox.salesforce_access import SCHEMAS as ACCESS_SCHEMAS
 from sandbox.salesforce_access import Access
 from sandbox.salesforce_access import route as access_route
+from sandbox.salesforce_errors import OAuthError, SfError
+from sandbox.salesforce_soql import Parser, soql_tokens
+from sandbox.tls import make_pki
+
+# The names other code imports from here, whichever module now holds them.
+__all__ = ["SalesforceSandbox", "SfError", "OAuthError", "rsa_key_pem", "soql_tokens", "_make_pki"]
+_make_pki = make_pki
 
 ACCEPTED_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
 MAX_COLLECTION = 200
@@ -57,283 +64,10 @@ API_VERSIONS = tuple(f"{v}.0" for v in range(55, 63))
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log(self, *args, **kwargs):  # the sandbox is not the thing being debugged
-        pass
-
-
-class SfError(Exception):
-    """A Salesforce error answer: HTTP status and [{"message", "errorCode", "fields"}]."""
-
-    def __init__(self, status: int, code: str, message: str, fields: list[str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.fields = status, code, message, fields or []
-
-    def body(self) -> list[dict]:
-        item = {"message": self.message, "errorCode": self.code}
-        if self.fields:
-            item["fields"] = self.fields
-        return [item]
-
-
-class OAuthError(Exception):
-    def __init__(self, error: str, description: str, status: int = 400):
-        super().__init__(description)
-        self.error, self.description, self.status = error, description, status
-
-
-# --- certificates ---------------------------------------------------------------------------
-
-def _make_pki(directory: Path) -> tuple[str, str, str]:
-    """A CA and a server certificate for 127.0.0.1/localhost signed by it; returns the PEM paths."""
-    from ipaddress import ip_address
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "outbound sandbox CA")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                            content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False,
-                                            encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-               .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    ca_file, cert_file, key_file = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return str(ca_file), str(cert_file), str(key_file)
-
-
-def rsa_key_pem() -> tuple[str, str]:
-    """A fresh RSA key pair (private PEM, public PEM), as a connected app's certificate holds."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
-# --- SOQL -----------------------------------------------------------------------------------
-
-_LIKE_UNDERSCORE, _LIKE_PERCENT = "\ue000", "\ue001"  # \_ and \% inside a literal
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'", "\\": "\\",
-            "_": _LIKE_UNDERSCORE, "%": _LIKE_PERCENT}
-_TOKEN = re.compile(r"\s*(?:(?P<op>!=|<>|<=|>=|[=<>(),])|(?P<num>\d+(?:\.\d+)?)|(?P<word>[A-Za-z_][A-Za-z0-9_.]*)|(?P<quote>'))")
-
-
-def malformed(message: str) -> SfError:
-    return SfError(400, "MALFORMED_QUERY", message)
-
-
-def soql_tokens(text: str) -> list[tuple[str, object]]:
-    """Split SOQL into (kind, value) tokens; string literals are un-escaped."""
-    tokens, pos = [], 0
-    while True:
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos >= len(text):
-            return tokens
-        match = _TOKEN.match(text, pos)
-        if not match:
-            raise malformed(f"unexpected token at position {pos}: {text[pos:pos + 20]!r}")
-        pos = match.end()
-        if match.group("op"):
-            tokens.append(("op", match.group("op")))
-        elif match.group("num"):
-            tokens.append(("num", float(match.group("num"))))
-        elif match.group("word"):
-            tokens.append(("word", match.group("word")))
-        else:
-            out = []
-            while True:
-                if pos >= len(text):
-                    raise malformed("unterminated string literal")
-                ch = text[pos]
-                if ch == "'":
-                    pos += 1
-                    break
-                if ch == "\\":
-                    nxt = text[pos + 1:pos + 2]
-                    if nxt.lower() == "u" and re.fullmatch(r"[0-9a-fA-F]{4}", text[pos + 2:pos + 6]):
-                        out.append(chr(int(text[pos + 2:pos + 6], 16)))
-                        pos += 6
-                        continue
-                    key = nxt if nxt in ('"', "'", "\\", "_", "%") else nxt.lower()
-                    if key not in _ESCAPES:
-                        raise malformed(f"invalid escape sequence \\{nxt} in a string literal")
-                    out.append(_ESCAPES[key])
-                    pos += 2
-                    continue
-                out.append(ch)
-                pos += 1
-            tokens.append(("str", "".join(out)))
-
-
-class _Parser:
-    def __init__(self, text: str, schemas: dict[str, tuple[str, ...]]):
-        self.tokens = soql_tokens(text)
-        self.i = 0
-        self.schemas = schemas
-
-    def peek_word(self) -> str:
-        kind, value = self.tokens[self.i] if self.i < len(self.tokens) else ("end", None)
-        return value.upper() if kind == "word" else ""
-
-    def take(self, kind: str | None = None, value: str | None = None):
-        if self.i >= len(self.tokens):
-            raise malformed("unexpected end of query")
-        tok = self.tokens[self.i]
-        if (kind and tok[0] != kind) or (value and str(tok[1]).upper() != value):
-            raise malformed(f"unexpected token: {tok[1]!r}" + (f" (expected {value})" if value else ""))
-        self.i += 1
-        return tok[1]
-
-    def field(self, name: str) -> str:
-        for f in self.schemas[self.entity]:
-            if f.lower() == name.lower():
-                return f
-        raise SfError(400, "INVALID_FIELD", f"No such column '{name}' on entity '{self.entity}'. If you are "
-                                            "attempting to use a custom field, be sure to append the '__c' "
-                                            "after the custom field name.")
-
-    def parse(self):
-        self.take("word", "SELECT")
-        names = [self.take("word")]
-        while self.i < len(self.tokens) and self.tokens[self.i] == ("op", ","):
-            self.i += 1
-            names.append(self.take("word"))
-        self.take("word", "FROM")
-        entity = self.take("word")
-        self.entity = next((e for e in self.schemas if e.lower() == entity.lower()), None)
-        if self.entity is None:
-            raise SfError(400, "INVALID_TYPE", f"sObject type '{entity}' is not supported.")
-        fields = [self.field(n) for n in names]
-        where = lambda record: True  # noqa: E731
-        order, descending, limit = None, False, None
-        if self.peek_word() == "WHERE":
-            self.i += 1
-            where = self.expr()
-        if self.peek_word() == "ORDER":
-            self.i += 1
-            self.take("word", "BY")
-            order = self.field(self.take("word"))
-            if self.peek_word() in ("ASC", "DESC"):
-                descending = self.take("word").upper() == "DESC"
-        if self.peek_word() == "LIMIT":
-            self.i += 1
-            limit = int(self.take("num"))
-        if self.i != len(self.tokens):
-            raise malformed(f"unexpected token: {self.tokens[self.i][1]!r}")
-        return self.entity, fields, where, order, descending, limit
-
-    def expr(self):
-        left = self.term()
-        while self.peek_word() == "OR":
-            self.i += 1
-            right = self.term()
-            left = (lambda a, b: lambda r: a(r) or b(r))(left, right)
-        return left
-
-    def term(self):
-        left = self.factor()
-        while self.peek_word() == "AND":
-            self.i += 1
-            right = self.factor()
-            left = (lambda a, b: lambda r: a(r) and b(r))(left, right)
-        return left
-
-    def factor(self):
-        if self.peek_word() == "NOT":
-            self.i += 1
-            inner = self.factor()
-            return lambda r: not inner(r)
-        if self.i < len(self.tokens) and self.tokens[self.i] == ("op", "("):
-            self.i += 1
-            inner = self.expr()
-            self.take("op", ")")
-            return inner
-        name = self.field(self.take("word"))
-        word = self.peek_word()
-        if word in ("IN", "NOT"):
-            negate = word == "NOT"
-            self.i += 1
-            if negate:
-                self.take("word", "IN")
-            self.take("op", "(")
-            values = [self.value()]
-            while self.i < len(self.tokens) and self.tokens[self.i] == ("op", ","):
-                self.i += 1
-                values.append(self.value())
-            self.take("op", ")")
-            return lambda r: any(_equal(r.get(name), v) for v in values) != negate
-        if word == "LIKE":
-            self.i += 1
-            pattern = _like_regex(self.take("str"))
-            return lambda r: isinstance(r.get(name), str) and bool(pattern.fullmatch(r[name]))
-        op = self.take("op")
-        value = self.value()
-        if op == "=":
-            return lambda r: _equal(r.get(name), value)
-        if op in ("!=", "<>"):
-            return lambda r: not _equal(r.get(name), value)
-        raise malformed(f"operator {op} is not supported by this sandbox")
-
-    def value(self):
-        if self.i >= len(self.tokens):
-            raise malformed("unexpected end of query")
-        kind, value = self.tokens[self.i]
-        self.i += 1
-        if kind == "str":
-            return value.replace(_LIKE_UNDERSCORE, "_").replace(_LIKE_PERCENT, "%")
-        if kind == "num":
-            return value
-        if kind == "word" and value.upper() in ("TRUE", "FALSE", "NULL"):
-            return {"TRUE": True, "FALSE": False, "NULL": None}[value.upper()]
-        raise malformed(f"unexpected value: {value!r}")
-
-
-def _equal(a, b) -> bool:
-    if isinstance(a, str) and isinstance(b, str):
-        return a.lower() == b.lower()  # SOQL text comparison is case-insensitive
-    return a == b
-
-
-def _like_regex(pattern: str) -> re.Pattern:
-    out = []
-    for ch in pattern:
-        out.append({"%": ".*", "_": ".", _LIKE_PERCENT: "%", _LIKE_UNDERSCORE: "_"}.get(ch) or re.escape(ch))
-    return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
-
-
-# --- the server -----------------------------------------------------------------------------
-
-class SalesforceSandbox:
+class SalesforceSandbox(HttpSandbox):
     """Serve a Salesforce org on https://127.0.0.1:<port> from a thread; `stop()` ends it."""
+
+    name = "salesforce-sandbox"
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, faults: FaultPlan | None = None,
                  token_ttl: float = 7200.0, query_batch_size: int = 2000, api_limit: int | None = None,
@@ -343,7 +77,7 @@ class SalesforceSandbox:
                  profiles: dict[str, str] | None = None, roles: tuple[str, ...] = (),
                  permission_sets: dict[str, str | None] | None = None):
         self._dir = tempfile.TemporaryDirectory(prefix="sf-sandbox-")
-        self.ca_file, cert_file, key_file = _make_pki(Path(self._dir.name))
+        self.ca_file, cert_file, key_file = make_pki(Path(self._dir.name))
         # The connected app: consumer key/secret and the certificate key for the JWT bearer flow.
         self.client_id = "3MVG9" + secrets.token_urlsafe(30).replace("-", "A").replace("_", "B")
         self.client_secret = secrets.token_hex(32)
@@ -371,11 +105,10 @@ class SalesforceSandbox:
         # Creates refused because the username was taken here: where nothing refused them, each would
         # be a second account (the lost-answer tests count them).
         self.duplicate_creates = 0
-        self.requests: list[tuple[str, str]] = []
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
-        self._tokens: dict[str, tuple[float, str]] = {}
-        self._cursors: dict[str, tuple[list[str], list[str], str]] = {}
+        self._tokens = Tokens()
+        self._cursors = QueryLocators()
         self.profiles: dict[str, dict] = {}
         self.users: dict[str, dict] = {}
         # Licence name -> seats; profile name -> its licence (the three standard ones: "Salesforce").
@@ -394,40 +127,17 @@ class SalesforceSandbox:
         self._insert_user(self._defaults({  # a platform user a listing of people must leave out
             "Username": f"autoproc@{self.org_id.lower()}.example.com", "LastName": "Automated Process",
             "Email": "autoproc@example.com", "Alias": "autoproc", "ProfileId": admin}), user_type="AutomatedProcess")
-        self.faults = FaultInjector(self._app, faults)
-        self._server = make_server(host, port, self._wsgi, threaded=True, request_handler=_QuietHandler,
-                                   ssl_context=(cert_file, key_file))
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle ---
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"https://{host}:{port}"
-
-    def start(self) -> "SalesforceSandbox":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="salesforce-sandbox", daemon=True)
-        self._thread.start()
-        return self
+        self._serve(host, port, faults, tls=(cert_file, key_file))
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
         self._dir.cleanup()
-
-    def __enter__(self) -> "SalesforceSandbox":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # --- knobs for tests ---
 
     def expire_tokens(self) -> None:
         """Invalidate every issued access token (as a session timeout or an admin's revoke would)."""
-        with self._lock:
-            self._tokens.clear()
+        self._tokens.revoke()
 
     def register_key(self, public_key_pem: str) -> None:
         """Replace the connected app's certificate (the key JWT assertions must be signed with)."""
@@ -529,22 +239,12 @@ class SalesforceSandbox:
 
     # --- HTTP ---
 
-    def _wsgi(self, environ, start_response):
-        self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
-        return self.faults(environ, start_response)
+    def _answer(self, request: Request) -> Response:
+        with self._lock:
+            return self._dispatch(request)
 
-    def _app(self, environ, start_response):
-        request = Request(environ)
-        try:
-            with self._lock:
-                response = self._dispatch(request)
-        except OAuthError as exc:
-            response = _json({"error": exc.error, "error_description": exc.description}, exc.status)
-        except SfError as exc:
-            response = _json(exc.body(), exc.status)
-        except Exception as exc:  # a sandbox bug must look like Salesforce's 500, not hang the client
-            response = _json([{"message": f"{type(exc).__name__}: {exc}", "errorCode": "UNKNOWN_EXCEPTION"}], 500)
-        return response(environ, start_response)
+    def _crash(self, exc: Exception) -> Response:  # a sandbox bug must look like Salesforce's 500
+        return _json([{"message": f"{type(exc).__name__}: {exc}", "errorCode": "UNKNOWN_EXCEPTION"}], 500)
 
     def _dispatch(self, request: Request) -> Response:
         path = request.path
@@ -568,9 +268,7 @@ class SalesforceSandbox:
     def _authenticate(self, request: Request) -> None:
         header = request.headers.get("Authorization", "")
         token = header[7:] if header.startswith("Bearer ") else header[6:] if header.startswith("OAuth ") else ""
-        entry = self._tokens.get(token)
-        if entry is None or time.monotonic() - entry[0] > self.token_ttl:
-            self._tokens.pop(token, None)
+        if self._tokens.check(token) is None:
             raise SfError(401, "INVALID_SESSION_ID", "Session expired or invalid")
 
     def _data(self, request: Request, version: str, rest: str) -> Response:
@@ -641,7 +339,7 @@ class SalesforceSandbox:
         return out
 
     def _query(self, soql: str, version: str) -> dict:
-        entity, fields, where, order, descending, limit = _Parser(
+        entity, fields, where, order, descending, limit = Parser(
             soql, {"User": (*USER_FIELDS, *self.custom_fields), "Profile": PROFILE_FIELDS, **ACCESS_SCHEMAS}).parse()
         table = self._table(entity)
         rows = [r for r in table.values() if where(r)]
@@ -649,29 +347,21 @@ class SalesforceSandbox:
             rows.sort(key=lambda r: (r.get(order) is None, str(r.get(order) or "").lower()), reverse=descending)
         if limit is not None:
             rows = rows[:limit]
-        ids = [r["Id"] for r in rows]
-        locator = "01g" + secrets.token_hex(6)
-        self._cursors[locator] = (ids, fields, entity)
-        return self._page(f"{locator}-0", version)
+        return self._page(self._cursors.open([r["Id"] for r in rows], (fields, entity)), version)
 
     def _table(self, entity: str) -> dict:
         return self.users if entity == "User" else self.profiles if entity == "Profile" else self.access.table(entity)
 
     def _page(self, cursor: str, version: str) -> dict:
-        locator, _, offset = cursor.partition("-")
-        if locator not in self._cursors or not offset.isdigit():
+        read = self._cursors.read(cursor, self.query_batch_size)
+        if read is None:
             raise SfError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-        ids, fields, entity = self._cursors[locator]
+        chunk, (fields, entity), total, following = read
         table = self._table(entity)
-        start = int(offset)
-        chunk = ids[start:start + self.query_batch_size]
         records = [self._record(entity, table[i], fields, version) for i in chunk if i in table]
-        done = start + len(chunk) >= len(ids)
-        body = {"totalSize": len(ids), "done": done, "records": records}
-        if done:
-            self._cursors.pop(locator, None)
-        else:
-            body["nextRecordsUrl"] = f"/services/data/v{version}/query/{locator}-{start + len(chunk)}"
+        body = {"totalSize": total, "done": following is None, "records": records}
+        if following is not None:
+            body["nextRecordsUrl"] = f"/services/data/v{version}/query/{following}"
         return body
 
     def _collection(self, method: str, body) -> list[dict]:
@@ -716,8 +406,7 @@ class SalesforceSandbox:
     # --- OAuth ---
 
     def _issue(self, user_id: str) -> dict:
-        token = f"{self.org_id}!" + secrets.token_urlsafe(48)
-        self._tokens[token] = (time.monotonic(), user_id)
+        token = self._tokens.issue(user_id, self.token_ttl, prefix=f"{self.org_id}!", size=48)
         issued_at = str(int(time.time() * 1000))
         identity = f"{self.url}/id/{self.org_id}/{user_id}"
         signature = base64.b64encode(hmac.new(self.client_secret.encode(), (identity + issued_at).encode(),
@@ -755,20 +444,14 @@ class SalesforceSandbox:
 
     def _jwt_user(self, assertion: str) -> str:
         try:
-            unverified = jwt.decode(assertion, options={"verify_signature": False})
-        except jwt.PyJWTError:
-            raise OAuthError("invalid_grant", "invalid assertion") from None
-        if unverified.get("iss") != self.client_id:
-            raise OAuthError("invalid_client_id", "client identifier invalid")
-        try:
-            claims = jwt.decode(assertion, self.public_key_pem, algorithms=["RS256"],
-                                audience=[*ACCEPTED_AUDIENCES, self.url], options={"require": ["exp", "iss", "sub", "aud"]})
-        except jwt.ExpiredSignatureError:
-            raise OAuthError("invalid_grant", "expired authorization code") from None
-        except jwt.InvalidAudienceError:
-            raise OAuthError("invalid_grant", "audience is invalid") from None
-        except jwt.PyJWTError:
-            raise OAuthError("invalid_grant", "invalid assertion") from None
+            if assertion_claims(assertion).get("iss") != self.client_id:
+                raise OAuthError("invalid_client_id", "client identifier invalid")
+            claims = assertion_claims(assertion, self.public_key_pem, [*ACCEPTED_AUDIENCES, self.url],
+                                      require=["exp", "iss", "sub", "aud"])
+        except AssertionRefused as exc:
+            description = {"ExpiredSignatureError": "expired authorization code",
+                           "InvalidAudienceError": "audience is invalid"}.get(exc.reason, "invalid assertion")
+            raise OAuthError("invalid_grant", description) from None
         user = self.find_username(str(claims.get("sub", "")))
         if user is None or not user["IsActive"]:
             raise OAuthError("invalid_grant", "user hasn't approved this consumer")
@@ -783,4 +466,4 @@ def _body(request: Request):
 
 
 def _json(payload, status: int = 200) -> Response:
-    return Response(json.dumps(payload), status=status, content_type="application/json;charset=UTF-8")
+    return json_response(payload, status, content_type=SfError.content_type)

@@ -22,17 +22,17 @@ import json
 import secrets
 import threading
 from urllib.parse import parse_qsl
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from scim2_models import Schema, SchemaExtension, ScimProvider, Uniqueness
 from scim2_server.memory import InMemoryStorage
 from scim2_server.service import ScimService
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
-from scim2_server.testserver.cli import ThreadingWSGIServer
-from sandbox.faults import FaultInjector, FaultPlan
-from sandbox.scim_variants import BodyLimit, BulkAnswers, ExactFilters, IdOnlyStorage
 from scim2_server.utils import (load_default_resource_types, load_default_schemas,
                                 load_default_service_provider_config)
+
+from sandbox.faults import FaultPlan
+from sandbox.http import HttpSandbox
+from sandbox.scim_variants import BodyLimit, BulkAnswers, ExactFilters, IdOnlyStorage
 
 
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
@@ -45,13 +45,10 @@ def _extension_schema(urn: str) -> Schema:
                         "caseExact": False, "mutability": "readWrite", "returned": "default", "uniqueness": "none"}]})
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):  # the sandbox is not the thing being debugged
-        pass
-
-
-class ScimSandbox:
+class ScimSandbox(HttpSandbox):
     """Serve SCIM on http://127.0.0.1:<port>/v2 from a thread; `stop()` ends it."""
+
+    name = "scim-sandbox"
 
     def __init__(self, token: str | None = None, host: str = "127.0.0.1", port: int = 0,
                  patch_supported: bool = True, faults: FaultPlan | None = None,
@@ -89,7 +86,6 @@ class ScimSandbox:
         self.storage = InMemoryStorage() if unique_user_names else IdOnlyStorage()
         self.app = BearerTokenApplication(self.storage, provider, service=ScimService(provider, secret=secrets.token_urlsafe(16)),
                                           bearer_tokens=[self.token])
-        self.requests: list[tuple[str, str]] = []
         self.answered: list[tuple[str, str, int, int]] = []
         app = self.app
         if bulk_ids == "post" or drop_bulk_answers or rewrite_bulk_answer:
@@ -97,15 +93,13 @@ class ScimSandbox:
                               rewrite=rewrite_bulk_answer)
         if exact_filters:
             app = ExactFilters(app)
-        self.faults = FaultInjector(BodyLimit(app, body_limit) if body_limit else app, faults)
         self.in_flight = self.peak_in_flight = 0
         self._in_flight_lock = threading.Lock()
-        self._server = make_server(host, port, self._wsgi, server_class=ThreadingWSGIServer,
-                                   handler_class=_QuietHandler)
-        self._thread: threading.Thread | None = None
+        self._serve(host, port, faults, app=BodyLimit(app, body_limit) if body_limit else app)
 
-    def _wsgi(self, environ, start_response):
-        self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+    def _front(self, environ, start_response):
+        # The token endpoint and Basic users are in front of the faults; what the faults answer is
+        # recorded in `answered` like any other answer.
         if environ.get("PATH_INFO") == "/oauth/token":
             return self._token_endpoint(environ, start_response)
         scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
@@ -157,27 +151,11 @@ class ScimSandbox:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v2"
+        return super().url + "/v2"
 
     @property
     def token_url(self) -> str:
         return self.url.removesuffix("/v2") + "/oauth/token"
-
-    def start(self) -> "ScimSandbox":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="scim-sandbox", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> "ScimSandbox":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     def users(self) -> list[dict]:
         """Every user the server holds, as SCIM JSON (for checks and the demo's summary)."""
