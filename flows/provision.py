@@ -118,6 +118,8 @@ def claim_event(event_id: str, limit: int) -> Batch:
         time.sleep(0.2)
     if len(batch) and limit > 1:
         more = claim(limit - 1, owner=batch.owner, ended=ended_runs)
+        # A user both claims hold was counted against part of its events by each: not a first run here.
+        batch.first_run = (batch.first_run | more.first_run) - (set(batch.events) & set(more.events))
         for user, ids in more.events.items():
             batch.events.setdefault(user, []).extend(e for e in ids if e not in batch.events.get(user, []))
         batch.names.update(more.names)
@@ -150,6 +152,7 @@ def _run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
     # batch's users, events, desired state and outcomes that walk cost seconds per batch, and none of
     # them holds a future.
     users, events, config_ = quote(batch.user_ids), quote(batch.events), quote(config)
+    first_run = frozenset(batch.first_run)
     decisions = resolve_policy(users, config_, label)
     for who, ds in list(decisions.items())[:50]:
         logger.info("user=%s %s", who, "; ".join(f"{d.connector}: {d.action} ({d.reason})" for d in ds))
@@ -161,7 +164,7 @@ def _run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
     for name, future in named.items():
         try:
             provisioning[name] = provision.with_options(**options).submit(name, quote(future.result()), events,
-                                                                        config_, run_id)
+                                                                        config_, run_id, quote(first_run))
         except Exception as exc:  # no desired state: provision never ran, so record the failure here
             _raise_if_store_down(exc)
             failed = _failed(name, exc, batch, logger)

@@ -189,6 +189,9 @@ class DesiredState:
     decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)
     user_ids: Optional[list[str]] = None  # the batch, or None for every user
     managers: Managers = field(default_factory=Managers)
+    # Users of the batch whose accounts are not looked up: created first, adopted on the target's
+    # uniqueness refusal (tasks/optimistic.py decides who).
+    unseen: frozenset = frozenset()
 
 
 MAPPING_COLUMNS = ["local_id", "remote_id", "remote_name"]
@@ -271,7 +274,9 @@ def observe(connector, cfg: ConnectorConfig, state: DesiredState, workers: int =
     accounts the target holds (the connector's mappings).
     """
     mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
-    batch = set(state.desired["local_id"]) | set(state.deprovision["local_id"])
+    batch = (set(state.desired["local_id"]) | set(state.deprovision["local_id"])) - state.unseen
+    if not batch:
+        return []
     keys = _lookups(state, batch, mapped, set(cfg.match))
     batched = connector.capabilities.batched_lookup
     ratio = BATCHED_LIST_RATIO if batched else LIST_RATIO
