@@ -153,12 +153,13 @@ def _run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
     # them holds a future.
     users, events, config_ = quote(batch.user_ids), quote(batch.events), quote(config)
     first_run = frozenset(batch.first_run)
-    decisions = resolve_policy(users, config_, label)
-    for who, ds in list(decisions.items())[:50]:
+    resolved = resolve_policy(users, config_, label)
+    for who, ds in list(resolved.by_name().items())[:50]:
         logger.info("user=%s %s", who, "; ".join(f"{d.connector}: {d.action} ({d.reason})" for d in ds))
+    resolved = quote(resolved)  # the users and decisions ride on to each connector's generate-username
     # Each step is submitted only once the one before it has succeeded, so a connector that fails
     # shows its failed step and nothing after it (no task left NotReady behind it).
-    named = {cfg.name: generate_username.with_options(**options).submit(cfg.name, users, config_)
+    named = {cfg.name: generate_username.with_options(**options).submit(cfg.name, users, config_, resolved)
              for cfg in config.connectors}
     provisioning, per_user = {}, {u: [] for u in batch.user_ids}
     for name, future in named.items():

@@ -221,12 +221,19 @@ def _qualified_names(session: Session, views: list[UserView], mapped: dict[str, 
 
 
 def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_ids: Optional[list[str]] = None,
-                  check_name=lambda _: None) -> DesiredState:
-    """Read the desired state of connector `cfg` from the store, for every user or the batch `user_ids`."""
-    views = load_views(session, config.tenant_domain, user_ids)
+                  check_name=lambda _: None, views: Optional[list[UserView]] = None,
+                  decisions: Optional[dict[str, Decision]] = None) -> DesiredState:
+    """Read the desired state of connector `cfg` from the store, for every user or the batch `user_ids`.
+
+    `views`, `decisions`: the batch's users and their decisions on `cfg` as resolve-policy read and
+    made them (tasks.desired), used as they are rather than read and decided again.
+    """
+    if views is None:
+        views = load_views(session, config.tenant_domain, user_ids)
     mappings = _mappings(session, cfg, views, config, user_ids)
     mapped = dict(zip(mappings["local_id"], mappings["remote_name"]))
-    decisions = {u.id: decide(u, cfg, config, provisioned=u.id in mapped) for u in views}
+    if decisions is None or any(u.id not in decisions for u in views):
+        decisions = {u.id: decide(u, cfg, config, provisioned=u.id in mapped) for u in views}
     wanted = [u for u in views if decisions[u.id].action == PROVISION]
     names, errors = assign_names(wanted, cfg, config, mapped,
                                  taken={n.lower(): i for i, n in mapped.items()},
