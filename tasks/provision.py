@@ -190,8 +190,9 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
             health.check(cfg.name)  # raises Quarantined (transient: the retry policy waits), sends nothing
         connector = health.guarded(get_connector(cfg), cfg)
         slot.enter_context(connector_slot(cfg.name, config, occupy=1))
-        if first_run:
-            state = replace(state, unseen=unseen(cfg, connector, first_run, state.mappings["local_id"]))
+        wanted = first_run & set(state.desired["local_id"])  # only a user to provision may be created
+        if wanted:
+            state = replace(state, unseen=unseen(cfg, connector, wanted, state.mappings["local_id"]))
         with session_scope() as session:
             plan = make_plan(config, cfg, connector, session, state.user_ids, state=state)
     except Exception as exc:  # recorded (one attempt per user) before Prefect decides on a retry
