@@ -30,8 +30,13 @@ from scaleout import (BIN, ROOT, TOKEN, api_process, event_counts, fresh_databas
 
 
 def accounts_of(scim) -> list[str]:
-    return [getattr(r, "user_name", None) for r in list(scim.storage.resources)
-            if r.meta and r.meta.resource_type == "User"]
+    while True:
+        try:  # the server's own threads write the storage while it is read: read again
+            resources = list(scim.storage.resources)
+            break
+        except RuntimeError:
+            continue
+    return [getattr(r, "user_name", None) for r in resources if r.meta and r.meta.resource_type == "User"]
 
 
 def event_path(tmp: Path, n: int, clients: int, start, create: str = "optimistic") -> dict:
