@@ -1,6 +1,6 @@
 """A burst of user.created events through the event API's own process, against the bulk path, in one run.
 
-    .venv/bin/python bench/burst.py [--events 2000] [--clients 16]
+    .venv/bin/python bench/burst.py [--events 2000] [--clients 16] [--create optimistic|lookup] [--no-bulk-path]
 
 1. Event path: `outbound api --dispatch in-process` in a subprocess (no Prefect server: it starts its
    own temporary Prefect API), a fresh PostgreSQL state store and a SCIM sandbox. `--clients`
@@ -24,22 +24,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from profile_burst import bare_bulk  # noqa: E402
+from profile_burst import bare_bulk, with_create  # noqa: E402
 from scaleout import (BIN, ROOT, TOKEN, api_process, event_counts, fresh_database,  # noqa: E402
                       make_event, processes, send_all, wait_for, write_config)
 
 
 def accounts_of(scim) -> list[str]:
-    return [getattr(r, "user_name", None) for r in list(scim.storage.resources)
-            if r.meta and r.meta.resource_type == "User"]
+    while True:
+        try:  # the server's own threads write the storage while it is read: read again
+            resources = list(scim.storage.resources)
+            break
+        except RuntimeError:
+            continue
+    return [getattr(r, "user_name", None) for r in resources if r.meta and r.meta.resource_type == "User"]
 
 
-def event_path(tmp: Path, n: int, clients: int, start) -> dict:
+def event_path(tmp: Path, n: int, clients: int, start, create: str = "optimistic") -> dict:
     from models.db import upgrade
     from sandbox.scim import ScimSandbox
 
     with ScimSandbox() as scim, fresh_database() as db_url:
-        config = write_config(tmp, scim)
+        config = with_create(write_config(tmp, scim), create)
         upgrade()
         bare = bare_bulk(scim.url, scim.token, n)  # the same server, before the engine's users are in it
         base = api_process(start, config, tmp, db_url)
@@ -94,11 +99,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--create", choices=["optimistic", "lookup"], default="optimistic",
+                        help="scim2.create of the event path's connector")
+    parser.add_argument("--no-bulk-path", action="store_true", help="skip the import + reconcile comparison")
     args = parser.parse_args()
     os.environ["BENCH_API_TOKEN"] = TOKEN
+    # The `outbound` commands run this checkout's code, not whichever one the shared venv was installed from.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="outbound-burst-") as tmp, processes() as start:
         tmp = Path(tmp)
-        ev = event_path(tmp, args.events, args.clients, start)
+        ev = event_path(tmp, args.events, args.clients, start, args.create)
         print(f"event path: {ev['users']} events from {args.clients} clients accepted in {ev['accepted']:.1f} s; "
               f"every account in the target after {ev['elapsed']:.1f} s = {ev['users'] / ev['elapsed']:.1f} users/s; "
               f"duplicates {ev['duplicates']}, missing {ev['missing']}, statuses {ev['statuses']}, "
@@ -106,6 +116,8 @@ def main() -> int:
         print(f"bare client against the same server: POST /Bulk, 100 creates per request, sequential: "
               f"{ev['bare']:.0f} users/s; event path {ev['users'] / ev['elapsed'] / ev['bare']:.2f} × bare, "
               f"accepting alone {ev['users'] / ev['accepted'] / ev['bare']:.2f} × bare")
+    if args.no_bulk_path:
+        return 0 if ev["duplicates"] == ev["missing"] == 0 else 1
     with tempfile.TemporaryDirectory(prefix="outbound-bulk-") as tmp:
         bulk = bulk_path(Path(tmp), args.events)
         print(f"bulk path: import {bulk['import']:.1f} s + reconcile {bulk['reconcile']:.1f} s = "

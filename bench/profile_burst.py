@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/profile_burst.py [--events 2000] [--clients 16] [--store sqlite|postgres]
                                             [--profile] [--drainers 1] [--existing 0]
+                                            [--create optimistic|lookup]
 
 One run, one SCIM server (scim2-server in its own process, so its CPU is not charged to the engine):
 1. bare client: POST /Bulk with 100 creates per request, sequentially, `--events` other users;
@@ -35,6 +36,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scaleout import ROOT, TOKEN, free_port, fresh_database, wait_for, write_config  # noqa: E402
+
+
+def with_create(config: Path, create: str) -> Path:
+    """The bench's config with `scim2.create` set (`lookup` looks each new user up first, as before)."""
+    config.write_text(config.read_text().replace("      auth:", f"      create: {create}\n      auth:", 1))
+    return config
 
 SCIM_SERVER = """
 import sys, time
@@ -306,6 +313,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--accept-only", action="store_true", help="stop after the accepting phase")
     parser.add_argument("--existing", type=int, default=0, help="accounts put in the target before the burst")
+    parser.add_argument("--create", choices=["optimistic", "lookup"], default="optimistic",
+                        help="scim2.create of the connector (lookup: each new user looked up first, as before)")
     args = parser.parse_args()
     n = args.events
     with tempfile.TemporaryDirectory(prefix="outbound-profile-") as tmp, scim_process() as (url, token), \
@@ -318,7 +327,7 @@ def main() -> int:
         os.environ["PREFECT_API_URL"] = ensure_prefect_api()
         prefect_start = time.perf_counter() - t0
         upgrade()
-        config_path = write_config(tmp, url=url, token=token)
+        config_path = with_create(write_config(tmp, url=url, token=token), args.create)
         bare = bare_bulk(url, token, n)
         print(f"bare client: POST /Bulk, 100 creates per request, sequential: {bare:.0f} users/s; "
               f"temporary Prefect API started in {prefect_start:.1f} s")

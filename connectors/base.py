@@ -71,6 +71,10 @@ class Capabilities:
     # `plan_refusal` can tell, before a reconciliation sends its first chunk, that the target cannot
     # take the plan's creates as a whole (Salesforce: the licences they need are not free).
     checks_plan: bool = False
+    # An event batch may send a first-run user's create without looking the account up first, adopting
+    # on the target's uniqueness refusal; `refuses_repeated_user_names` proves the target does refuse
+    # (only called when this is set; tasks/optimistic.py decides).
+    optimistic_create: bool = False
 
 
 class Connector(Protocol):

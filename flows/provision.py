@@ -118,6 +118,8 @@ def claim_event(event_id: str, limit: int) -> Batch:
         time.sleep(0.2)
     if len(batch) and limit > 1:
         more = claim(limit - 1, owner=batch.owner, ended=ended_runs)
+        # A user both claims hold was counted against part of its events by each: not a first run here.
+        batch.first_run = (batch.first_run | more.first_run) - (set(batch.events) & set(more.events))
         for user, ids in more.events.items():
             batch.events.setdefault(user, []).extend(e for e in ids if e not in batch.events.get(user, []))
         batch.names.update(more.names)
@@ -150,18 +152,20 @@ def _run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
     # batch's users, events, desired state and outcomes that walk cost seconds per batch, and none of
     # them holds a future.
     users, events, config_ = quote(batch.user_ids), quote(batch.events), quote(config)
-    decisions = resolve_policy(users, config_, label)
-    for who, ds in list(decisions.items())[:50]:
+    first_run = frozenset(batch.first_run)
+    resolved = resolve_policy(users, config_, label)
+    for who, ds in list(resolved.by_name().items())[:50]:
         logger.info("user=%s %s", who, "; ".join(f"{d.connector}: {d.action} ({d.reason})" for d in ds))
+    resolved = quote(resolved)  # the users and decisions ride on to each connector's generate-username
     # Each step is submitted only once the one before it has succeeded, so a connector that fails
     # shows its failed step and nothing after it (no task left NotReady behind it).
-    named = {cfg.name: generate_username.with_options(**options).submit(cfg.name, users, config_)
+    named = {cfg.name: generate_username.with_options(**options).submit(cfg.name, users, config_, resolved)
              for cfg in config.connectors}
     provisioning, per_user = {}, {u: [] for u in batch.user_ids}
     for name, future in named.items():
         try:
             provisioning[name] = provision.with_options(**options).submit(name, quote(future.result()), events,
-                                                                        config_, run_id)
+                                                                        config_, run_id, quote(first_run))
         except Exception as exc:  # no desired state: provision never ran, so record the failure here
             _raise_if_store_down(exc)
             failed = _failed(name, exc, batch, logger)

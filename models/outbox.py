@@ -59,6 +59,11 @@ class Batch:
     # Flow run id -> host, for runs whose leases on these users expired (a process on another
     # machine that stopped): Prefect reads them Running too.
     expired_runs: dict[str, str] = field(default_factory=dict)
+    # Users met for the first time: every event the user ever had is in this batch, each on its first
+    # run (never retried, never cut short by a drain that died). No earlier write for them can have
+    # reached a target, so a target that refuses a repeated userName may be sent their creates
+    # without a look-up first (tasks/optimistic.py).
+    first_run: set[str] = field(default_factory=set)
 
     @property
     def user_ids(self) -> list[str]:
@@ -139,18 +144,36 @@ def _read_under_leases(batch: Batch, held: set[str], event_ids: Optional[list[st
     """Add the claimable events of the `held` users to `batch` and mark them running."""
     with session_scope() as session:
         # Read again under the leases: an event finished meanwhile by another drain is not ours to run.
-        query = (select(Event.id, Event.user_id, Event.trigger, User.username, User.user_store)
+        query = (select(Event.id, Event.user_id, Event.trigger, User.username, User.user_store, Event.status,
+                        Event.attempts)
                  .join(User, User.id == Event.user_id)
                  .where(_claimable(utcnow(), event_ids is not None), Event.user_id.in_(list(held))))
         if event_ids is not None:
             query = query.where(Event.id.in_(event_ids))
         rows = session.exec(query.order_by(Event.received_at, Event.id)).all()
-        for event_id, user_id, trigger, username, store in rows:
+        tried = set()
+        for event_id, user_id, trigger, username, store, status, attempts in rows:
             batch.events.setdefault(user_id, []).append(event_id)
             batch.names[user_id] = f"{username}@{store}"
             batch.triggers.add(trigger)
+            if attempts or status != EventStatus.ACCEPTED:  # retried, or cut short while running
+                tried.add(user_id)
         if rows:
+            batch.first_run = {u for u, n in _event_counts(session, [u for u in batch.events if u not in tried]).items()
+                               if n == len(batch.events[u])}
             session.exec(update(Event).where(Event.id.in_([r[0] for r in rows])).values(status=EventStatus.RUNNING))
+
+
+def _event_counts(session, user_ids: list[str]) -> dict[str, int]:
+    """How many events each user has ever had (one grouped query per 500 users, on the user_id index)."""
+    from sqlalchemy import func
+
+    counts: dict[str, int] = {}
+    for start in range(0, len(user_ids), 500):
+        part = user_ids[start:start + 500]
+        counts.update(session.exec(select(Event.user_id, func.count()).where(Event.user_id.in_(part))
+                                   .group_by(Event.user_id)).all())
+    return counts
 
 
 def finish(batch: Batch, outcome: dict[str, tuple[str, Optional[str]]]) -> None:

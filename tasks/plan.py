@@ -189,6 +189,9 @@ class DesiredState:
     decisions: dict[str, tuple[str, Decision]] = field(default_factory=dict)
     user_ids: Optional[list[str]] = None  # the batch, or None for every user
     managers: Managers = field(default_factory=Managers)
+    # Users of the batch whose accounts are not looked up: created first, adopted on the target's
+    # uniqueness refusal (tasks/optimistic.py decides who).
+    unseen: frozenset = frozenset()
 
 
 MAPPING_COLUMNS = ["local_id", "remote_id", "remote_name"]
@@ -218,12 +221,19 @@ def _qualified_names(session: Session, views: list[UserView], mapped: dict[str, 
 
 
 def desired_state(session: Session, config: Config, cfg: ConnectorConfig, user_ids: Optional[list[str]] = None,
-                  check_name=lambda _: None) -> DesiredState:
-    """Read the desired state of connector `cfg` from the store, for every user or the batch `user_ids`."""
-    views = load_views(session, config.tenant_domain, user_ids)
+                  check_name=lambda _: None, views: Optional[list[UserView]] = None,
+                  decisions: Optional[dict[str, Decision]] = None) -> DesiredState:
+    """Read the desired state of connector `cfg` from the store, for every user or the batch `user_ids`.
+
+    `views`, `decisions`: the batch's users and their decisions on `cfg` as resolve-policy read and
+    made them (tasks.desired), used as they are rather than read and decided again.
+    """
+    if views is None:
+        views = load_views(session, config.tenant_domain, user_ids)
     mappings = _mappings(session, cfg, views, config, user_ids)
     mapped = dict(zip(mappings["local_id"], mappings["remote_name"]))
-    decisions = {u.id: decide(u, cfg, config, provisioned=u.id in mapped) for u in views}
+    if decisions is None or any(u.id not in decisions for u in views):
+        decisions = {u.id: decide(u, cfg, config, provisioned=u.id in mapped) for u in views}
     wanted = [u for u in views if decisions[u.id].action == PROVISION]
     names, errors = assign_names(wanted, cfg, config, mapped,
                                  taken={n.lower(): i for i, n in mapped.items()},
@@ -271,7 +281,9 @@ def observe(connector, cfg: ConnectorConfig, state: DesiredState, workers: int =
     accounts the target holds (the connector's mappings).
     """
     mapped = dict(zip(state.mappings["local_id"], state.mappings["remote_id"]))
-    batch = set(state.desired["local_id"]) | set(state.deprovision["local_id"])
+    batch = (set(state.desired["local_id"]) | set(state.deprovision["local_id"])) - state.unseen
+    if not batch:
+        return []
     keys = _lookups(state, batch, mapped, set(cfg.match))
     batched = connector.capabilities.batched_lookup
     ratio = BATCHED_LIST_RATIO if batched else LIST_RATIO

@@ -9,7 +9,7 @@ lookups of the batch's accounts instead of a full listing.
 
 import logging
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from prefect import task
@@ -27,6 +27,7 @@ from tasks import health, retry
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows
 from tasks.history import emit_account_events
 from tasks.limits import connector_slot
+from tasks.optimistic import unseen
 from tasks.plan import DesiredState, Plan, make_plan
 from tasks.runlog import LOGGED_OUTCOMES, artifact_key, log_outcomes, outcome_line, run_logger
 from tasks.store_errors import store_errors_plain
@@ -174,8 +175,12 @@ def _log_outcomes(connector: str, outcomes: list[Outcome]) -> None:
 
 
 def provision_batch(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
-                    run_id: str) -> list[Outcome]:
-    """Plan the batch on one connector, apply the plan, record every outcome; one outcome per user."""
+                    run_id: str, first_run: frozenset = frozenset()) -> list[Outcome]:
+    """Plan the batch on one connector, apply the plan, record every outcome; one outcome per user.
+
+    `first_run`: the batch's users met for the first time (`Batch.first_run`): on a target that
+    refuses a repeated userName their creates go without a look-up first (tasks/optimistic.py).
+    """
     cfg = config.connector(connector_name)
     flow_run_id, task_run_id = _runtime_ids()
     # The target's quota, shared by every worker, is held from the first lookup to the last write.
@@ -185,6 +190,9 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
             health.check(cfg.name)  # raises Quarantined (transient: the retry policy waits), sends nothing
         connector = health.guarded(get_connector(cfg), cfg)
         slot.enter_context(connector_slot(cfg.name, config, occupy=1))
+        wanted = first_run & set(state.desired["local_id"])  # only a user to provision may be created
+        if wanted:
+            state = replace(state, unseen=unseen(cfg, connector, wanted, state.mappings["local_id"]))
         with session_scope() as session:
             plan = make_plan(config, cfg, connector, session, state.user_ids, state=state)
     except Exception as exc:  # recorded (one attempt per user) before Prefect decides on a retry
@@ -255,8 +263,8 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
 @task(name="provision", task_run_name="provision {connector_name}", cache_policy=NO_CACHE)
 @store_errors_plain
 def provision(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
-              run_id: str) -> list[Outcome]:
+              run_id: str, first_run: frozenset = frozenset()) -> list[Outcome]:
     """Create, update, link, disable or delete the batch's accounts on one connector."""
     # Each failed try is recorded (an operation and its attempt per user) before the runner waits.
-    return retry.run_task(lambda: provision_batch(connector_name, state, events, config, run_id), config.retry,
-                          f"connector={connector_name} provision")
+    return retry.run_task(lambda: provision_batch(connector_name, state, events, config, run_id, first_run),
+                          config.retry, f"connector={connector_name} provision")

@@ -189,7 +189,8 @@ def _state(keys: list[Lookup]):
     accounts = {i: Account(user_name=k.user_name or f"x-{i}", email=k.email) for i, k in zip(ids, keys)}
     mapped = [(i, k.remote_id) for i, k in zip(ids, keys) if k.remote_id]
     return SimpleNamespace(desired=pd.DataFrame({"local_id": ids}), deprovision=pd.DataFrame({"local_id": []}),
-                           mappings=pd.DataFrame(mapped, columns=["local_id", "remote_id"]), accounts=accounts)
+                           mappings=pd.DataFrame(mapped, columns=["local_id", "remote_id"]), accounts=accounts,
+                           unseen=frozenset())
 
 
 @pytest.mark.parametrize("lookup", ["filter", "each"])

@@ -41,6 +41,8 @@ class Transport:
         self.requests_sent = 0
         if settings.lookup == "each":  # a batch's accounts one find_user at a time (see Lookups)
             self.capabilities = replace(self.capabilities, batched_lookup=False)
+        if settings.create == "optimistic" and not dry_run:  # still proven before use (see Uniqueness)
+            self.capabilities = replace(self.capabilities, optimistic_create=True)
 
     # --- the one choke point -------------------------------------------------------------
 

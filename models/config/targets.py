@@ -55,6 +55,11 @@ class Scim2Settings(HttpSettings):
     # batch (connectors/scim2/lookup.py), for a server that answers `or` from an index: scim2-server
     # walks every account for each term of an `or`, slower than listing it (docs/scim.md).
     lookup: Literal["each", "filter"] = "each"
+    # How an event batch creates a user met for the first time: `lookup`, look its account up first
+    # (to adopt one already there); `optimistic`, send the create and adopt on the server's 409
+    # uniqueness. Only honoured while `match` is externalId/userName and a probe saw the server refuse
+    # a repeated userName (tasks/optimistic.py, docs/scim.md); else the batch looks up as before.
+    create: Literal["lookup", "optimistic"] = "lookup"
 
     @model_validator(mode="after")
     def _urls(self):
