@@ -167,6 +167,7 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
     from connectors.errors import ProvisioningError
     from flows.reconcile import reconcile as reconcile_flow
     from tasks.apply import progress_listeners
+    from tasks.door import TargetQuarantined
 
     quiet_prefect(verbose)
     cfg = read_config(config)
@@ -174,7 +175,7 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
     if connector and connector not in [c.name for c in cfg.connectors]:
         fail(f"no connector {connector!r} in the configuration")
     prefect_ready()
-    results = []
+    results, quarantined = [], []
     with Progress(transient=True) as progress:
         for name in names:
             bar = progress.add_task(f"{'dry-run ' if dry_run else ''}{name}", total=None)
@@ -190,6 +191,9 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
                 results.append(asyncio.run(reconcile_flow(name, trigger="cli", dry_run=dry_run,
                                                           config_path=str(config) if config else None,
                                                           yes=yes, report=path, lock_wait=wait)))
+            except TargetQuarantined as exc:  # this connector only: the others are reconciled as usual
+                quarantined.append(name)
+                typer.echo(f"{name}: not reconciled: {exc}", err=True)
             except ProvisioningError as exc:  # the target refused or could not be reached: say so, no traceback
                 progress.stop()
                 fail(f"{name}: not reconciled: {exc}. Nothing was changed on {name}; check that the target is "
@@ -203,4 +207,5 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
         raise typer.Exit(3)
     if any(r["status"] == RunStatus.BUSY for r in results):
         raise typer.Exit(4)
-    raise typer.Exit(1 if any(r["outcomes"]["failed"] or r["outcomes"].get("outcome_unknown") for r in results) else 0)
+    raise typer.Exit(1 if quarantined or any(r["outcomes"]["failed"] or r["outcomes"].get("outcome_unknown")
+                                             for r in results) else 0)
