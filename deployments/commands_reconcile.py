@@ -82,7 +82,7 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
     import pandas as pd
 
     from models.db import session_scope
-    from models.identity import upsert_user
+    from models.identity import Preloaded, upsert_user
 
     cfg = read_config(config)
     try:
@@ -96,8 +96,14 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
              f"or attributes.<key> (username is required)")
     good, errors = parse_rows(frame, cfg)
     with session_scope() as session:
-        for _, user in good:
-            upsert_user(session, user, cfg.tenant_domain, source="import")
+        # Read and written a thousand users at a time (as the event API's batches are): a query or two
+        # per user made the import of 10,000 users slower than reconciling them.
+        for first in range(0, len(good), 1000):
+            users = [user for _, user in good[first:first + 1000]]
+            lookups = Preloaded(session, cfg.tenant_domain, users)
+            for user in users:
+                upsert_user(session, user, cfg.tenant_domain, source="import", lookups=lookups)
+            lookups.finish()
     typer.echo(f"imported {len(good)} users from {file}; {len(frame) - len(good)} rows rejected")
     for line in errors:
         typer.echo(line, err=True)
