@@ -1,7 +1,12 @@
-"""Build connectors from configuration entries, once per process and configuration."""
+"""Build connectors from configuration entries, once per process and configuration.
+
+The factory stays off the store, as connectors do: a capability profile (what `outbound check`
+stored) is handed in by the caller (tasks/door.py reads it), never read here.
+"""
 
 import importlib
 import threading
+from typing import Optional
 
 from connectors.base import Connector
 from connectors.errors import ConfigError
@@ -10,11 +15,16 @@ from models.secrets import SecretError
 
 _MODULES = {"scim2": "connectors.scim2", "google": "connectors.google", "salesforce": "connectors.salesforce"}
 _cache: dict[tuple[str, str, bool], Connector] = {}
+_profiled: set[tuple[str, str, bool]] = set()  # cached connectors that were handed a profile
 _lock = threading.Lock()
 
 
-def get_connector(cfg: ConnectorConfig, dry_run: bool = False) -> Connector:
-    """The connector for `cfg`, reusing its session (and pooled connections) across calls."""
+def get_connector(cfg: ConnectorConfig, dry_run: bool = False, profile: Optional[dict] = None) -> Connector:
+    """The connector for `cfg`, reusing its session (and pooled connections) across calls.
+
+    `profile`: the target's stored capabilities, for a connector that acts on them (`uses_profile`);
+    without one it asks the target itself. A cached connector built without one takes it later.
+    """
     key = (cfg.name, cfg.model_dump_json(), dry_run)
     with _lock:
         connector = _cache.get(key)
@@ -24,19 +34,10 @@ def get_connector(cfg: ConnectorConfig, dry_run: bool = False) -> Connector:
                 connector = _cache[key] = module.build(cfg, dry_run=dry_run)
             except SecretError as exc:
                 raise ConfigError(f"connector {cfg.name}: {exc}") from None
-            _use_profile(connector, cfg)
+        if profile is not None and key not in _profiled and connector.capabilities.uses_profile:
+            connector.use_profile(profile)
+            _profiled.add(key)
         return connector
-
-
-def _use_profile(connector: Connector, cfg: ConnectorConfig) -> None:
-    """Hand the connector its stored capability profile (from `outbound check`), when it takes one."""
-    if not connector.capabilities.uses_profile:
-        return
-    from models.capabilities import fresh
-
-    row = fresh(cfg.name)
-    if row is not None and row.type == cfg.type:
-        connector.use_profile(row.capabilities)
 
 
 def evict(cfg: ConnectorConfig) -> None:
@@ -45,8 +46,10 @@ def evict(cfg: ConnectorConfig) -> None:
     with _lock:
         for key in [k for k in _cache if k[0] == cfg.name]:
             del _cache[key]
+            _profiled.discard(key)
 
 
 def clear_cache() -> None:
     with _lock:
         _cache.clear()
+        _profiled.clear()

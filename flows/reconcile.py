@@ -22,9 +22,9 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator, Optional
 
 from prefect import flow, get_run_logger, tags
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.flow_runs import pause_flow_run
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Completed, Failed, State
@@ -38,6 +38,7 @@ from models.locks import LockTimeout, kept, lease
 from models.runstate import abandon_stale_runs, finish_run, running_reconciliation_flow_runs, start_run
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
+from tasks.door import admit
 from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision, approval_description, cli_user,
                          dry_run_verdict, plan_hash, record_decision)
 from tasks.plan import Plan, plan_task
@@ -158,23 +159,23 @@ def _summary_artifact(plan: Plan, status: str, outcome: Counts, dry_run: bool,
                                             else ""), _sync=True)
 
 
-def _refused(plan: Plan, cfg) -> Optional[tuple[Counts, str]]:
+def _refused(plan: Plan, cfg, config: Config) -> Optional[tuple[Counts, str]]:
     """The plan refused as a whole, before its first chunk, when the target says it cannot take its
     creates (Salesforce: fewer licences free than they need; each chunk checks only its own); None
     when it can, or cannot tell (each chunk then checks its creates)."""
     from connectors.errors import ConnectorError
-    from connectors.factory import get_connector
     from models.kinds import Action
+    from tasks.door import target
 
     rows = plan.rows.to_dict(orient="records")
     creates = [r for r in rows if r["op"] == Action.CREATE and r["local_id"] in plan.desired]
     if not creates:
         return None
-    connector = get_connector(cfg)
-    if not connector.capabilities.checks_plan:
-        return None
     try:
-        message = connector.plan_refusal([plan.desired[r["local_id"]] for r in creates])
+        with target(cfg, config) as connector:
+            if not connector.capabilities.checks_plan:
+                return None
+            message = connector.plan_refusal([plan.desired[r["local_id"]] for r in creates])
     except ConnectorError as exc:
         get_run_logger().warning("connector=%s the plan's licences could not be checked (%s); each chunk checks "
                                  "its own", cfg.name, exc)
@@ -204,6 +205,11 @@ def _record_refused(plan: Plan, connector: str, run_id: str, message: str) -> No
 
 def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: int) -> Counts:
     """Apply the plan's rows in chunks, a few chunk tasks in flight, reporting progress."""
+    with ExitStack() as stack:
+        return _apply_in(stack, plan, config, run_id, dry_run, chunk_size)
+
+
+def _apply_in(stack: ExitStack, plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: int) -> Counts:
     cfg = config.connector(plan.connector)
     rows = plan.rows.to_dict(orient="records")
     total, done, outcome = len(rows), 0, Counts()
@@ -213,12 +219,18 @@ def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: i
     for listener in progress_listeners:
         listener(0, total)
     in_flight: deque = deque()
+    # One client for every progress update: Prefect's update_progress_artifact builds a new one (and its
+    # TLS context) per call, which cost more than the chunk's own store writes.
+    progress_client = stack.enter_context(get_client(sync_client=True))
+
+    def progress(value: float) -> None:
+        progress_client.update_artifact(artifact_id=progress_id, artifact=ArtifactUpdate(data=value))
 
     def settle(future, n):
         nonlocal done
         outcome.add(future.result())
         done += n
-        update_progress_artifact(artifact_id=progress_id, progress=100.0 * done / max(total, 1), _sync=True)
+        progress(100.0 * done / max(total, 1))
         for listener in progress_listeners:
             listener(done, total)
 
@@ -232,7 +244,7 @@ def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: i
     while in_flight:
         settle(*in_flight.popleft())
     if not total:
-        update_progress_artifact(artifact_id=progress_id, progress=100.0, _sync=True)
+        progress(100.0)
     if len(plan.group_rows):  # after every user row: the accounts the groups add must exist
         outcome.add(apply_groups(cfg.name, plan.group_rows.to_dict(orient="records"), cfg, run_id, dry_run,
                                  policy=config.retry))
@@ -272,6 +284,7 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
     cfg = config.connector(connector)
     run_id = start_run(cfg.name, dry_run, str(flow_run.id) if flow_run.id else None)
     try:
+        admit(cfg)  # a quarantined target: this connector's run ends now, naming it; the others go on
         # Listing is a read: retried by the one retry policy when the target fails transiently.
         plan = plan_task.with_options(**task_options(config.retry))(cfg.name, config, dry_run)
     except Exception as exc:
@@ -324,7 +337,7 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
                     "message": message, "failures": []}
         await _label_run("approved" if decision["decision"] == APPROVED else "forced with --yes")
 
-    refused = None if dry_run else _refused(plan, cfg)
+    refused = None if dry_run else _refused(plan, cfg, config)
     if refused is not None:  # the target cannot take the plan's creates: nothing is sent
         refused, message = refused
         logger.warning("connector=%s %s", cfg.name, message)

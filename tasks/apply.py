@@ -282,15 +282,15 @@ def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Accou
                 run_id: str, policy: RetryPolicy, dry_run: bool, first: int, last: int,
                 events: Optional[dict[str, list[str]]] = None) -> Counts:
     """Apply rows first..last of the plan through the connector's batch method."""
-    from connectors.factory import get_connector
     from prefect.runtime import flow_run
-    from tasks import health
 
-    # Each batch call passes the quarantine gate, so a target that keeps failing is left alone
-    # (Quarantined is transient: the retry loop waits its retry_after), and reports its health.
-    connector = health.guarded(get_connector(cfg, dry_run=dry_run), cfg)
-    counts = apply_rows(rows, accounts, cfg, connector, run_id=run_id, policy=policy, dry_run=dry_run,
-                        flow_run_id=str(flow_run.id) if flow_run.id else None, events=events)
+    from tasks.door import target
+
+    # Through the one door: each call passes the quarantine gate (Quarantined is transient: the retry
+    # loop waits its retry_after) and reports its health, inside a slot of the target's quota.
+    with target(cfg, dry_run=dry_run) as connector:
+        counts = apply_rows(rows, accounts, cfg, connector, run_id=run_id, policy=policy, dry_run=dry_run,
+                            flow_run_id=str(flow_run.id) if flow_run.id else None, events=events)
     log.info("connector=%s rows=%d-%d succeeded=%d failed=%d skipped=%d outcome_unknown=%d", connector_name, first,
              last, counts.succeeded, counts.failed, counts.skipped, counts.outcome_unknown)
     return counts
@@ -456,12 +456,14 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
 def apply_groups(connector_name: str, rows: list[dict], cfg: ConnectorConfig, run_id: str, dry_run: bool,
                  events: Optional[dict[str, list[str]]] = None, policy: Optional[RetryPolicy] = None) -> Counts:
     """Apply the plan's group rows (after its user rows)."""
-    from connectors.factory import get_connector
     from prefect.runtime import flow_run
 
-    counts = apply_group_rows(rows, cfg, get_connector(cfg, dry_run=dry_run), run_id=run_id, dry_run=dry_run,
-                              flow_run_id=str(flow_run.id) if flow_run.id else None, events=events,
-                              policy=policy)
+    from tasks.door import target
+
+    with target(cfg, dry_run=dry_run) as connector:
+        counts = apply_group_rows(rows, cfg, connector, run_id=run_id, dry_run=dry_run,
+                                  flow_run_id=str(flow_run.id) if flow_run.id else None, events=events,
+                                  policy=policy)
     log.info("connector=%s groups rows=%d succeeded=%d failed=%d skipped=%d outcome_unknown=%d", connector_name,
              len(rows), counts.succeeded, counts.failed, counts.skipped, counts.outcome_unknown)
     return counts

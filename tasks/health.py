@@ -253,19 +253,123 @@ def record_results(connector: str, results: list[Any], config: Config | Connecto
         record_failure(connector, next((e for e in errors if _counts(e)), errors[0]), config)
 
 
+def refusal(connector: str) -> Optional[Quarantined]:
+    """The Quarantined a call would meet now (open, its probe not yet due), or None; a read, no lease taken."""
+    h = get(connector)
+    if h is None or h.state != OPEN:
+        return None
+    left = _seconds_until(h.retry_at)
+    return _quarantined(h, left, f"next probe at {_stamp(h.retry_at)}") if left > 0 else None
+
+
 class Guarded:
-    """A connector whose batch calls pass the quarantine gate and report their health (the chunked apply)."""
+    """A connector whose remote calls each pass the quarantine gate and report their health.
 
-    def __init__(self, connector, cfg: ConnectorConfig):
-        self._inner, self._cfg = connector, cfg
+    It declares the connector protocol (connectors/base.py) method by method rather than forwarding
+    whatever is asked, so what goes through the door is exactly the protocol: a call it does not
+    declare is an AttributeError here, not an ungated request. `check_user_name` is local (no request).
+    With `unit`, its holder gates and reports a whole unit of reads itself (an event batch's plan,
+    whose lookups run on several threads): those calls go straight through, so one failed unit counts
+    once. A batch call always passes the gate and reports its own health.
+    """
 
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
+    def __init__(self, connector, cfg: ConnectorConfig, unit: bool = False):
+        self.inner, self._cfg, self._unit = connector, cfg, unit
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def capabilities(self):  # read each time: a connector learns them (its first answer, a profile)
+        return self.inner.capabilities
+
+    def _call(self, method: str, *args, **kwargs):
+        if self._unit:  # its holder gated the whole unit (an event batch's plan) and reports it once
+            return getattr(self.inner, method)(*args, **kwargs)
+        check(self._cfg.name)  # raises Quarantined: the caller's retry policy waits its retry_after
+        try:
+            result = getattr(self.inner, method)(*args, **kwargs)
+        except Exception as exc:
+            record_failure(self._cfg.name, exc, self._cfg)
+            raise
+        record_success(self._cfg.name)
+        return result
+
+    def check_user_name(self, user_name: str) -> None:
+        self.inner.check_user_name(user_name)
+
+    def create_user(self, account):
+        return self._call("create_user", account)
+
+    def get_user(self, remote_id: str):
+        return self._call("get_user", remote_id)
+
+    def find_user(self, **keys):
+        return self._call("find_user", **keys)
+
+    def find_users(self, keys: list):
+        return self._call("find_users", keys)
+
+    def update_user(self, remote_id: str, changes: dict, current):
+        return self._call("update_user", remote_id, changes, current)
+
+    def disable_user(self, remote_id: str) -> None:
+        return self._call("disable_user", remote_id)
+
+    def enable_user(self, remote_id: str) -> None:
+        return self._call("enable_user", remote_id)
+
+    def delete_user(self, remote_id: str) -> None:
+        return self._call("delete_user", remote_id)
+
+    def plan_refusal(self, creates: list):
+        return self._call("plan_refusal", creates)
+
+    def refuses_repeated_user_names(self) -> bool:  # the optimistic create's probe: two creates, a delete
+        return self._call("refuses_repeated_user_names")
+
+    def iter_users(self):
+        """The listing, gated once before its first page and reported once after its last."""
+        return self._listing("iter_users")
+
+    def iter_groups(self):
+        return self._listing("iter_groups")
+
+    def _listing(self, method: str):
+        if self._unit:
+            yield from getattr(self.inner, method)()
+            return
+        check(self._cfg.name)
+        try:
+            yield from getattr(self.inner, method)()
+        except Exception as exc:
+            record_failure(self._cfg.name, exc, self._cfg)
+            raise
+        record_success(self._cfg.name)
+
+    def create_group(self, name: str, member_ids: list, external_id=None):
+        return self._call("create_group", name, member_ids, external_id=external_id)
+
+    def get_group(self, remote_id: str):
+        return self._call("get_group", remote_id)
+
+    def find_group(self, name: str):
+        return self._call("find_group", name)
+
+    def add_members(self, group_id: str, member_ids: list) -> None:
+        return self._call("add_members", group_id, member_ids)
+
+    def remove_members(self, group_id: str, member_ids: list) -> None:
+        return self._call("remove_members", group_id, member_ids)
+
+    def delete_group(self, remote_id: str) -> None:
+        return self._call("delete_group", remote_id)
 
     def apply_batch(self, ops: list, *, max_workers: int = 1) -> list[Any]:
-        check(self._cfg.name)  # raises Quarantined: the apply's retry loop waits its retry_after
+        check(self._cfg.name)
         try:
-            results = self._inner.apply_batch(ops, max_workers=max_workers)
+            results = self.inner.apply_batch(ops, max_workers=max_workers)
         except Exception as exc:
             record_failure(self._cfg.name, exc, self._cfg)
             raise
@@ -273,10 +377,10 @@ class Guarded:
         return results
 
 
-def guarded(connector, cfg: ConnectorConfig) -> Guarded:
-    """Wrap `connector` so its batch calls go through the quarantine gate."""
-    return Guarded(connector, cfg)
+def guarded(connector, cfg: ConnectorConfig, unit: bool = False) -> Guarded:
+    """Wrap `connector` so each of its remote calls goes through the quarantine gate (see Guarded)."""
+    return Guarded(connector.inner if isinstance(connector, Guarded) else connector, cfg, unit)
 
 
-__all__ = ["Quarantined", "check", "record_success", "record_failure", "record_results", "guarded", "get",
+__all__ = ["Quarantined", "check", "record_success", "record_failure", "record_results", "guarded", "refusal", "get",
            "all_health", "as_dict", "describe"]

@@ -61,12 +61,15 @@ def _borrowed(client):
 
 
 @contextmanager
-def connector_slot(connector_name: str, config: Config, occupy: int = 1) -> Iterator[None]:
+def connector_slot(connector_name: str, config: Config | ConnectorConfig, occupy: int = 1) -> Iterator[None]:
     """Hold a slot of the connector's global limits around its remote calls (a no-op without limits)."""
-    try:
-        cfg = config.connector(connector_name)
-    except KeyError:
-        cfg = None
+    if isinstance(config, ConnectorConfig):
+        cfg = config
+    else:
+        try:
+            cfg = config.connector(connector_name)
+        except KeyError:
+            cfg = None
     if cfg is None or not (cfg.max_concurrency or cfg.requests_per_second):
         yield
         return

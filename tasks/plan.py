@@ -658,15 +658,15 @@ def make_plan(config: Config, cfg: ConnectorConfig, connector, session: Session,
 def plan_task(connector_name: str, config: Config, dry_run: bool = False,
               user_ids: Optional[list[str]] = None) -> Plan:
     """Snapshot the target and the desired state (of every user, or of `user_ids`), and diff them into a plan."""
-    from connectors.factory import get_connector
     from models.db import session_scope
     from tasks import retry
+    from tasks.door import target
 
     cfg = config.connector(connector_name)
 
     def snapshot() -> Plan:
-        with session_scope() as session:
-            return make_plan(config, cfg, get_connector(cfg, dry_run=dry_run), session, user_ids)
+        with target(cfg, config, dry_run=dry_run) as connector, session_scope() as session:
+            return make_plan(config, cfg, connector, session, user_ids)
 
     # Listing is a read: a transient failure of the target lists again, by the retry policy.
     return retry.run_task(snapshot, config.retry, f"connector={cfg.name} plan")

@@ -16,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from connectors.errors import AuthFailed, ProvisioningError
-from connectors.factory import evict, get_connector
+from connectors.factory import evict
 from models.config import Config
 from models.db import session_scope
 from models.kinds import NOT_DONE, Action, Intent, OperationStatus
@@ -26,7 +26,7 @@ from models.tables import utcnow
 from tasks import health, retry
 from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows
 from tasks.history import emit_account_events
-from tasks.limits import connector_slot
+from tasks.door import target
 from tasks.optimistic import unseen
 from tasks.plan import DesiredState, Plan, make_plan
 from tasks.runlog import LOGGED_OUTCOMES, artifact_key, log_outcomes, outcome_line, run_logger
@@ -188,8 +188,7 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
     try:
         if any(d.action != Intent.SKIP for _, d in state.decisions.values()):
             health.check(cfg.name)  # raises Quarantined (transient: the retry policy waits), sends nothing
-        connector = health.guarded(get_connector(cfg), cfg)
-        slot.enter_context(connector_slot(cfg.name, config, occupy=1))
+        connector = slot.enter_context(target(cfg, config, occupy=1, unit=True))
         wanted = first_run & set(state.desired["local_id"])  # only a user to provision may be created
         if wanted:
             state = replace(state, unseen=unseen(cfg, connector, wanted, state.mappings["local_id"]))

@@ -19,14 +19,13 @@ from typing import Optional
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from connectors.factory import get_connector
 from models.config import Config
 from models.db import session_scope
 from models.kinds import Action, Intent, OperationStatus
 from models.runstate import operation_row, record_operations
-from tasks import health, retry
+from tasks import retry
 from tasks.apply import apply_rows, event_rows
-from tasks.limits import connector_slot
+from tasks.door import target
 from tasks.plan import make_plan
 from tasks.provision import Outcome, _runtime_ids
 from tasks.store_errors import store_errors_plain
@@ -53,14 +52,13 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
     flow_run_id, _ = _runtime_ids()
     rows = []
     if unknown:
-        connector = health.guarded(get_connector(cfg), cfg)
-        with session_scope() as session, connector_slot(cfg.name, config):
+        with target(cfg, config) as connector, session_scope() as session:
             plan = make_plan(config, cfg, connector, session, unknown)
         rows = [r for r in plan.rows.to_dict(orient="records") if r["local_id"] in set(unknown)]
         for row in rows:
             row["reason"] = f"{READ_BACK}: {row['reason']}"
         if rows:
-            with connector_slot(cfg.name, config):
+            with target(cfg, config) as connector:
                 apply_rows(rows, plan.desired, cfg, connector, run_id=run_id, policy=config.retry,
                            flow_run_id=flow_run_id, events=events)
     drift = {r["local_id"]: r["changes"] or {r["action"]: True} for r in rows}

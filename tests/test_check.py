@@ -8,7 +8,8 @@ from sqlalchemy import inspect
 from typer.testing import CliRunner
 
 from connectors.base import BatchOp
-from connectors.factory import clear_cache, get_connector
+from connectors.factory import clear_cache
+from tasks.door import build
 from deployments.cli import app
 from helpers import write_config
 from models.config import load_config
@@ -61,7 +62,7 @@ def test_a_missing_group_type_is_reported_and_turns_group_sync_off(tmp_path, sql
         (problem,) = [p for p in profile["problems"] if p["severity"] == "error"]
         assert "no Group resource type" in problem["what"] and "groups (staff)" in problem["what"]
         assert problem["fix"] == "remove groups: from connector app, or enable groups on the server"
-        connector = get_connector(load_config(config).connectors[0])
+        connector = build(load_config(config).connectors[0])  # the engine's door reads the stored profile
         assert connector.capabilities.groups is False  # the stored profile drives the connector
         from models.db import session_scope
         from tasks.plan import make_plan
@@ -90,7 +91,7 @@ def test_bulk_limits_are_reported_stored_and_used_without_asking_again(tmp_path,
         assert "warning: the server does not support PATCH" in out
         assert "resource types: User, Group; groups yes" in out
         assert f"enterprise extension yes; custom schemas: {acme}" in out
-        connector = get_connector(load_config(config).connectors[0])
+        connector = build(load_config(config).connectors[0])  # the engine's door reads the stored profile
         assert connector.bulk_limits() == (7, 5_000) and connector.patch_supported() is False
         seen = len(scim.requests)
         from connectors.base import Account

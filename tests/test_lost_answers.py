@@ -154,7 +154,10 @@ def test_a_lost_answer_the_target_cannot_be_read_about_ends_outcome_unknown_and_
 
     plan = SickAfterWrite("/Bulk", "/Groups", writes=2)  # the bulk of creates, then the group create
     with ScimSandbox(unique_user_names=False, faults=plan) as scim:
-        config = write_config(tmp_path, scim, extra_connector="    groups: [all-staff]\n", attempts=3)
+        # Every read fails: the quarantine (which now gates every call, reads and group writes too) is
+        # held off, so the group create is sent and its answer lost as the users' were.
+        config = write_config(tmp_path, scim, extra_connector="    groups: [all-staff]\n    quarantine_after: 1000\n",
+                              attempts=3)
         rows = tmp_path / "users.csv"
         write_csv(rows, "Before", groups="all-staff")
         cli("import", str(rows), "--config", str(config))

@@ -286,10 +286,11 @@ def test_the_run_says_quarantined_when_the_wait_outlasts_the_retries(tmp_path, s
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_reconciliation_waits_out_the_quarantine_and_its_first_chunk_is_the_probe(tmp_path, sqlite_url,
+def test_a_quarantine_opened_mid_run_is_waited_out_and_the_first_chunk_is_the_probe(tmp_path, sqlite_url,
                                                                                       monkeypatch):
     from models.events import EventUser
     from models.identity import upsert_user
+    from tasks.apply import progress_listeners
 
     with ScimSandbox() as scim:
         path = write_config(tmp_path, scim, after=1, initial=4, cap=8, attempts=4, max_delay=5)
@@ -298,9 +299,6 @@ def test_a_reconciliation_waits_out_the_quarantine_and_its_first_chunk_is_the_pr
             for i in range(3):
                 upsert_user(session, EventUser(username=f"rec{i}", email=f"rec{i}@example.com"), "example.com",
                             source="api")
-        health.check("app")  # the target failed a moment ago: quarantined for 4 s
-        health.record_failure("app", TransientError("POST /Bulk: HTTP 503", status=503), cfg)
-        assert health.get("app").state == "open"
 
         def set_probe_due(seconds: float) -> None:
             with session_scope() as session:
@@ -308,9 +306,15 @@ def test_a_reconciliation_waits_out_the_quarantine_and_its_first_chunk_is_the_pr
                 h.retry_at = health.utcnow() + timedelta(seconds=seconds)
                 session.add(h)
 
-        # The first chunk meets the quarantine however long the run's start and listing take, and the
-        # probe falls due (in 1 s) only once the gate has refused it: the refused try and the probe are both seen.
-        set_probe_due(600)
+        def fail_before_the_first_chunk(done: int, total: int) -> None:
+            """The target fails (another worker's call) after this run was admitted and listed it."""
+            if done == 0 and health.get("app") is None:
+                real_check("app")
+                health.record_failure("app", TransientError("POST /Bulk: HTTP 503", status=503), cfg)
+                set_probe_due(600)
+
+        # The first chunk meets the quarantine, and the probe falls due (in 1 s) only once the gate has
+        # refused it: the refused try and the probe are both seen.
         real_check = health.check
 
         def check_then_fall_due(connector: str, *args, **kwargs) -> None:
@@ -321,9 +325,52 @@ def test_a_reconciliation_waits_out_the_quarantine_and_its_first_chunk_is_the_pr
                 raise
 
         monkeypatch.setattr(health, "check", check_then_fall_due)  # observes the real gate; changes nothing it decides
+        listeners = progress_listeners + [fail_before_the_first_chunk]  # this test's own list, undone after it
+        monkeypatch.setattr("tasks.apply.progress_listeners", listeners)
+        monkeypatch.setattr("flows.reconcile.progress_listeners", listeners)
         result = runner.invoke(app, ["reconcile", "--config", str(path)])
         assert result.exit_code == 0 and "succeeded 3, failed 0" in result.output, result.output
         assert health.get("app").state == "closed"
         assert sorted(u["userName"] for u in scim.users()) == ["rec0", "rec1", "rec2"]
     with session_scope() as session:  # the chunk was refused once (nothing sent), then went through as the probe
         assert [(o.status, o.attempts) for o in session.exec(select(Operation))] == [("succeeded", 2)] * 3
+
+
+
+def test_a_reconciliation_of_a_quarantined_target_ends_at_once_and_the_other_connectors_go_on(tmp_path, sqlite_url):
+    """Nothing is sent to the quarantined target, the run fails naming the quarantine and `outbound check`,
+    and the next connector is reconciled as usual."""
+    from models.events import EventUser
+    from models.identity import upsert_user
+    from models.tables import ReconciliationRun
+
+    with ScimSandbox() as scim, ScimSandbox() as other:
+        path = write_config(tmp_path, scim, after=1, initial=600, cap=600)
+        env = f"TEST_QUARANTINE_TOKEN_{uuid.uuid4().hex[:8]}"
+        os.environ[env] = other.token
+        path.write_text(path.read_text() + f"""  - name: other
+    type: scim2
+    scim2:
+      base_url: {other.url}
+      auth: {{type: bearer, token: env:{env}}}
+""")
+        cfg = load_config(path).connector("app")
+        with session_scope() as session:
+            upsert_user(session, EventUser(username="qa", email="qa@example.com"), "example.com", source="api")
+        health.check("app")
+        health.record_failure("app", TransientError("POST /Bulk: HTTP 503", status=503), cfg)
+        seen = len(scim.requests)
+        started = time.monotonic()
+        result = runner.invoke(app, ["reconcile", "--config", str(path)])
+        assert time.monotonic() - started < 300  # it did not wait for the 600 s back-off
+        assert result.exit_code == 1, result.output
+        assert "app: not reconciled: connector app is quarantined" in result.output
+        assert "outbound check --connector app" in result.output
+        assert "other: succeeded: succeeded 1, failed 0" in result.output, result.output
+        assert len(scim.requests) == seen  # not even listed
+        assert [u["userName"] for u in other.users()] == ["qa"] and scim.users() == []
+        assert health.get("app").consecutive_failures == 1  # refused at the door: not counted as a failure
+    with session_scope() as session:
+        runs = {r.connector: r for r in session.exec(select(ReconciliationRun))}
+    assert runs["app"].status == "failed" and "quarantined" in runs["app"].error
+    assert runs["other"].status == "succeeded"

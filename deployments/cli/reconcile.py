@@ -83,7 +83,7 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
     import pandas as pd
 
     from models.db import session_scope
-    from models.identity import upsert_user
+    from models.identity import Preloaded, upsert_user
 
     cfg = read_config(config)
     try:
@@ -97,8 +97,14 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
              f"or attributes.<key> (username is required)")
     good, errors = parse_rows(frame, cfg)
     with session_scope() as session:
-        for _, user in good:
-            upsert_user(session, user, cfg.tenant_domain, source="import")
+        # Read and written a thousand users at a time (as the event API's batches are): a query or two
+        # per user made the import of 10,000 users slower than reconciling them.
+        for first in range(0, len(good), 1000):
+            users = [user for _, user in good[first:first + 1000]]
+            lookups = Preloaded(session, cfg.tenant_domain, users)
+            for user in users:
+                upsert_user(session, user, cfg.tenant_domain, source="import", lookups=lookups)
+            lookups.finish()
     typer.echo(f"imported {len(good)} users from {file}; {len(frame) - len(good)} rows rejected")
     for line in errors:
         typer.echo(line, err=True)
@@ -164,6 +170,7 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
     from connectors.errors import ProvisioningError
     from flows.reconcile import reconcile as reconcile_flow
     from tasks.apply import progress_listeners
+    from tasks.door import TargetQuarantined
 
     quiet_prefect(verbose)
     cfg = read_config(config)
@@ -171,7 +178,7 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
     if connector and connector not in [c.name for c in cfg.connectors]:
         fail(f"no connector {connector!r} in the configuration")
     prefect_ready()
-    results = []
+    results, quarantined = [], []
     with Progress(transient=True) as progress:
         for name in names:
             bar = progress.add_task(f"{'dry-run ' if dry_run else ''}{name}", total=None)
@@ -187,6 +194,9 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
                 results.append(asyncio.run(reconcile_flow(name, trigger="cli", dry_run=dry_run,
                                                           config_path=str(config) if config else None,
                                                           yes=yes, report=path, lock_wait=wait)))
+            except TargetQuarantined as exc:  # this connector only: the others are reconciled as usual
+                quarantined.append(name)
+                typer.echo(f"{name}: not reconciled: {exc}", err=True)
             except ProvisioningError as exc:  # the target refused or could not be reached: say so, no traceback
                 progress.stop()
                 fail(f"{name}: not reconciled: {exc}. Nothing was changed on {name}; check that the target is "
@@ -200,4 +210,5 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
         raise typer.Exit(3)
     if any(r["status"] == RunStatus.BUSY for r in results):
         raise typer.Exit(4)
-    raise typer.Exit(1 if any(r["outcomes"]["failed"] or r["outcomes"].get("outcome_unknown") for r in results) else 0)
+    raise typer.Exit(1 if quarantined or any(r["outcomes"]["failed"] or r["outcomes"].get("outcome_unknown")
+                                             for r in results) else 0)
