@@ -326,8 +326,10 @@ def test_a_quarantine_opened_mid_run_is_waited_out_and_the_first_chunk_is_the_pr
 
         monkeypatch.setattr(health, "check", check_then_fall_due)  # observes the real gate; changes nothing it decides
         listeners = progress_listeners + [fail_before_the_first_chunk]  # this test's own list, undone after it
-        monkeypatch.setattr("tasks.apply.progress_listeners", listeners)
+        # flows.reconcile first: imported by the patch after tasks.apply's, it would bind this test's list
+        # as its own, and the undo would leave it there for every later test.
         monkeypatch.setattr("flows.reconcile.progress_listeners", listeners)
+        monkeypatch.setattr("tasks.apply.progress_listeners", listeners)
         result = runner.invoke(app, ["reconcile", "--config", str(path)])
         assert result.exit_code == 0 and "succeeded 3, failed 0" in result.output, result.output
         assert health.get("app").state == "closed"
