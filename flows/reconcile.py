@@ -25,7 +25,6 @@ from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
-from prefect.flow_runs import pause_flow_run
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
@@ -39,8 +38,7 @@ from models.runstate import abandon_stale_runs, finish_run, running_reconciliati
 from tasks.apply import Counts, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
 from tasks.door import admit
-from tasks.guard import (APPROVED, FORCED, REJECTED, STOPPED, Approval, Decision, approval_description, cli_user,
-                         dry_run_verdict, plan_hash, record_decision)
+from tasks.guard import Approval, Decision, dry_run_verdict, plan_hash, settle, stopped_words
 from tasks.plan import Plan, plan_task
 from tasks.retry import task_options
 from tasks.runlog import artifact_key, log_outcomes
@@ -310,32 +308,20 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
     if dry_run:
         logger.info("connector=%s dry run: nothing will be written. %s", cfg.name, _guard_line(plan))
 
-    decision = None
-    if plan.guard_tripped and not dry_run:
-        message = (f"the plan would delete or disable {plan.deletions} accounts on {cfg.name}, more than "
-                   f"max_deletions {plan.threshold}")
-        if yes:
-            decision = {"decision": FORCED, "by": f"{cli_user()} (--yes)", "comment": message}
-            logger.warning("connector=%s %s: applied without review because --yes was given (by %s)",
-                           cfg.name, message, decision["by"])
-        elif deployment.id:  # a deployment run: wait for an operator in the Prefect UI
-            decision = await _ask_approval(plan, run_id, message, digest, drift_link)
-        else:
-            decision = {"decision": STOPPED, "by": None, "comment": message}
-            logger.warning("connector=%s %s: stopped by the deletion guard, nothing applied; review the plan "
-                           "(outbound reconcile --dry-run --report plan.csv) and re-run with --yes to apply it",
-                           cfg.name, message)
-        decision["plan_hash"] = digest
-        record_decision(run_id, decision["decision"], decision["by"], decision["comment"], digest)
+    # A deployment run can pause for an operator in the Prefect UI; a CLI run cannot.
+    settled = None if dry_run else await settle(plan, run_id, digest, forced=yes, can_pause=bool(deployment.id),
+                                                drift_link=drift_link)
+    decision = settled.decision if settled else None
+    if settled:
         result["decision"] = decision
-        if decision["decision"] in (REJECTED, STOPPED):
-            status = RunStatus.REJECTED if decision["decision"] == REJECTED else STOPPED_BY_GUARD
-            finish_run(run_id, status, counts, {}, message)
-            _summary_artifact(plan, status, Counts(skipped=len(plan.rows) + len(plan.group_rows)), dry_run, decision)
-            await _label_run("rejected" if status == RunStatus.REJECTED else "stopped by guard")
-            return {**result, "status": status, "outcomes": Counts().as_dict(),
-                    "message": message, "failures": []}
-        await _label_run("approved" if decision["decision"] == APPROVED else "forced with --yes")
+        if settled.stops:
+            finish_run(run_id, settled.status, counts, {}, settled.message)
+            _summary_artifact(plan, settled.status, Counts(skipped=len(plan.rows) + len(plan.group_rows)), dry_run,
+                              decision)
+            await _label_run(settled.label)
+            return {**result, "status": settled.status, "outcomes": Counts().as_dict(),
+                    "message": settled.message, "failures": []}
+        await _label_run(settled.label)
 
     refused = None if dry_run else _refused(plan, cfg, config)
     if refused is not None:  # the target cannot take the plan's creates: nothing is sent
@@ -367,26 +353,6 @@ async def _run_locked(config: Config, connector: str, dry_run: bool, yes: bool, 
     return {**result, "status": status, "outcomes": outcome.as_dict(), "failures": outcome.failures[:50]}
 
 
-async def _ask_approval(plan: Plan, run_id: str, message: str, digest: str, drift_link: Optional[str]) -> dict:
-    """Pause this deployment run for an operator's Approval; return the decision (who, what, why)."""
-    logger = get_run_logger()
-    logger.warning("connector=%s %s: pausing for approval (plan sha256 %s)", plan.connector, message, digest[:16])
-    form = Approval.with_initial_data(description=approval_description(
-        plan.connector, plan.counts(), plan.deletions, plan.threshold, digest, drift_link))
-    try:
-        answer = await pause_flow_run(wait_for_input=form, timeout=24 * 3600, poll_interval=5)
-    except Exception as exc:  # no answer within the timeout: the run fails, the row must not stay `running`
-        finish_run(run_id, RunStatus.FAILED, plan.counts(), {}, f"no decision: {type(exc).__name__}: {exc}")
-        raise
-    if answer.decision == Decision.approve:
-        logger.info("connector=%s approved by %s: %s (plan sha256 %s)", plan.connector, answer.approver,
-                    answer.comment or "no comment", digest[:16])
-        return {"decision": APPROVED, "by": answer.approver, "comment": answer.comment}
-    logger.warning("connector=%s rejected by %s: %s (plan sha256 %s): nothing applied", plan.connector,
-                   answer.approver, answer.comment or "no comment", digest[:16])
-    return {"decision": REJECTED, "by": answer.approver, "comment": answer.comment}
-
-
 def next_step(result: dict, first: Optional[dict]) -> str:
     """The target and the command to run next: `outbound check` for a refused credential, else the run again."""
     name, target = result["connector"], result.get("target_url")
@@ -415,8 +381,7 @@ def final_state(result: dict) -> "dict | State":
         d = result["decision"] or {}
         return Cancelled(message=f"rejected by {d.get('by') or '?'}: {d.get('comment') or 'no comment'}", data=result)
     if status == STOPPED_BY_GUARD:
-        return Cancelled(message=f"stopped by the deletion guard: {result['message']}; nothing applied, re-run "
-                                 f"with --yes to apply", data=result)
+        return Cancelled(message=stopped_words(name, result["message"]), data=result)
     if status == RunStatus.BUSY:
         return Cancelled(message=result["message"], data=result)
     if result.get("dry_run") and "guard_tripped" in result:  # green, but saying what the real run would do

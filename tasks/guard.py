@@ -1,23 +1,29 @@
-"""The deletion guard's decisions: the approval form, the plan's hash, and the audit record.
+"""The deletion guard's decisions: the approval dialogue, the plan's hash, and the audit record.
 
 A plan that deletes or disables more than a connector's max_deletions is not applied unreviewed.
-Whoever decides (an operator in the Prefect UI, or the CLI's --yes) is recorded on the
-reconciliation run with the decision, the comment, the time and the hash of the plan rows decided
-on, so an audit can tell which plan was approved even after the target has changed.
+`settle` is the one place that decides what happens then: forced (the CLI's --yes), paused for an
+operator's Approval in the Prefect UI (a deployment run), or stopped (a CLI run without --yes).
+Whoever decides is recorded on the reconciliation run with the decision, the comment, the time and
+the hash of the plan rows decided on, so an audit can tell which plan was approved even after the
+target has changed. What to do after a stop is worded once (`stopped_words`), for the flow's log,
+its final state and the CLI alike.
 """
 
 import getpass
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Optional
 
+from prefect import get_run_logger
+from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
 from models.kinds import Action, RunStatus
-from models.runstate import last_reconciliations, record_decision
+from models.runstate import finish_run, last_reconciliations, record_decision
 
 APPROVED, REJECTED, STOPPED, FORCED = "approved", "rejected", "stopped", "forced"
 
@@ -79,6 +85,92 @@ def approval_description(connector: str, counts: dict, deletions: int, threshold
         lines += ["", f"Review the rows first: [drift table]({drift_link})."]
     lines += ["", "Choose *approve* or *reject* and give your name; nothing is chosen for you."]
     return "\n".join(lines)
+
+
+def rerun_advice(connector: str) -> str:
+    """How to go on after a guard stop: review the plan, then run it again with --yes."""
+    return (f"review the plan (outbound reconcile --connector {connector} --dry-run --report plan.csv), then "
+            f"re-run with --yes to apply it")
+
+
+def stopped_words(connector: str, message: str) -> str:
+    """A run the guard stopped, in one sentence: why, that nothing was applied, and what to do next."""
+    return f"stopped by the deletion guard: {message}; nothing applied; {rerun_advice(connector)}"
+
+
+# The run's name suffix after each decision (`reconcile app (approved)`).
+LABELS = {APPROVED: "approved", FORCED: "forced with --yes", REJECTED: "rejected", STOPPED: "stopped by guard"}
+# How long a paused run waits for its Approval before it fails (nothing applied), and how often it looks.
+APPROVAL_TIMEOUT, APPROVAL_POLL = 24 * 3600, 5
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The guard's decision on a plan that tripped it: the decision as stored, and the guard's sentence."""
+
+    decision: dict  # decision, by, comment, plan_hash: the row record_decision stored
+    message: str  # "the plan would delete or disable N accounts on X, more than max_deletions M"
+
+    @property
+    def stops(self) -> bool:
+        """Nothing is applied: rejected in the UI, or stopped for want of --yes."""
+        return self.decision["decision"] in (REJECTED, STOPPED)
+
+    @property
+    def status(self) -> RunStatus:
+        """The run's status when it stops here."""
+        return RunStatus.REJECTED if self.decision["decision"] == REJECTED else RunStatus.STOPPED_BY_GUARD
+
+    @property
+    def label(self) -> str:
+        """The run's name suffix for the decision."""
+        return LABELS[self.decision["decision"]]
+
+
+async def settle(plan, run_id: str, digest: str, forced: bool, can_pause: bool,
+                 drift_link: Optional[str] = None) -> Optional[Settled]:
+    """Decide a real run's plan at the deletion guard and record the decision; None when it passes.
+
+    Forced (--yes) applies it, naming who forced it; a run that can pause (a deployment run) waits
+    for an operator's Approval; any other run (the CLI without --yes) stops, nothing applied.
+    """
+    if not plan.guard_tripped:
+        return None
+    logger = get_run_logger()
+    message = (f"the plan would delete or disable {plan.deletions} accounts on {plan.connector}, more than "
+               f"max_deletions {plan.threshold}")
+    if forced:
+        decision = {"decision": FORCED, "by": f"{cli_user()} (--yes)", "comment": message}
+        logger.warning("connector=%s %s: applied without review because --yes was given (by %s)",
+                       plan.connector, message, decision["by"])
+    elif can_pause:
+        decision = await _ask_approval(plan, run_id, message, digest, drift_link)
+    else:
+        decision = {"decision": STOPPED, "by": None, "comment": message}
+        logger.warning("connector=%s %s", plan.connector, stopped_words(plan.connector, message))
+    decision["plan_hash"] = digest
+    record_decision(run_id, decision["decision"], decision["by"], decision["comment"], digest)
+    return Settled(decision, message)
+
+
+async def _ask_approval(plan, run_id: str, message: str, digest: str, drift_link: Optional[str]) -> dict:
+    """Pause this deployment run for an operator's Approval; return the decision (who, what, why)."""
+    logger = get_run_logger()
+    logger.warning("connector=%s %s: pausing for approval (plan sha256 %s)", plan.connector, message, digest[:16])
+    form = Approval.with_initial_data(description=approval_description(
+        plan.connector, plan.counts(), plan.deletions, plan.threshold, digest, drift_link))
+    try:
+        answer = await pause_flow_run(wait_for_input=form, timeout=APPROVAL_TIMEOUT, poll_interval=APPROVAL_POLL)
+    except Exception as exc:  # no answer within the timeout: the run fails, the row must not stay `running`
+        finish_run(run_id, RunStatus.FAILED, plan.counts(), {}, f"no decision: {type(exc).__name__}: {exc}")
+        raise
+    if answer.decision == Decision.approve:
+        logger.info("connector=%s approved by %s: %s (plan sha256 %s)", plan.connector, answer.approver,
+                    answer.comment or "no comment", digest[:16])
+        return {"decision": APPROVED, "by": answer.approver, "comment": answer.comment}
+    logger.warning("connector=%s rejected by %s: %s (plan sha256 %s): nothing applied", plan.connector,
+                   answer.approver, answer.comment or "no comment", digest[:16])
+    return {"decision": REJECTED, "by": answer.approver, "comment": answer.comment}
 
 
 # A real run that ended so holds its deletions back: nothing was applied, and only a later real run

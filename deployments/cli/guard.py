@@ -25,10 +25,9 @@ def dry_run_verdict(result: dict) -> str:
 
 def stopped_line(result: dict) -> str:
     """A reconcile the guard stopped: nothing applied, how to review the plan and apply it."""
-    name = result["connector"]
-    return (f"{name}: stopped by the deletion guard: {result['message']}; nothing applied. Review the plan "
-            f"(outbound reconcile --connector {name} --dry-run --report plan.csv), then run again with "
-            f"--yes to apply it")
+    from tasks.guard import stopped_words
+
+    return f"{result['connector']}: {stopped_words(result['connector'], result['message'])}"
 
 
 def status_name(status: Optional[str]) -> Optional[str]:
@@ -46,13 +45,13 @@ def decision_of(run: dict) -> Optional[dict]:
 
 def held_line(connector: str, held: dict) -> str:
     """The deletions the guard holds back since the last real run, and what settles them."""
-    from tasks.guard import STOPPED, decision_words, held_words
+    from tasks.guard import STOPPED, decision_words, held_words, rerun_advice
 
-    review = f"review with `outbound reconcile --connector {connector} --dry-run --report plan.csv`"
     if held["decision"] == STOPPED:
         return (f"{connector}: held: {held_words(held)}: the last real reconciliation ({held['at']} UTC) stopped at "
                 f"the deletion guard, nothing applied: {held.get('message') or 'too many deletions'}. Nothing is "
-                f"waiting; {review}, then re-run with --yes.")
+                f"waiting; {rerun_advice(connector)}.")
+    review = f"review with `outbound reconcile --connector {connector} --dry-run --report plan.csv`"
     return (f"{connector}: held: {held_words(held)}: deletion guard {decision_words(held)} at {held['at']} UTC, "
             f"nothing applied (plan sha256 {str(held.get('plan_hash') or '')[:12]}). Held until a real run: "
             f"{review}, then `outbound reconcile --connector {connector}` (approve it, or --yes).")
