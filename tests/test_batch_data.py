@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def test_users_are_read_once_and_the_policy_decided_once_per_connector(tmp_path, sqlite_url, monkeypatch):
     import tasks.desired as desired
-    import tasks.plan as plan
+    import tasks.plan.wanted as plan  # desired_state's own module: where it looks its names up
     import tasks.policy as policy
     from flows.provision import provision_user
     from models.ingest import accept
