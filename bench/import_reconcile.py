@@ -55,7 +55,7 @@ RULES = [
                                                         "concurrency/", "logging/", "states", "results"))),
     ("POST /Bulk", lambda f: _fn(f) in ("apply_batch", "_send_bulk", "_split_after_413")),
     ("listing the target", lambda f: _fn(f) in ("iter_users", "list_users", "snapshot", "_page")),
-    ("planning", lambda f: "tasks/plan.py" in f or "tasks/desired.py" in f),
+    ("planning", lambda f: "tasks/plan/" in f or "tasks/desired.py" in f),
     ("idle (the lease keeper)", lambda f: _fn(f) == "keep"),
 ]
 OURS = re.compile(r"\((flows|tasks|connectors|models|deployments)/")  # py-spy names files relative to sys.path

@@ -1,6 +1,6 @@
 """Whether a target's value is the value we want: the one comparison rule.
 
-The plan (`tasks/plan.py` `_differs`, its vectorised twin over frames), the connectors
+The plan (`tasks/plan/delta.py` `_differs`, its vectorised twin over frames), the connectors
 (`connectors/base.py` `differences`) and the lost-answer check (`connectors/outcome.py`) all ask
 this module, so a write the outcome check reads as applied is one the planner sees no drift in.
 
