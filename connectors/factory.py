@@ -6,7 +6,7 @@ stored) is handed in by the caller (tasks/door.py reads it), never read here.
 
 import importlib
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from connectors.base import Connector
 from connectors.errors import ConfigError
@@ -19,11 +19,13 @@ _profiled: set[tuple[str, str, bool]] = set()  # cached connectors that were han
 _lock = threading.Lock()
 
 
-def get_connector(cfg: ConnectorConfig, dry_run: bool = False, profile: Optional[dict] = None) -> Connector:
+def get_connector(cfg: ConnectorConfig, dry_run: bool = False,
+                  profile: Optional[dict] | Callable[[], Optional[dict]] = None) -> Connector:
     """The connector for `cfg`, reusing its session (and pooled connections) across calls.
 
     `profile`: the target's stored capabilities, for a connector that acts on them (`uses_profile`);
-    without one it asks the target itself. A cached connector built without one takes it later.
+    without one it asks the target itself. A cached connector built without one takes it later. A
+    callable is asked only then, so a connector that already holds its profile costs no store read.
     """
     key = (cfg.name, cfg.model_dump_json(), dry_run)
     with _lock:
@@ -35,8 +37,10 @@ def get_connector(cfg: ConnectorConfig, dry_run: bool = False, profile: Optional
             except SecretError as exc:
                 raise ConfigError(f"connector {cfg.name}: {exc}") from None
         if profile is not None and key not in _profiled and connector.capabilities.uses_profile:
-            connector.use_profile(profile)
-            _profiled.add(key)
+            profile = profile() if callable(profile) else profile
+            if profile is not None:
+                connector.use_profile(profile)
+                _profiled.add(key)
         return connector
 
 

@@ -43,8 +43,11 @@ def profile_of(cfg: ConnectorConfig) -> Optional[dict]:
 
 
 def build(cfg: ConnectorConfig, dry_run: bool = False):
-    """The bare connector, with its stored profile: for a caller that only checks names, or wraps it itself."""
-    return get_connector(cfg, dry_run=dry_run, profile=profile_of(cfg))
+    """The bare connector, with its stored profile: for a caller that only checks names, or wraps it itself.
+
+    The profile is read from the store only while the cached connector has none (each chunk of a
+    reconciliation and each event batch comes through here)."""
+    return get_connector(cfg, dry_run=dry_run, profile=lambda: profile_of(cfg))
 
 
 def admit(cfg: ConnectorConfig) -> None:
