@@ -14,10 +14,12 @@ from models.config import ORG_TRIGGERS, Config, ConnectorConfig
 from models.directory import normalized_dn
 from models.directory_state import entry_of, watermark
 from models.identity import UserView
+from models.kinds import Action, Intent, OperationStatus
 from models.mapping import local_values
 from models.patterns import PatternError
 from models.runstate import get_mapping, last_operation, recent_flow_runs
 from models.suspensions import suspended
+from tasks.guard import STOPPED, held_decisions
 from tasks.policy import decide, held_names, scope
 from tasks.pull import settings_hash
 from tasks.staged import pending_line
@@ -144,8 +146,6 @@ def run_words(run: dict) -> str:
 
 def _held(held: Optional[dict], decision, mapping, last: Optional[dict]) -> Optional[str]:
     """The user's deprovisioning the guard holds on this connector, in words; None when nothing is held."""
-    from models.kinds import Action, Intent, OperationStatus
-    from tasks.guard import STOPPED
 
     if held is None or mapping is None or decision.action != Intent.DEPROVISION or decision.mode == "none":
         return None
@@ -171,8 +171,6 @@ def _delete_pending(session: Session, cfg, user_id: str) -> Optional[str]:
 
 def explain(session: Session, user: UserView, config: Config, connector: Optional[str] = None) -> list[ConnectorExplanation]:
     """One explanation per connector (or just `connector`)."""
-    from tasks.guard import held_decisions
-
     out = []
     held = held_decisions(session)
     for cfg in config.connectors:
