@@ -153,10 +153,10 @@ def _run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
     # them holds a future.
     users, events, config_ = quote(batch.user_ids), quote(batch.events), quote(config)
     first_run = frozenset(batch.first_run)
-    resolved = resolve_policy(users, config_, label)
+    resolved = resolve_policy(events, config_, label)  # the batch's events ride on from here
     for who, ds in list(resolved.by_name().items())[:50]:
         logger.info("user=%s %s", who, "; ".join(f"{d.connector}: {d.action} ({d.reason})" for d in ds))
-    resolved = quote(resolved)  # the users and decisions ride on to each connector's generate-username
+    resolved = quote(resolved)  # the users, decisions and events ride on to each connector's generate-username
     # Each step is submitted only once the one before it has succeeded, so a connector that fails
     # shows its failed step and nothing after it (no task left NotReady behind it).
     named = {cfg.name: generate_username.with_options(**options).submit(cfg.name, users, config_, resolved)
@@ -164,12 +164,12 @@ def _run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
     provisioning, per_user = {}, {u: [] for u in batch.user_ids}
     for name, future in named.items():
         try:
-            provisioning[name] = provision.with_options(**options).submit(name, quote(future.result()), events,
-                                                                        config_, run_id, quote(first_run))
+            provisioning[name] = provision.with_options(**options).submit(name, quote(future.result()), config_,
+                                                                        run_id, quote(first_run))
         except Exception as exc:  # no desired state: provision never ran, so record the failure here
             _raise_if_store_down(exc)
             failed = _failed(name, exc, batch, logger)
-            record_failures(failed, batch.events, run_id, str(flow_run.id) if flow_run.id else None)
+            record_failures(failed, run_id, str(flow_run.id) if flow_run.id else None)
             _add(per_user, failed)
     checking = {}
     for name, future in provisioning.items():
@@ -179,7 +179,7 @@ def _run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
             _raise_if_store_down(exc)
             outcomes = _failed(name, exc, batch, logger)
         else:
-            checking[name] = reconcile.with_options(**options).submit(name, quote(outcomes), events, config_, run_id)
+            checking[name] = reconcile.with_options(**options).submit(name, quote(outcomes), config_, run_id)
         _add(per_user, outcomes)
     for name, future in checking.items():
         try:
@@ -208,7 +208,8 @@ def _failed(name: str, exc: BaseException, batch: Batch, logger) -> list[Outcome
     elif logger is not None:
         logger.warning("connector=%s failed for the batch: %s: %s", name, code, exc)
     return [Outcome(name, Intent.PROVISION, Action.NONE, OperationStatus.FAILED, "the connector failed for the batch",
-                    error=f"{code}: {exc}", user_id=u, entity_name=batch.names.get(u), code=code) for u in batch.user_ids]
+                    error=f"{code}: {exc}", user_id=u, entity_name=batch.names.get(u), code=code,
+                    events=tuple(ids)) for u, ids in batch.events.items()]
 
 
 def event_status(outcomes: list[Outcome]) -> tuple[EventStatus, Optional[str]]:

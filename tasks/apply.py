@@ -26,6 +26,7 @@ from models.suspensions import clear_suspended, record_suspended
 from models.tables import utcnow
 from tasks import retry
 from tasks.history import change_of_row, emit_account_events
+from tasks.origin import EventBatch, Origin, Reconciliation
 from tasks.plan import group_owned
 from tasks.retry import Tries
 from tasks.runlog import LOGGED_OUTCOMES, keep_first, outcome_line
@@ -116,7 +117,8 @@ def _with_retries(connector, ops: list[BatchOp], workers: int, policy: RetryPoli
                            label=f"connector={connector.name}", logger=log)
 
 
-def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple]]) -> list[dict]:
+def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple]],
+                  task_run_id: Optional[str] = None) -> list[dict]:
     """One OperationAttempt row per try: the earlier ones failed; the last one ended as its operation did."""
     out = []
     for op_id, op, history in zip(op_ids, op_rows, tries):
@@ -127,9 +129,26 @@ def _attempt_rows(op_ids: list[int], op_rows: list[dict], tries: list[list[tuple
             else:
                 status, code, message = FAILED, _code(error), str(error)
             out.append({"operation_id": op_id, "number": number, "status": status, "error_code": code,
-                        "error_message": message, "flow_run_id": op["flow_run_id"], "started_at": started,
-                        "finished_at": finished})
+                        "error_message": message, "flow_run_id": op["flow_run_id"], "task_run_id": task_run_id,
+                        "started_at": started, "finished_at": finished})
     return out
+
+
+def record_rows(session, origin: Origin, op_rows: list[dict], tries: Optional[list[list[tuple]]] = None,
+                task_run_id: Optional[str] = None) -> None:
+    """Record operation rows, each under the events it answers, with every try of each (`tries`, per row).
+
+    The one place event ids are stamped: every path that records operations (apply, the event batch's
+    quiet rows, failures, read-backs) records them here, under its `origin`.
+    """
+    rows, source = origin.stamp(op_rows)
+    sent = [(k, tries[i]) for k, i in enumerate(source) if tries[i]] if tries else []
+    if not sent:
+        record_operations(session, rows)
+        return
+    ids = record_operations(session, rows, ids=True)
+    record_attempts(session, _attempt_rows([ids[k] for k, _ in sent], [rows[k] for k, _ in sent],
+                                           [h for _, h in sent], task_run_id))
 
 
 def _failed_status(error: BaseException) -> str:
@@ -163,36 +182,14 @@ def _adopt(connector, cfg: ConnectorConfig, row: dict) -> Optional[Account]:
     return found if owner in (None, row["local_id"]) else None
 
 
-def event_rows(op_rows: list[dict], events: Optional[dict[str, list[str]]], run_id: str) -> list[dict]:
-    """Give each operation row its event: the user's latest event of the batch, or the reconciliation.
-
-    When a batch coalesced several events of one user, the same outcome is recorded for each, so every
-    event can be asked what became of it. A group's create (`_member` a tuple: the group's members in
-    the batch) is recorded for each of its members' events, or for every event of the batch when none
-    of its users is a member: each asked for the group to exist.
-    """
-    if events is None:
-        return op_rows
-    out = []
-    for row in op_rows:
-        member = row.get("_member")
-        if isinstance(member, tuple):
-            ids = [e for user in (member or events) for e in events.get(user, [])]
-        else:
-            ids = events.get(row["entity_id"]) or events.get(member or "")
-        ids = ids or [f"reconcile:{run_id}"]
-        for event_id in reversed(ids):
-            out.append({**{k: v for k, v in row.items() if k != "_member"}, "event_id": event_id})
-    return out
-
-
 def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorConfig, connector, *,
                run_id: str, policy: RetryPolicy, dry_run: bool = False,
-               flow_run_id: Optional[str] = None, events: Optional[dict[str, list[str]]] = None) -> Counts:
+               flow_run_id: Optional[str] = None, origin: Optional[Origin] = None) -> Counts:
     """Apply one chunk of plan rows and record each outcome; never raises for one row.
 
-    `events`: for an event batch, local id -> the batch's event ids of that user, oldest first.
+    `origin`: where the rows come from (an event batch); else they are a chunk of the reconciliation `run_id`.
     """
+    origin = origin or Reconciliation(run_id)
     counts = Counts()
     todo = [(i, op) for i, row in enumerate(rows) if (op := _batch_op(row, accounts)) is not None]
     outcomes: list[Any] = [None] * len(rows)
@@ -246,41 +243,31 @@ def apply_rows(rows: list[dict], accounts: dict[str, Account], cfg: ConnectorCon
         counts.add_line(row["entity_name"], cfg.name, action, status, dry_run, remote_id, error)
         op_rows.append(operation_row(
             cfg.name, row["local_id"] or remote_id or "-", row["entity_name"],
-            SKIP if status == SKIPPED else row.get("decision") or PROVISION, event_id=f"reconcile:{run_id}",
+            SKIP if status == SKIPPED else row.get("decision") or PROVISION, event_id=origin.run_event,
             operation=action, status=status, attempts=n, reason=row["reason"], error_code=_code(error),
             error_message=str(error) if error else None, remote_id=remote_id, remote_name=row["user_name"],
             drift=row["changes"], flow_run_id=flow_run_id, started_at=tried[0][0] if tried else now, finished_at=now))
     if dry_run:
         return counts
-    if events is not None:
+    if isinstance(origin, EventBatch):  # the batch's outcomes per user are read from its rows
         counts.operations.extend(op_rows)
-        op_rows = event_rows(op_rows, events, run_id)
-        history = _spread(history, rows, events)
     with session_scope() as session:  # operations and mappings in one transaction
         link_accounts(session, cfg.name, new_maps)
         if gone_remote:
             unlink_accounts(session, cfg.name, gone_remote)
         record_suspended(session, cfg.name, suspended_now, now)
         clear_suspended(session, cfg.name, suspension_over)
-        # Every try of every row, in bulk: the operations' ids come back in the order they were given.
-        sent = [(k, h) for k, h in enumerate(history) if h]
-        if sent:
-            ids = record_operations(session, op_rows, ids=True)
-            record_attempts(session, _attempt_rows(
-                [ids[k] for k, _ in sent], [op_rows[k] for k, _ in sent], [h for _, h in sent]))
-        else:
-            record_operations(session, op_rows)
-    if events is None:  # a reconciliation's chunk: its changes in the users' histories (an event batch's: report())
+        record_rows(session, origin, op_rows, history)
+    if isinstance(origin, Reconciliation):  # its changes in the users' histories (an event batch's: report())
         emit_account_events(cfg.name, map(change_of_row, op_rows), flow_run_id,
-                            related=[{"prefect.resource.id": f"outbound.reconciliation.{run_id}",
+                            related=[{"prefect.resource.id": f"outbound.reconciliation.{origin.run_id}",
                                       "prefect.resource.role": "reconciliation"}])
     return counts
 
 
 @task(name="apply-chunk", task_run_name="apply {connector_name} rows {first}-{last}", cache_policy=NO_CACHE)
 def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Account], cfg: ConnectorConfig,
-                run_id: str, policy: RetryPolicy, dry_run: bool, first: int, last: int,
-                events: Optional[dict[str, list[str]]] = None) -> Counts:
+                run_id: str, policy: RetryPolicy, dry_run: bool, first: int, last: int) -> Counts:
     """Apply rows first..last of the plan through the connector's batch method."""
     from prefect.runtime import flow_run
 
@@ -290,19 +277,10 @@ def apply_chunk(connector_name: str, rows: list[dict], accounts: dict[str, Accou
     # loop waits its retry_after) and reports its health, inside a slot of the target's quota.
     with target(cfg, dry_run=dry_run) as connector:
         counts = apply_rows(rows, accounts, cfg, connector, run_id=run_id, policy=policy, dry_run=dry_run,
-                            flow_run_id=str(flow_run.id) if flow_run.id else None, events=events)
+                            flow_run_id=str(flow_run.id) if flow_run.id else None)
     log.info("connector=%s rows=%d-%d succeeded=%d failed=%d skipped=%d outcome_unknown=%d", connector_name, first,
              last, counts.succeeded, counts.failed, counts.skipped, counts.outcome_unknown)
     return counts
-
-
-def _spread(history: list[list[tuple]], rows: list[dict], events: dict[str, list[str]]) -> list[list[tuple]]:
-    """The tries of each row, repeated for every event the row is recorded under (see event_rows)."""
-    out = []
-    for row, tried in zip(rows, history):
-        key = row["local_id"] or row["remote_id"] or "-"
-        out += [tried] * max(1, len(events.get(key) or ()))
-    return out
 
 
 def chunks(rows: list[dict], size: int) -> list[tuple[int, list[dict]]]:
@@ -357,7 +335,7 @@ def _members_in_effect(connector, group_remote_id: str, member_ids: list[str], p
 
 
 def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_id: str, dry_run: bool = False,
-                     flow_run_id: Optional[str] = None, events: Optional[dict[str, list[str]]] = None,
+                     flow_run_id: Optional[str] = None, origin: Optional[Origin] = None,
                      policy: Optional[RetryPolicy] = None) -> Counts:
     """Apply the plan's group rows: create missing groups, then one add and one remove call per group.
 
@@ -365,8 +343,10 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
     A call that fails transiently is retried by `policy` like a user row, and, as for a user row,
     the target is read first: a group create whose answer was lost is found by name rather than
     made twice, a member change found in effect is not sent again. On a dry run the connector refuses
-    each write (DryRunRejected): its rows count as would-apply, and nothing is recorded.
+    each write (DryRunRejected): its rows count as would-apply, and nothing is recorded. `origin`: as
+    for `apply_rows`.
     """
+    origin = origin or Reconciliation(run_id)
     policy = policy or RetryPolicy()
     counts, op_rows, group_maps = Counts(), [], []
     by_group: dict[str, list[dict]] = {}
@@ -386,7 +366,7 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
                         group_remote_id, error)
         op_rows.append(operation_row(
             cfg.name, group_id or row["group"], row["entity_name"], SKIP if status == SKIPPED else Intent.GROUP,
-            event_id=f"reconcile:{run_id}", entity_type="group", operation=row["action"], status=status,
+            event_id=origin.run_event, entity_type="group", operation=row["action"], status=status,
             attempts=0 if status == SKIPPED else tries, reason=reason or row["reason"], error_code=_code(error),
             error_message=str(error) if error else None, remote_id=group_remote_id, remote_name=row["group"],
             flow_run_id=flow_run_id, started_at=started, finished_at=utcnow(),
@@ -396,7 +376,7 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
         group_id, group_remote_id = group_rows[0]["group_id"], group_rows[0]["group_remote_id"]
         creates = [r for r in group_rows if r["action"] == Action.GROUP_CREATE]
         failed: Optional[BaseException] = None
-        # A create is the concern of the group's members in the batch (see event_rows).
+        # A create is the concern of the group's members in the batch (see EventBatch.stamp).
         in_group = tuple(sorted({r["local_id"] for r in group_rows if r["local_id"]}))
         for row in creates:
             started, tries, reason = utcnow(), 1, None
@@ -439,22 +419,20 @@ def apply_group_rows(rows: list[dict], cfg: ConnectorConfig, connector, *, run_i
                         tries=tries)
     if dry_run:
         return counts
-    if events is not None:
+    if isinstance(origin, EventBatch):
         counts.operations.extend(op_rows)
-    op_rows = event_rows(op_rows, events, run_id) if events is not None else [
-        {k: v for k, v in r.items() if k != "_member"} for r in op_rows]
     with session_scope() as session:
         link_accounts(session, cfg.name, [{"local_id": group_id, "remote_id": group_remote_id, "remote_name": name,
                                            "pushed_hash": None} for group_id, group_remote_id, name in group_maps],
                       entity_type="group")
         if op_rows:
-            record_operations(session, op_rows)
+            record_rows(session, origin, op_rows)
     return counts
 
 
 @task(name="apply-groups", task_run_name="apply {connector_name} groups", cache_policy=NO_CACHE)
 def apply_groups(connector_name: str, rows: list[dict], cfg: ConnectorConfig, run_id: str, dry_run: bool,
-                 events: Optional[dict[str, list[str]]] = None, policy: Optional[RetryPolicy] = None) -> Counts:
+                 policy: Optional[RetryPolicy] = None) -> Counts:
     """Apply the plan's group rows (after its user rows)."""
     from prefect.runtime import flow_run
 
@@ -462,8 +440,7 @@ def apply_groups(connector_name: str, rows: list[dict], cfg: ConnectorConfig, ru
 
     with target(cfg, dry_run=dry_run) as connector:
         counts = apply_group_rows(rows, cfg, connector, run_id=run_id, dry_run=dry_run,
-                                  flow_run_id=str(flow_run.id) if flow_run.id else None, events=events,
-                                  policy=policy)
+                                  flow_run_id=str(flow_run.id) if flow_run.id else None, policy=policy)
     log.info("connector=%s groups rows=%d succeeded=%d failed=%d skipped=%d outcome_unknown=%d", connector_name,
              len(rows), counts.succeeded, counts.failed, counts.skipped, counts.outcome_unknown)
     return counts

@@ -4,10 +4,11 @@ The rules themselves are pure (`tasks.policy`, `tasks.username`); these two task
 users and what is already provisioned, and hand them to the rules through the planner. The data
 rides the DAG: resolve-policy reads the users once and decides once per user and connector, and
 its result (`Resolved`) is what each connector's generate-username plans from, not a second read
-and a second decision per connector.
+and a second decision per connector. The batch's outbox events ride along, from resolve-policy to
+each connector's desired state, and from there to the operations recorded.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from prefect import task
@@ -25,10 +26,11 @@ from tasks.store_errors import store_errors_plain
 
 @dataclass(frozen=True)
 class Resolved:
-    """resolve-policy's result: the batch's users as the store held them, and each one's decisions."""
+    """resolve-policy's result: the batch's users as the store held them, each one's decisions and events."""
 
     users: list[UserView]
     decisions: dict[str, list[Decision]]  # user id -> one decision per configured connector
+    events: dict[str, list[str]] = field(default_factory=dict)  # user id -> its outbox events, oldest first
 
     def on(self, connector: str) -> dict[str, Decision]:
         """User id -> the decision for `connector`."""
@@ -41,12 +43,16 @@ class Resolved:
 
 @task(name="resolve-policy", task_run_name="resolve-policy {label}", cache_policy=NO_CACHE)
 @store_errors_plain
-def resolve_policy(user_ids: list[str], config: Config, label: str = "") -> Resolved:
-    """Decide, for every user of the batch and every connector, whether to provision, deprovision or skip, and why."""
+def resolve_policy(events: dict[str, list[str]], config: Config, label: str = "") -> Resolved:
+    """Decide, for every user of the batch and every connector, whether to provision, deprovision or skip, and why.
+
+    `events`: the batch, user id -> its outbox events, oldest first.
+    """
+    user_ids = list(events)
     with session_scope() as session:
         users = load_views(session, config.tenant_domain, user_ids)
         provisioned = connectors_of_users(session, user_ids)
-    return Resolved(users, {u.id: resolve(u, config, provisioned.get(u.id, set())) for u in users})
+    return Resolved(users, {u.id: resolve(u, config, provisioned.get(u.id, set())) for u in users}, events)
 
 
 @task(name="generate-username", task_run_name="generate-username {connector_name}", cache_policy=NO_CACHE)
@@ -54,7 +60,7 @@ def resolve_policy(user_ids: list[str], config: Config, label: str = "") -> Reso
 def generate_username(connector_name: str, user_ids: list[str], config: Config, resolved: Optional[Resolved] = None):
     """The batch's desired accounts on one connector: policy, pattern, collisions, the target's rules.
 
-    `resolved`: resolve-policy's users and decisions, planned from as they are (else read again).
+    `resolved`: resolve-policy's users, decisions and events, planned from as they are (else read again).
     """
     from connectors.factory import get_connector  # every connector's client library: only when a batch runs
 
@@ -66,4 +72,5 @@ def generate_username(connector_name: str, user_ids: list[str], config: Config, 
             return desired_state(session, config, cfg, user_ids, check_name=get_connector(cfg).check_user_name,
                                  views=views, decisions=decisions)
 
-    return retry.run_task(names, config.retry, f"connector={cfg.name} generate-username")
+    state = retry.run_task(names, config.retry, f"connector={cfg.name} generate-username")
+    return replace(state, events=resolved.events) if resolved is not None else state

@@ -6,8 +6,9 @@ history: `outbound.account.created|updated|disabled|deleted|failed|outcome_unkno
 resource `outbound.user.<user@STORE>`, related to the connector and the flow run (and the outbox
 events or the reconciliation that asked for it).
 
-A change is a plain dict (`user`, `user_id`, `operation`, `status`, `remote_id`, `remote_username`,
-`error`): an event batch's Outcome and a reconciliation's operation row both become one.
+A change is a plain dict (`user`, `operation`, `status`, `remote_id`, `remote_username`, `error`, and
+an event batch's `events`: the outbox events behind it, oldest first): an event batch's Outcome and a
+reconciliation's operation row both become one.
 """
 
 import logging
@@ -26,7 +27,7 @@ EVENT_USERS = 90  # users per batch event: Prefect takes at most 100 related res
 def change_of_row(row: dict) -> dict:
     """A change from an operation row (`tasks.apply.operation_row`'s keys)."""
     error = f"{row['error_code']}: {row['error_message']}" if row.get("error_code") else None
-    return {"user": row.get("entity_name"), "user_id": row.get("entity_id"), "operation": row.get("operation"),
+    return {"user": row.get("entity_name"), "operation": row.get("operation"),
             "status": row.get("status"), "remote_id": row.get("remote_id"), "remote_username": row.get("remote_name"),
             "error": error}
 
@@ -37,14 +38,14 @@ def _payload(change: dict) -> dict:
 
 
 def emit_account_events(connector: str, changes: Iterable[dict], flow_run_id: Optional[str],
-                        events: Optional[dict[str, list[str]]] = None, related: Iterable[dict] = ()) -> int:
+                        related: Iterable[dict] = ()) -> int:
     """Emit the Prefect events of `changes` on `connector`; return how many were emitted.
 
     One change of a kind is an event about its user; several of one kind are one event per kind
     (per EVENT_USERS users) about the connector, each user a related resource (role `user`): a
     user's history across runs is still one filter (any resource `outbound.user.<user@STORE>`),
-    at one event per kind instead of one per user. `events`: local id -> the outbox events behind
-    the change (linked, the last five). `related`: more related resources (the reconciliation).
+    at one event per kind instead of one per user; a user's event links the outbox `events` of its
+    change (the last five). `related`: more related resources (the reconciliation).
     Never raises: a history that cannot be told must not fail the run that made it.
     """
     if not flow_run_id:
@@ -67,7 +68,7 @@ def emit_account_events(connector: str, changes: Iterable[dict], flow_run_id: Op
             if len(changed) == 1:
                 c = changed[0]
                 linked = [{"prefect.resource.id": f"outbound.event.{e}", "prefect.resource.role": "event"}
-                          for e in (events or {}).get(c.get("user_id") or "", [])[-5:]]
+                          for e in c.get("events", ())[-5:]]
                 emit_event(event=f"outbound.account.{kind}",
                            resource={"prefect.resource.id": f"outbound.user.{c['user']}",
                                      "prefect.resource.name": c["user"]},

@@ -21,13 +21,14 @@ from models.config import Config
 from models.db import session_scope
 from models.kinds import NOT_DONE, Action, Intent, OperationStatus
 from models.locks import LockTimeout
-from models.runstate import operation_row, record_attempts, record_operations, unlink_users
+from models.runstate import operation_row, unlink_users
 from models.tables import utcnow
 from tasks import health, retry
-from tasks.apply import Counts, apply_group_rows, apply_rows, event_rows
+from tasks.apply import Counts, apply_group_rows, apply_rows, record_rows
 from tasks.history import emit_account_events
 from tasks.door import target
 from tasks.optimistic import unseen
+from tasks.origin import EventBatch
 from tasks.plan import DesiredState, Plan, make_plan
 from tasks.runlog import LOGGED_OUTCOMES, artifact_key, log_outcomes, outcome_line, run_logger
 from tasks.store_errors import store_errors_plain
@@ -51,6 +52,7 @@ class Outcome:
     user_id: Optional[str] = None
     entity_name: Optional[str] = None
     code: Optional[str] = None  # the error's code, when it failed
+    events: tuple[str, ...] = ()  # the batch's outbox events of the user, oldest first: what it answers
 
 
 def _runtime_ids() -> tuple[Optional[str], Optional[str]]:
@@ -82,13 +84,13 @@ def _quiet_rows(plan: Plan, cfg_name: str, touched: set[str], flow_run_id: Optio
     return rows
 
 
-def _record(rows: list[dict], events: dict[str, list[str]], cfg_name: str, run_id: str) -> None:
+def _record(rows: list[dict], origin: EventBatch, cfg_name: str) -> None:
     gone = [r["entity_id"] for r in rows if r["operation"] == Action.GONE]
     with session_scope() as session:
         if gone:  # the account is already gone from the target: so is our link to it
             unlink_users(session, cfg_name, gone)
         if rows:
-            record_operations(session, event_rows(rows, events, run_id))
+            record_rows(session, origin, rows)
 
 
 def _refresh_profile(cfg) -> None:
@@ -101,18 +103,18 @@ def _refresh_profile(cfg) -> None:
         log.warning("connector=%s capability profile not refreshed: %s", cfg.name, exc)
 
 
-def record_failure(state: DesiredState, cfg_name: str, events: dict[str, list[str]], run_id: str,
-                   exc: BaseException, flow_run_id: Optional[str], task_run_id: Optional[str] = None) -> list[Outcome]:
+def record_failure(state: DesiredState, cfg_name: str, run_id: str, exc: BaseException, flow_run_id: Optional[str],
+                   task_run_id: Optional[str] = None) -> list[Outcome]:
     """The batch could not be planned on this connector: a failed operation, and its attempt, per user."""
     code = exc.code if isinstance(exc, ProvisioningError) else "busy" if isinstance(exc, LockTimeout) else "internal"
     failed = [Outcome(cfg_name, d.action, Action.NONE, OperationStatus.FAILED, d.reason, error=f"{code}: {exc}",
-                      user_id=local_id, entity_name=name, code=code)
+                      user_id=local_id, entity_name=name, code=code, events=tuple(state.events.get(local_id, ())))
               for local_id, (name, d) in state.decisions.items() if d.action != Intent.SKIP]
-    record_failures(failed, events, run_id, flow_run_id, task_run_id, attempted=True)
+    record_failures(failed, run_id, flow_run_id, task_run_id, attempted=True)
     return failed
 
 
-def record_failures(outcomes: list[Outcome], events: dict[str, list[str]], run_id: str, flow_run_id: Optional[str],
+def record_failures(outcomes: list[Outcome], run_id: str, flow_run_id: Optional[str],
                     task_run_id: Optional[str] = None, attempted: bool = False) -> None:
     """Record each failed outcome as a failed operation for its user's events: the one failure recorder.
 
@@ -125,23 +127,15 @@ def record_failures(outcomes: list[Outcome], events: dict[str, list[str]], run_i
     rows = [operation_row(o.connector, o.user_id, o.entity_name, o.action, reason=o.reason,
                           status=OperationStatus.FAILED, error_code=o.code, error_message=o.error.partition(": ")[2],
                           flow_run_id=flow_run_id, **({"attempts": 1} if attempted else {})) for o in outcomes]
-    rows = event_rows(rows, events, run_id)
+    tries = [[(now, now, None)]] * len(rows) if attempted else None  # the one try ended as its operation did
     with session_scope() as session:
-        if not attempted:
-            record_operations(session, rows)
-            return
-        ids = record_operations(session, rows, ids=True)
-        record_attempts(session, [
-            {"operation_id": i, "number": 1, "status": OperationStatus.FAILED, "error_code": row["error_code"],
-             "error_message": row["error_message"], "flow_run_id": flow_run_id, "task_run_id": task_run_id,
-             "started_at": now, "finished_at": now}
-            for i, row in zip(ids, rows)])
+        record_rows(session, EventBatch(run_id, {o.user_id: o.events for o in outcomes}), rows, tries, task_run_id)
 
 
 def outcomes_of(operations: list[dict]) -> dict[str, Outcome]:
     """One outcome per user from the batch's operation rows: its account's, failed when one of its
     group operations failed (a member change of it; a group create of a group it is in, or of a
-    group none of the batch is in: see event_rows)."""
+    group none of the batch is in: see EventBatch.stamp)."""
     out: dict[str, Outcome] = {}
     for op in operations:
         user = op["entity_id"]
@@ -174,14 +168,15 @@ def _log_outcomes(connector: str, outcomes: list[Outcome]) -> None:
                  f"users on {connector}, in the artifact {artifact_key(connector, 'operations')}")
 
 
-def provision_batch(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
-                    run_id: str, first_run: frozenset = frozenset()) -> list[Outcome]:
+def provision_batch(connector_name: str, state: DesiredState, config: Config, run_id: str,
+                    first_run: frozenset = frozenset()) -> list[Outcome]:
     """Plan the batch on one connector, apply the plan, record every outcome; one outcome per user.
 
     `first_run`: the batch's users met for the first time (`Batch.first_run`): on a target that
     refuses a repeated userName their creates go without a look-up first (tasks/optimistic.py).
     """
     cfg = config.connector(connector_name)
+    origin = EventBatch(run_id, state.events)
     flow_run_id, task_run_id = _runtime_ids()
     # The target's quota, shared by every worker, is held from the first lookup to the last write.
     slot = ExitStack()
@@ -200,9 +195,9 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
         if isinstance(exc, AuthFailed):
             evict(cfg)  # the next attempt resolves the secrets again: a rotated credential is picked up
             _refresh_profile(cfg)
-        failed = record_failure(state, cfg.name, events, run_id, exc, flow_run_id, task_run_id)
+        failed = record_failure(state, cfg.name, run_id, exc, flow_run_id, task_run_id)
         _log_outcomes(cfg.name, failed)
-        report(cfg.name, failed, events, flow_run_id)
+        report(cfg.name, failed, flow_run_id)
         raise
     health.record_success(cfg.name)
     for problem in plan.problems:
@@ -212,30 +207,30 @@ def provision_batch(connector_name: str, state: DesiredState, events: dict[str, 
     with slot:
         if rows:
             counts.add(apply_rows(rows, plan.desired, cfg, connector, run_id=run_id, policy=config.retry,
-                                  flow_run_id=flow_run_id, events=events))
+                                  flow_run_id=flow_run_id, origin=origin))
         if len(plan.group_rows):
             counts.add(apply_group_rows(plan.group_rows.to_dict(orient="records"), cfg, connector, run_id=run_id,
-                                        flow_run_id=flow_run_id, events=events, policy=config.retry))
+                                        flow_run_id=flow_run_id, origin=origin, policy=config.retry))
         if plan.followups:  # reports created with their managers: plan them again, the managers' ids exist now
             with session_scope() as session:
                 second = make_plan(config, cfg, connector, session, plan.followups)
             again = second.rows.to_dict(orient="records")
             if again:
                 counts.add(apply_rows(again, second.desired, cfg, connector, run_id=run_id, policy=config.retry,
-                                      flow_run_id=flow_run_id, events=events))
+                                      flow_run_id=flow_run_id, origin=origin))
     touched = {r["entity_id"] for r in counts.operations if r["entity_type"] == "user"}
     quiet = _quiet_rows(plan, cfg.name, touched, flow_run_id)
-    _record(quiet, events, cfg.name, run_id)
-    outcomes = outcomes_of(counts.operations + quiet)
-    _log_outcomes(cfg.name, list(outcomes.values()))
-    report(cfg.name, list(outcomes.values()), events, flow_run_id)
-    return list(outcomes.values())
+    _record(quiet, origin, cfg.name)
+    outcomes = [replace(o, events=origin.of(user)) for user, o in outcomes_of(counts.operations + quiet).items()]
+    _log_outcomes(cfg.name, outcomes)
+    report(cfg.name, outcomes, flow_run_id)
+    return outcomes
 
 
 ARTIFACT_ROWS = 1000
 
 
-def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]], flow_run_id: Optional[str]) -> None:
+def report(connector: str, outcomes: list[Outcome], flow_run_id: Optional[str]) -> None:
     """A keyed table artifact of the batch's outcomes on this connector, and Prefect events of its changes.
 
     The events are the ones a reconciliation emits too (`tasks.history`): a user's history across
@@ -254,16 +249,16 @@ def report(connector: str, outcomes: list[Outcome], events: dict[str, list[str]]
                                   + (f" (first {ARTIFACT_ROWS})" if len(outcomes) > ARTIFACT_ROWS else ""))
     except Exception as exc:
         log.warning("connector=%s could not report the batch to Prefect: %s: %s", connector, type(exc).__name__, exc)
-    emit_account_events(connector, [{"user": o.entity_name, "user_id": o.user_id, "operation": o.operation,
+    emit_account_events(connector, [{"user": o.entity_name, "operation": o.operation,
                                      "status": o.status, "remote_id": o.remote_id, "remote_username": o.remote_name,
-                                     "error": o.error} for o in outcomes], flow_run_id, events)
+                                     "error": o.error, "events": o.events} for o in outcomes], flow_run_id)
 
 
 @task(name="provision", task_run_name="provision {connector_name}", cache_policy=NO_CACHE)
 @store_errors_plain
-def provision(connector_name: str, state: DesiredState, events: dict[str, list[str]], config: Config,
-              run_id: str, first_run: frozenset = frozenset()) -> list[Outcome]:
+def provision(connector_name: str, state: DesiredState, config: Config, run_id: str,
+              first_run: frozenset = frozenset()) -> list[Outcome]:
     """Create, update, link, disable or delete the batch's accounts on one connector."""
     # Each failed try is recorded (an operation and its attempt per user) before the runner waits.
-    return retry.run_task(lambda: provision_batch(connector_name, state, events, config, run_id, first_run),
+    return retry.run_task(lambda: provision_batch(connector_name, state, config, run_id, first_run),
                           config.retry, f"connector={connector_name} provision")

@@ -22,10 +22,11 @@ from prefect.cache_policies import NO_CACHE
 from models.config import Config
 from models.db import session_scope
 from models.kinds import Action, Intent, OperationStatus
-from models.runstate import operation_row, record_operations
+from models.runstate import operation_row
 from tasks import retry
-from tasks.apply import apply_rows, event_rows
+from tasks.apply import apply_rows, record_rows
 from tasks.door import target
+from tasks.origin import EventBatch
 from tasks.plan import make_plan
 from tasks.provision import Outcome, _runtime_ids
 from tasks.store_errors import store_errors_plain
@@ -37,14 +38,14 @@ KNOWN = {Action.CREATE: _CREATED, Action.RELINK: _CREATED, Action.NOOP: "compare
 READ_BACK = "read back after provisioning"
 
 
-def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
-                 run_id: str) -> dict[str, dict]:
+def verify_batch(connector_name: str, outcomes: list[Outcome], config: Config, run_id: str) -> dict[str, dict]:
     """Read back the accounts provisioned in this batch that no answer vouches for; fix drift once;
     return the drift per user."""
     users = [o.user_id for o in outcomes if o.status == OperationStatus.SUCCEEDED and o.action == Intent.PROVISION and o.user_id]
     if not users:
         return {}
     by_user = {o.user_id: o for o in outcomes}
+    origin = EventBatch(run_id, {u: o.events for u, o in by_user.items()})
     # a create vouches for the account only when its answer named it
     unknown = [u for u in users if by_user[u].operation not in KNOWN
                or (by_user[u].operation != Action.NOOP and not by_user[u].remote_id)]
@@ -60,7 +61,7 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
         if rows:
             with target(cfg, config) as connector:
                 apply_rows(rows, plan.desired, cfg, connector, run_id=run_id, policy=config.retry,
-                           flow_run_id=flow_run_id, events=events)
+                           flow_run_id=flow_run_id, origin=origin)
     drift = {r["local_id"]: r["changes"] or {r["action"]: True} for r in rows}
     checks = [operation_row(cfg.name, u, by_user[u].entity_name, Intent.VERIFY,
                             operation=Action.FIX if u in drift else Action.VERIFY, status=OperationStatus.SUCCEEDED,
@@ -68,15 +69,14 @@ def verify_batch(connector_name: str, outcomes: list[Outcome], events: dict[str,
                             remote_name=by_user[u].remote_name, drift=drift.get(u), flow_run_id=flow_run_id)
               for u in users]
     with session_scope() as session:
-        record_operations(session, event_rows(checks, events, run_id))
+        record_rows(session, origin, checks)
     return drift
 
 
 # The DAG's step is named `reconcile` (resolve-policy → generate-username → provision → reconcile).
 @task(name="reconcile", task_run_name="reconcile {connector_name}", cache_policy=NO_CACHE)
 @store_errors_plain
-def reconcile(connector_name: str, outcomes: list[Outcome], events: dict[str, list[str]], config: Config,
-              run_id: str) -> Optional[dict]:
+def reconcile(connector_name: str, outcomes: list[Outcome], config: Config, run_id: str) -> Optional[dict]:
     """Read the batch's accounts back and fix what differs from the desired state."""
-    return retry.run_task(lambda: verify_batch(connector_name, outcomes, events, config, run_id), config.retry,
+    return retry.run_task(lambda: verify_batch(connector_name, outcomes, config, run_id), config.retry,
                           f"connector={connector_name} read-back")

@@ -4,6 +4,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -56,7 +57,7 @@ def provision_directly(config, username: str):
     with session_scope() as session:
         user_id = get_event(session, accepted.event_id).user_id
         state = desired_state(session, config, config.connector("app"), [user_id])
-    [outcome] = provision_batch("app", state, {user_id: [accepted.event_id]}, config, "test")
+    [outcome] = provision_batch("app", replace(state, events={user_id: [accepted.event_id]}), config, "test")
     return outcome
 
 

@@ -56,6 +56,8 @@ class DesiredState:
     # Users of the batch whose accounts are not looked up: created first, adopted on the target's
     # uniqueness refusal (tasks/optimistic.py decides who).
     unseen: frozenset = frozenset()
+    # An event batch's: user id -> the outbox events its operations answer, oldest first (tasks.desired).
+    events: dict[str, list[str]] = field(default_factory=dict)
 
 
 MAPPING_COLUMNS = ["local_id", "remote_id", "remote_name"]
