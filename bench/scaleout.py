@@ -246,6 +246,17 @@ def env_for_children(home: Path, **extra) -> dict:
     return {**os.environ, "PREFECT_HOME": str(home), **extra}
 
 
+def print_timeline(runs) -> None:
+    """Each flow run's start (seconds after the first), run time and name: where an end-to-end time went."""
+    timed = sorted((r for r in runs if r.start_time), key=lambda r: r.start_time)
+    if not timed:
+        return
+    first = timed[0].start_time
+    for r in timed:
+        took = r.total_run_time.total_seconds() if r.total_run_time else 0.0
+        print(f"  +{(r.start_time - first).total_seconds():6.1f}s  {took:6.2f}s  {r.state_name:<10} {r.name[:90]}")
+
+
 def run(args, workers: int) -> bool:
     from sandbox.scim import ScimSandbox
 
@@ -295,9 +306,14 @@ def run(args, workers: int) -> bool:
             print(f"SCIM accounts: {len(names)} for {len(expected)} users; duplicates {duplicates}; "
                   f"missing {len(expected - set(names))}")
             with server_client(api_url) as client:
-                runs = client.read_flow_runs(limit=200)
+                from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+
+                runs = client.read_flow_runs(limit=200, flow_run_filter=FlowRunFilter(  # not the scheduler's future runs
+                    start_time=FlowRunFilterStartTime(is_null_=False)))
             kinds = Counter(r.name.split(" ")[0] for r in runs)
             print(f"flow runs for {args.events} events: {len(runs)} ({dict(kinds)})")
+            if args.timeline:
+                print_timeline(runs)
             ok = duplicates == 0 and set(names) == expected and counts.get("succeeded") == args.events
             print("OK: exactly one account per user" if ok else "FAILED")
             return ok
@@ -309,6 +325,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run, in turn")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--timeline", action="store_true", help="print every flow run: start, duration, name")
     args = parser.parse_args()
     os.environ["BENCH_API_TOKEN"] = TOKEN
     results = [run(args, n) for n in args.workers]

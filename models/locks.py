@@ -142,6 +142,23 @@ def acquire_many(names: list[str], ttl: float, owner: str, taken_from_dead: Opti
     return held
 
 
+def live_owners(prefix: str) -> list[str]:
+    """Owners of unexpired leases named `prefix…` whose process may still run (none found dead here)."""
+    from sqlmodel import select
+
+    with session_scope() as session:
+        owners = session.exec(select(Lease.owner).where(Lease.name.startswith(prefix), Lease.expires_at >= utcnow())
+                              .distinct()).all()
+    return [o for o in owners if not _dead_here(o)]
+
+
+def leased(prefix: str, key, owners: list[str]):
+    """A SQL condition: the lease `prefix` + `key` (a column) is held, unexpired, by one of `owners`."""
+    from sqlalchemy import exists, literal
+
+    return exists().where(Lease.name == literal(prefix) + key, Lease.owner.in_(owners), Lease.expires_at >= utcnow())
+
+
 def leases_named(prefix: str) -> list[tuple[str, str, bool, bool]]:
     """(name, owner, expired, owner dead here) of every lease whose name begins with `prefix`."""
     from sqlmodel import select

@@ -20,7 +20,8 @@ from models.config import RetryPolicy
 from models.db import session_scope
 from models.availability import STORE_UNAVAILABLE
 from models.kinds import EventStatus
-from models.locks import acquire_many, elsewhere, host_of, kept, leases_named, new_owner, release_many, run_of
+from models.locks import (acquire_many, elsewhere, host_of, kept, leased, leases_named, live_owners, new_owner,
+                          release_many, run_of)
 from models.tables import Event, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,19 @@ class Batch:
         return len(self.events)
 
 
+USER_LEASE = "user:"
+
+
 def _lease(user_id: str) -> str:
-    return f"user:{user_id}"
+    return USER_LEASE + user_id
+
+
+def _busy_drains(ended: Optional[Callable[[set[str]], set[str]]]) -> list[str]:
+    """The owners of user leases that are working now: alive here, or elsewhere in a run not known to have ended."""
+    owners = live_owners(USER_LEASE)
+    runs = {run for o in owners if elsewhere(o) and (run := run_of(o))}
+    over = ended(runs) if ended is not None and runs else set()
+    return [o for o in owners if not (elsewhere(o) and run_of(o) in over)]
 
 
 def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optional[str] = None,
@@ -97,6 +109,9 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
                                                       Event.user_id.is_not(None))
         if event_ids is not None:
             query = query.where(Event.id.in_(event_ids))
+        busy = _busy_drains(ended)
+        if busy:  # their users' events would fill the limit, and a second drain would find nothing it can take
+            query = query.where(~leased(USER_LEASE, Event.user_id, busy))
         pending = session.exec(query.order_by(Event.received_at, Event.id).limit(limit)).all()
     users = list(dict.fromkeys(u for _, u in pending))
     dead, expired, holders = set(), set(), {}

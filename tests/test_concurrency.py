@@ -189,6 +189,30 @@ BURST = textwrap.dedent("""
 """)
 
 
+@pytest.mark.parametrize("store", ["sqlite_url", "pg_url"])
+def test_a_second_drain_takes_the_events_the_first_has_not_claimed(store, request):
+    """A drain holding a full batch does not hide the events after it: another drain claims those at once.
+
+    Unfinished events include those running in the first drain; oldest first, they used to fill the
+    second drain's limit, so it found nothing it could take until the first drain ended.
+    """
+    from models.outbox import claim, release
+
+    request.getfixturevalue(store)
+    cfg = parse_config({"tenant_domain": "example.com"})
+    for i in range(6):
+        accept(event(username=f"early{i}"), cfg)
+    first = claim(limit=4)
+    for i in range(3):
+        accept(event(username=f"late{i}"), cfg)
+    second = claim(limit=4)
+    names = lambda batch: sorted(n.partition("@")[0] for n in batch.names.values())  # noqa: E731
+    assert names(first) == ["early0", "early1", "early2", "early3"]
+    assert names(second) == ["early4", "early5", "late0", "late1"]
+    release(first)
+    release(second)
+
+
 @pytest.mark.timeout(1500)
 @pytest.mark.usefixtures("prefect_harness")
 def test_two_drainers_under_a_burst_compile_nothing_after_the_warm_up(tmp_path, sqlite_url):
