@@ -97,8 +97,8 @@ class DrainProcess:
         with self._lock:  # under the lock: the watcher closes a dead child's pipe, and its fd may be reused
             self._woken = True
             self._lock.notify_all()
-            if self._child is None:
-                return  # the next child looks at the outbox when it starts
+            if self._child is None or self._stopping:
+                return  # the next child looks at the outbox when it starts (stopping: its stdin is closed)
             try:
                 os.write(self._child.stdin.fileno(), b"\n")
             except BlockingIOError:
