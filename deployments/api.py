@@ -28,9 +28,9 @@ with Retry-After: never 202 for an event that was not stored.
 
 Dispatch (deployments.dispatch): with a reachable Prefect server (PREFECT_API_URL) the API emits
 the Prefect event `outbound.user.<type>` and the `provision-user` deployment's trigger starts the
-run on a worker (the scale-out path); otherwise it runs the flow in this process on a small thread
-pool (the low-latency path). Who may call it: deployments.api_auth; what the OpenAPI document says:
-deployments.openapi.
+run on a worker (the scale-out path); otherwise it wakes the drainer threads of a child process
+(deployments.drain_process: the low-latency path), so this process only accepts. Who may call it:
+deployments.api_auth; what the OpenAPI document says: deployments.openapi.
 """
 
 import asyncio
@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse
 
 from deployments.api_auth import Authenticator, sign
 from deployments.dispatch import AutoDispatch, DispatchMode, InProcess
+from deployments.drain_process import DrainProcess
 from deployments.openapi import (PROBLEMS, RETRY_AFTER_HEADER, SECURITY, ConnectorOutcome, EventAccepted, EventStatus,
                                  Health, Problem, describe)
 from deployments.webhooks_wso2 import mount_wso2
@@ -115,10 +116,14 @@ def create_app(config: Config, config_path: Optional[str] = None, *,
     store = GroupCommit()
     limit = config.api.max_body_bytes
     connectors = [c.name for c in config.connectors if c.enabled]
-    dispatcher = dispatch if callable(dispatch) else AutoDispatch(dispatch, InProcess(config_path, connectors, workers))
+    # The drain process starts with the app (lifespan) when in-process is sure, else at the first event.
+    dispatcher = dispatch if callable(dispatch) else AutoDispatch(dispatch,
+                                                                  DrainProcess(config_path, connectors, workers))
 
     @asynccontextmanager
     async def lifespan(_app):
+        if isinstance(dispatcher, AutoDispatch):  # a warm drain process before the first request, off the loop
+            await asyncio.to_thread(dispatcher.start)
         yield
         if hasattr(dispatcher, "shutdown"):  # let in-process runs finish, off the event loop
             await asyncio.to_thread(dispatcher.shutdown, True)

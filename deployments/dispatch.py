@@ -1,11 +1,12 @@
-"""Dispatching an accepted event: to a Prefect server, or to the drainers of this process.
+"""Dispatching an accepted event: to a Prefect server, or to drainers on this machine.
 
 An event is in the outbox before it is dispatched; dispatch only says "there is work". With a
 reachable Prefect server (PREFECT_API_URL) it emits the Prefect event `outbound.user.<type>` and the
 `provision-user` deployment's trigger starts the run on a worker (the scale-out path); otherwise it
-wakes a drainer thread of this process, which provisions everything pending in batches (the
-low-latency path). A dispatch that fails loses nothing: `sweep-events` re-dispatches whatever stays
-unfinished.
+wakes a drainer, which provisions everything pending in batches (the low-latency path): `InProcess`
+here runs the drainer threads, and the event API runs them in a child process of their own
+(deployments.drain_process), so that draining never starves accepting. A dispatch that fails loses
+nothing: `sweep-events` re-dispatches whatever stays unfinished.
 """
 
 import asyncio
@@ -81,12 +82,17 @@ class InProcess:
                                           name=f"outbound-drain-{i}") for i in range(max(1, workers))]
         self._started = False
 
-    def __call__(self, event_id: str, event_type: str, trigger: str) -> None:
+    def start(self) -> None:
+        """Start the drainers now (the first wake-up does it otherwise)."""
         with self._wake:
             if not self._started:
                 self._started = True
                 for thread in self._threads:
                     thread.start()
+
+    def __call__(self, event_id: str, event_type: str, trigger: str) -> None:
+        self.start()
+        with self._wake:
             self._pending_wakes += 1
             self._wake.notify()
 
@@ -153,9 +159,13 @@ class InProcess:
 
 
 class AutoDispatch:
-    """Emit to Prefect when its server is reachable, else run in-process; re-checked every 30 s."""
+    """Emit to Prefect when its server is reachable, else run in-process; re-checked every 30 s.
 
-    def __init__(self, mode: DispatchMode, in_process: InProcess, recheck: float = 30.0):
+    `in_process`: the drainers of this process (`InProcess`) or of a child process
+    (`deployments.drain_process.DrainProcess`, what the event API uses).
+    """
+
+    def __init__(self, mode: DispatchMode, in_process, recheck: float = 30.0):
         self.mode, self.in_process, self.recheck = mode, in_process, recheck
         self._checked_at, self._reachable = 0.0, False
         self._lock = threading.Lock()
@@ -176,6 +186,11 @@ class AutoDispatch:
             return "prefect"
         self.in_process(event_id, event_type, trigger)
         return "in-process"
+
+    def start(self) -> None:
+        """Start the in-process drainers before the first event when they are sure to be used."""
+        if self.mode == "in-process":
+            self.in_process.start()
 
     def shutdown(self, wait: bool = True) -> None:
         self.in_process.shutdown(wait=wait)

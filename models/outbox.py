@@ -324,11 +324,15 @@ def _release_leftovers() -> None:
             _unreleased.pop()
 
 
-def waiting_count() -> int:
-    """Events accepted and not yet claimed by any drain: one cheap query, for drainers that poll."""
+def waiting_count(running_too: bool = False) -> int:
+    """Events accepted and not yet claimed by any drain: one cheap query, for drainers that poll.
+
+    `running_too`: also those claimed and not finished, which a drain that died leaves running (a
+    drainer starting up counts them: it may be the one that died)."""
     from sqlalchemy import func
 
+    waiting = UNFINISHED if running_too else (EventStatus.ACCEPTED,)
     with session_scope() as session:
         return session.exec(select(func.count()).select_from(Event).where(
-            (Event.status == EventStatus.ACCEPTED)
+            Event.status.in_(waiting)
             | ((Event.status == EventStatus.RETRYING) & (Event.retry_at <= utcnow())))).one()

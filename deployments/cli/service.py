@@ -16,9 +16,9 @@ def api(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         port: int = typer.Option(8080, help="Port to listen on."),
         config: Optional[Path] = ConfigOption,
         dispatch: str = typer.Option("auto", help="auto (Prefect event when a server is reachable, else "
-                                                  "in-process) | prefect | in-process."),
-        workers: int = typer.Option(2, help="In-process: drains at once (each provisions a batch of pending "
-                                             "events; 2 suit a 2-core machine).")) -> None:
+                                                  "in-process: a drain process the API starts) | prefect | in-process."),
+        workers: int = typer.Option(2, help="In-process: drains at once in the drain process (each provisions a "
+                                             "batch of pending events; 2 suit a 2-core machine).")) -> None:
     """Serve the HTTP event API (POST /v1/events, GET /v1/events/{id}, GET /healthz)."""
     if dispatch != "prefect":
         prefect_soon()  # it starts while the API is built
