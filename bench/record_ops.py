@@ -8,7 +8,7 @@ transaction, the mappings of its creates (`link_accounts`), its operation rows w
 path's: every user created, one try each. `--threads 4` writes four chunks at once, as a reconcile
 keeps four in flight. Prints rows/s (wall clock) and the process's CPU per row, per store.
 
-To measure another checkout's store code, put it first: `PYTHONPATH=/work/main .venv/bin/python
+To measure another checkout's store code, put it first: `PYTHONPATH=../other-checkout .venv/bin/python
 bench/record_ops.py` (this checkout is only the fallback on the path).
 """
 
