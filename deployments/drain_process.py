@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from deployments.dispatch import InProcess
+from deployments.processes import end
 
 log = logging.getLogger("outbound.api")
 
@@ -173,12 +174,7 @@ class DrainProcess:
                 child.wait(timeout=STOP_TIMEOUT if wait else 5)
             except subprocess.TimeoutExpired:
                 log.warning("drain process pid=%d still running after stop: terminated", child.pid)
-                child.terminate()
-                try:
-                    child.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+                end(child, grace=10)
         if watcher:
             watcher.join(timeout=30)
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from deployments.processes import end
 from models.errors import ProvisioningError
 
 DEFAULT_START_TIMEOUT = 300
@@ -77,12 +78,7 @@ def launch_prefect_api() -> None:
 def _stop_launched() -> None:
     process: Optional[subprocess.Popen] = _launched.get("process")
     if process is not None and process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end(process, grace=10)
 
 
 def _await_launched(say: Callable[[str], None]) -> str:
