@@ -85,6 +85,20 @@ def _lease(user_id: str) -> str:
     return USER_LEASE + user_id
 
 
+def _asked_once(ended: Callable[[set[str]], set[str]]) -> Callable[[set[str]], set[str]]:
+    """`ended`, asking the orchestrator about each run at most once (a claim asks twice: busy drains, take-over)."""
+    known: dict[str, bool] = {}
+
+    def ask(runs: set[str]) -> set[str]:
+        new = runs - known.keys()
+        if new:
+            over = ended(new)
+            known.update((r, r in over) for r in new)
+        return {r for r in runs if known[r]}
+
+    return ask
+
+
 def _busy_drains(ended: Optional[Callable[[set[str]], set[str]]]) -> list[str]:
     """The owners of user leases that are working now: alive here, or elsewhere in a run not known to have ended."""
     owners = live_owners(USER_LEASE)
@@ -104,18 +118,19 @@ def claim(limit: int = 1000, event_ids: Optional[list[str]] = None, owner: Optio
     """
     owner = owner or new_owner(run)
     _release_leftovers()
+    ended = _asked_once(ended) if ended is not None else None
+    busy = _busy_drains(ended)
     with session_scope() as session:
         query = select(Event.id, Event.user_id).where(_claimable(utcnow(), event_ids is not None),
                                                       Event.user_id.is_not(None))
         if event_ids is not None:
             query = query.where(Event.id.in_(event_ids))
-        busy = _busy_drains(ended)
         if busy:  # their users' events would fill the limit, and a second drain would find nothing it can take
             query = query.where(~leased(USER_LEASE, Event.user_id, busy))
         pending = session.exec(query.order_by(Event.received_at, Event.id).limit(limit)).all()
     users = list(dict.fromkeys(u for _, u in pending))
     dead, expired, holders = set(), set(), {}
-    held = {name.removeprefix("user:")
+    held = {name.removeprefix(USER_LEASE)
             for name in acquire_many([_lease(u) for u in users], CLAIM_TTL, owner, dead, expired, holders)}
     if ended is not None:
         held |= _take_over_from_ended_runs(holders, owner, ended)
@@ -152,7 +167,7 @@ def _take_over_from_ended_runs(holders: dict[str, str], owner: str,
         release_many([name], holders[name])  # only if that owner still holds it
     if names:
         log.info("owner=%s takes over %d leases of ended flow runs %s", owner, len(names), sorted(over))
-    return {name.removeprefix("user:") for name in acquire_many(names, CLAIM_TTL, owner)}
+    return {name.removeprefix(USER_LEASE) for name in acquire_many(names, CLAIM_TTL, owner)}
 
 
 def _read_under_leases(batch: Batch, held: set[str], event_ids: Optional[list[str]]) -> None:
