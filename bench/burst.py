@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from profile_burst import bare_bulk, with_create  # noqa: E402
-from scaleout import (BIN, ROOT, TOKEN, api_process, event_counts, fresh_database,  # noqa: E402
+from scaleout import (BIN, ROOT, TOKEN, api_process, event_counts, free_port, fresh_database,  # noqa: E402
                       make_event, processes, send_all, wait_for, write_config)
 
 
@@ -39,6 +39,22 @@ def accounts_of(scim) -> list[str]:
     return [getattr(r, "user_name", None) for r in resources if r.meta and r.meta.resource_type == "User"]
 
 
+def senders_alone(n: int, clients: int) -> float:
+    """Events/s the same senders post to a server that answers 202 and does nothing (bench/null_server.py)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("null_server.py")), str(port)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().startswith("listening")
+        events = [make_event(i, "null") for i in range(n)]
+        started = time.monotonic()
+        send_all(f"http://127.0.0.1:{port}", events, clients)
+        return n / (time.monotonic() - started)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def event_path(tmp: Path, n: int, clients: int, start, create: str = "optimistic") -> dict:
     from models.db import upgrade
     from sandbox.scim import ScimSandbox
@@ -47,6 +63,7 @@ def event_path(tmp: Path, n: int, clients: int, start, create: str = "optimistic
         config = with_create(write_config(tmp, scim), create)
         upgrade()
         bare = bare_bulk(scim.url, scim.token, n)  # the same server, before the engine's users are in it
+        floor = senders_alone(n, clients)
         base = api_process(start, config, tmp, db_url)
         run = uuid.uuid4().hex[:4]
         events = [make_event(i, run) for i in range(n)]
@@ -60,7 +77,8 @@ def event_path(tmp: Path, n: int, clients: int, start, create: str = "optimistic
                  "every event to be marked finished")
         names = accounts_of(scim)
         runs = sum(1 for line in (tmp / "api.log").read_text().splitlines() if "batch of" in line)
-        return {"elapsed": elapsed, "accepted": accepted, "users": n, "bare": bare, "duplicates": len(names) - len(set(names)),
+        return {"elapsed": elapsed, "accepted": accepted, "users": n, "bare": bare, "floor": floor,
+                "duplicates": len(names) - len(set(names)),
                 "missing": len(expected - set(names)), "statuses": event_counts(), "batches_logged": runs}
 
 
@@ -116,6 +134,9 @@ def main() -> int:
         print(f"bare client against the same server: POST /Bulk, 100 creates per request, sequential: "
               f"{ev['bare']:.0f} users/s; event path {ev['users'] / ev['elapsed'] / ev['bare']:.2f} × bare, "
               f"accepting alone {ev['users'] / ev['accepted'] / ev['bare']:.2f} × bare")
+        print(f"the same {args.clients} senders posting to a server that answers 202 and does nothing: "
+              f"{ev['floor']:.0f} events/s = {ev['floor'] / ev['bare']:.2f} × bare (no event API can accept faster "
+              f"with this client on this machine)")
     if args.no_bulk_path:
         return 0 if ev["duplicates"] == ev["missing"] == 0 else 1
     with tempfile.TemporaryDirectory(prefix="outbound-bulk-") as tmp:
