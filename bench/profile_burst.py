@@ -368,15 +368,17 @@ def main() -> int:
 
         warm_up()  # as `outbound api` does at its start: the first batch's imports are not a batch's cost
         before = users_in_target(url, token)
-        drain_started = time.perf_counter()
+        drain_started, drain_cpu = time.perf_counter(), time.process_time()
         draining = drain_phase(config_path, args.drainers)
+        drain_cpu = time.process_time() - drain_cpu  # the drain's own (the target and Prefect's API run apart)
         for p in profiles:
             p.disable()
         threading.setprofile(None)
         made = users_in_target(url, token) - before
         print(f"\ndraining: {made} of {n} accounts made in {draining:.2f} s = {made / draining:.0f} users/s "
               f"({made / draining / bare:.2f} × bare); accept + drain = {n / (accepting + draining):.0f} events/s "
-              f"({n / (accepting + draining) / bare:.2f} × bare)")
+              f"({n / (accepting + draining) / bare:.2f} × bare); the drain's CPU {drain_cpu:.2f} s "
+              f"({drain_cpu * 1000 / max(made, 1):.2f} ms per user)")
         report("draining", draining)
         timeline(drain_started)
         if profiles:
