@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_what_the_warm_up_built_is_left_out_of_every_collection(tmp_path):
-    """A full collection walked every module and model built at start-up, 0.2 s each, in every thread's stead.
+    """A full collection walked every module and model built at start-up, 0.1–0.25 s each, every thread stopped.
 
     A fresh process, so that what other tests built does not count.
     """
