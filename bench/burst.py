@@ -79,7 +79,22 @@ def event_path(tmp: Path, n: int, clients: int, start, create: str = "optimistic
         runs = sum(1 for line in (tmp / "api.log").read_text().splitlines() if "batch of" in line)
         return {"elapsed": elapsed, "accepted": accepted, "users": n, "bare": bare, "floor": floor,
                 "duplicates": len(names) - len(set(names)),
-                "missing": len(expected - set(names)), "statuses": event_counts(), "batches_logged": runs}
+                "missing": len(expected - set(names)), "statuses": event_counts(), "batches_logged": runs,
+                "batches": batches()}
+
+
+def batches() -> list[tuple[int, float, float]]:
+    """(events, last received, finished) of each batch, seconds from the first event received (one finish each)."""
+    from sqlmodel import func, select
+
+    from models.db import session_scope
+    from models.tables import Event
+
+    with session_scope() as session:
+        first = session.exec(select(func.min(Event.received_at))).one()
+        rows = session.exec(select(func.count(), func.max(Event.received_at), Event.finished_at)
+                            .group_by(Event.finished_at).order_by(Event.finished_at)).all()
+    return [(count, (last - first).total_seconds(), (done - first).total_seconds()) for count, last, done in rows]
 
 
 def bulk_path(tmp: Path, n: int) -> dict:
@@ -137,6 +152,8 @@ def main() -> int:
         print(f"the same {args.clients} senders posting to a server that answers 202 and does nothing: "
               f"{ev['floor']:.0f} events/s = {ev['floor'] / ev['bare']:.2f} × bare (no event API can accept faster "
               f"with this client on this machine)")
+        print("batches (events: last received → finished, s from the first received): " + ", ".join(
+            f"{count}: {last:.1f} → {done:.1f}" for count, last, done in ev["batches"]))
     if args.no_bulk_path:
         return 0 if ev["duplicates"] == ev["missing"] == 0 else 1
     with tempfile.TemporaryDirectory(prefix="outbound-bulk-") as tmp:

@@ -10,8 +10,8 @@ One run, one SCIM server (scim2-server in its own process, so its CPU is not cha
 2. accepting: the event API (`deployments.api.create_app`) under uvicorn in this process, its
    dispatch only counting; `--clients` senders in a child process POST `--events` user.created
    events. Time inside `accept` (validate + store) is shown beside the HTTP rate.
-3. draining: the stored events through `provision-user` (Prefect's temporary API, as
-   `outbound api` without a server), `--drainers` at once, timed per part. `--profile` also runs
+3. draining: the stored events through `provision-user` (the temporary Prefect API launched first
+   thing, as `outbound api` does without a server), `--drainers` at once, timed per part. `--profile` also runs
    cProfile in every thread and prints the engine's own hot spots (the timers then include its cost).
 Prints rates as ratios to the bare client. Sums of times across threads can exceed the wall time.
 """
@@ -19,6 +19,7 @@ Prints rates as ratios to the bare client. Sums of times across threads can exce
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import pstats
@@ -75,7 +76,7 @@ class Timers:
         with self._lock:
             self.seconds[name] += seconds
             self.calls[name] += calls
-            if not name.startswith(("store", "prefect event", "prefect log")):
+            if not name.startswith(("store", "prefect event", "prefect log", "gc:")):
                 self.spans.append((end - seconds, end, name))
 
     def wrap(self, name, fn):
@@ -169,6 +170,15 @@ def instrument() -> None:
     EventsWorker.send = T.wrap("prefect event emitted", EventsWorker.send)
     APILogWorker.send = T.wrap("prefect log record sent", APILogWorker.send)
     requests.Session.send = T.wrap(_target_call, requests.Session.send)
+    collecting = {}
+
+    def _gc(phase, info):  # the collector stops every thread: its pauses are a part of their own
+        if phase == "start":
+            collecting["t"] = time.perf_counter()
+        elif "t" in collecting:
+            T.add(f"gc: generation {info['generation']} collection", time.perf_counter() - collecting.pop("t"))
+
+    gc.callbacks.append(_gc)
     started = threading.local()
 
     @event.listens_for(Engine, "before_cursor_execute")
@@ -320,10 +330,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="outbound-profile-") as tmp, scim_process() as (url, token), \
             (fresh_database() if args.store == "postgres" else _sqlite(Path(tmp))):
         tmp = Path(tmp)
-        from deployments.prefect_api import ensure_prefect_api
-        from models.db import upgrade
+        from deployments.prefect_api import ensure_prefect_api, launch_prefect_api
 
         t0 = time.perf_counter()
+        launch_prefect_api()  # as `outbound api` does, before Prefect is imported
+        from models.db import upgrade
+
         os.environ["PREFECT_API_URL"] = ensure_prefect_api()
         prefect_start = time.perf_counter() - t0
         upgrade()
@@ -356,15 +368,17 @@ def main() -> int:
 
         warm_up()  # as `outbound api` does at its start: the first batch's imports are not a batch's cost
         before = users_in_target(url, token)
-        drain_started = time.perf_counter()
+        drain_started, drain_cpu = time.perf_counter(), time.process_time()
         draining = drain_phase(config_path, args.drainers)
+        drain_cpu = time.process_time() - drain_cpu  # the drain's own (the target and Prefect's API run apart)
         for p in profiles:
             p.disable()
         threading.setprofile(None)
         made = users_in_target(url, token) - before
         print(f"\ndraining: {made} of {n} accounts made in {draining:.2f} s = {made / draining:.0f} users/s "
               f"({made / draining / bare:.2f} × bare); accept + drain = {n / (accepting + draining):.0f} events/s "
-              f"({n / (accepting + draining) / bare:.2f} × bare)")
+              f"({n / (accepting + draining) / bare:.2f} × bare); the drain's CPU {drain_cpu:.2f} s "
+              f"({drain_cpu * 1000 / max(made, 1):.2f} ms per user)")
         report("draining", draining)
         timeline(drain_started)
         if profiles:

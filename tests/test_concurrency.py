@@ -213,6 +213,43 @@ def test_a_second_drain_takes_the_events_the_first_has_not_claimed(store, reques
     release(second)
 
 
+@pytest.mark.parametrize("store", ["sqlite_url", "pg_url"])
+def test_a_claim_takes_its_leases_in_one_short_insert_and_leaves_others_theirs(store, request):
+    """1,200 leases, 300 of them held by a live drain: the other 900 are taken, each holder named.
+
+    The insert is one short statement executed for every lease: a multi-row VALUES of 2,000
+    parameters was parsed afresh by psycopg at every claim (two thirds of a claim's CPU for its leases).
+    """
+    from sqlalchemy import event as sa_event
+    from sqlalchemy.engine import Engine
+
+    from models.locks import acquire_many, release_many
+
+    request.getfixturevalue(store)
+    names = [f"user:lease{i:04d}" for i in range(1200)]
+    other = f"elsewhere:{os.getpid()}:other"
+    assert acquire_many(names[::4], 600, other) == set(names[::4])
+    inserts = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO LEASES"):
+            inserts.append((statement.count("%(") + statement.count("?"), executemany))
+
+    sa_event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        holders: dict[str, str] = {}
+        held = acquire_many(names, 600, "me", holders=holders)
+    finally:
+        sa_event.remove(Engine, "before_cursor_execute", seen)
+    assert held == set(names) - set(names[::4])
+    assert holders == {n: other for n in names[::4]}
+    assert inserts and all(count <= 4 and many for count, many in inserts), inserts
+    release_many(names, "me")
+    release_many(names, other)
+    assert acquire_many(names[:2], 600, "me") == set(names[:2])
+    release_many(names[:2], "me")
+
+
 @pytest.mark.timeout(1500)
 @pytest.mark.usefixtures("prefect_harness")
 def test_two_drainers_under_a_burst_compile_nothing_after_the_warm_up(tmp_path, sqlite_url):
