@@ -66,14 +66,17 @@ FAILED_STATUSES = (RunStatus.FAILED, RunStatus.PARTIAL)
 
 
 def preload(config: Config) -> None:
-    """Import what a run of `config` imports on its way: Prefect's engines and each enabled connector's
-    modules (the SCIM schema models alone take ~0.6 s).
+    """Import what a run of `config` imports on its way: Prefect's engines, the store's driver and
+    migrations, each enabled connector's modules (the SCIM schema models alone take ~0.6 s).
 
     A command calls it while its temporary Prefect API starts, so the two overlap instead of the
     imports following the API's start; and the imports are made in the calling thread, not in a
-    chunk's (CPython gh-106905).
+    chunk's (CPython gh-106905). Nothing is connected to: the store is migrated on its first use.
     """
-    for name in ("prefect.flow_engine", "prefect.task_engine",
+    from models.db import get_engine
+
+    get_engine(migrate=False)  # the engine, and so its driver and dialect
+    for name in ("prefect.flow_engine", "prefect.task_engine", "alembic.command",
                  *sorted({f"connectors.{c.type}" for c in config.connectors if c.enabled})):
         try:
             importlib.import_module(name)
