@@ -241,6 +241,8 @@ class Progress:
         # One client for every update: Prefect's update_progress_artifact builds one (and its TLS
         # context) per call, which cost more than a chunk's own store writes.
         self.client = get_client(sync_client=True).__enter__()
+        # The update's model serialised once here, so its sender thread builds nothing (CPython gh-106905).
+        ArtifactUpdate(data=0.0).model_dump(mode="json", exclude_unset=True)
         self.sender = ThreadPoolExecutor(1, thread_name_prefix="progress")
         return self
 
