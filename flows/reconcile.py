@@ -15,9 +15,12 @@ started (`trigger:<how>`) and for which connector (`connector:<name>`), and its 
 """
 
 import asyncio
+import importlib
 import json
 import logging
+import threading
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import Iterator, Optional
 
@@ -25,6 +28,7 @@ from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
+from prefect.context import TagsContext
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.utilities.annotations import quote
@@ -54,11 +58,30 @@ class Busy(ProvisioningError):
     code = "busy"
 
 
-__all__ = ["Approval", "Decision", "reconcile", "reconcile_all", "reconcile_connector", "run_connector"]
+__all__ = ["Approval", "Decision", "preload", "reconcile", "reconcile_all", "reconcile_connector", "run_connector"]
 STOPPED_BY_GUARD = RunStatus.STOPPED_BY_GUARD
 # Final Prefect state per reconciliation status: anything not applied in full is not green.
 CANCELLED_STATUSES = (RunStatus.REJECTED, STOPPED_BY_GUARD, RunStatus.BUSY)
 FAILED_STATUSES = (RunStatus.FAILED, RunStatus.PARTIAL)
+
+
+def preload(config: Config) -> None:
+    """Import what a run of `config` imports on its way: Prefect's engines, the store's driver and
+    migrations, each enabled connector's modules (the SCIM schema models alone take ~0.6 s).
+
+    A command calls it while its temporary Prefect API starts, so the two overlap instead of the
+    imports following the API's start; and the imports are made in the calling thread, not in a
+    chunk's (CPython gh-106905). Nothing is connected to: the store is migrated on its first use.
+    """
+    from models.db import get_engine
+
+    get_engine(migrate=False)  # the engine, and so its driver and dialect
+    for name in ("prefect.flow_engine", "prefect.task_engine", "alembic.command",
+                 *sorted({f"connectors.{c.type}" for c in config.connectors if c.enabled})):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a connector's optional library: its run says so, as it would have
+            pass
 
 
 def _run_name() -> str:
@@ -202,6 +225,48 @@ def _record_refused(plan: Plan, connector: str, run_id: str, message: str) -> No
         record_operations(session, rows)
 
 
+class Progress:
+    """The progress artifact, updated off the chunk loop: the latest value is sent, one call at a time.
+
+    A call waits while the Prefect API is busy recording the chunks' events (up to a second at
+    10,000 users); made from the loop that submits the chunks, it held the next chunk back. Best
+    effort: the artifact is only a gauge, so a failed update is logged, not raised.
+    """
+
+    def __init__(self, artifact_id) -> None:
+        self.artifact_id, self.latest, self.queued = artifact_id, None, False
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> "Progress":
+        # One client for every update: Prefect's update_progress_artifact builds one (and its TLS
+        # context) per call, which cost more than a chunk's own store writes.
+        self.client = get_client(sync_client=True).__enter__()
+        # The update's model serialised once here, so its sender thread builds nothing (CPython gh-106905).
+        ArtifactUpdate(data=0.0).model_dump(mode="json", exclude_unset=True)
+        self.sender = ThreadPoolExecutor(1, thread_name_prefix="progress")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sender.shutdown(wait=True)
+        self.client.__exit__(*exc)
+
+    def update(self, value: float) -> None:
+        with self.lock:
+            self.latest = value
+            if self.queued:
+                return
+            self.queued = True
+        self.sender.submit(self._send)
+
+    def _send(self) -> None:
+        with self.lock:
+            value, self.queued = self.latest, False
+        try:
+            self.client.update_artifact(artifact_id=self.artifact_id, artifact=ArtifactUpdate(data=value))
+        except Exception as exc:
+            logging.getLogger("outbound.reconcile").warning("progress not updated: %s: %s", type(exc).__name__, exc)
+
+
 def _apply(plan: Plan, config: Config, run_id: str, dry_run: bool, chunk_size: int) -> Counts:
     """Apply the plan's rows in chunks, a few chunk tasks in flight, reporting progress."""
     with ExitStack() as stack:
@@ -218,12 +283,7 @@ def _apply_in(stack: ExitStack, plan: Plan, config: Config, run_id: str, dry_run
     for listener in progress_listeners:
         listener(0, total)
     in_flight: deque = deque()
-    # One client for every progress update: Prefect's update_progress_artifact builds a new one (and its
-    # TLS context) per call, which cost more than the chunk's own store writes.
-    progress_client = stack.enter_context(get_client(sync_client=True))
-
-    def progress(value: float) -> None:
-        progress_client.update_artifact(artifact_id=progress_id, artifact=ArtifactUpdate(data=value))
+    progress = stack.enter_context(Progress(progress_id)).update
 
     def settle(future, n):
         nonlocal done
@@ -424,8 +484,13 @@ async def reconcile_connector(connector: str, dry_run: bool = False, config_path
     await _label_run(add_tags=(f"connector:{connector}",) + (() if any(t.startswith("trigger:") for t in have)
                                                               else ("trigger:on-demand",)))
     try:
-        result = await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size,
-                                     lock_wait)
+        # Its task runs carry no tags (the flow run has them, for the UI's filters): Prefect asks its
+        # server for tag concurrency limits before every tagged task run (`increment-with-lease`; 0.6 s
+        # a chunk while the server records a 10,000-user run's events), and the target's quota is
+        # the `outbound:<connector>` global limit the chunks take themselves (tasks/limits.py).
+        with TagsContext(current_tags=set()):
+            result = await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size,
+                                         lock_wait)
     except Exception:  # the target could not be read: as failed as failed rows
         await _label_run(add_tags=(f"failed:{connector}",))
         raise

@@ -3,6 +3,8 @@
 from typing import Any, Optional
 
 from pydantic import ValidationError
+from pydantic.networks import validate_email
+from pydantic_core import PydanticCustomError
 from scim2_models import Email, Group, Name, User
 
 from connectors.base import Account, RemoteGroup
@@ -14,8 +16,51 @@ _PATHS = {"user_name": "userName", "given_name": "name.givenName", "family_name"
           "display_name": "displayName", "active": "active", "external_id": "externalId"}
 
 
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+
+
 def to_scim(account: Account, extra_targets: tuple[str, ...]) -> dict:
     """The User resource for `account`; Rejected when the SCIM schema refuses a value."""
+    body = _plain_user(account) if _plain(account) else _modelled_user(account)
+    for target, value in account.extra.items():
+        if value is not None and target in extra_targets:
+            set_path(body, target, _scim_value(target, value))
+    return body
+
+
+def _plain(account: Account) -> bool:
+    """Whether every core value is a string (or absent) and `active` a bool: what scim2-models takes as it is."""
+    return type(account.active) is bool and all(
+        v is None or type(v) is str for v in (account.user_name, account.external_id, account.given_name,
+                                              account.family_name, account.display_name, account.email))
+
+
+def _plain_user(account: Account) -> dict:
+    """The body scim2-models' User dumps for plain values, built as a dict: the model cost ~0.1 ms a user,
+    a tenth of a 10,000-user reconciliation's own CPU. The one check it made on plain values is the
+    email's, made here with the same validator (pydantic's EmailStr), normalising as it does."""
+    body: dict[str, Any] = {"schemas": [USER_SCHEMA]}
+    if account.external_id is not None:
+        body["externalId"] = account.external_id
+    if account.user_name is not None:
+        body["userName"] = account.user_name
+    if account.given_name or account.family_name:
+        body["name"] = {k: v for k, v in (("familyName", account.family_name), ("givenName", account.given_name))
+                        if v is not None}
+    if account.display_name is not None:
+        body["displayName"] = account.display_name
+    body["active"] = account.active
+    if account.email:
+        try:
+            email = validate_email(account.email)[1]
+        except PydanticCustomError:
+            raise Rejected(f"{account.user_name}: the SCIM schema refuses it (Email: value)", field="email") from None
+        body["emails"] = [{"value": email, "type": "work", "primary": True}]
+    return body
+
+
+def _modelled_user(account: Account) -> dict:
+    """The body through scim2-models' User, for values that are not plain (it refuses or converts them)."""
     try:
         user = User(
             user_name=account.user_name,
@@ -30,11 +75,7 @@ def to_scim(account: Account, extra_targets: tuple[str, ...]) -> dict:
         field = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "user"
         raise Rejected(f"{account.user_name}: the SCIM schema refuses it ({exc.title}: {field})",
                        field="email" if exc.title == "Email" else field) from None
-    body = user.model_dump()
-    for target, value in account.extra.items():
-        if value is not None and target in extra_targets:
-            set_path(body, target, _scim_value(target, value))
-    return body
+    return user.model_dump()
 
 
 def from_scim(payload: dict, extra_targets: tuple[str, ...]) -> Account:

@@ -168,12 +168,13 @@ def reconcile(connector: Optional[str] = typer.Option(None, "--connector", help=
     from rich.progress import Progress
 
     from connectors.errors import ProvisioningError
-    from flows.reconcile import reconcile as reconcile_flow
+    from flows.reconcile import preload, reconcile as reconcile_flow
     from tasks.apply import progress_listeners
     from tasks.door import TargetQuarantined
 
     quiet_prefect(verbose)
     cfg = read_config(config)
+    preload(cfg)
     names = [connector] if connector else [c.name for c in cfg.connectors if c.enabled]
     if connector and connector not in [c.name for c in cfg.connectors]:
         fail(f"no connector {connector!r} in the configuration")
