@@ -11,7 +11,7 @@ instance state) and flushing each was most of an import's time, more than readin
 the file.
 """
 
-from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy import ARRAY, String, and_, bindparam, delete, func, insert, literal, select, text, tuple_, update
 from sqlmodel import Session
 
 from models.events import EventUser
@@ -43,7 +43,7 @@ def import_users(session: Session, users: list[EventUser], tenant: str, source: 
 
 
 def _import_chunk(session: Session, users: list[EventUser], tenant: str, source: str) -> None:
-    stored = _stored_users(session, tenant, {u.username for u in users})
+    stored = _stored_users(session, tenant, {(u.user_store, u.username) for u in users})
     new: dict[tuple, dict] = {}  # (user store, username) -> the row to insert
     changed: dict[tuple, dict] = {}  # the same, of stored users: the row to update
     links: dict[str, dict[str, set[str]]] = {kind: {} for kind in _KINDS}  # kind -> user id -> names
@@ -72,13 +72,26 @@ def _import_chunk(session: Session, users: list[EventUser], tenant: str, source:
         _replace_links(session, names_table, link_table, column, links[kind], stored_ids)
 
 
-def _stored_users(session: Session, tenant: str, usernames: set[str]) -> dict[tuple, dict]:
+def _stored_users(session: Session, tenant: str, keys: set[tuple]) -> dict[tuple, dict]:
     """(user store, username) -> the stored user's id and what an upsert reads or changes."""
     columns = [_USERS.c.id, _USERS.c.username, _USERS.c.user_store, *(_USERS.c[name] for name in _UPDATED)]
+    by_store: dict[str, set[str]] = {}
+    for store, username in keys:
+        by_store.setdefault(store, set()).add(username)
+    postgres = session.get_bind().dialect.name == "postgresql"
     found = {}
-    for names in _chunks(usernames):
-        for row in session.execute(select(*columns).where(_USERS.c.tenant == tenant, _USERS.c.username.in_(names))):
-            found[(row.user_store, row.username)] = dict(row._mapping)
+    for store, usernames in sorted(by_store.items()):
+        for names in _chunks(usernames):
+            if postgres:
+                # Each name looked up in the unique index (tenant, user store, username). Without
+                # statistics (a fresh store, a first import) `username IN (…)` was planned as a walk of
+                # all the tenant's users for every 500 names: 12-20 ms a read at 100,000 users, 1-2 ms so.
+                wanted = select(literal(tenant), literal(store), func.unnest(literal(names, ARRAY(String))))
+                where = tuple_(_USERS.c.tenant, _USERS.c.user_store, _USERS.c.username).in_(wanted)
+            else:
+                where = and_(_USERS.c.tenant == tenant, _USERS.c.user_store == store, _USERS.c.username.in_(names))
+            for row in session.execute(select(*columns).where(where)):
+                found[(row.user_store, row.username)] = dict(row._mapping)
     return found
 
 
