@@ -11,7 +11,7 @@ instance state) and flushing each was most of an import's time, more than readin
 the file.
 """
 
-from sqlalchemy import ARRAY, String, and_, bindparam, delete, func, insert, literal, select, text, tuple_, update
+from sqlalchemy import ARRAY, String, and_, bindparam, delete, func, insert, literal, select, tuple_, update
 from sqlmodel import Session
 
 from models.events import EventUser
@@ -32,12 +32,6 @@ _SET = update(_USERS).where(_USERS.c.id == bindparam("b_id"))
 
 def import_users(session: Session, users: list[EventUser], tenant: str, source: str = "import") -> None:
     """Create or update `users` in file order; fields a row leaves out are kept (as `upsert_user`)."""
-    if session.get_bind().dialect.name == "postgresql":
-        # psycopg prepares a statement run five times, and PostgreSQL may then plan it once for any
-        # parameters: a chunk's read of 500 names then searched them end to end for every user of the
-        # tenant (no statistics yet in a fresh store: 1 ms became 30-50 ms a read, 0.8 s of 10,000
-        # users). Planned for its own names, it finds them by index or hash; until the transaction ends.
-        session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
     for first in range(0, len(users), CHUNK):
         _import_chunk(session, users[first:first + CHUNK], tenant, source)
 
@@ -83,9 +77,11 @@ def _stored_users(session: Session, tenant: str, keys: set[tuple]) -> dict[tuple
     for store, usernames in sorted(by_store.items()):
         for names in _chunks(usernames):
             if postgres:
-                # Each name looked up in the unique index (tenant, user store, username). Without
-                # statistics (a fresh store, a first import) `username IN (…)` was planned as a walk of
-                # all the tenant's users for every 500 names: 12-20 ms a read at 100,000 users, 1-2 ms so.
+                # Each name looked up in the unique index (tenant, user store, username), whatever the
+                # plan: `tenant = … AND username IN (…)` was planned as a walk of all the tenant's users
+                # for every 500 names, in a store without statistics yet (a fresh store, a first
+                # import) and under the generic plan psycopg's prepared statement gets after five runs:
+                # 30-50 ms a read at 10,000 users, 12-20 ms at 100,000; 1-2 ms so.
                 wanted = select(literal(tenant), literal(store), func.unnest(literal(names, ARRAY(String))))
                 where = tuple_(_USERS.c.tenant, _USERS.c.user_store, _USERS.c.username).in_(wanted)
             else:
