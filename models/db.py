@@ -1,6 +1,7 @@
 """The engine of the state store, chosen by OUTBOUND_DATABASE_URL, migrated on first use."""
 
 import os
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +79,39 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
                 conn.commit()
 
 
+# `revision = '0012_suspensions'` and `down_revision = …` of a migration file, as alembic's template writes them.
+_REVISION = re.compile(r"^(down_)?revision(?:: [^=]+)? = (?:'([^']+)'|\"([^\"]+)\"|None)\s*$", re.M)
+
+
+def _heads() -> set[str] | None:
+    """The revisions no migration builds on, read from the files' text; None when a file is not in the
+    one form this reads (a revision, then what it builds on: one name or None): alembic must decide."""
+    revisions, built_on = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        found = [(m.group(1) is not None, m.group(2) or m.group(3)) for m in _REVISION.finditer(path.read_text())]
+        if [down for down, _ in found] != [False, True] or found[0][1] is None:
+            return None
+        revisions.add(found[0][1])
+        built_on.add(found[1][1])
+    return (revisions - built_on) or None
+
+
+def at_head(engine: Engine) -> bool:
+    """Whether the store is at the migrations' head, asked without importing alembic (0.1-0.2 s of
+    every command that opens the store); False when unsure (no version table yet, a file not read)."""
+    from sqlalchemy.exc import DBAPIError
+
+    heads = _heads()
+    if heads is None:
+        return False
+    try:
+        with engine.connect() as conn:
+            stored = {row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))}
+    except DBAPIError:  # no such table (a new store), or the store cannot answer: the upgrade will say
+        return False
+    return stored == heads
+
+
 def current_revision(url: str | None = None) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
@@ -93,7 +127,8 @@ def get_engine(url: str | None = None, migrate: bool = True) -> Engine:
         if engine is None:
             engine = _engines[url] = _make_engine(url)
         if migrate and url not in _migrated:
-            upgrade(url)
+            if not at_head(engine):
+                upgrade(url)
             _migrated.add(url)
     return engine
 

@@ -157,6 +157,23 @@ def set_groups(session: Session, user: User, groups: list[str], lookups: Optiona
     (lookups or Lookups(session)).replace_links(Group, user, groups)
 
 
+def upsert_changes(deleted: bool, attributes: dict, data: EventUser, source: str,
+                   replace_profile: bool = False) -> dict:
+    """The columns an upsert of `data` sets on a user (deleted or not, with these attributes)."""
+    # A deleted user created again starts afresh.
+    changes: dict = {"deleted_at": None, "source": source, "active": True} if deleted else {}
+    for name in _PROFILE:
+        value = getattr(data, name)
+        if value is not None or replace_profile:
+            changes[name] = value
+    if data.active is not None:
+        changes["active"] = data.active
+    if data.attributes is not None:
+        changes["attributes"] = {**attributes, **data.attributes}
+    changes["updated_at"] = utcnow()
+    return changes
+
+
 def upsert_user(session: Session, data: EventUser, tenant: str, source: str, idp: Optional[str] = None,
                 replace_profile: bool = False, lookups: Optional[Lookups] = None) -> User:
     """Create or update a user from event data; fields the event leaves out are kept."""
@@ -166,19 +183,11 @@ def upsert_user(session: Session, data: EventUser, tenant: str, source: str, idp
         user = User(username=data.username, user_store=data.user_store, tenant=tenant, source=source)
         session.add(user)
         lookups.added(user)
-    elif user.deleted_at is not None:  # a deleted user created again starts afresh
-        user.deleted_at, user.source, user.active = None, source, True
-    for name in _PROFILE:
-        value = getattr(data, name)
-        if value is not None or replace_profile:
-            setattr(user, name, value)
-    if data.active is not None:
-        user.active = data.active
-    if data.attributes is not None:
-        user.attributes = {**user.attributes, **data.attributes}
+    for name, value in upsert_changes(user.deleted_at is not None, user.attributes, data, source,
+                                      replace_profile).items():
+        setattr(user, name, value)
     if idp and idp not in user.idps:
         user.idps = [*user.idps, idp]
-    user.updated_at = utcnow()
     lookups.flush()
     if data.roles is not None:
         set_roles(session, user, data.roles, lookups)

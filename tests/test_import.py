@@ -83,3 +83,52 @@ def test_attribute_columns_set_the_users_attributes(tmp_path, sqlite_url):
         alice = find_user(session, "example.com", "PRIMARY", "alice")
         assert alice.attributes == {"dept": "Ops", "title": "Engineer"}  # a later import changes what it gives
         assert find_user(session, "example.com", "PRIMARY", "bob").attributes == {}
+
+
+# Files as spreadsheets and scripts write them, and what each row reads as. These are what pandas'
+# read_csv(dtype=str, keep_default_na=False), the reader before this one, read too.
+READ_AS_BEFORE = {
+    "username,email\n\nalice,a@x.io\n  \n\t\nbob,b@x.io\n\n": [["alice", "a@x.io"], ["bob", "b@x.io"]],
+    "\ufeffusername,email\r\nalice,a@x.io\r\n": [["alice", "a@x.io"]],
+    "username,email,given_name\nalice\nbob,b@x.io\n": [["alice", "", ""], ["bob", "b@x.io", ""]],
+    'username,display_name\nalice,"A\nL, ""Al"""\nbob,B"b\n': [["alice", 'A\nL, "Al"'], ["bob", 'B"b']],
+    'username,email\n""\n,\nNA,null\n': [["", ""], ["", ""], ["NA", "null"]],
+    "username,email\n": [],
+}
+
+
+def test_the_file_is_read_as_it_was(tmp_path):
+    import pandas as pd
+
+    from deployments.cli.reconcile import read_table
+
+    path = tmp_path / "users.csv"
+    for text, cells in READ_AS_BEFORE.items():
+        path.write_text(text, encoding="utf-8", newline="")
+        columns, rows = read_table(path)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        assert columns == list(frame.columns)
+        assert rows == frame.to_dict(orient="records") == [dict(zip(columns, c)) for c in cells], text
+
+
+def test_a_file_that_cannot_be_read_is_refused_naming_the_line(tmp_path, sqlite_url):
+    config = tmp_path / "outbound.yaml"
+    config.write_text("tenant_domain: example.com\nconnectors: []\n")
+    csv = tmp_path / "users.csv"
+    refused = {
+        # Every row one cell longer than the header (a trailing comma): pandas took the first column
+        # as the index and read every value one column to the left (alice's email as her username).
+        "username,email\nalice,a@x.io,\nbob,b@x.io,\n": "line 2: 3 cells, the header has 2",
+        'username,display_name\nalice,"A L\nbob,B\n': "line 3: unexpected end of data",
+        "username,email,email\nalice,a@x.io,b@x.io\n": "columns named twice: email",
+        "": "the file is empty",
+    }
+    for text, message in refused.items():
+        csv.write_text(text)
+        result = runner.invoke(app, ["import", str(csv), "--config", str(config)])
+        assert result.exit_code == 2 and f"cannot read {csv}: {message}" in result.output, result.output
+    csv.write_bytes("username,display_name\nalice,Ren\xe9\n".encode("latin-1"))
+    result = runner.invoke(app, ["import", str(csv), "--config", str(config)])
+    assert result.exit_code == 2 and "can't decode byte 0xe9" in result.output, result.output
+    with session_scope() as session:
+        assert session.exec(select(User)).all() == []

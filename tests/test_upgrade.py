@@ -191,3 +191,30 @@ def test_upgrade_of_an_unreachable_store_is_a_clear_error_without_traceback_or_p
     assert done.returncode == 1, output
     assert "cannot upgrade the schema" in output and "Traceback" not in output
     assert "Upgr4de-Secret-PW" not in output
+
+
+def test_a_store_at_head_is_known_without_alembic(db_url):
+    import models.db as db
+
+    head = head_revision()
+    assert db._heads() == {head}
+    engine = db.get_engine(db_url, migrate=False)
+    assert not db.at_head(engine)  # a new store: no version table yet
+    db.upgrade(db_url, "0001")
+    assert not db.at_head(engine)
+    db.get_engine(db_url)  # its first use migrates a store that is not at head
+    assert db.at_head(engine) and revision_of(db_url) == head
+
+
+def test_a_migration_file_not_read_leaves_the_decision_to_alembic(tmp_path, monkeypatch):
+    import models.db as db
+
+    shutil.copytree(db.MIGRATIONS / "versions", tmp_path / "versions")
+    monkeypatch.setattr(db, "MIGRATIONS", tmp_path)
+    head = head_revision()
+    (tmp_path / "versions" / "0099_next.py").write_text(
+        f'"""Next."""\nrevision: str = "0099_next"\ndown_revision: Union[str, None] = "{head}"\n')
+    assert db._heads() == {"0099_next"}
+    (tmp_path / "versions" / "0100_merge.py").write_text(
+        f"revision = '0100_merge'\ndown_revision = ('0099_next', '{head}')\n")
+    assert db._heads() is None

@@ -8,6 +8,7 @@ Without -v the terminal shows the progress bar and then the result only; Prefect
 the Prefect API (the run's Logs tab), only its console handler is silenced.
 """
 
+import csv
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +26,36 @@ IMPORT_COLUMNS = ("username", "user_store", "email", "given_name", "family_name"
 _TRUE, _FALSE = {"true", "yes", "1", "y"}, {"false", "no", "0", "n"}
 
 
-def parse_rows(frame, config=None) -> tuple[list, list[str]]:
+def read_table(file: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The CSV's column names and its rows, every cell a string; ValueError says what cannot be read.
+
+    UTF-8 (a leading byte-order mark dropped); blank lines skipped; a short row's missing cells are
+    empty. A row longer than the header, or a quote left open, is refused: its cells have no columns.
+    """
+    header, rows = None, []
+    with file.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            for cells in reader:
+                if not cells or (len(cells) == 1 and cells[0].isspace()):
+                    continue
+                if header is None:
+                    header = cells
+                elif len(cells) > len(header):
+                    raise ValueError(f"line {reader.line_num}: {len(cells)} cells, the header has {len(header)}")
+                else:
+                    rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
+        except csv.Error as exc:
+            raise ValueError(f"line {reader.line_num}: {exc}") from exc
+    if header is None:
+        raise ValueError("the file is empty (no header line)")
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise ValueError(f"columns named twice: {', '.join(twice)}")
+    return header, rows
+
+
+def parse_rows(rows: list[dict[str, str]], config=None) -> tuple[list, list[str]]:
     """Validate each CSV row as an event's user; return (good EventUsers, error lines: every bad field of a row)."""
     from pydantic import ValidationError
 
@@ -33,8 +63,8 @@ def parse_rows(frame, config=None) -> tuple[list, list[str]]:
     from models.validation import message_of
 
     good, errors = [], []
-    for number, row in enumerate(frame.to_dict(orient="records"), start=2):  # line 1 is the header
-        data = {k: v.strip() for k, v in row.items() if isinstance(v, str) and v.strip() != ""}
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        data = {k: v.strip() for k, v in row.items() if v.strip() != ""}
         for key in ("roles", "groups"):
             if key in data:
                 data[key] = [p.strip() for p in data[key].split(";") if p.strip()]
@@ -80,32 +110,23 @@ def import_users(file: Path = typer.Argument(..., help="CSV with columns " + ", 
                                              "(the user's attributes)."),
                  config: Optional[Path] = ConfigOption) -> None:
     """Upsert users from a CSV file into the identity store (trigger `import`); bad rows are reported."""
-    import pandas as pd
-
     from models.db import session_scope
-    from models.identity import Preloaded, upsert_user
+    from models.user_import import import_users as store_users
 
     cfg = read_config(config)
     try:
-        frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+        columns, rows = read_table(file)
     except (OSError, ValueError) as exc:
         fail(f"cannot read {file}: {exc}")
-    unknown = [c for c in frame.columns if c not in IMPORT_COLUMNS
+    unknown = [c for c in columns if c not in IMPORT_COLUMNS
                and not (c.startswith("attributes.") and len(c) > len("attributes."))]
-    if unknown or "username" not in frame.columns:
-        fail(f"{file}: unknown columns {', '.join(unknown) or '-'}; expected {', '.join(IMPORT_COLUMNS)} "
-             f"or attributes.<key> (username is required)")
-    good, errors = parse_rows(frame, cfg)
+    if unknown or "username" not in columns:
+        fail(f"{file}: unknown columns {', '.join(repr(c) if c == '' else c for c in unknown) or '-'}; "
+             f"expected {', '.join(IMPORT_COLUMNS)} or attributes.<key> (username is required)")
+    good, errors = parse_rows(rows, cfg)
     with session_scope() as session:
-        # Read and written a thousand users at a time (as the event API's batches are): a query or two
-        # per user made the import of 10,000 users slower than reconciling them.
-        for first in range(0, len(good), 1000):
-            users = [user for _, user in good[first:first + 1000]]
-            lookups = Preloaded(session, cfg.tenant_domain, users)
-            for user in users:
-                upsert_user(session, user, cfg.tenant_domain, source="import", lookups=lookups)
-            lookups.finish()
-    typer.echo(f"imported {len(good)} users from {file}; {len(frame) - len(good)} rows rejected")
+        store_users(session, [user for _, user in good], cfg.tenant_domain, source="import")
+    typer.echo(f"imported {len(good)} users from {file}; {len(rows) - len(good)} rows rejected")
     for line in errors:
         typer.echo(line, err=True)
     raise typer.Exit(2 if errors else 0)
