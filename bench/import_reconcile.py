@@ -13,7 +13,9 @@ Prints the bare creates/s, import s, reconcile s and its CPU s (with the tempora
 requests the target saw, users/s, and the ratio to bare. `--profile` samples the reconcile process (py-spy, wall clock, every thread) and
 splits its time: start-up (imports, the temporary Prefect API), planning, listing the target,
 POST /Bulk, store writes, Prefect API calls; the shares are thread-seconds, so concurrent chunks
-can add up to more than the wall clock.
+can add up to more than the wall clock. `--timeline` (scim2-server only) prints each request the
+target served during the reconcile, from the command's start: when the first one came, how long the
+target sat idle between them, and how long the command ran after the last answer.
 """
 
 import argparse
@@ -137,6 +139,39 @@ class Scimmy:
         return int(body["totalResults"])
 
 
+SERVED: list[tuple[str, str, float, float]] = []  # --timeline: (method, path, started, answered)
+
+
+def time_requests() -> None:
+    """Record when the SCIM sandbox starts and ends each request it serves (in this process)."""
+    from sandbox.scim import ScimSandbox
+
+    front = ScimSandbox._front
+
+    def timed(self, environ, start_response):
+        started = time.monotonic()
+        try:
+            return front(self, environ, start_response)
+        finally:
+            SERVED.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), started, time.monotonic()))
+
+    ScimSandbox._front = timed
+
+
+def print_timeline(t0: float, t1: float) -> None:
+    served = sorted((r for r in SERVED if r[2] >= t0), key=lambda r: r[2])
+    for method, path, started, answered in served:
+        print(f"  {method:5} {path:28} {started - t0:6.2f} s -> {answered - t0:6.2f} s")
+    if not served:
+        return
+    idle, busy_until = 0.0, served[0][3]
+    for _, _, started, answered in served[1:]:
+        idle += max(0.0, started - busy_until)
+        busy_until = max(busy_until, answered)
+    print(f"first request {served[0][2] - t0:.2f} s after the command started; the target idle {idle:.2f} s between "
+          f"its first and last answer; the command ran {t1 - busy_until:.2f} s after the last answer")
+
+
 def server(scimmy: bool):
     from sandbox.scim import ScimSandbox
 
@@ -169,7 +204,8 @@ def engine(tmp: Path, n: int, scimmy: bool, profile: bool) -> dict:
         t0, cpu0 = time.monotonic(), children_cpu()
         done = subprocess.run(spy + outbound + ["reconcile", "--config", str(config), "--yes"], env=env, cwd=ROOT,
                               capture_output=True, text=True)
-        reconciled, cpu = time.monotonic() - t0, children_cpu() - cpu0
+        t1 = time.monotonic()
+        reconciled, cpu = t1 - t0, children_cpu() - cpu0
         if scimmy:
             accounts, requests = scim.count(), None
         else:
@@ -180,7 +216,7 @@ def engine(tmp: Path, n: int, scimmy: bool, profile: bool) -> dict:
                                for m, p, *_ in scim.answered[seen_before:])
         return {"import": imported, "reconcile": reconciled, "reconcile_cpu": cpu, "exit": done.returncode, "accounts": accounts,
                 "requests": requests, "stdout": done.stdout[-2000:], "stderr": done.stderr[-2000:],
-                "split": split(raw, rate) if profile and raw.exists() else None}
+                "split": split(raw, rate) if profile and raw.exists() else None, "t0": t0, "t1": t1}
 
 
 def main() -> int:
@@ -188,7 +224,10 @@ def main() -> int:
     parser.add_argument("users", type=int, nargs="?", default=10000)
     parser.add_argument("--scimmy", action="store_true", help="against SCIMMY (node) instead of scim2-server")
     parser.add_argument("--profile", action="store_true", help="split the reconcile's time (py-spy)")
+    parser.add_argument("--timeline", action="store_true", help="when the target served each request of the reconcile")
     args = parser.parse_args()
+    if args.timeline:
+        time_requests()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     with server(args.scimmy) as bare_server:
         if args.scimmy:
@@ -209,6 +248,8 @@ def main() -> int:
     if r["requests"] is not None:
         print(f"requests the target answered: {sum(r['requests'].values())} ({dict(r['requests'].most_common(8))})")
     print(f"accounts on the target: {r['accounts']} of {args.users}")
+    if args.timeline and not args.scimmy:
+        print_timeline(r["t0"], r["t1"])
     print(f"engine {args.users / total:.0f} users/s = {args.users / total / bare:.2f} × bare")
     if r["exit"] or r["accounts"] != args.users:
         print(r["stdout"], r["stderr"], sep="\n")
