@@ -98,3 +98,44 @@ def test_values_that_are_not_plain_still_go_through_the_model():
     assert info.value.field == "displayName"
     assert to_scim(Account(user_name="g", active=None), ()) == {  # the model leaves an absent value out
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "g"}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_next_chunk_sends_while_an_answered_one_records(tmp_path, sqlite_url, scim, monkeypatch):
+    """Four chunks send at once (no max_concurrency set); a fifth starts once one of them is answered,
+    not once one has also recorded: the first recorder here waits for the fifth /Bulk to be answered."""
+    import threading
+
+    import tasks.apply as apply
+    from flows.reconcile import reconcile
+
+    config = write_config(tmp_path, scim)
+    with session_scope() as session:
+        for i in range(10):
+            upsert_user(session, EventUser(username=f"win{i}", email=f"win{i}@example.com", given_name="G",
+                                           family_name="F"), "example.com", source="api")
+    before = len(scim.answered)
+    fifth_answered, calls, waited = threading.Event(), [], []
+    record = apply.record_rows
+
+    def watch():  # the sandbox lists each answer as it is sent
+        while not fifth_answered.is_set():
+            if sum(1 for a in scim.answered[before:] if a[0] == "POST" and a[1].endswith("/Bulk")) >= 5:
+                fifth_answered.set()
+            time.sleep(0.01)
+
+    def first_records_late(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            waited.append(fifth_answered.wait(30))
+        return record(*args, **kwargs)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    monkeypatch.setattr(apply, "record_rows", first_records_late)
+    try:
+        result = asyncio.run(reconcile("app", trigger="test", config_path=str(config), chunk_size=2))
+    finally:
+        fifth_answered.set()
+    assert result["outcomes"]["succeeded"] == 10, result
+    assert waited == [True]  # the fifth chunk was sent while the first was still recording
