@@ -13,7 +13,6 @@ from contextlib import ExitStack
 from typing import Optional
 
 from prefect import flow, get_run_logger
-from prefect.context import TagsContext
 from prefect.runtime import flow_run
 from prefect.states import Failed
 from prefect.utilities.annotations import quote
@@ -30,6 +29,7 @@ from tasks.desired import generate_username, resolve_policy
 from tasks.explain import attach_explanation
 from tasks.provision import Outcome, provision, record_failures
 from tasks.readback import reconcile
+from tasks.limits import untagged_tasks
 from tasks.retry import task_options
 
 WAIT_FOR_USER = 300.0  # seconds an `outbound event` waits while another drain works on its user
@@ -135,11 +135,7 @@ def _this_run() -> Optional[str]:
 
 def run_batch(batch: Batch, config: Config) -> dict[str, list[Outcome]]:
     """The DAG over one batch: per connector, concurrently. Returns each user's outcomes."""
-    # The batch's task runs carry no tags (the flow run has them, for the UI's filters): Prefect asks
-    # its server for tag concurrency limits before every tagged task run (`increment-with-lease`,
-    # 0.9-3.8 s a call under load), and the target's quota is the `outbound:<connector>` global
-    # limit the tasks take themselves (tasks/limits.py).
-    with TagsContext(current_tags=set()):
+    with untagged_tasks():
         return _run_batch(batch, config)
 
 

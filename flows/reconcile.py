@@ -15,7 +15,6 @@ started (`trigger:<how>`) and for which connector (`connector:<name>`), and its 
 """
 
 import asyncio
-import importlib
 import json
 import logging
 import threading
@@ -28,7 +27,6 @@ from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
-from prefect.context import TagsContext
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 from prefect.utilities.annotations import quote
@@ -43,6 +41,7 @@ from models.runstate import abandon_stale_runs, finish_run, running_reconciliati
 from tasks.apply import Counts, SendWindow, apply_chunk, apply_groups, chunks, progress_listeners
 from tasks.apply import DEFAULT_CHUNK
 from tasks.door import admit
+from tasks.limits import untagged_tasks
 from tasks.guard import Approval, Decision, dry_run_verdict, plan_hash, settle, stopped_words
 from tasks.plan import Plan, plan_task
 from tasks.retry import task_options
@@ -66,22 +65,19 @@ FAILED_STATUSES = (RunStatus.FAILED, RunStatus.PARTIAL)
 
 
 def preload(config: Config) -> None:
-    """Import what a run of `config` imports on its way: Prefect's engines, the store's driver and
-    migrations, each enabled connector's modules (the SCIM schema models alone take ~0.6 s).
+    """Import what a run of `config` imports on its way: Prefect's engines, the store's driver, each
+    enabled connector's modules (the SCIM schema models alone take ~0.6 s).
 
     A command calls it while its temporary Prefect API starts, so the two overlap instead of the
     imports following the API's start; and the imports are made in the calling thread, not in a
     chunk's (CPython gh-106905). Nothing is connected to: the store is migrated on its first use.
     """
+    from flows.warm import import_modules
     from models.db import get_engine
 
     get_engine(migrate=False)  # the engine, and so its driver and dialect
-    for name in ("prefect.flow_engine", "prefect.task_engine", "alembic.command",
-                 *sorted({f"connectors.{c.type}" for c in config.connectors if c.enabled})):
-        try:
-            importlib.import_module(name)
-        except ImportError:  # a connector's optional library: its run says so, as it would have
-            pass
+    import_modules(("prefect.flow_engine", "prefect.task_engine",
+                    *sorted({f"connectors.{c.type}" for c in config.connectors if c.enabled})))
 
 
 def _run_name() -> str:
@@ -491,11 +487,7 @@ async def reconcile_connector(connector: str, dry_run: bool = False, config_path
     await _label_run(add_tags=(f"connector:{connector}",) + (() if any(t.startswith("trigger:") for t in have)
                                                               else ("trigger:on-demand",)))
     try:
-        # Its task runs carry no tags (the flow run has them, for the UI's filters): Prefect asks its
-        # server for tag concurrency limits before every tagged task run (`increment-with-lease`; 0.6 s
-        # a chunk while the server records a 10,000-user run's events), and the target's quota is
-        # the `outbound:<connector>` global limit the chunks take themselves (tasks/limits.py).
-        with TagsContext(current_tags=set()):
+        with untagged_tasks():
             result = await run_connector(load_config(config_path), connector, dry_run, yes, report, chunk_size,
                                          lock_wait)
     except Exception:  # the target could not be read: as failed as failed rows

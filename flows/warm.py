@@ -35,16 +35,21 @@ MODULES = (
 _done = False
 
 
+def import_modules(names) -> None:
+    """Import each module now; one that cannot be imported is logged and left out."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # a connector's optional library: that connector cannot be configured anyway
+            log.warning("not imported ahead: %s (%s)", name, exc)
+
+
 def warm_up() -> int:
     """Import the drain's modules and complete every pydantic model left for its first use; return how many. Once."""
     global _done
     if _done:
         return 0
-    for name in MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:  # a connector's optional library: that connector cannot be configured anyway
-            log.warning("not warmed up: %s (%s)", name, exc)
+    import_modules(MODULES)
     from prefect.utilities.context import get_flow_run_id, get_task_run_id
 
     get_flow_run_id(), get_task_run_id()  # each subscripts typing with a string: cached once built

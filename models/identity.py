@@ -48,7 +48,7 @@ def find_user(session: Session, tenant: str, user_store: str, username: str) -> 
 
 def find_users(session: Session, tenant: str, usernames: set[str]) -> list[User]:
     """The tenant's users named any of `usernames`, in any user store, in queries of 500 names."""
-    return [u for names in _chunks(usernames)
+    return [u for names in name_chunks(usernames)
             for u in session.exec(select(User).where(User.tenant == tenant, User.username.in_(names)))]
 
 
@@ -105,7 +105,7 @@ class Preloaded(Lookups):
         super().__init__(session)
         self._users = {(u.user_store, u.username): u for u in find_users(session, tenant, {d.username for d in users})}
         self._names = {model: {row.name: row
-                               for names in _chunks({n for d in users for n in (getattr(d, attr) or ())})
+                               for names in name_chunks({n for d in users for n in (getattr(d, attr) or ())})
                                for row in session.exec(select(model).where(model.name.in_(names)))}
                        for model, attr in ((Role, "roles"), (Group, "groups"))}
         self._new: set[str] = set()  # ids of the users this group creates: they have no links stored
@@ -144,7 +144,8 @@ class Preloaded(Lookups):
         self._links.clear()
 
 
-def _chunks(names: set[str], size: int = 500) -> list[list[str]]:
+def name_chunks(names: set[str], size: int = 500) -> list[list[str]]:
+    """`names`, sorted, in lists of at most `size`: one IN (…) of a query each."""
     ordered = sorted(names)
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 

@@ -15,17 +15,17 @@ from sqlalchemy import ARRAY, String, and_, bindparam, delete, func, insert, lit
 from sqlmodel import Session
 
 from models.events import EventUser
-from models.identity import upsert_changes
-from models.tables import Group, GroupMember, Role, User, UserRole, new_id, utcnow
+from models.identity import LINKS, name_chunks, upsert_changes
+from models.tables import Group, Role, User, new_id, utcnow
 
 CHUNK = 1000
 _USERS = User.__table__
 # What an upsert may change on a stored user (the rest is the user's identity, or not the import's).
 _UPDATED = ("email", "given_name", "family_name", "display_name", "active", "attributes", "source", "deleted_at",
             "updated_at")
-# Each kind of name: its table, and the link table with the column naming it.
-_KINDS = {"roles": (Role.__table__, UserRole.__table__, "role_id"),
-          "groups": (Group.__table__, GroupMember.__table__, "group_id")}
+# Each kind of name: its table, and the link table with the column naming it (identity.LINKS).
+_KINDS = {kind: (model.__table__, LINKS[model][0].__table__, LINKS[model][1])
+          for kind, model in (("roles", Role), ("groups", Group))}
 # Executed for many rows: SET takes the columns its rows name (_UPDATED), WHERE the id as b_id.
 _SET = update(_USERS).where(_USERS.c.id == bindparam("b_id"))
 
@@ -75,7 +75,7 @@ def _stored_users(session: Session, tenant: str, keys: set[tuple]) -> dict[tuple
     postgres = session.get_bind().dialect.name == "postgresql"
     found = {}
     for store, usernames in sorted(by_store.items()):
-        for names in _chunks(usernames):
+        for names in name_chunks(usernames):
             if postgres:
                 # Each name looked up in the unique index (tenant, user store, username), whatever the
                 # plan: `tenant = … AND username IN (…)` was planned as a walk of all the tenant's users
@@ -98,21 +98,16 @@ def _replace_links(session: Session, names_table, link_table, column: str, links
         return
     wanted = {name for names in links.values() for name in names}
     ids = {}
-    for names in _chunks(wanted):
+    for names in name_chunks(wanted):
         ids.update(session.execute(select(names_table.c.name, names_table.c.id)
                                    .where(names_table.c.name.in_(names))).all())
     missing = [{"id": new_id(), "name": name} for name in sorted(wanted - ids.keys())]
     if missing:
         session.execute(insert(names_table), missing)
         ids.update((row["name"], row["id"]) for row in missing)
-    for users in _chunks(stored_ids & links.keys()):  # a new user has no links stored
+    for users in name_chunks(stored_ids & links.keys()):  # a new user has no links stored
         session.execute(delete(link_table).where(link_table.c.user_id.in_(users)))
     rows = [{"user_id": user_id, column: target} for user_id, names in links.items()
             for target in sorted(ids[name] for name in names)]
     if rows:
         session.execute(insert(link_table), rows)
-
-
-def _chunks(values: set[str], size: int = 500) -> list[list[str]]:
-    ordered = sorted(values)
-    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
